@@ -1,0 +1,171 @@
+"""The ``splatsmith`` command line (typer + rich).
+
+Commands: ``serve`` (run the backend), ``jobs`` (list a running server's jobs), ``doctor``
+(check the installation), ``keygen`` (CURVE keys for a networked backend).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shared_protocol.client import DEFAULT_ADDRESS, Client, ClientError, load_curve_keys
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Splatsmith: text- and image-to-3D for Blender.")
+console = Console(stderr=True)
+out = Console()
+
+DEFAULT_OUTPUT = Path(os.environ.get("SPLATSMITH_OUTPUT", Path.home() / "splatsmith" / "jobs"))
+
+
+def _fail(text: str, code: int = 1) -> None:
+    console.print(f"[bold red]error:[/] {text}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    bind: str = typer.Option("tcp://127.0.0.1:5555", help="ZeroMQ endpoint to bind; non-loopback needs --curve-dir or --insecure."),
+    output_dir: Path = typer.Option(DEFAULT_OUTPUT, help="Folder for job folders (request, results, log)."),
+    device: str = typer.Option("auto", help="auto | cuda | cpu"),
+    models_dir: Optional[Path] = typer.Option(None, help="Extra folder of model weights (org/name sub-folders)."),
+    curve_dir: Optional[Path] = typer.Option(None, help="Folder with server.key_secret and clients/*.key (see `splatsmith keygen`)."),
+    insecure: bool = typer.Option(False, help="Allow a non-loopback bind without CURVE encryption."),
+    max_message_mb: int = typer.Option(512, min=1, help="Largest request accepted, in MiB."),
+    log_level: str = typer.Option("info", help="debug | info | warning"),
+) -> None:
+    """Run the backend: a ZeroMQ server that queues and runs generation jobs."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from shared_protocol.codec import Limits
+
+    from . import pipelines  # noqa: F401  (registers the built-in pipelines)
+    from .device import DeviceError, resolve_device
+    from .server import CurveConfig, Server, ServerConfigError
+
+    try:
+        dev = resolve_device(device)
+        curve = CurveConfig.from_dir(curve_dir) if curve_dir else None
+        mib = 1024 * 1024
+        limits = Limits(max_total_bytes=max_message_mb * mib, max_array_bytes=max_message_mb * mib)
+        server = Server(bind, output_dir, dev, curve=curve, insecure=insecure, limits=limits, models_dir=models_dir)
+    except (DeviceError, ServerConfigError) as exc:
+        _fail(str(exc))
+    if insecure and curve is None:
+        console.print("[bold yellow]warning:[/] --insecure: anyone who can reach this address can submit jobs and read results.")
+    signal.signal(signal.SIGTERM, lambda *_: server._stop.set())
+    console.print(f"Splatsmith backend on [bold]{server.endpoint}[/] ({dev}); jobs in {server.store.root}. Ctrl-C stops.")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    console.print("stopped.")
+
+
+def _client(address: str, server_key: Optional[Path], client_key: Optional[Path]) -> Client:
+    try:
+        return Client(address, curve=load_curve_keys(server_key, client_key), name="splatsmith-cli")
+    except ClientError as exc:
+        _fail(exc.message)
+        raise  # unreachable
+
+
+@app.command()
+def jobs(
+    address: str = typer.Option(DEFAULT_ADDRESS, help="The backend's address."),
+    server_key: Optional[Path] = typer.Option(None, help="The server's public CURVE key file."),
+    client_key: Optional[Path] = typer.Option(None, help="This client's secret CURVE key file."),
+) -> None:
+    """List the jobs of a running backend (queued, running, done, failed, cancelled)."""
+    with _client(address, server_key, client_key) as client:
+        try:
+            listed = client.status()
+        except ClientError as exc:
+            _fail(exc.message)
+    table = Table("job", "pipeline", "preset", "state", "label", "created", "took", "files / error")
+    for j in listed:
+        took = f"{j['finished'] - j['started']:.1f} s" if j.get("finished") and j.get("started") else ""
+        detail = ", ".join(j.get("files") or []) if j["state"] == "done" else (j.get("error_message") or "")
+        table.add_row(j["job_id"], j["pipeline"], j.get("preset", ""), j["state"], j.get("label", ""),
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(j["created"])), took, detail[:80])
+    out.print(table if listed else "no jobs")
+
+
+def _version(module: str) -> tuple[bool, str]:
+    try:
+        mod = importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - report any import failure
+        return False, f"not importable ({type(exc).__name__}: {str(exc)[:80]})"
+    return True, str(getattr(mod, "__version__", "present"))
+
+
+@app.command()
+def doctor(models_dir: Optional[Path] = typer.Option(None, help="Extra folder of model weights.")) -> None:
+    """Check torch and CUDA, gsplat, nvdiffrast, xatlas, free GPU memory and cached models."""
+    import torch
+    import zmq
+
+    from .models import hub_cache_dir
+
+    table = Table("check", "ok", "detail")
+
+    def row(name: str, ok: bool, detail: str) -> None:
+        table.add_row(name, "[green]yes[/]" if ok else "[red]no[/]", detail)
+
+    row("python", sys.version_info[:2] == (3, 11), sys.version.split()[0])
+    row("torch", True, torch.__version__)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        free, total = torch.cuda.mem_get_info()
+        row("CUDA", True, f"{torch.cuda.get_device_name(0)}; {free / 2**30:.1f} of {total / 2**30:.1f} GiB free")
+    else:
+        row("CUDA", False, "no CUDA GPU: pipelines run on the CPU (slow; use the tiny or fast presets)")
+    ok, detail = _version("gsplat")
+    row("gsplat", ok and cuda, detail + ("" if cuda or not ok else "; rendering needs CUDA, the CPU rasteriser is used"))
+    for module in ("nvdiffrast", "xatlas", "trimesh", "diffusers", "transformers"):
+        row(module, *_version(module))
+    row("pyzmq / libzmq", True, f"{zmq.__version__} / {zmq.zmq_version()}, CURVE {'yes' if zmq.has('curve') else 'no'}")
+    cache = hub_cache_dir()
+    cached = sorted(p.name[len("models--"):].replace("--", "/") for p in cache.glob("models--*")) if cache.is_dir() else []
+    row("hub cache", bool(cached), f"{cache}: {', '.join(cached) or 'no models'}")
+    if models_dir:
+        local = sorted(f"{o.name}/{n.name}" for o in models_dir.iterdir() if o.is_dir() for n in o.iterdir() if n.is_dir())
+        row("models dir", bool(local), f"{models_dir}: {', '.join(local) or 'no models'}")
+    row("disk", True, f"{shutil.disk_usage(Path.home()).free / 2**30:.1f} GiB free in {Path.home()}")
+    out.print(table)
+
+
+@app.command()
+def keygen(
+    directory: Path = typer.Argument(..., help="Folder to create keys in."),
+    client: str = typer.Option("client", help="Name of the client key pair to create."),
+) -> None:
+    """Create CURVE keys: the server's pair, and one client pair authorised in clients/."""
+    import zmq.auth
+
+    clients = directory / "clients"
+    clients.mkdir(parents=True, exist_ok=True)
+    if not (directory / "server.key_secret").exists():
+        zmq.auth.create_certificates(str(directory), "server")
+    public, secret = zmq.auth.create_certificates(str(directory), client)
+    shutil.copy(public, clients / Path(public).name)
+    out.print(f"server keys:  {directory / 'server.key_secret'} (keep private), {directory / 'server.key'} (give to clients)")
+    out.print(f"client keys:  {secret} (give to the client), authorised as {clients / Path(public).name}")
+    out.print(f"start:        splatsmith serve --bind tcp://0.0.0.0:5555 --curve-dir {directory}")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

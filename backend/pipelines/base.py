@@ -1,0 +1,364 @@
+"""The Pipeline contract, its parameter schema, and the registry the server reads.
+
+A pipeline is a plain class with class-level metadata (``name``, ``params``, ``presets``,
+``inputs``, ``models``) and one method, ``run(request, emit, cancel) -> Result``. It reports
+through ``emit`` (progress, previews, log lines) and calls ``cancel.check()`` at least once per
+optimisation step. The server validates every submit against the metadata before a job is
+queued, so ``run`` receives complete, range-checked parameters.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+class JobCancelled(Exception):
+    """Raised by :meth:`CancelToken.check` when the job was cancelled."""
+
+
+class ParamError(ValueError):
+    """A submit's parameters or inputs do not fit the pipeline (server code ``bad_params``)."""
+
+
+class CancelToken:
+    """Thread-safe cancellation flag shared by the server and a running pipeline."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        """Raise :class:`JobCancelled` if the job was cancelled. Call once per step."""
+        if self._event.is_set():
+            raise JobCancelled()
+
+
+@dataclass(frozen=True)
+class Param:
+    """A pipeline parameter.
+
+    Attributes:
+        kind: ``"int"``, ``"float"``, ``"bool"``, ``"str"`` or ``"choice"``.
+        default: the value when neither the preset nor the submit sets it.
+        min, max: inclusive bounds for numbers.
+        choices: the allowed values of a ``"choice"``.
+        max_len: the longest allowed ``"str"``.
+        help: one sentence for people (shown in the Blender panel and ``--help``).
+    """
+
+    kind: str
+    default: Any
+    help: str = ""
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] | None = None
+    max_len: int = 2000
+
+    def coerce(self, name: str, value: Any) -> Any:
+        """Return ``value`` checked and converted to this parameter's kind.
+
+        Raises:
+            ParamError: wrong type, out of range or not an allowed choice; the message says
+                what is allowed.
+        """
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ParamError(f"parameter {name!r} must be true or false, got {value!r}")
+            return value
+        if self.kind in ("int", "float"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ParamError(f"parameter {name!r} must be a number, got {value!r}")
+            if self.kind == "int":
+                if isinstance(value, float) and not value.is_integer():
+                    raise ParamError(f"parameter {name!r} must be a whole number, got {value!r}")
+                value = int(value)
+            else:
+                value = float(value)
+                if not math.isfinite(value):
+                    raise ParamError(f"parameter {name!r} must be finite")
+            if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+                raise ParamError(f"parameter {name!r} = {value} is outside the allowed range [{self.min}, {self.max}]")
+            return value
+        if not isinstance(value, str):
+            raise ParamError(f"parameter {name!r} must be text, got {value!r}")
+        if self.kind == "choice" and value not in (self.choices or ()):
+            raise ParamError(f"parameter {name!r} = {value!r} is not one of {', '.join(self.choices or ())}")
+        if len(value) > self.max_len:
+            raise ParamError(f"parameter {name!r} is {len(value)} characters long; at most {self.max_len} allowed")
+        return value
+
+    def describe(self) -> dict:
+        d = {"kind": self.kind, "default": self.default, "help": self.help}
+        if self.min is not None:
+            d["min"] = self.min
+        if self.max is not None:
+            d["max"] = self.max
+        if self.choices is not None:
+            d["choices"] = list(self.choices)
+        return d
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """An input array of a pipeline.
+
+    Attributes:
+        dtypes: allowed numpy dtype names.
+        shape: the expected shape; ``None`` entries are free, ints are fixed; a tuple of ints
+            in place of an int lists the allowed values (e.g. channels ``(3, 4)``).
+        required: whether every submit must carry it.
+        max_elements: upper bound on the number of elements.
+        help: one sentence for people.
+    """
+
+    dtypes: tuple[str, ...]
+    shape: tuple[Any, ...]
+    required: bool = False
+    max_elements: int = 64 * 1024 * 1024
+    help: str = ""
+
+    def check(self, name: str, arr: np.ndarray) -> None:
+        """Raise :class:`ParamError` when ``arr`` does not fit this spec."""
+        if arr.dtype.name not in self.dtypes:
+            raise ParamError(f"input {name!r} must have dtype {' or '.join(self.dtypes)}, got {arr.dtype.name}")
+        if arr.ndim != len(self.shape):
+            raise ParamError(f"input {name!r} must have {len(self.shape)} dimensions {self._shape_text()}, got shape {arr.shape}")
+        for axis, (want, got) in enumerate(zip(self.shape, arr.shape)):
+            ok = want is None or (got in want if isinstance(want, tuple) else got == want)
+            if not ok or got == 0:
+                raise ParamError(f"input {name!r} has shape {arr.shape}; expected {self._shape_text()} (axis {axis})")
+        if arr.size > self.max_elements:
+            raise ParamError(f"input {name!r} has {arr.size} elements; at most {self.max_elements} allowed")
+
+    def _shape_text(self) -> str:
+        def one(s: Any) -> str:
+            return "N" if s is None else "|".join(map(str, s)) if isinstance(s, tuple) else str(s)
+        return "[" + ", ".join(one(s) for s in self.shape) + "]"
+
+    def describe(self) -> dict:
+        return {
+            "dtypes": list(self.dtypes),
+            "shape": [s if not isinstance(s, tuple) else list(s) for s in self.shape],
+            "required": self.required,
+            "help": self.help,
+        }
+
+
+@dataclass
+class JobRequest:
+    """Everything a pipeline run needs.
+
+    Attributes:
+        job_id: the server's job id.
+        pipeline: the pipeline name.
+        preset: the preset used.
+        params: all parameters, resolved (defaults < preset < submit) and validated.
+        inputs: input arrays as submitted (read-only numpy arrays).
+        seed: the random seed (0 .. 2**31-1).
+        job_dir: the job's folder; results are written here.
+        device: the torch device string (``"cuda"`` or ``"cpu"``).
+        models: the server's model cache (``backend.models.ModelCache``) or None.
+    """
+
+    job_id: str
+    pipeline: str
+    preset: str
+    params: dict[str, Any]
+    inputs: dict[str, np.ndarray]
+    seed: int
+    job_dir: Path
+    device: str = "cpu"
+    models: Any = None
+
+
+@dataclass
+class Result:
+    """What a pipeline returns.
+
+    Attributes:
+        files: result files written into the job folder, by name (e.g. ``{"asset.glb": path}``).
+        arrays: result arrays sent to the client (e.g. vertices float32 [V, 3]).
+        meta: JSON-compatible facts about the result (e.g. face count, timings).
+    """
+
+    files: dict[str, Path] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Emitter:
+    """Where a pipeline reports to. The server's subclass streams to clients; the default
+    implementation only keeps the latest state (useful for direct calls and tests).
+
+    ``progress`` computes elapsed time and the ETA of the current stage from its step rate.
+    """
+
+    def __init__(self) -> None:
+        self._stage: str | None = None
+        self._stage_start = time.monotonic()
+        self._job_start = time.monotonic()
+        self.last_progress: dict | None = None
+        self.previews: dict[str, dict] = {}
+        self.lines: list[str] = []
+
+    def progress(self, stage: str, step: int, total: int, loss: float | None = None, message: str | None = None) -> dict:
+        """Report ``step`` of ``total`` in ``stage``; ``loss`` is the current loss value.
+
+        Returns the progress message (``stage, step, total, loss, eta_s, elapsed_s, message``).
+        """
+        now = time.monotonic()
+        if stage != self._stage:
+            self._stage, self._stage_start = stage, now
+        spent = now - self._stage_start
+        eta = spent / step * (total - step) if step > 0 and total >= step else None
+        msg = {
+            "stage": stage,
+            "step": int(step),
+            "total": int(total),
+            "loss": float(loss) if loss is not None and math.isfinite(float(loss)) else None,
+            "eta_s": eta,
+            "elapsed_s": now - self._job_start,
+            "message": message,
+        }
+        self.last_progress = msg
+        self._on_progress(msg)
+        return msg
+
+    def preview(self, kind: str, data: dict[str, Any], meta: dict | None = None) -> None:
+        """Stream an intermediate result. ``kind``: ``"gaussians"`` (means float32 [N, 3],
+        rgb uint8 [N, 3], opacity float32 [N]), ``"mesh"`` (vertices float32 [V, 3], faces
+        int32 [F, 3], optional uv float32 [F*3, 2]) or ``"texture"`` (rgba uint8 [H, W, 4]).
+        Tensors are copied to host numpy arrays, so the caller may keep changing them."""
+        arrays = {k: _to_numpy(v) for k, v in data.items()}
+        msg = {"kind": kind, "data": arrays, "meta": meta or {}}
+        self.previews[kind] = msg
+        self._on_preview(msg)
+
+    def log(self, line: str) -> None:
+        """Append a line to the job's log."""
+        self.lines.append(line)
+        self._on_log(line)
+
+    # Subclass hooks.
+    def _on_progress(self, msg: dict) -> None:
+        pass
+
+    def _on_preview(self, msg: dict) -> None:
+        pass
+
+    def _on_log(self, line: str) -> None:
+        pass
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # torch.Tensor, without importing torch here
+        value = value.detach().cpu().numpy()
+    return np.array(value, copy=True)
+
+
+class Pipeline:
+    """Base class of every generation method.
+
+    Class attributes:
+        name: the registry name used on the wire and on the CLI.
+        title: a short human title.
+        params: parameter schema, name -> :class:`Param`.
+        presets: preset name -> parameter overrides; ``"default"`` must exist.
+        inputs: input name -> :class:`InputSpec`.
+        models: preset -> model ids (Hugging Face repo ids) the preset needs.
+    """
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    params: ClassVar[dict[str, Param]] = {}
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
+    inputs: ClassVar[dict[str, InputSpec]] = {}
+    models: ClassVar[dict[str, list[str]]] = {}
+
+    def run(self, request: JobRequest, emit: Emitter, cancel: CancelToken) -> Result:
+        """Run the method. Subclasses implement it.
+
+        Raises:
+            JobCancelled: when ``cancel.check()`` fires.
+            ParamError: inputs that turn out to be unusable (e.g. an empty mask).
+            backend.models.ModelMissingError: weights not available.
+        """
+        raise NotImplementedError(f"pipeline {self.name!r} does not implement run()")
+
+    @classmethod
+    def resolve(cls, preset: str | None, params: dict[str, Any], inputs: dict[str, np.ndarray]) -> tuple[str, dict]:
+        """Validate a submit and merge defaults < preset < params.
+
+        Returns:
+            (preset name, complete parameter dict).
+        Raises:
+            ParamError: unknown preset or parameter, a value out of range, a missing,
+                unexpected or malformed input.
+        """
+        preset = preset or "default"
+        if preset not in cls.presets:
+            raise ParamError(f"pipeline {cls.name!r} has no preset {preset!r}; choose one of {', '.join(cls.presets)}")
+        merged = {k: p.default for k, p in cls.params.items()}
+        merged.update(cls.presets[preset])
+        for key, value in params.items():
+            if key not in cls.params:
+                raise ParamError(f"pipeline {cls.name!r} has no parameter {key!r}; known: {', '.join(sorted(cls.params))}")
+            merged[key] = value
+        resolved = {k: cls.params[k].coerce(k, v) for k, v in merged.items()}
+        for key, arr in inputs.items():
+            if key not in cls.inputs:
+                raise ParamError(f"pipeline {cls.name!r} takes no input {key!r}; known: {', '.join(sorted(cls.inputs)) or 'none'}")
+            cls.inputs[key].check(key, arr)
+        for key, spec in cls.inputs.items():
+            if spec.required and key not in inputs:
+                raise ParamError(f"pipeline {cls.name!r} needs the input {key!r} ({spec.help})")
+        cls.check_request(resolved, inputs)
+        return preset, resolved
+
+    @classmethod
+    def check_request(cls, params: dict[str, Any], inputs: dict[str, np.ndarray]) -> None:
+        """Cross-field checks (e.g. "a prompt or an image"); raise :class:`ParamError`."""
+
+    @classmethod
+    def describe(cls) -> dict:
+        """The pipeline's metadata for the server's ``welcome``."""
+        return {
+            "title": cls.title or cls.name,
+            "params": {k: p.describe() for k, p in cls.params.items()},
+            "presets": {k: dict(v) for k, v in cls.presets.items()},
+            "inputs": {k: s.describe() for k, s in cls.inputs.items()},
+            "models": {k: list(v) for k, v in cls.models.items()},
+        }
+
+
+#: The pipelines known to this process, by name. Filled by :func:`register`.
+REGISTRY: dict[str, type[Pipeline]] = {}
+
+
+def register(cls: type[Pipeline]) -> type[Pipeline]:
+    """Class decorator: add a pipeline to :data:`REGISTRY`.
+
+    Raises:
+        ValueError: the name is empty, taken by another class, or there is no "default" preset.
+    """
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} has no name")
+    if "default" not in cls.presets:
+        raise ValueError(f"pipeline {cls.name!r} must define a 'default' preset")
+    other = REGISTRY.get(cls.name)
+    if other is not None and other is not cls:
+        raise ValueError(f"pipeline name {cls.name!r} is already registered by {other.__qualname__}")
+    REGISTRY[cls.name] = cls
+    return cls
