@@ -22,7 +22,7 @@ from rich.table import Table
 from shared_protocol.client import DEFAULT_ADDRESS, Client, ClientError, load_curve_keys
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Splatsmith: text- and image-to-3D for Blender.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # no hard wraps: commands stay copyable
 out = Console()
 
 DEFAULT_OUTPUT = Path(os.environ.get("SPLATSMITH_OUTPUT", Path.home() / "splatsmith" / "jobs"))

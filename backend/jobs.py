@@ -316,7 +316,10 @@ class Worker(threading.Thread):
             job.cancel.check()
             self.store.save_result(job, result)
         except JobCancelled:
-            self._end(job, "cancelled", "cancelled", "the job was cancelled")
+            if self._stopping:
+                self._end(job, "failed", "interrupted", "the server stopped while this job ran; submit it again")
+            else:
+                self._end(job, "cancelled", "cancelled", "the job was cancelled")
             return
         except ParamError as exc:
             self._end(job, "failed", "bad_params", str(exc))

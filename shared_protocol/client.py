@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import zmq
+import zmq.auth
+from zmq.utils.monitor import recv_monitor_message
 
 from . import messages
 from .codec import DEFAULT_LIMITS, PROTOCOL_VERSION, Limits, ProtocolError, decode, encode
@@ -150,7 +152,8 @@ class Client:
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RCVHWM, 0)
+        # A small receive queue lets the server's latest-wins previews apply while we do not poll.
+        self._sock.setsockopt(zmq.RCVHWM, 32)
         self._sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
         self._sock.setsockopt(zmq.HEARTBEAT_TTL, 10000)
@@ -227,23 +230,36 @@ class Client:
         self._check_monitor()
         count = 0
         wait_ms = int(timeout * 1000)
+        # Previews are latest-wins here too: of a batch, only the newest per (job, kind) is
+        # dispatched, so a client that could not poll for a while gets no backlog.
+        previews: dict[tuple[str, str], dict] = {}
         while count < max_messages:
             if not self._sock.poll(wait_ms if count == 0 else 0, zmq.POLLIN):
                 break
             frames = self._sock.recv_multipart(copy=False)
             self._last_heard = time.monotonic()
+            count += 1
             try:
                 message = messages.validate(decode(frames, self.limits), "reply")
             except ProtocolError as exc:
                 message = messages.error("internal", f"the backend sent an invalid reply: {exc.message}")
+            if message["type"] == "preview":
+                key = (message["job_id"], message["kind"])
+                previews.pop(key, None)
+                previews[key] = message
+                continue
+            job_id = message.get("job_id")
+            for key in [k for k in previews if k[0] == job_id]:
+                self._dispatch(previews.pop(key))
             self._dispatch(message)
-            count += 1
+        for message in previews.values():
+            self._dispatch(message)
         self._check_deadlines()
         return count
 
     def _check_monitor(self) -> None:
         while self._monitor.poll(0):
-            event = zmq.utils.monitor.recv_monitor_message(self._monitor)
+            event = recv_monitor_message(self._monitor)
             if event["event"] in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
                 self.refused = (
                     f"the backend at {self.address} refused this client's CURVE keys: add the client's "

@@ -112,8 +112,8 @@ def encode(message: dict, version: int = PROTOCOL_VERSION) -> list[Any]:
                     "bad_dtype",
                     f"arrays of dtype {value.dtype} cannot be sent; use one of {', '.join(DTYPE_WHITELIST)}",
                 )
-            arr = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<"))
-            frames.append(memoryview(arr).cast("B") if arr.size else b"")
+            arr = value.astype(value.dtype.newbyteorder("<"), order="C", copy=False)  # keeps 0-d shapes
+            frames.append(memoryview(arr.reshape(-1)).cast("B") if arr.size else b"")
             return {_ARRAY_KEY: {"dtype": name, "shape": list(arr.shape), "frame": len(frames) - 1}}
         if isinstance(value, dict):
             return {k: walk(v) for k, v in value.items()}
@@ -169,7 +169,6 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> dict:
             bytes(_frame_buffer(frames[0])),
             raw=False,
             strict_map_key=True,
-            max_buffer_size=limits.max_header_bytes,
             max_str_len=limits.max_str_len,
             max_bin_len=limits.max_header_bytes,
             max_array_len=limits.max_container_len,

@@ -1,0 +1,86 @@
+"""Small real pipelines for the server tests: they do real (tiny) torch work, report through
+``emit``, honour cancellation, write result files, and fail in the ways real ones fail."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from backend.pipelines.base import CancelToken, Emitter, InputSpec, JobRequest, Param, ParamError, Pipeline, Result
+
+
+class FitPipeline(Pipeline):
+    """Fits points to a target point cloud (the input, or a sphere) with Adam."""
+
+    name = "fit"
+    title = "Fit a point cloud (test)"
+    params = {
+        "steps": Param("int", 40, "optimisation steps", min=1, max=100_000),
+        "step_ms": Param("float", 0.0, "extra time per step, ms", min=0.0, max=1000.0),
+        "points": Param("int", 256, "number of points", min=1, max=200_000),
+        "lr": Param("float", 0.05, "Adam learning rate", min=1e-6, max=1.0),
+        "preview_every": Param("int", 1, "steps between previews", min=1, max=1000),
+    }
+    presets = {"default": {}, "fast": {"steps": 10}}
+    inputs = {"target": InputSpec(("float32",), (None, 3), help="target points [N, 3]")}
+
+    @classmethod
+    def check_request(cls, params, inputs):
+        if "target" in inputs and inputs["target"].shape[0] != params["points"]:
+            raise ParamError(f"target has {inputs['target'].shape[0]} points but 'points' is {params['points']}")
+
+    def run(self, request: JobRequest, emit: Emitter, cancel: CancelToken) -> Result:
+        p = request.params
+        gen = torch.Generator().manual_seed(request.seed)
+        if "target" in request.inputs:
+            target = torch.from_numpy(np.array(request.inputs["target"]))
+        else:
+            target = torch.nn.functional.normalize(torch.randn(p["points"], 3, generator=gen), dim=1)
+        x = torch.zeros(p["points"], 3, requires_grad=True)
+        opt = torch.optim.Adam([x], lr=p["lr"])
+        for step in range(1, p["steps"] + 1):
+            cancel.check()
+            loss = ((x - target) ** 2).sum(1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if p["step_ms"]:
+                time.sleep(p["step_ms"] / 1000)
+            emit.progress("fit", step, p["steps"], loss.item())
+            if step % p["preview_every"] == 0:
+                colours = (x.detach().clamp(-1, 1) * 127.5 + 127.5).to(torch.uint8)
+                emit.preview("gaussians", {"means": x, "rgb": colours, "opacity": torch.ones(p["points"])},
+                             meta={"step": step})
+        points = x.detach().numpy().astype(np.float32)
+        path = request.job_dir / "points.bin"
+        points.tofile(path)
+        return Result(files={"points.bin": path}, arrays={"points": points},
+                      meta={"final_loss": loss.item(), "steps": p["steps"]})
+
+
+class BoomPipeline(Pipeline):
+    """Raises after two steps, like a pipeline with a bug."""
+
+    name = "boom"
+    params = {"steps": Param("int", 2, "steps before the error", min=0, max=100)}
+
+    def run(self, request, emit, cancel):
+        for step in range(request.params["steps"]):
+            cancel.check()
+            emit.progress("boom", step + 1, request.params["steps"])
+        raise ValueError("the pipeline tripped over a bad value")
+
+
+class HogPipeline(Pipeline):
+    """Asks the allocator for far more memory than exists: a real out-of-memory error."""
+
+    name = "hog"
+
+    def run(self, request, emit, cancel):
+        emit.progress("alloc", 0, 1)
+        big = torch.empty(2**50, dtype=torch.uint8)  # 1 PiB
+        return Result(meta={"size": big.numel()})
+
+
+TEST_PIPELINES = {cls.name: cls for cls in (FitPipeline, BoomPipeline, HogPipeline)}
