@@ -1,0 +1,454 @@
+"""3D Gaussians: the model, its differentiable renderer, and the 3DGS PLY format.
+
+The renderer follows 3D Gaussian Splatting (Kerbl et al. 2023): EWA projection of each 3D
+covariance to a 2D one (Zwicker et al. 2001; 3DGS eq. 5, with the Jacobian clamping and the
+0.3 px^2 low-pass of the public code), then front-to-back alpha compositing
+C = sum_i c_i alpha_i prod_{j<i} (1 - alpha_j) (3DGS eq. 3), alpha_i clamped to 0.99,
+contributions below 1/255 skipped and compositing stopped once transmittance falls below
+1e-4, exactly as gsplat 1.5.3's ``rasterization`` does. On CUDA the work is done by
+``gsplat.rasterization``; on the CPU by a pure-torch rasteriser written for this project,
+because gsplat's kernels need CUDA and no CPU Gaussian rasteriser is available as a library.
+Both return the same outputs and the metadata ``gsplat.strategy.DefaultStrategy`` reads, so
+densification and pruning run on both devices.
+
+Model parameters follow gsplat's naming so its strategies can edit them in place:
+``means`` [N,3], ``scales`` [N,3] (log of the standard deviations, metres), ``quats`` [N,4]
+(w, x, y, z; normalised when used), ``opacities`` [N] (logits), ``sh0`` [N,1,3] and
+``shN`` [N,(d+1)^2-1,3] (real spherical-harmonics coefficients; colour = SH(d) + 0.5).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..cameras import Cameras
+
+#: Real spherical-harmonics constants (3DGS, ``utils/sh_utils.py``; Sloan 2008).
+SH_C0 = 0.28209479177387814
+SH_C1 = 0.4886025119029199
+SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
+         -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+
+ALPHA_MIN = 1.0 / 255.0
+ALPHA_MAX = 0.99
+T_MIN = 1e-4
+
+
+def rgb_to_sh0(rgb: torch.Tensor) -> torch.Tensor:
+    """Colour in [0, 1] -> degree-0 SH coefficient (colour = SH_C0 * sh0 + 0.5)."""
+    return (rgb - 0.5) / SH_C0
+
+
+def sh0_to_rgb(sh0: torch.Tensor) -> torch.Tensor:
+    """Degree-0 SH coefficient -> colour (not clamped)."""
+    return sh0 * SH_C0 + 0.5
+
+
+class GaussianModel:
+    """A set of 3D Gaussians with SH colour of degree ``sh_degree`` (0..3).
+
+    Attributes:
+        params: ``torch.nn.ParameterDict`` with keys means, scales, quats, opacities, sh0, shN.
+        sh_degree: the SH degree of the colour (0 = view-independent).
+    """
+
+    def __init__(self, params: dict[str, torch.Tensor], sh_degree: int = 0):
+        if not 0 <= sh_degree <= 3:
+            raise ValueError(f"sh_degree must be 0..3, got {sh_degree}")
+        self.sh_degree = sh_degree
+        self.params = torch.nn.ParameterDict({k: torch.nn.Parameter(v.detach().clone().float()) for k, v in params.items()})
+
+    @classmethod
+    def from_points(cls, points: torch.Tensor, colors: torch.Tensor | None = None, scale: float | torch.Tensor = 0.02,
+                    opacity: float = 0.1, sh_degree: int = 0) -> "GaussianModel":
+        """Isotropic Gaussians at ``points`` (float [N,3], metres) with ``colors`` (float [N,3]
+        in [0,1], default grey), standard deviation ``scale`` (metres, scalar or [N])."""
+        n = points.shape[0]
+        colors = torch.full((n, 3), 0.5) if colors is None else colors.float()
+        scale_t = torch.as_tensor(scale, dtype=torch.float32).reshape(-1, 1).expand(n, 3)
+        quats = torch.zeros(n, 4)
+        quats[:, 0] = 1.0
+        k = (sh_degree + 1) ** 2
+        return cls({
+            "means": points.float(),
+            "scales": torch.log(scale_t),
+            "quats": quats,
+            "opacities": torch.logit(torch.full((n,), float(opacity))),
+            "sh0": rgb_to_sh0(colors)[:, None, :],
+            "shN": torch.zeros(n, k - 1, 3),
+        }, sh_degree)
+
+    @classmethod
+    def init_sphere(cls, n: int, radius: float = 0.5, opacity: float = 0.1, sh_degree: int = 0,
+                    generator: torch.Generator | None = None, center=(0.0, 0.0, 0.0)) -> "GaussianModel":
+        """``n`` Gaussians uniform in a ball of ``radius`` metres (DreamGaussian's initialisation:
+        random colours, isotropic scale from the mean spacing of the points)."""
+        direction = torch.nn.functional.normalize(torch.randn(n, 3, generator=generator), dim=-1)
+        r = radius * torch.rand(n, 1, generator=generator) ** (1.0 / 3.0)
+        points = direction * r + torch.as_tensor(center, dtype=torch.float32)
+        colors = torch.rand(n, 3, generator=generator)
+        spacing = radius * (4.0 / 3.0 * math.pi / n) ** (1.0 / 3.0)
+        return cls.from_points(points, colors, scale=0.5 * spacing, opacity=opacity, sh_degree=sh_degree)
+
+    def __len__(self) -> int:
+        return self.params["means"].shape[0]
+
+    def to(self, device) -> "GaussianModel":
+        self.params = self.params.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.params["means"].device
+
+    @property
+    def means(self) -> torch.Tensor:
+        return self.params["means"]
+
+    @property
+    def scales(self) -> torch.Tensor:
+        """Standard deviations in metres, [N, 3] (exp of the parameter)."""
+        return torch.exp(self.params["scales"])
+
+    @property
+    def quats(self) -> torch.Tensor:
+        """Unit quaternions (w, x, y, z), [N, 4]."""
+        return torch.nn.functional.normalize(self.params["quats"], dim=-1)
+
+    @property
+    def opacities(self) -> torch.Tensor:
+        """Opacities in (0, 1), [N] (sigmoid of the parameter)."""
+        return torch.sigmoid(self.params["opacities"])
+
+    @property
+    def sh(self) -> torch.Tensor:
+        """All SH coefficients, [N, (d+1)^2, 3]."""
+        return torch.cat([self.params["sh0"], self.params["shN"]], dim=1)
+
+    @property
+    def base_colors(self) -> torch.Tensor:
+        """View-independent colour in [0, 1], [N, 3]."""
+        return sh0_to_rgb(self.params["sh0"][:, 0]).clamp(0, 1)
+
+    def parameter_groups(self, lrs: dict[str, float]) -> dict[str, torch.optim.Optimizer]:
+        """One Adam optimiser per parameter (the layout gsplat's strategies expect).
+        ``lrs`` maps parameter names to learning rates; missing names get no optimiser."""
+        return {k: torch.optim.Adam([{"params": [self.params[k]], "lr": lr, "name": k}], eps=1e-15)
+                for k, lr in lrs.items() if k in self.params}
+
+    # ------------------------------------------------------------------ PLY
+    def save_ply(self, path: str | Path) -> None:
+        """Write the standard 3DGS PLY (x y z nx ny nz f_dc_* f_rest_* opacity scale_* rot_*;
+        binary little-endian float32) that other splat viewers and tools read. Coordinates are
+        written as they are (the glTF world of this project)."""
+        from plyfile import PlyData, PlyElement
+
+        with torch.no_grad():
+            n = len(self)
+            means = self.params["means"].cpu().numpy()
+            f_dc = self.params["sh0"][:, 0].cpu().numpy()
+            # 3DGS stores the rest channel-major: f_rest_{c * (K-1) + k}.
+            f_rest = self.params["shN"].transpose(1, 2).reshape(n, -1).cpu().numpy()
+            columns = [("x", means[:, 0]), ("y", means[:, 1]), ("z", means[:, 2]),
+                       ("nx", np.zeros(n)), ("ny", np.zeros(n)), ("nz", np.zeros(n))]
+            columns += [(f"f_dc_{i}", f_dc[:, i]) for i in range(3)]
+            columns += [(f"f_rest_{i}", f_rest[:, i]) for i in range(f_rest.shape[1])]
+            columns += [("opacity", self.params["opacities"].cpu().numpy())]
+            columns += [(f"scale_{i}", self.params["scales"][:, i].cpu().numpy()) for i in range(3)]
+            columns += [(f"rot_{i}", self.params["quats"][:, i].cpu().numpy()) for i in range(4)]
+        data = np.empty(n, dtype=[(name, "<f4") for name, _ in columns])
+        for name, values in columns:
+            data[name] = values
+        PlyData([PlyElement.describe(data, "vertex")], byte_order="<").write(str(path))
+
+    @classmethod
+    def load_ply(cls, path: str | Path) -> "GaussianModel":
+        """Read a 3DGS PLY written by this project or by the 3DGS reference code.
+
+        Raises:
+            ValueError: the file lacks a 3DGS property, or its f_rest count is not 0, 9, 24 or 45.
+        """
+        from plyfile import PlyData
+
+        vertex = PlyData.read(str(path))["vertex"]
+        names = set(vertex.data.dtype.names)
+        need = {"x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
+                "rot_0", "rot_1", "rot_2", "rot_3"}
+        if not need <= names:
+            raise ValueError(f"{path} is not a 3DGS PLY: missing {', '.join(sorted(need - names))}")
+        col = lambda name: torch.from_numpy(np.asarray(vertex[name], dtype=np.float32))  # noqa: E731
+        n_rest = len([n for n in names if n.startswith("f_rest_")])
+        degree = {0: 0, 9: 1, 24: 2, 45: 3}.get(n_rest)
+        if degree is None:
+            raise ValueError(f"{path}: {n_rest} f_rest properties do not match an SH degree 0..3")
+        n = len(vertex.data)
+        rest = torch.stack([col(f"f_rest_{i}") for i in range(n_rest)], -1) if n_rest else torch.zeros(n, 0)
+        k = (degree + 1) ** 2
+        return cls({
+            "means": torch.stack([col("x"), col("y"), col("z")], -1),
+            "scales": torch.stack([col(f"scale_{i}") for i in range(3)], -1),
+            "quats": torch.stack([col(f"rot_{i}") for i in range(4)], -1),
+            "opacities": col("opacity"),
+            "sh0": torch.stack([col(f"f_dc_{i}") for i in range(3)], -1)[:, None, :],
+            "shN": rest.reshape(n, 3, k - 1).transpose(1, 2).contiguous(),
+        }, degree)
+
+
+# ---------------------------------------------------------------------- maths
+def quat_scale_to_covar(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """3D covariances Sigma = R S S^T R^T (3DGS eq. 6), [N, 3, 3], from unit quaternions
+    (w, x, y, z) [N, 4] and standard deviations [N, 3]."""
+    w, x, y, z = quats.unbind(-1)
+    R = torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], -1).reshape(-1, 3, 3)
+    M = R * scales[:, None, :]
+    return M @ M.transpose(1, 2)
+
+
+def eval_sh(degree: int, sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
+    """Evaluate real SH of ``degree`` (0..3) with coefficients ``sh`` [..., K>=(d+1)^2, 3] in
+    unit directions ``dirs`` [..., 3]; returns [..., 3] (without the +0.5 offset).
+    Basis and constants of 3DGS's ``eval_sh``."""
+    out = SH_C0 * sh[..., 0, :]
+    if degree < 1:
+        return out
+    x, y, z = (dirs[..., i:i + 1] for i in range(3))
+    out = out - SH_C1 * y * sh[..., 1, :] + SH_C1 * z * sh[..., 2, :] - SH_C1 * x * sh[..., 3, :]
+    if degree < 2:
+        return out
+    xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
+    out = (out + SH_C2[0] * xy * sh[..., 4, :] + SH_C2[1] * yz * sh[..., 5, :]
+           + SH_C2[2] * (2 * zz - xx - yy) * sh[..., 6, :] + SH_C2[3] * xz * sh[..., 7, :]
+           + SH_C2[4] * (xx - yy) * sh[..., 8, :])
+    if degree < 3:
+        return out
+    return (out + SH_C3[0] * y * (3 * xx - yy) * sh[..., 9, :] + SH_C3[1] * xy * z * sh[..., 10, :]
+            + SH_C3[2] * y * (4 * zz - xx - yy) * sh[..., 11, :]
+            + SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[..., 12, :]
+            + SH_C3[4] * x * (4 * zz - xx - yy) * sh[..., 13, :] + SH_C3[5] * z * (xx - yy) * sh[..., 14, :]
+            + SH_C3[6] * x * (xx - 3 * yy) * sh[..., 15, :])
+
+
+@dataclass
+class Projection:
+    """Per-camera screen-space Gaussians ([C, N, ...]); ``radii`` is 0 where culled."""
+
+    means2d: torch.Tensor  # float [C, N, 2] pixels (x right, y down; pixel centres at +0.5)
+    conics: torch.Tensor  # float [C, N, 3] (a, b, c) of the inverse 2D covariance
+    depths: torch.Tensor  # float [C, N] camera z, metres
+    radii: torch.Tensor  # int32 [C, N, 2] half-extent of the bounding box in pixels
+
+
+def project(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
+            viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int,
+            near: float = 0.01, far: float = 1e10, eps2d: float = 0.3) -> Projection:
+    """EWA projection of 3D Gaussians into C pinhole cameras (3DGS eq. 5; gsplat's
+    ``fully_fused_projection`` with its Jacobian clamping and ``eps2d`` low-pass).
+
+    The bounding box half-extent along each axis is where the Gaussian's alpha falls to 1/255:
+    sqrt(2 ln(255 o) Sigma2d_xx), capped at 3.33 sigma, as gsplat does.
+    """
+    R, t = viewmats[:, :3, :3], viewmats[:, :3, 3]
+    mc = torch.einsum("cij,nj->cni", R, means) + t[:, None, :]
+    x, y, z = mc.unbind(-1)
+    covar = quat_scale_to_covar(quats, scales)
+    covar_c = torch.einsum("cij,njk,clk->cnil", R, covar, R)
+    fx, fy = Ks[:, 0, 0][:, None], Ks[:, 1, 1][:, None]
+    cx, cy = Ks[:, 0, 2][:, None], Ks[:, 1, 2][:, None]
+    z_safe = torch.where(z > near, z, torch.full_like(z, near))
+    tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
+    lim_x_pos, lim_x_neg = (width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
+    lim_y_pos, lim_y_neg = (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
+    tx = z_safe * torch.minimum(torch.maximum(x / z_safe, -lim_x_neg), lim_x_pos)
+    ty = z_safe * torch.minimum(torch.maximum(y / z_safe, -lim_y_neg), lim_y_pos)
+    zero = torch.zeros_like(z)
+    J = torch.stack([fx / z_safe, zero, -fx * tx / z_safe**2, zero, fy / z_safe, -fy * ty / z_safe**2], -1)
+    J = J.reshape(*z.shape, 2, 3)
+    cov2d = J @ covar_c @ J.transpose(-1, -2)
+    a = cov2d[..., 0, 0] + eps2d
+    b = cov2d[..., 0, 1]
+    c = cov2d[..., 1, 1] + eps2d
+    det = a * c - b * b
+    det_safe = torch.where(det > 0, det, torch.ones_like(det))
+    conics = torch.stack([c / det_safe, -b / det_safe, a / det_safe], -1)
+    means2d = torch.stack([fx * x / z_safe + cx, fy * y / z_safe + cy], -1)
+    with torch.no_grad():
+        opa = opacities.detach()[None, :].expand_as(z)
+        extend = torch.sqrt(2.0 * torch.log((opa * 255.0).clamp_min(1.0))).clamp_max(3.33)
+        rx = torch.ceil(extend * torch.sqrt(a.detach().clamp_min(0)))
+        ry = torch.ceil(extend * torch.sqrt(c.detach().clamp_min(0)))
+        m = means2d.detach()
+        valid = (z > near) & (z < far) & (det > 0) & (opa * 255.0 > 1.0) & (rx > 0) & (ry > 0)
+        valid &= (m[..., 0] + rx > 0) & (m[..., 0] - rx < width) & (m[..., 1] + ry > 0) & (m[..., 1] - ry < height)
+        radii = torch.stack([torch.where(valid, rx, 0), torch.where(valid, ry, 0)], -1).to(torch.int32)
+    return Projection(means2d, conics, z, radii)
+
+
+def _rasterize_one(means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Tensor, opacities: torch.Tensor,
+                   depths: torch.Tensor, radii: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Composite one camera's projected Gaussians.
+
+    Returns float [H*W, 3 + 2]: colour, accumulated alpha and accumulated (not normalised)
+    depth per pixel. Pixel/Gaussian pairs are formed from each Gaussian's bounding box,
+    culled below alpha 1/255, sorted by (pixel, depth), and composited with a segmented
+    exclusive cumulative sum of log(1 - alpha) in float64. All per-Gaussian attributes are
+    gathered in one ``index_select`` so the backward pass is one ``index_add``.
+    """
+    device = means2d.device
+    hw = width * height
+    n_ch = colors.shape[-1]
+    # [N, 2 + 3 + 1 + 1 + n_ch]: means2d, conic, opacity, depth, colour.
+    attrs = torch.cat([means2d, conics, opacities[:, None], depths[:, None], colors], 1)
+    out = torch.zeros(hw, n_ch + 2, device=device)
+    vis = torch.nonzero(radii[:, 0] > 0).squeeze(1)
+    if vis.numel() == 0:
+        return out + 0 * attrs.sum()
+    with torch.no_grad():
+        m = means2d.detach()[vis]
+        r = radii[vis].float()
+        x0 = torch.ceil(m[:, 0] - r[:, 0] - 0.5).clamp(0, width - 1).long()
+        x1 = torch.floor(m[:, 0] + r[:, 0] - 0.5).clamp(0, width - 1).long()
+        y0 = torch.ceil(m[:, 1] - r[:, 1] - 0.5).clamp(0, height - 1).long()
+        y1 = torch.floor(m[:, 1] + r[:, 1] - 0.5).clamp(0, height - 1).long()
+        bw, bh = (x1 - x0 + 1).clamp_min(0), (y1 - y0 + 1).clamp_min(0)
+        counts = bw * bh
+        # Gaussians are visited front to back, so pairs come out depth-sorted per Gaussian
+        # and a stable sort by pixel alone keeps depth order within each pixel.
+        front_to_back = torch.argsort(depths.detach()[vis])
+        vis, x0, y0, bw, counts = vis[front_to_back], x0[front_to_back], y0[front_to_back], bw[front_to_back], counts[front_to_back]
+        local_gid = torch.repeat_interleave(torch.arange(vis.numel(), device=device), counts)
+        starts = torch.cumsum(counts, 0) - counts
+        local = torch.arange(local_gid.numel(), device=device) - starts.index_select(0, local_gid)
+        w_g = bw.index_select(0, local_gid)
+        px = x0.index_select(0, local_gid) + local % w_g
+        py = y0.index_select(0, local_gid) + torch.div(local, w_g, rounding_mode="floor")
+        gid = vis.index_select(0, local_gid)
+        a = attrs.detach()[:, :6].index_select(0, gid)
+        dx = px.float() + 0.5 - a[:, 0]
+        dy = py.float() + 0.5 - a[:, 1]
+        sigma = 0.5 * (a[:, 2] * dx * dx + a[:, 4] * dy * dy) + a[:, 3] * dx * dy
+        alpha = (a[:, 5] * torch.exp(-sigma)).clamp_max(ALPHA_MAX)
+        keep = torch.nonzero((sigma >= 0) & (alpha >= ALPHA_MIN)).squeeze(1)
+        pix = (py * width + px).index_select(0, keep)
+        order = torch.sort(pix, stable=True).indices
+        keep = keep.index_select(0, order)
+        pix = pix.index_select(0, order)
+        gid = gid.index_select(0, keep)
+        fx = px.index_select(0, keep).float() + 0.5
+        fy = py.index_select(0, keep).float() + 0.5
+        is_start = torch.ones_like(pix, dtype=torch.bool)
+        is_start[1:] = pix[1:] != pix[:-1]
+        seg = torch.cumsum(is_start.long(), 0) - 1
+        start_idx = torch.nonzero(is_start).squeeze(1)
+    if gid.numel() == 0:
+        return out + 0 * attrs.sum()
+    # Differentiable part.
+    g = attrs.index_select(0, gid)
+    dx = fx - g[:, 0]
+    dy = fy - g[:, 1]
+    sigma = 0.5 * (g[:, 2] * dx * dx + g[:, 4] * dy * dy) + g[:, 3] * dx * dy
+    alpha = (g[:, 5] * torch.exp(-sigma)).clamp_max(ALPHA_MAX)
+    log1m = torch.log1p(-alpha).double()
+    excl = torch.cumsum(log1m, 0) - log1m
+    T = torch.exp(excl - excl.index_select(0, start_idx).index_select(0, seg)).float()
+    with torch.no_grad():  # gsplat stops before the Gaussian that drops T to 1e-4 or below
+        go = ((T * (1.0 - alpha.detach())) > T_MIN).float()
+    weight = T * alpha * go
+    values = torch.cat([weight[:, None] * g[:, 7:], weight[:, None], (weight * g[:, 6])[:, None]], 1)
+    return out.index_add(0, pix, values)
+
+
+@dataclass
+class RenderOutput:
+    """Renders of C cameras, rows top to bottom.
+
+    Attributes:
+        rgb: float [C, H, W, 3] composited over the background.
+        alpha: float [C, H, W, 1] accumulated opacity in [0, 1].
+        depth: float [C, H, W, 1] expected depth (metres along the camera axis; 0 where empty).
+        info: the metadata gsplat's strategies read: ``means2d`` [C,N,2] (its ``.grad`` is
+            filled by backward), ``radii`` int32 [C,N,2], ``width``, ``height``,
+            ``n_cameras``, ``gaussian_ids`` (None: not packed).
+    """
+
+    rgb: torch.Tensor
+    alpha: torch.Tensor
+    depth: torch.Tensor
+    info: dict[str, Any]
+
+
+def gsplat_available(device: torch.device | str) -> bool:
+    """Whether gsplat's CUDA rasteriser can be used on ``device``."""
+    if torch.device(device).type != "cuda":
+        return False
+    try:
+        import gsplat  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def render(model: GaussianModel, cameras: Cameras, background: torch.Tensor | tuple | float = 1.0,
+           sh_degree: int | None = None, backend: str = "auto") -> RenderOutput:
+    """Render Gaussians from C cameras, differentiably.
+
+    Args:
+        model: the Gaussians (N of them).
+        cameras: C cameras; their ``width`` and ``height`` set the image size.
+        background: RGB in [0,1]: a float, a (3,) sequence, or a tensor [3] or [C, 3].
+        sh_degree: SH degree to evaluate (default: the model's).
+        backend: ``"auto"`` (gsplat on CUDA, else torch), ``"gsplat"`` or ``"torch"``.
+    Returns:
+        :class:`RenderOutput`.
+    Raises:
+        RuntimeError: ``backend="gsplat"`` without CUDA and gsplat.
+    """
+    device = model.device
+    cams = cameras.to(device)
+    C, W, H = len(cams), cams.width, cams.height
+    bg = torch.as_tensor(background, dtype=torch.float32, device=device)
+    bg = bg.reshape(-1, 3) if bg.numel() >= 3 else bg.reshape(1, 1).expand(1, 3)
+    bg = bg.expand(C, 3)
+    degree = model.sh_degree if sh_degree is None else sh_degree
+    use_gsplat = backend == "gsplat" or (backend == "auto" and gsplat_available(device))
+    if use_gsplat:
+        if not gsplat_available(device):
+            raise RuntimeError("the gsplat backend needs CUDA and gsplat installed (pip install 'splatsmith[gpu]')")
+        from gsplat import rasterization
+
+        colors, alphas, info = rasterization(
+            model.means, model.quats, model.scales, model.opacities, model.sh, cams.viewmats, cams.Ks, W, H,
+            sh_degree=degree, render_mode="RGB+ED", packed=False,
+        )
+        rgb, depth = colors[..., :3], colors[..., 3:4]
+        rgb = rgb + (1.0 - alphas) * bg[:, None, None, :]
+        return RenderOutput(rgb, alphas, depth, info)
+    viewmats, Ks = cams.viewmats, cams.Ks
+    opac = model.opacities
+    proj = project(model.means, model.quats, model.scales, opac, viewmats, Ks, W, H)
+    sh = model.sh[:, : (degree + 1) ** 2]
+    if degree > 0:
+        dirs = torch.nn.functional.normalize(model.means[None] - cams.centers[:, None, :], dim=-1)
+        colors = (eval_sh(degree, sh[None].expand(C, -1, -1, -1), dirs) + 0.5).clamp_min(0.0)
+    else:
+        colors = (SH_C0 * sh[None, :, 0, :] + 0.5).clamp_min(0.0).expand(C, -1, -1)
+    images = [
+        _rasterize_one(proj.means2d[c], proj.conics[c], colors[c], opac, proj.depths[c], proj.radii[c], W, H).reshape(H, W, -1)
+        for c in range(C)
+    ]
+    image = torch.stack(images)
+    rgb, alpha, dep = image[..., :3], image[..., 3:4], image[..., 4:5]
+    depth = torch.where(alpha > 0, dep / alpha.clamp_min(1e-10), torch.zeros_like(dep))
+    rgb = rgb + (1.0 - alpha) * bg[:, None, None, :]
+    info = {"means2d": proj.means2d, "radii": proj.radii, "width": W, "height": H, "n_cameras": C,
+            "gaussian_ids": None, "depths": proj.depths, "conics": proj.conics}
+    return RenderOutput(rgb, alpha, depth, info)
