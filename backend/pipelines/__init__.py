@@ -4,3 +4,6 @@ from .base import REGISTRY, CancelToken, Emitter, InputSpec, JobCancelled, JobRe
 
 __all__ = ["REGISTRY", "CancelToken", "Emitter", "InputSpec", "JobCancelled", "JobRequest", "Param", "ParamError",
            "Pipeline", "Result", "register"]
+
+# Built-in pipelines register themselves on import.
+from . import reconstruct  # noqa: E402,F401

@@ -3,7 +3,7 @@
 The renderer follows 3D Gaussian Splatting (Kerbl et al. 2023): EWA projection of each 3D
 covariance to a 2D one (Zwicker et al. 2001; 3DGS eq. 5, with the Jacobian clamping and the
 0.3 px^2 low-pass of the public code), then front-to-back alpha compositing
-C = sum_i c_i alpha_i prod_{j<i} (1 - alpha_j) (3DGS eq. 3), alpha_i clamped to 0.99,
+C = sum_i c_i alpha_i prod_{j<i} (1 - alpha_j) (3DGS eq. 3), alpha_i clamped to 0.999,
 contributions below 1/255 skipped and compositing stopped once transmittance falls below
 1e-4, exactly as gsplat 1.5.3's ``rasterization`` does. On CUDA the work is done by
 ``gsplat.rasterization``; on the CPU by a pure-torch rasteriser written for this project,
@@ -36,7 +36,7 @@ SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.37317633
          -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
 
 ALPHA_MIN = 1.0 / 255.0
-ALPHA_MAX = 0.99
+ALPHA_MAX = 0.999  # gsplat 1.5.3 (the 3DGS reference code uses 0.99)
 T_MIN = 1e-4
 
 
@@ -298,9 +298,10 @@ def _rasterize_one(means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Te
     """Composite one camera's projected Gaussians.
 
     Returns float [H*W, 3 + 2]: colour, accumulated alpha and accumulated (not normalised)
-    depth per pixel. Pixel/Gaussian pairs are formed from each Gaussian's bounding box,
-    culled below alpha 1/255, sorted by (pixel, depth), and composited with a segmented
-    exclusive cumulative sum of log(1 - alpha) in float64. All per-Gaussian attributes are
+    depth per pixel. Pixel/Gaussian pairs are enumerated row by row over the exact span of
+    each Gaussian's alpha >= 1/255 ellipse (inside its bounding box), sorted by (pixel,
+    depth), and composited with a segmented exclusive cumulative sum of log(1 - alpha) in
+    float64. All per-Gaussian attributes are
     gathered in one ``index_select`` so the backward pass is one ``index_add``.
     """
     device = means2d.device
@@ -313,57 +314,63 @@ def _rasterize_one(means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Te
     if vis.numel() == 0:
         return out + 0 * attrs.sum()
     with torch.no_grad():
-        m = means2d.detach()[vis]
-        r = radii[vis].float()
-        x0 = torch.ceil(m[:, 0] - r[:, 0] - 0.5).clamp(0, width - 1).long()
-        x1 = torch.floor(m[:, 0] + r[:, 0] - 0.5).clamp(0, width - 1).long()
-        y0 = torch.ceil(m[:, 1] - r[:, 1] - 0.5).clamp(0, height - 1).long()
-        y1 = torch.floor(m[:, 1] + r[:, 1] - 0.5).clamp(0, height - 1).long()
-        bw, bh = (x1 - x0 + 1).clamp_min(0), (y1 - y0 + 1).clamp_min(0)
-        counts = bw * bh
-        # Gaussians are visited front to back, so pairs come out depth-sorted per Gaussian
-        # and a stable sort by pixel alone keeps depth order within each pixel.
-        front_to_back = torch.argsort(depths.detach()[vis])
-        vis, x0, y0, bw, counts = vis[front_to_back], x0[front_to_back], y0[front_to_back], bw[front_to_back], counts[front_to_back]
-        local_gid = torch.repeat_interleave(torch.arange(vis.numel(), device=device), counts)
-        starts = torch.cumsum(counts, 0) - counts
-        local = torch.arange(local_gid.numel(), device=device) - starts.index_select(0, local_gid)
-        w_g = bw.index_select(0, local_gid)
-        px = x0.index_select(0, local_gid) + local % w_g
-        py = y0.index_select(0, local_gid) + torch.div(local, w_g, rounding_mode="floor")
-        gid = vis.index_select(0, local_gid)
-        a = attrs.detach()[:, :6].index_select(0, gid)
-        dx = px.float() + 0.5 - a[:, 0]
-        dy = py.float() + 0.5 - a[:, 1]
-        sigma = 0.5 * (a[:, 2] * dx * dx + a[:, 4] * dy * dy) + a[:, 3] * dx * dy
-        alpha = (a[:, 5] * torch.exp(-sigma)).clamp_max(ALPHA_MAX)
-        keep = torch.nonzero((sigma >= 0) & (alpha >= ALPHA_MIN)).squeeze(1)
-        pix = (py * width + px).index_select(0, keep)
+        # Front to back, so that pairs come out depth-sorted and a stable sort by pixel keeps
+        # the depth order within each pixel.
+        vis = vis[torch.argsort(depths.detach()[vis])]
+        a = attrs.detach().index_select(0, vis)
+        mx, my, A, B, Cc = a[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4]
+        level = torch.log((a[:, 5] * 255.0).clamp_min(1.0))  # alpha >= 1/255  <=>  sigma <= level
+        r = radii.index_select(0, vis).float()
+        y0 = torch.ceil(my - r[:, 1] - 0.5).clamp(0, height - 1).long()
+        y1 = torch.floor(my + r[:, 1] - 0.5).clamp(0, height - 1).long()
+        # Rows of each Gaussian's bounding box...
+        n_rows = (y1 - y0 + 1).clamp_min(0)
+        row_g = torch.repeat_interleave(torch.arange(vis.numel(), device=device), n_rows)
+        row_y = y0.index_select(0, row_g) + (torch.arange(row_g.numel(), device=device)
+                                              - (torch.cumsum(n_rows, 0) - n_rows).index_select(0, row_g))
+        # ...and in each row the exact span where the ellipse sigma <= level lies, clipped to
+        # the box: 0.5 A dx^2 + B dy dx + 0.5 C dy^2 - level <= 0.
+        dy = row_y.float() + 0.5 - my.index_select(0, row_g)
+        Ar, Br, Cr = A.index_select(0, row_g), B.index_select(0, row_g), Cc.index_select(0, row_g)
+        disc = (Br * dy) ** 2 - Ar * (Cr * dy * dy - 2.0 * level.index_select(0, row_g))
+        sq = torch.sqrt(disc.clamp_min(0))
+        mxr, rxr = mx.index_select(0, row_g), r[:, 0].index_select(0, row_g)
+        lo = torch.maximum(mxr + (-Br * dy - sq) / Ar, mxr - rxr)
+        hi = torch.minimum(mxr + (-Br * dy + sq) / Ar, mxr + rxr)
+        x0 = torch.ceil(lo - 0.5).clamp(0, width).long()
+        x1 = torch.floor(hi - 0.5).clamp(-1, width - 1).long()
+        n_pix = torch.where(disc >= 0, (x1 - x0 + 1).clamp_min(0), torch.zeros_like(x0))
+        pair_row = torch.repeat_interleave(torch.arange(row_g.numel(), device=device), n_pix)
+        px = x0.index_select(0, pair_row) + (torch.arange(pair_row.numel(), device=device)
+                                              - (torch.cumsum(n_pix, 0) - n_pix).index_select(0, pair_row))
+        py = row_y.index_select(0, pair_row)
+        gid = vis.index_select(0, row_g.index_select(0, pair_row))
+        pix = py * width + px
         order = torch.sort(pix, stable=True).indices
-        keep = keep.index_select(0, order)
         pix = pix.index_select(0, order)
-        gid = gid.index_select(0, keep)
-        fx = px.index_select(0, keep).float() + 0.5
-        fy = py.index_select(0, keep).float() + 0.5
+        gid = gid.index_select(0, order)
+        fx = px.index_select(0, order).float() + 0.5
+        fy = py.index_select(0, order).float() + 0.5
         is_start = torch.ones_like(pix, dtype=torch.bool)
         is_start[1:] = pix[1:] != pix[:-1]
         seg = torch.cumsum(is_start.long(), 0) - 1
         start_idx = torch.nonzero(is_start).squeeze(1)
     if gid.numel() == 0:
         return out + 0 * attrs.sum()
-    # Differentiable part.
-    g = attrs.index_select(0, gid)
-    dx = fx - g[:, 0]
-    dy = fy - g[:, 1]
-    sigma = 0.5 * (g[:, 2] * dx * dx + g[:, 4] * dy * dy) + g[:, 3] * dx * dy
-    alpha = (g[:, 5] * torch.exp(-sigma)).clamp_max(ALPHA_MAX)
+    # Differentiable part. ``split`` (not column indexing) keeps the backward to one ``cat``.
+    gx, gy, ga, gb, gc, gop, gdepth, gcolor = attrs.index_select(0, gid).split([1, 1, 1, 1, 1, 1, 1, n_ch], dim=1)
+    dx = fx[:, None] - gx
+    dy = fy[:, None] - gy
+    sigma = (0.5 * (ga * dx * dx + gc * dy * dy) + gb * dx * dy)[:, 0]
+    alpha = (gop[:, 0] * torch.exp(-sigma)).clamp_max(ALPHA_MAX)
     log1m = torch.log1p(-alpha).double()
     excl = torch.cumsum(log1m, 0) - log1m
     T = torch.exp(excl - excl.index_select(0, start_idx).index_select(0, seg)).float()
-    with torch.no_grad():  # gsplat stops before the Gaussian that drops T to 1e-4 or below
-        go = ((T * (1.0 - alpha.detach())) > T_MIN).float()
+    with torch.no_grad():  # gsplat skips alpha < 1/255 and stops before T would fall to 1e-4
+        go = (((T * (1.0 - alpha.detach())) > T_MIN) & (alpha.detach() >= ALPHA_MIN)).float()
     weight = T * alpha * go
-    values = torch.cat([weight[:, None] * g[:, 7:], weight[:, None], (weight * g[:, 6])[:, None]], 1)
+    w = weight[:, None]
+    values = torch.cat([w * gcolor, w, w * gdepth], 1)
     return out.index_add(0, pix, values)
 
 

@@ -1,0 +1,88 @@
+"""Writing and reading assets: textured GLB (trimesh) and 3DGS PLY.
+
+Conventions: the backend's world is glTF's (+Y up, metres, front +Z), so meshes are written
+as they are. UVs are kept with the origin at the bottom-left (OpenGL) in memory; trimesh's
+glTF exporter and importer flip V to glTF's top-left origin and back (one place, tested in
+``tests/test_geometry.py``). Textures are uint8 RGBA/RGB with row 0 at the top, as glTF's
+images are.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+from PIL import Image
+
+from ..render.gaussians import GaussianModel
+from ..render.mesh import TexturedMesh
+
+
+def texture_to_uint8(texture: np.ndarray | torch.Tensor) -> np.ndarray:
+    """float [H, W, C] in [0, 1] -> uint8 [H, W, C] (rounded)."""
+    if isinstance(texture, torch.Tensor):
+        texture = texture.detach().cpu().numpy()
+    return (np.clip(texture, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def make_trimesh(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None = None,
+                 texture: np.ndarray | None = None, name: str = "splatsmith") -> trimesh.Trimesh:
+    """A trimesh with a PBR material whose base colour is ``texture`` (uint8 [H, W, 3|4]).
+
+    Args:
+        vertices: float [V, 3]; faces: int [F, 3].
+        uv: float [V, 2] per-vertex UVs (origin bottom-left), required with a texture.
+        texture: uint8 [H, W, 3|4], row 0 at the top.
+    """
+    mesh = trimesh.Trimesh(np.asarray(vertices, np.float32), np.asarray(faces, np.int64), process=False)
+    if texture is not None:
+        if uv is None:
+            raise ValueError("a texture needs per-vertex UVs")
+        material = trimesh.visual.material.PBRMaterial(
+            name=f"{name}_material", baseColorTexture=Image.fromarray(np.asarray(texture)),
+            metallicFactor=0.0, roughnessFactor=0.9, doubleSided=False,
+        )
+        mesh.visual = trimesh.visual.TextureVisuals(uv=np.asarray(uv, np.float64), material=material)
+    mesh.metadata["name"] = name
+    return mesh
+
+
+def write_glb(path: str | Path, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None = None,
+              texture: np.ndarray | None = None, name: str = "splatsmith") -> Path:
+    """Write a binary glTF with one mesh and its base-colour texture. Returns the path."""
+    mesh = make_trimesh(vertices, faces, uv, texture, name)
+    path = Path(path)
+    path.write_bytes(trimesh.exchange.gltf.export_glb(trimesh.Scene({name: mesh})))
+    return path
+
+
+def load_glb(path: str | Path, device: str | torch.device = "cpu") -> TexturedMesh:
+    """Read a GLB/glTF (all meshes merged) as a :class:`TexturedMesh` with per-corner UVs and
+    a float texture when it has a base-colour texture.
+
+    Raises:
+        ValueError: the file holds no triangle mesh.
+    """
+    loaded = trimesh.load(str(path), force="scene")
+    geoms = [g for g in loaded.dump() if isinstance(g, trimesh.Trimesh) and len(g.faces)]
+    if not geoms:
+        raise ValueError(f"{path} holds no triangle mesh")
+    uv = texture = None
+    if len(geoms) == 1 and isinstance(geoms[0].visual, trimesh.visual.TextureVisuals) and geoms[0].visual.uv is not None:
+        mesh = geoms[0]
+        material = mesh.visual.material
+        image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
+        if image is not None:
+            texture = torch.from_numpy(np.asarray(image.convert("RGB"), np.float32) / 255.0)
+            uv = torch.from_numpy(np.asarray(mesh.visual.uv, np.float32)[mesh.faces])
+    else:
+        mesh = trimesh.util.concatenate(geoms)
+    return TexturedMesh(torch.from_numpy(np.asarray(mesh.vertices, np.float32)), torch.from_numpy(np.asarray(mesh.faces, np.int64)),
+                        uv, texture).to(device)
+
+
+def write_ply(path: str | Path, model: GaussianModel) -> Path:
+    """Write Gaussians as a standard 3DGS PLY. Returns the path."""
+    model.save_ply(path)
+    return Path(path)

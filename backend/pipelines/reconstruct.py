@@ -1,0 +1,394 @@
+"""Multi-view reconstruction: posed RGBA images -> Gaussians -> textured mesh.
+
+This is the reconstruction half of IM-3D (Melas-Kyriazi et al. 2024, section 3.2: fitting 3D
+Gaussians to the generated views with image-level losses, L1 + MS-SSIM (+ LPIPS), and a mask
+loss), usable on its own for NeRF-synthetic datasets. Steps:
+
+1. Gaussians are initialised from the visual hull of the masks (points inside every
+   silhouette), coloured by the images.
+2. Adam on every Gaussian parameter (one optimiser each, gsplat's layout) against one random
+   training view per step, composited over a random background colour; loss
+   (1 - w_ssim) L1 + w_ssim (1 - MS-SSIM) + w_mask MSE(alpha, mask) (+ w_lpips LPIPS when its
+   weights are present). MS-SSIM from pytorch-msssim.
+3. Densification and pruning by ``gsplat.strategy.DefaultStrategy`` on both devices, with the
+   opacity reset called here (gsplat 1.5.3 never resets, see DESIGN.md section 6).
+4. Mesh extraction, UV unwrap and texture baking from the training images
+   (``backend.geometry``), then GLB and 3DGS PLY in the job folder.
+
+Inputs through the server: ``images`` uint8 [N, H, W, 4] (straight alpha, row 0 at the top),
+``transforms`` float32 [N, 4, 4] (NeRF ``transform_matrix``: camera-to-world, OpenGL camera
+axes, Blender's Z-up world), and the parameter ``camera_angle_x`` (radians).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..cameras import Cameras, blender_to_gltf, fovx_to_fovy, load_transforms_json, orbit_cameras
+from ..geometry.export import texture_to_uint8, write_glb, write_ply
+from ..geometry.extract import clean_mesh, decimate, density_grid, marching_cubes
+from ..geometry.uv import bake_texture, unwrap
+from ..render.gaussians import GaussianModel, render
+from ..render.mesh import rasterize
+from .base import CancelToken, Emitter, InputSpec, JobRequest, Param, ParamError, Pipeline, Result, register
+
+PREVIEW_INTERVAL_S = 0.5
+MAX_PREVIEW_POINTS = 50_000
+
+
+@dataclass
+class Views:
+    """Posed training views: cameras (glTF world) and float images [N, H, W, 4] in [0, 1]."""
+
+    cameras: Cameras
+    images: torch.Tensor
+
+
+def views_from_arrays(images: np.ndarray, transforms: np.ndarray, camera_angle_x: float, resolution: int,
+                      device: str = "cpu") -> Views:
+    """Build :class:`Views` from RGBA images and NeRF transform matrices (Blender world),
+    resizing the images to ``resolution`` pixels on their longer side (area filter).
+
+    Raises:
+        ParamError: counts or shapes disagree, images are not RGBA, or the masks are empty.
+    """
+    if images.ndim != 4 or images.shape[-1] != 4:
+        raise ParamError(f"images must be RGBA uint8 [N, H, W, 4], got shape {images.shape}")
+    if transforms.shape != (images.shape[0], 4, 4):
+        raise ParamError(f"need one 4x4 transform per image: {images.shape[0]} images, transforms of shape {transforms.shape}")
+    h, w = images.shape[1:3]
+    scale = resolution / max(h, w)
+    H, W = max(1, round(h * scale)), max(1, round(w * scale))
+    t = torch.from_numpy(np.ascontiguousarray(images)).float().div(255.0).permute(0, 3, 1, 2)
+    # Resize premultiplied colour so edges do not pick up the colour of transparent pixels.
+    t = torch.cat([t[:, :3] * t[:, 3:], t[:, 3:]], 1)
+    if (H, W) != (h, w):
+        t = F.interpolate(t, size=(H, W), mode="area")
+    rgb = torch.where(t[:, 3:] > 1e-6, t[:, :3] / t[:, 3:].clamp_min(1e-6), torch.zeros_like(t[:, :3]))
+    imgs = torch.cat([rgb.clamp(0, 1), t[:, 3:]], 1).permute(0, 2, 3, 1).contiguous()
+    if (imgs[..., 3] > 0.5).sum() == 0:
+        raise ParamError("every image is fully transparent: the reconstruction needs RGBA images whose alpha is the object's mask")
+    c2w = blender_to_gltf(torch.from_numpy(np.asarray(transforms, np.float32)))
+    fovy = fovx_to_fovy(float(camera_angle_x), W, H)
+    return Views(Cameras(c2w, torch.full((len(c2w),), fovy), W, H).to(device), imgs.to(device))
+
+
+def load_dataset(path: str | Path, resolution: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Read a NeRF-synthetic dataset folder (or its transforms.json) into the pipeline's
+    inputs: (images uint8 [N, H, W, 4], transforms float32 [N, 4, 4], camera_angle_x).
+
+    Raises:
+        FileNotFoundError, ValueError: a missing file, a malformed JSON, images of unequal size.
+    """
+    import json
+
+    path = Path(path)
+    tj = path / "transforms.json" if path.is_dir() else path
+    if not tj.is_file():
+        raise FileNotFoundError(f"{tj} not found: a dataset folder needs a transforms.json (NeRF-synthetic layout)")
+    _, files = load_transforms_json(tj, resolution, resolution)
+    meta = json.loads(tj.read_text())
+    images = []
+    for f in files:
+        img = Image.open(f)
+        if img.mode != "RGBA":
+            img = img.convert("RGBA")
+        images.append(np.asarray(img))
+    sizes = {im.shape for im in images}
+    if len(sizes) != 1:
+        raise ValueError(f"{tj}: the images have different sizes {sorted(sizes)}")
+    transforms = np.asarray([fr["transform_matrix"] for fr in meta["frames"]], np.float32)
+    return np.stack(images), transforms, float(meta["camera_angle_x"])
+
+
+def visual_hull_points(views: Views, n: int, generator: torch.Generator, candidates: int = 1_000_000,
+                       mask_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points inside every view's silhouette (space carving), with mean observed colours.
+
+    Samples ``candidates`` points uniformly in the box that the cameras look at, keeps those
+    that project inside every mask in whose frame they fall (and into at least two frames),
+    and returns up to ``n`` of them: (points [M, 3], colours [M, 3]).
+
+    Raises:
+        ParamError: no point survives (masks and poses disagree).
+    """
+    cams, imgs = views.cameras, views.images
+    device = imgs.device
+    centres = cams.centers
+    # The cameras look at (roughly) a common point: the least-squares intersection of their axes.
+    dirs = -cams.c2w[:, :3, 2]
+    A = torch.eye(3, device=device)[None] - dirs[:, :, None] * dirs[:, None, :]
+    target = torch.linalg.lstsq(A.sum(0), (A @ centres[:, :, None]).sum(0)).solution[:, 0]
+    reach = (centres - target).norm(dim=-1).min() * math.tan(math.radians(float(cams.fovy.max())) / 2) * 1.5
+    pts = (torch.rand(candidates, 3, generator=generator).to(device) * 2 - 1) * reach + target
+    inside = torch.ones(candidates, dtype=torch.bool, device=device)
+    seen = torch.zeros(candidates, device=device)
+    colour = torch.zeros(candidates, 3, device=device)
+    w2c, Ks = cams.viewmats, cams.Ks
+    H, W = cams.height, cams.width
+    for c in range(len(cams)):
+        pc = pts @ w2c[c, :3, :3].T + w2c[c, :3, 3]
+        z = pc[:, 2].clamp_min(1e-6)
+        x = Ks[c, 0, 0] * pc[:, 0] / z + Ks[c, 0, 2]
+        y = Ks[c, 1, 1] * pc[:, 1] / z + Ks[c, 1, 2]
+        in_frame = (pc[:, 2] > 0) & (x >= 0) & (x < W) & (y >= 0) & (y < H)
+        xi, yi = x.long().clamp(0, W - 1), y.long().clamp(0, H - 1)
+        pix = imgs[c][yi, xi]
+        inside &= ~in_frame | (pix[:, 3] > mask_threshold)
+        seen += in_frame.float()
+        colour += pix[:, :3] * in_frame[:, None]
+    keep = torch.nonzero(inside & (seen >= 2)).squeeze(1)
+    if keep.numel() == 0:
+        raise ParamError("no point lies inside every silhouette: the masks and camera poses do not agree")
+    keep = keep[torch.randperm(keep.numel(), generator=generator)[:n].to(device)]
+    return pts[keep], (colour[keep] / seen[keep, None]).clamp(0, 1)
+
+
+def knn_scale(points: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Initial Gaussian size: the root-mean-square distance to the ``k`` nearest neighbours
+    (3DGS's initialisation; scipy's cKDTree). Returns float32 [N]."""
+    from scipy.spatial import cKDTree
+
+    pts = points.detach().cpu().numpy()
+    dist, _ = cKDTree(pts).query(pts, k=k + 1)
+    rms = np.sqrt((dist[:, 1:] ** 2).mean(1)).clip(1e-7)
+    return torch.from_numpy(rms.astype(np.float32)).to(points.device)
+
+
+def image_loss(pred: torch.Tensor, target: torch.Tensor, w_ssim: float) -> torch.Tensor:
+    """(1 - w_ssim) L1 + w_ssim (1 - MS-SSIM) on [B, H, W, 3] images in [0, 1]. MS-SSIM
+    (pytorch-msssim) with a 7-px window needs sides above 96 px; below that, single-scale SSIM."""
+    from pytorch_msssim import ms_ssim, ssim
+
+    l1 = (pred - target).abs().mean()
+    if w_ssim <= 0:
+        return l1
+    x, y = pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)
+    if min(x.shape[-2:]) > 96:
+        s = ms_ssim(x, y, data_range=1.0, win_size=7)
+    else:
+        s = ssim(x, y, data_range=1.0, win_size=min(7, (min(x.shape[-2:]) // 2) * 2 - 1))
+    return (1.0 - w_ssim) * l1 + w_ssim * (1.0 - s)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of images in [0, 1]."""
+    mse = torch.mean((a.float() - b.float()) ** 2).item()
+    return float("inf") if mse == 0 else -10.0 * math.log10(mse)
+
+
+def expon_lr(step: int, total: int, lr_init: float, lr_final: float) -> float:
+    """Log-linear decay from lr_init to lr_final over ``total`` steps (3DGS ``get_expon_lr_func``)."""
+    t = min(max(step / max(total, 1), 0.0), 1.0)
+    return math.exp(math.log(lr_init) * (1 - t) + math.log(lr_final) * t)
+
+
+def preview_gaussians(model: GaussianModel, generator: torch.Generator | None = None) -> dict:
+    """A point-cloud preview: means float32 [M,3], rgb uint8 [M,3], opacity float32 [M],
+    M <= 50k (a random subset of the most opaque Gaussians when there are more)."""
+    with torch.no_grad():
+        idx = torch.arange(len(model), device=model.device)
+        if len(model) > MAX_PREVIEW_POINTS:
+            idx = torch.randperm(len(model), generator=generator)[:MAX_PREVIEW_POINTS].to(model.device)
+        return {
+            "means": model.means[idx].float(),
+            "rgb": (model.base_colors[idx] * 255 + 0.5).to(torch.uint8),
+            "opacity": model.opacities[idx].float(),
+        }
+
+
+def fit_gaussians(views: Views, p: dict, emit: Emitter, cancel: CancelToken, generator: torch.Generator,
+                  stage: str = "fit") -> GaussianModel:
+    """Fit Gaussians to posed RGBA views (module doc, steps 1-3). ``p`` holds the pipeline's
+    parameters (iters, init_points, lr_*, w_ssim, w_mask, densify_*, reset_every, sh_degree)."""
+    from gsplat.strategy import DefaultStrategy
+    from gsplat.strategy.ops import reset_opa
+
+    device = views.images.device
+    points, colours = visual_hull_points(views, p["init_points"], generator)
+    extent = float((points.max(0).values - points.min(0).values).max())
+    model = GaussianModel.from_points(points, colours, scale=knn_scale(points), opacity=0.5, sh_degree=p["sh_degree"]).to(device)
+    lrs = {"means": p["lr_means"] * extent, "scales": p["lr_scales"], "quats": p["lr_quats"],
+           "opacities": p["lr_opacities"], "sh0": p["lr_colors"], "shN": p["lr_colors"] / 20.0}
+    optimizers = model.parameter_groups(lrs)
+    iters = p["iters"]
+    strategy = DefaultStrategy(
+        prune_opa=p["prune_opacity"], grow_grad2d=p["densify_grad"], grow_scale3d=0.01,
+        prune_scale3d=0.2, refine_start_iter=p["densify_from"], refine_stop_iter=int(iters * p["densify_until"]),
+        refine_every=p["densify_every"], reset_every=10**9, verbose=False,
+    )
+    strategy.check_sanity(model.params, optimizers)
+    state = strategy.initialize_state(scene_scale=extent)
+    n_views = len(views.cameras)
+    last_preview = 0.0
+    for step in range(1, iters + 1):
+        cancel.check()
+        for group in optimizers["means"].param_groups:
+            group["lr"] = expon_lr(step, iters, lrs["means"], lrs["means"] * 0.01)
+        i = int(torch.randint(n_views, (1,), generator=generator))
+        cam = views.cameras[i]
+        gt = views.images[i:i + 1]
+        bg = torch.rand(3, generator=generator).to(device)
+        target = gt[..., :3] * gt[..., 3:] + (1 - gt[..., 3:]) * bg
+        out = render(model, cam, background=bg)
+        strategy.step_pre_backward(model.params, optimizers, state, step, out.info)
+        loss = image_loss(out.rgb, target, p["w_ssim"]) + p["w_mask"] * F.mse_loss(out.alpha[..., 0], gt[..., 3])
+        loss.backward()
+        for opt in optimizers.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        strategy.step_post_backward(model.params, optimizers, state, step, out.info)
+        if p["reset_every"] and step % p["reset_every"] == 0 and step < iters * p["densify_until"]:
+            reset_opa(model.params, optimizers, state, value=p["prune_opacity"] * 2.0)
+        emit.progress(stage, step, iters, loss.item(), message=f"{len(model)} Gaussians")
+        now = time.monotonic()
+        if now - last_preview >= PREVIEW_INTERVAL_S or step == iters:
+            last_preview = now
+            emit.preview("gaussians", preview_gaussians(model, generator), {"step": step, "count": len(model)})
+    return model
+
+
+def mesh_from_gaussians(model: GaussianModel, p: dict, cameras: Cameras | None = None):
+    """Gaussians -> density grid -> marching cubes -> clean-up -> decimation.
+
+    The inside of the object is filled (scipy ``binary_fill_holes``) so a shell of surface
+    Gaussians yields one outward surface rather than two. When ``cameras`` are given, the
+    iso-level is calibrated: of ``density_threshold`` x {1/4, 1/2, 1, 2, 4}, the level whose
+    mesh silhouettes best match (IoU) the Gaussians' own rendered silhouettes (alpha > 0.5)
+    from those cameras is used; DreamGaussian's fixed level 1 otherwise.
+
+    Returns (trimesh.Trimesh, chosen level, silhouette IoU or None).
+    """
+    from scipy import ndimage
+
+    density, origin, spacing = density_grid(model, p["mesh_resolution"])
+    density = ndimage.gaussian_filter(density, sigma=0.75)  # tames voxel-scale bumps
+
+    def surface(level: float):
+        occupied = density > level
+        filled = density.copy()
+        filled[ndimage.binary_fill_holes(occupied) & ~occupied] = max(float(density.max()), 2.0 * level)
+        return clean_mesh(marching_cubes(filled, level, origin, spacing))
+
+    base = p["density_threshold"]
+    if cameras is None:
+        return decimate(surface(base), p["max_faces"]), base, None
+    with torch.no_grad():
+        target = render(model, cameras, background=0.0).alpha[..., 0].cpu() > 0.5
+    best = None
+    for level in (base / 4, base / 2, base, base * 2, base * 4):
+        if not density.min() < level < density.max():
+            continue
+        mesh = surface(level)
+        verts = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32)
+        faces = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long)
+        sil = rasterize(verts, faces, cameras.to("cpu")).mask
+        iou = float((sil & target).sum()) / max(float((sil | target).sum()), 1.0)
+        if best is None or iou > best[2]:
+            best = (mesh, level, iou)
+    if best is None:
+        return decimate(surface(base), p["max_faces"]), base, None
+    return decimate(best[0], p["max_faces"]), best[1], best[2]
+
+
+def bake_views(views: Views, extra: int = 0) -> tuple[Cameras, torch.Tensor, torch.Tensor]:
+    """The training views as baking sources: (cameras, unpremultiplied colours, alpha weights)."""
+    return views.cameras, views.images[..., :3], views.images[..., 3]
+
+
+@register
+class ReconstructPipeline(Pipeline):
+    """Posed RGBA images -> Gaussians -> textured mesh (IM-3D's reconstruction stage)."""
+
+    name = "reconstruct"
+    title = "Multi-view reconstruction"
+    params = {
+        "camera_angle_x": Param("float", 0.8575560450553894, "horizontal field of view of the images, radians", min=0.01, max=3.1),
+        "resolution": Param("int", 256, "training resolution (longer image side), pixels", min=32, max=1024),
+        "iters": Param("int", 3000, "optimisation steps", min=1, max=100_000),
+        "init_points": Param("int", 10_000, "initial Gaussians (from the visual hull)", min=100, max=500_000),
+        "sh_degree": Param("int", 0, "spherical-harmonics degree of the colour", min=0, max=3),
+        "lr_means": Param("float", 1.6e-3, "position learning rate, relative to the object size", min=0, max=1),
+        "lr_scales": Param("float", 5e-3, "log-scale learning rate", min=0, max=1),
+        "lr_quats": Param("float", 1e-3, "rotation learning rate", min=0, max=1),
+        "lr_opacities": Param("float", 5e-2, "opacity learning rate", min=0, max=1),
+        "lr_colors": Param("float", 1e-2, "colour learning rate", min=0, max=1),
+        "w_ssim": Param("float", 0.2, "weight of (1 - MS-SSIM) against L1", min=0, max=1),
+        "w_mask": Param("float", 0.5, "weight of the mask loss", min=0, max=100),
+        "densify_from": Param("int", 100, "first densification step", min=0, max=100_000),
+        "densify_every": Param("int", 100, "steps between densifications", min=1, max=100_000),
+        "densify_until": Param("float", 0.6, "fraction of training after which densification stops", min=0, max=1),
+        "densify_grad": Param("float", 2e-4, "image-plane gradient threshold (gsplat units)", min=0, max=1),
+        "prune_opacity": Param("float", 0.01, "Gaussians below this opacity are pruned", min=0, max=1),
+        "reset_every": Param("int", 0, "steps between opacity resets (0: never)", min=0, max=100_000),
+        "mesh_resolution": Param("int", 128, "density grid resolution for marching cubes", min=16, max=512),
+        "density_threshold": Param("float", 1.0, "iso-level of the density field", min=1e-4, max=100),
+        "max_faces": Param("int", 50_000, "face budget of the mesh", min=100, max=1_000_000),
+        "texture_size": Param("int", 1024, "texture side, texels", min=64, max=4096),
+        "unwrap_time_limit": Param("float", 180.0, "seconds allowed for UV unwrapping", min=1, max=3600),
+    }
+    presets = {
+        "default": {},
+        "fast": {"resolution": 128, "iters": 700, "init_points": 6000, "densify_from": 100, "densify_every": 100,
+                 "densify_until": 0.6, "max_faces": 20_000, "texture_size": 512, "mesh_resolution": 96},
+    }
+    inputs = {
+        "images": InputSpec(("uint8",), (None, None, None, (4,)), required=True, help="RGBA views uint8 [N, H, W, 4]"),
+        "transforms": InputSpec(("float32",), (None, 4, 4), required=True,
+                                help="camera-to-world per view (NeRF transform_matrix, Blender world) float32 [N, 4, 4]"),
+    }
+
+    @classmethod
+    def check_request(cls, params, inputs):
+        images, transforms = inputs.get("images"), inputs.get("transforms")
+        if images is not None and transforms is not None and images.shape[0] != transforms.shape[0]:
+            raise ParamError(f"{images.shape[0]} images but {transforms.shape[0]} transforms: give one per image")
+        if images is not None and images.shape[0] < 2:
+            raise ParamError("reconstruction needs at least 2 views")
+
+    def run(self, request: JobRequest, emit: Emitter, cancel: CancelToken) -> Result:
+        p = request.params
+        device = request.device
+        generator = torch.Generator().manual_seed(request.seed)
+        t0 = time.monotonic()
+        views = views_from_arrays(np.asarray(request.inputs["images"]), np.asarray(request.inputs["transforms"]),
+                                  p["camera_angle_x"], p["resolution"], device)
+        model = fit_gaussians(views, p, emit, cancel, generator)
+        t_fit = time.monotonic() - t0
+        cancel.check()
+        job_dir = request.job_dir
+        write_ply(job_dir / "gaussians.ply", model)
+        emit.progress("mesh", 0, 3, message="extracting the surface")
+        calib = orbit_cameras([-20.0, 10.0, 40.0, 70.0] * 2, [0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0],
+                              float(views.cameras.centers.norm(dim=-1).mean()), float(views.cameras.fovy[0]),
+                              views.cameras.width, views.cameras.height)
+        mesh, level, iou = mesh_from_gaussians(model, p, calib)
+        emit.preview("mesh", {"vertices": torch.as_tensor(mesh.vertices, dtype=torch.float32),
+                              "faces": torch.as_tensor(mesh.faces, dtype=torch.int32)}, {"faces": len(mesh.faces)})
+        cancel.check()
+        emit.progress("mesh", 1, 3, message="UV unwrapping")
+        uvm = unwrap(mesh.vertices, mesh.faces, resolution=p["texture_size"], time_limit=p["unwrap_time_limit"])
+        cancel.check()
+        emit.progress("mesh", 2, 3, message="baking the texture")
+        cams, colours, weights = bake_views(views)
+        texture, _ = bake_texture(uvm, cams, colours, weights, size=p["texture_size"])
+        tex8 = texture_to_uint8(texture)
+        emit.preview("texture", {"rgba": np.concatenate([tex8, np.full(tex8.shape[:2] + (1,), 255, np.uint8)], -1)})
+        emit.progress("mesh", 3, 3)
+        glb = write_glb(job_dir / "asset.glb", uvm.vertices, uvm.faces, uvm.uv, tex8, name="reconstruction")
+        Image.fromarray(tex8).save(job_dir / "texture.png")
+        return Result(
+            files={"asset.glb": glb, "gaussians.ply": job_dir / "gaussians.ply", "texture.png": job_dir / "texture.png"},
+            arrays={"vertices": uvm.vertices.astype(np.float32), "faces": uvm.faces.astype(np.int32),
+                    "uv": uvm.uv.astype(np.float32), "texture": tex8},
+            meta={"gaussians": len(model), "faces": int(len(uvm.faces)), "fit_seconds": round(t_fit, 2),
+                  "density_level": level, "silhouette_iou": iou,
+                  "total_seconds": round(time.monotonic() - t0, 2)},
+        )
