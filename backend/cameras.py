@@ -165,6 +165,15 @@ def sample_orbit_cameras(
     return orbit_cameras(el, az, r, fovy, width, height), el, az, r
 
 
+def look_at_point(cameras: Cameras) -> torch.Tensor:
+    """The point the cameras look at: the least-squares intersection of their optical axes,
+    float32 [3] (for orbit rigs, the orbit centre)."""
+    centres = cameras.centers
+    dirs = -cameras.c2w[:, :3, 2]
+    A = torch.eye(3, device=centres.device)[None] - dirs[:, :, None] * dirs[:, None, :]
+    return torch.linalg.lstsq(A.sum(0), (A @ centres[:, :, None]).sum(0)).solution[:, 0]
+
+
 def w2c_opencv(c2w: torch.Tensor) -> torch.Tensor:
     """World-to-camera matrices with OpenCV camera axes (gsplat ``viewmats``), [B, 4, 4]."""
     return torch.linalg.inv(c2w @ GL_TO_CV.to(c2w))

@@ -21,6 +21,8 @@ from rich.table import Table
 
 from shared_protocol.client import DEFAULT_ADDRESS, Client, ClientError, load_curve_keys
 
+from .pipelines.base import Emitter
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Splatsmith: text- and image-to-3D for Blender.")
 console = Console(stderr=True, soft_wrap=True)  # no hard wraps: commands stay copyable
 out = Console()
@@ -48,7 +50,7 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from shared_protocol.codec import Limits
 
-    from . import pipelines  # noqa: F401  (registers the built-in pipelines)
+    from .pipelines import load_builtin
     from .device import DeviceError, resolve_device
     from .server import CurveConfig, Server, ServerConfigError
 
@@ -57,7 +59,8 @@ def serve(
         curve = CurveConfig.from_dir(curve_dir) if curve_dir else None
         mib = 1024 * 1024
         limits = Limits(max_total_bytes=max_message_mb * mib, max_array_bytes=max_message_mb * mib)
-        server = Server(bind, output_dir, dev, curve=curve, insecure=insecure, limits=limits, models_dir=models_dir)
+        server = Server(bind, output_dir, dev, pipelines=load_builtin(), curve=curve, insecure=insecure, limits=limits,
+                        models_dir=models_dir)
     except (DeviceError, ServerConfigError) as exc:
         _fail(str(exc))
     if insecure and curve is None:
@@ -69,6 +72,69 @@ def serve(
     except KeyboardInterrupt:
         pass
     console.print("stopped.")
+
+
+class RichEmitter(Emitter):
+    """Shows a pipeline's progress as rich progress bars, one per stage."""
+
+    def __init__(self, progress) -> None:
+        super().__init__()
+        self.progress_bars = progress
+        self.tasks: dict[str, int] = {}
+
+    def _on_progress(self, msg: dict) -> None:
+        stage = msg["stage"]
+        total = max(msg["total"], 1)
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress_bars.add_task(stage, total=total)
+        detail = [f"loss {msg['loss']:.4g}"] if msg["loss"] is not None else []
+        detail += [msg["message"]] if msg["message"] else []
+        self.progress_bars.update(self.tasks[stage], completed=msg["step"], total=total,
+                                  description=" ".join([stage, *detail]))
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, transient=False)
+
+
+@app.command()
+def reconstruct(
+    data_dir: Path = typer.Argument(..., help="A NeRF-synthetic dataset: transforms.json + RGBA images (poses in Blender's Z-up world)."),
+    out: Path = typer.Option(Path("reconstruction.glb"), "--out", help="Where to write the textured GLB (the 3DGS PLY goes beside it)."),
+    preset: str = typer.Option("default", help="fast | default"),
+    iters: Optional[int] = typer.Option(None, min=1, help="Optimisation steps (overrides the preset)."),
+    resolution: Optional[int] = typer.Option(None, min=32, help="Training resolution, longer image side (overrides the preset)."),
+    seed: int = typer.Option(0, min=0, help="Random seed."),
+    device: str = typer.Option("auto", help="auto | cuda | cpu"),
+    output_dir: Path = typer.Option(DEFAULT_OUTPUT, help="Folder for the job folder (request, log, results)."),
+) -> None:
+    """Fit Gaussians to posed RGBA images and write a textured mesh (GLB) and 3DGS PLY."""
+    from .device import DeviceError, resolve_device
+    from .jobs import JobStore, run_local
+    from .pipelines.base import ParamError
+    from .pipelines.reconstruct import ReconstructPipeline, load_dataset
+
+    try:
+        dev = resolve_device(device)
+        params = {k: v for k, v in {"iters": iters, "resolution": resolution}.items() if v is not None}
+        probe = ReconstructPipeline.resolve(preset, params, {})[1]
+        images, transforms, camera_angle_x = load_dataset(data_dir, probe["resolution"])
+        params["camera_angle_x"] = camera_angle_x
+        with _progress() as progress:
+            job, result = run_local(JobStore(output_dir), ReconstructPipeline, preset, params,
+                                    {"images": images, "transforms": transforms}, seed, RichEmitter(progress), dev,
+                                    label=data_dir.name)
+    except (DeviceError, ParamError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(result.files["asset.glb"], out)
+    shutil.copyfile(result.files["gaussians.ply"], out.with_suffix(".ply"))
+    meta = result.meta
+    console.print(f"wrote {out} and {out.with_suffix('.ply')} ({meta['faces']} faces, {meta['gaussians']} Gaussians, "
+                  f"{meta['total_seconds']:.0f} s); job folder {job.dir}")
 
 
 def _client(address: str, server_key: Optional[Path], client_key: Optional[Path]) -> Client:

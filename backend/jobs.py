@@ -341,3 +341,36 @@ class Worker(threading.Thread):
             del request, emitter
         self._end(job, "done", None, None)
         self.post(job, None, self.store.result_message(job, include_files=True))
+
+
+def run_local(store: JobStore, pipeline: type[Pipeline], preset: str | None, params: dict, inputs: dict[str, np.ndarray],
+              seed: int, emit: Emitter, device: str = "cpu", label: str = "", cancel: CancelToken | None = None,
+              models: ModelCache | None = None) -> tuple[Job, Result]:
+    """Run a pipeline in this process (the CLI's ``generate``/``reconstruct``), with the same
+    validation and job folder as a server job, so a server started later lists it.
+
+    Raises:
+        ParamError: invalid parameters or inputs (nothing is written).
+        Exception: whatever the pipeline raises; the job folder records it as failed.
+    """
+    preset, resolved = pipeline.resolve(preset, params, inputs)
+    job = store.create(pipeline.name, preset, resolved, seed, label, inputs)
+    job.state, job.started = "running", time.time()
+    store.save_state(job)
+    request = JobRequest(job.job_id, pipeline.name, preset, resolved, job.inputs, seed, job.dir, device, models)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        result = pipeline().run(request, emit, cancel or CancelToken())
+        store.save_result(job, result)
+    except BaseException as exc:
+        job.state, job.finished = "failed", time.time()
+        job.error_code = "cancelled" if isinstance(exc, (JobCancelled, KeyboardInterrupt)) else "failed"
+        job.error_message = f"{type(exc).__name__}: {exc}"
+        store.save_state(job)
+        store.append_log(job, traceback.format_exc())
+        raise
+    job.state, job.finished, job.inputs = "done", time.time(), {}
+    store.save_state(job)
+    return job, result

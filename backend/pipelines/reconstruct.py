@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..cameras import Cameras, blender_to_gltf, fovx_to_fovy, load_transforms_json, orbit_cameras
+from ..cameras import Cameras, blender_to_gltf, fovx_to_fovy, load_transforms_json, look_at_point, orbit_cameras
 from ..geometry.export import texture_to_uint8, write_glb, write_ply
 from ..geometry.extract import clean_mesh, decimate, density_grid, marching_cubes
 from ..geometry.uv import bake_texture, unwrap
@@ -122,10 +122,7 @@ def visual_hull_points(views: Views, n: int, generator: torch.Generator, candida
     cams, imgs = views.cameras, views.images
     device = imgs.device
     centres = cams.centers
-    # The cameras look at (roughly) a common point: the least-squares intersection of their axes.
-    dirs = -cams.c2w[:, :3, 2]
-    A = torch.eye(3, device=device)[None] - dirs[:, :, None] * dirs[:, None, :]
-    target = torch.linalg.lstsq(A.sum(0), (A @ centres[:, :, None]).sum(0)).solution[:, 0]
+    target = look_at_point(cams)
     reach = (centres - target).norm(dim=-1).min() * math.tan(math.radians(float(cams.fovy.max())) / 2) * 1.5
     pts = (torch.rand(candidates, 3, generator=generator).to(device) * 2 - 1) * reach + target
     inside = torch.ones(candidates, dtype=torch.bool, device=device)
@@ -298,9 +295,15 @@ def mesh_from_gaussians(model: GaussianModel, p: dict, cameras: Cameras | None =
     return decimate(best[0], p["max_faces"]), best[1], best[2]
 
 
-def bake_views(views: Views, extra: int = 0) -> tuple[Cameras, torch.Tensor, torch.Tensor]:
-    """The training views as baking sources: (cameras, unpremultiplied colours, alpha weights)."""
-    return views.cameras, views.images[..., :3], views.images[..., 3]
+def calibration_cameras(cameras: Cameras, n: int = 8) -> Cameras:
+    """``n`` orbit cameras around the point the given cameras look at, at their mean distance
+    and field of view, spread in azimuth and in elevation (-20..70 degrees)."""
+    target = look_at_point(cameras)
+    radius = float((cameras.centers - target).norm(dim=-1).mean())
+    az = torch.arange(n, dtype=torch.float32) * (360.0 / n)
+    el = torch.tensor([-20.0, 10.0, 40.0, 70.0]).repeat((n + 3) // 4)[:n]
+    return orbit_cameras(el, az, radius, float(cameras.fovy[0]), cameras.width, cameras.height,
+                         target=tuple(target.tolist()))
 
 
 @register
@@ -366,10 +369,7 @@ class ReconstructPipeline(Pipeline):
         job_dir = request.job_dir
         write_ply(job_dir / "gaussians.ply", model)
         emit.progress("mesh", 0, 3, message="extracting the surface")
-        calib = orbit_cameras([-20.0, 10.0, 40.0, 70.0] * 2, [0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0],
-                              float(views.cameras.centers.norm(dim=-1).mean()), float(views.cameras.fovy[0]),
-                              views.cameras.width, views.cameras.height)
-        mesh, level, iou = mesh_from_gaussians(model, p, calib)
+        mesh, level, iou = mesh_from_gaussians(model, p, calibration_cameras(views.cameras))
         emit.preview("mesh", {"vertices": torch.as_tensor(mesh.vertices, dtype=torch.float32),
                               "faces": torch.as_tensor(mesh.faces, dtype=torch.int32)}, {"faces": len(mesh.faces)})
         cancel.check()
@@ -377,8 +377,8 @@ class ReconstructPipeline(Pipeline):
         uvm = unwrap(mesh.vertices, mesh.faces, resolution=p["texture_size"], time_limit=p["unwrap_time_limit"])
         cancel.check()
         emit.progress("mesh", 2, 3, message="baking the texture")
-        cams, colours, weights = bake_views(views)
-        texture, _ = bake_texture(uvm, cams, colours, weights, size=p["texture_size"])
+        # Bake from the training images themselves, weighted by their masks.
+        texture, _ = bake_texture(uvm, views.cameras, views.images[..., :3], views.images[..., 3], size=p["texture_size"])
         tex8 = texture_to_uint8(texture)
         emit.preview("texture", {"rgba": np.concatenate([tex8, np.full(tex8.shape[:2] + (1,), 255, np.uint8)], -1)})
         emit.progress("mesh", 3, 3)

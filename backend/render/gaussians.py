@@ -138,7 +138,10 @@ class GaussianModel:
 
     def parameter_groups(self, lrs: dict[str, float]) -> dict[str, torch.optim.Optimizer]:
         """One Adam optimiser per parameter (the layout gsplat's strategies expect).
-        ``lrs`` maps parameter names to learning rates; missing names get no optimiser."""
+        ``lrs`` maps parameter names to learning rates; parameters without one are frozen
+        (``requires_grad=False``), as gsplat's strategies require."""
+        for k, p in self.params.items():
+            p.requires_grad_(k in lrs)
         return {k: torch.optim.Adam([{"params": [self.params[k]], "lr": lr, "name": k}], eps=1e-15)
                 for k, lr in lrs.items() if k in self.params}
 
