@@ -120,7 +120,7 @@ def reconstruct(
     try:
         dev = resolve_device(device)
         params = {k: v for k, v in {"iters": iters, "resolution": resolution}.items() if v is not None}
-        probe = ReconstructPipeline.resolve(preset, params, {})[1]
+        probe = ReconstructPipeline.merge_params(preset, params)[1]
         images, transforms, camera_angle_x = load_dataset(data_dir, probe["resolution"])
         params["camera_angle_x"] = camera_angle_x
         with _progress() as progress:

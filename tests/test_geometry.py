@@ -58,9 +58,14 @@ def test_extract_mesh_from_a_cloud_of_gaussians():
     g = torch.Generator().manual_seed(0)
     pts = torch.nn.functional.normalize(torch.randn(3000, 3, generator=g), dim=-1) * 0.4  # a spherical shell
     model = GaussianModel.from_points(pts, scale=0.04, opacity=0.9)
-    mesh = extract_mesh(model, resolution=64, threshold=1.0, max_faces=5000)
+    mesh = extract_mesh(model, resolution=64, threshold=1.0, max_faces=5000).mesh
     r = np.linalg.norm(mesh.vertices, axis=1)
-    assert len(mesh.faces) <= 5000 and 0.4 < r.mean() < 0.5
+    # One outward surface (the hollow inside is filled), not an inner one as well.
+    assert len(mesh.faces) <= 5000 and r.min() > 0.38 and 0.4 < r.mean() < 0.5 and mesh.volume > 0
+    # Calibrated against the Gaussians' silhouettes from a few views.
+    calibrated = extract_mesh(model, resolution=64, max_faces=5000,
+                              calibration_cameras=orbit_cameras([0, 45], [0, 90], 2.0, 49.1, 64, 64))
+    assert calibrated.silhouette_iou > 0.95 and calibrated.level in [2.0 ** (k / 2) for k in range(-4, 5)]
 
 
 def _textured_cube(size: int = 256):

@@ -1,5 +1,7 @@
 """From Gaussians to a clean triangle mesh (DreamGaussian, Tang et al. 2023, section 3.2).
 
+:func:`extract_mesh` runs the whole chain; the steps are public for tests and benchmarks.
+
 1. Density field d(x) = sum_i alpha_i exp(-1/2 (x - mu_i)^T Sigma_i^-1 (x - mu_i))
    (DreamGaussian eq. 4) on a regular grid (default 128^3), queried block by block; each block
    only considers the Gaussians whose 3-sigma box meets it ("local culling").
@@ -11,11 +13,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import trimesh
 
+from ..cameras import Cameras
 from ..render.gaussians import GaussianModel, quat_scale_to_covar
 
 
@@ -39,7 +43,7 @@ def density_bounds(model: GaussianModel, padding: float = 0.05, max_sigmas: floa
 
 
 def density_grid(model: GaussianModel, resolution: int = 128, bounds: tuple[np.ndarray, np.ndarray] | None = None,
-                 block: int = 16, chunk: int = 4096, max_sigmas: float = 3.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 block: int = 8, chunk: int = 4096, max_sigmas: float = 3.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sample the Gaussians' density on a ``resolution``^3 grid.
 
     Args:
@@ -47,7 +51,7 @@ def density_grid(model: GaussianModel, resolution: int = 128, bounds: tuple[np.n
         resolution: samples per axis.
         bounds: (lo, hi) of the grid in metres; default :func:`density_bounds`. The grid is
             cubic (the longest side), centred on the box.
-        block: grid samples per block side.
+        block: grid samples per block side (8: DreamGaussian's 16 blocks per axis at 128^3).
         chunk: Gaussians evaluated at once per block.
         max_sigmas: Gaussians only contribute within this Mahalanobis radius.
     Returns:
@@ -81,8 +85,12 @@ def density_grid(model: GaussianModel, resolution: int = 128, bounds: tuple[np.n
                     for start in range(0, idx.numel(), chunk):
                         sel = idx[start:start + chunk]
                         d = pts[:, None, :] - means[sel][None]  # [P, K, 3]
-                        maha = torch.einsum("pki,kij,pkj->pk", d, precision[sel], d)
-                        acc += (opac[sel][None] * torch.exp(-0.5 * maha) * (maha <= max_sigmas**2)).sum(-1)
+                        P = precision[sel]  # symmetric: d^T P d = sum_ij P_ij d_i d_j
+                        dx, dy, dz = d.unbind(-1)
+                        maha = (P[:, 0, 0] * dx * dx + P[:, 1, 1] * dy * dy + P[:, 2, 2] * dz * dz
+                                + 2 * (P[:, 0, 1] * dx * dy + P[:, 0, 2] * dx * dz + P[:, 1, 2] * dy * dz))
+                        acc += (opac[sel][None] * torch.exp(-0.5 * maha.clamp_max(max_sigmas**2 + 1))
+                                * (maha <= max_sigmas**2)).sum(-1)
                     density[bx:bx + block, by:by + block, bz:bz + block] = acc.reshape(len(xs), len(ys), len(zs))
     return density.cpu().numpy(), origin.astype(np.float32), spacing.astype(np.float32)
 
@@ -144,18 +152,66 @@ def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
     return out
 
 
+@dataclass
+class ExtractedMesh:
+    """The result of :func:`extract_mesh`: the mesh, the iso-level used, and the silhouette IoU
+    of the mesh against the Gaussians' renders (None when not calibrated)."""
+
+    mesh: trimesh.Trimesh
+    level: float
+    silhouette_iou: float | None
+
+
 def extract_mesh(model: GaussianModel, resolution: int = 128, threshold: float = 1.0, max_faces: int = 50_000,
-                 min_component_fraction: float = 0.02) -> trimesh.Trimesh:
+                 min_component_fraction: float = 0.02, calibration_cameras: Cameras | None = None,
+                 smooth_voxels: float = 0.75) -> ExtractedMesh:
     """Gaussians -> density grid -> marching cubes -> clean-up -> decimation (DreamGaussian's
-    mesh extraction). ``threshold`` is DreamGaussian's ``density_thresh`` (default 1).
+    mesh extraction; ``threshold`` is its ``density_thresh``, default 1).
+
+    Two additions make it robust for fitted Gaussians, which often form a shell around an
+    empty inside: the inside is filled (scipy ``binary_fill_holes``), so a shell yields one
+    outward surface and not an inner one too; and with ``calibration_cameras`` the iso-level
+    is chosen among ``threshold`` x 2^(k/2), k = -4..4, as the one whose mesh silhouettes best
+    match (IoU) the Gaussians' own rendered silhouettes (alpha > 0.5) from those cameras. The
+    density is smoothed by a Gaussian filter of ``smooth_voxels`` voxels against voxel-scale bumps.
 
     Raises:
-        ExtractionError: no surface at that threshold.
+        ExtractionError: no surface at any level tried.
     """
+    from scipy import ndimage
+
+    from ..render.gaussians import render
+    from ..render.mesh import rasterize
+
     density, origin, spacing = density_grid(model, resolution)
-    mesh = marching_cubes(density, threshold, origin, spacing)
-    mesh = clean_mesh(mesh, min_component_fraction)
-    return decimate(mesh, max_faces)
+    if smooth_voxels > 0:
+        density = ndimage.gaussian_filter(density, sigma=smooth_voxels)
+
+    def surface(level: float) -> trimesh.Trimesh:
+        occupied = density > level
+        filled = density.copy()
+        filled[ndimage.binary_fill_holes(occupied) & ~occupied] = max(float(density.max()), 2.0 * level)
+        return clean_mesh(marching_cubes(filled, level, origin, spacing), min_component_fraction)
+
+    if calibration_cameras is None:
+        return ExtractedMesh(decimate(surface(threshold), max_faces), threshold, None)
+    with torch.no_grad():
+        target = render(model, calibration_cameras, background=0.0).alpha[..., 0].cpu() > 0.5
+    best: tuple[trimesh.Trimesh, float, float] | None = None
+    for level in [threshold * 2.0 ** (k / 2) for k in range(-4, 5)]:
+        if not density.min() < level < density.max():
+            continue
+        mesh = surface(level)
+        sil = rasterize(torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32),
+                        torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long), calibration_cameras.to("cpu")).mask
+        iou = float((sil & target).sum()) / max(float((sil | target).sum()), 1.0)
+        if best is None or iou > best[2]:
+            best = (mesh, level, iou)
+    if best is None:
+        raise ExtractionError(
+            f"the density (range {density.min():.3g}..{density.max():.3g}) crosses none of the levels around {threshold:g}"
+        )
+    return ExtractedMesh(decimate(best[0], max_faces), best[1], best[2])
 
 
 def ellipsoid_radii(sigmas: np.ndarray, opacity: float, threshold: float) -> np.ndarray:

@@ -131,6 +131,12 @@ class InputSpec:
 
     def check(self, name: str, arr: np.ndarray) -> None:
         """Raise :class:`ParamError` when ``arr`` does not fit this spec."""
+        try:
+            self._check(name, arr)
+        except ParamError as exc:
+            raise ParamError(f"{exc} ({self.help})" if self.help else str(exc)) from None
+
+    def _check(self, name: str, arr: np.ndarray) -> None:
         if arr.dtype.name not in self.dtypes:
             raise ParamError(f"input {name!r} must have dtype {' or '.join(self.dtypes)}, got {arr.dtype.name}")
         if arr.ndim != len(self.shape):
@@ -307,16 +313,7 @@ class Pipeline:
             ParamError: unknown preset or parameter, a value out of range, a missing,
                 unexpected or malformed input.
         """
-        preset = preset or "default"
-        if preset not in cls.presets:
-            raise ParamError(f"pipeline {cls.name!r} has no preset {preset!r}; choose one of {', '.join(cls.presets)}")
-        merged = {k: p.default for k, p in cls.params.items()}
-        merged.update(cls.presets[preset])
-        for key, value in params.items():
-            if key not in cls.params:
-                raise ParamError(f"pipeline {cls.name!r} has no parameter {key!r}; known: {', '.join(sorted(cls.params))}")
-            merged[key] = value
-        resolved = {k: cls.params[k].coerce(k, v) for k, v in merged.items()}
+        preset, resolved = cls.merge_params(preset, params)
         for key, arr in inputs.items():
             if key not in cls.inputs:
                 raise ParamError(f"pipeline {cls.name!r} takes no input {key!r}; known: {', '.join(sorted(cls.inputs)) or 'none'}")
@@ -326,6 +323,24 @@ class Pipeline:
                 raise ParamError(f"pipeline {cls.name!r} needs the input {key!r} ({spec.help})")
         cls.check_request(resolved, inputs)
         return preset, resolved
+
+    @classmethod
+    def merge_params(cls, preset: str | None, params: dict[str, Any]) -> tuple[str, dict]:
+        """Defaults < preset < ``params``, each value checked; inputs are not looked at.
+
+        Raises:
+            ParamError: unknown preset or parameter, or a value out of range.
+        """
+        preset = preset or "default"
+        if preset not in cls.presets:
+            raise ParamError(f"pipeline {cls.name!r} has no preset {preset!r}; choose one of {', '.join(cls.presets)}")
+        merged = {k: p.default for k, p in cls.params.items()}
+        merged.update(cls.presets[preset])
+        for key, value in params.items():
+            if key not in cls.params:
+                raise ParamError(f"pipeline {cls.name!r} has no parameter {key!r}; known: {', '.join(sorted(cls.params))}")
+            merged[key] = value
+        return preset, {k: cls.params[k].coerce(k, v) for k, v in merged.items()}
 
     @classmethod
     def check_request(cls, params: dict[str, Any], inputs: dict[str, np.ndarray]) -> None:

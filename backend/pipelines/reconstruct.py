@@ -12,8 +12,9 @@ loss), usable on its own for NeRF-synthetic datasets. Steps:
    weights are present). MS-SSIM from pytorch-msssim.
 3. Densification and pruning by ``gsplat.strategy.DefaultStrategy`` on both devices, with the
    opacity reset called here (gsplat 1.5.3 never resets, see DESIGN.md section 6).
-4. Mesh extraction, UV unwrap and texture baking from the training images
-   (``backend.geometry``), then GLB and 3DGS PLY in the job folder.
+4. Mesh extraction with its iso-level calibrated against the Gaussians' silhouettes
+   (``backend.geometry.extract.extract_mesh``), UV unwrap, and texture baking from the
+   training images, then GLB and 3DGS PLY in the job folder.
 
 Inputs through the server: ``images`` uint8 [N, H, W, 4] (straight alpha, row 0 at the top),
 ``transforms`` float32 [N, 4, 4] (NeRF ``transform_matrix``: camera-to-world, OpenGL camera
@@ -33,10 +34,9 @@ from PIL import Image
 
 from ..cameras import Cameras, blender_to_gltf, fovx_to_fovy, load_transforms_json, look_at_point, orbit_cameras
 from ..geometry.export import texture_to_uint8, write_glb, write_ply
-from ..geometry.extract import clean_mesh, decimate, density_grid, marching_cubes
+from ..geometry.extract import extract_mesh
 from ..geometry.uv import bake_texture, unwrap
 from ..render.gaussians import GaussianModel, render
-from ..render.mesh import rasterize
 from .base import CancelToken, Emitter, InputSpec, JobRequest, Param, ParamError, Pipeline, Result, register
 
 PREVIEW_INTERVAL_S = 0.5
@@ -175,6 +175,23 @@ def image_loss(pred: torch.Tensor, target: torch.Tensor, w_ssim: float) -> torch
     return (1.0 - w_ssim) * l1 + w_ssim * (1.0 - s)
 
 
+def load_lpips(device: str):
+    """The LPIPS network (Zhang et al. 2018, the ``lpips`` package, AlexNet backbone) when it is
+    installed and its backbone weights are in the local torch hub cache; None otherwise (it
+    is never downloaded during a job)."""
+    try:
+        import lpips
+    except ImportError:
+        return None
+    checkpoint = Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    if not checkpoint.is_file():
+        return None
+    net = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
+    for param in net.parameters():
+        param.requires_grad_(False)
+    return net
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """Peak signal-to-noise ratio in dB of images in [0, 1]."""
     mse = torch.mean((a.float() - b.float()) ** 2).item()
@@ -225,6 +242,8 @@ def fit_gaussians(views: Views, p: dict, emit: Emitter, cancel: CancelToken, gen
     state = strategy.initialize_state(scene_scale=extent)
     n_views = len(views.cameras)
     last_preview = 0.0
+    lpips_net = load_lpips(device) if p["w_lpips"] > 0 else None
+    emit.log(f"LPIPS {'on' if lpips_net is not None else 'off (lpips or its AlexNet weights not present locally)'}")
     for step in range(1, iters + 1):
         cancel.check()
         for group in optimizers["means"].param_groups:
@@ -237,6 +256,8 @@ def fit_gaussians(views: Views, p: dict, emit: Emitter, cancel: CancelToken, gen
         out = render(model, cam, background=bg)
         strategy.step_pre_backward(model.params, optimizers, state, step, out.info)
         loss = image_loss(out.rgb, target, p["w_ssim"]) + p["w_mask"] * F.mse_loss(out.alpha[..., 0], gt[..., 3])
+        if lpips_net is not None:
+            loss = loss + p["w_lpips"] * lpips_net(out.rgb.permute(0, 3, 1, 2) * 2 - 1, target.permute(0, 3, 1, 2) * 2 - 1).mean()
         loss.backward()
         for opt in optimizers.values():
             opt.step()
@@ -250,49 +271,6 @@ def fit_gaussians(views: Views, p: dict, emit: Emitter, cancel: CancelToken, gen
             last_preview = now
             emit.preview("gaussians", preview_gaussians(model, generator), {"step": step, "count": len(model)})
     return model
-
-
-def mesh_from_gaussians(model: GaussianModel, p: dict, cameras: Cameras | None = None):
-    """Gaussians -> density grid -> marching cubes -> clean-up -> decimation.
-
-    The inside of the object is filled (scipy ``binary_fill_holes``) so a shell of surface
-    Gaussians yields one outward surface rather than two. When ``cameras`` are given, the
-    iso-level is calibrated: of ``density_threshold`` x {1/4, 1/2, 1, 2, 4}, the level whose
-    mesh silhouettes best match (IoU) the Gaussians' own rendered silhouettes (alpha > 0.5)
-    from those cameras is used; DreamGaussian's fixed level 1 otherwise.
-
-    Returns (trimesh.Trimesh, chosen level, silhouette IoU or None).
-    """
-    from scipy import ndimage
-
-    density, origin, spacing = density_grid(model, p["mesh_resolution"])
-    density = ndimage.gaussian_filter(density, sigma=0.75)  # tames voxel-scale bumps
-
-    def surface(level: float):
-        occupied = density > level
-        filled = density.copy()
-        filled[ndimage.binary_fill_holes(occupied) & ~occupied] = max(float(density.max()), 2.0 * level)
-        return clean_mesh(marching_cubes(filled, level, origin, spacing))
-
-    base = p["density_threshold"]
-    if cameras is None:
-        return decimate(surface(base), p["max_faces"]), base, None
-    with torch.no_grad():
-        target = render(model, cameras, background=0.0).alpha[..., 0].cpu() > 0.5
-    best = None
-    for level in (base / 4, base / 2, base, base * 2, base * 4):
-        if not density.min() < level < density.max():
-            continue
-        mesh = surface(level)
-        verts = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32)
-        faces = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long)
-        sil = rasterize(verts, faces, cameras.to("cpu")).mask
-        iou = float((sil & target).sum()) / max(float((sil | target).sum()), 1.0)
-        if best is None or iou > best[2]:
-            best = (mesh, level, iou)
-    if best is None:
-        return decimate(surface(base), p["max_faces"]), base, None
-    return decimate(best[0], p["max_faces"]), best[1], best[2]
 
 
 def calibration_cameras(cameras: Cameras, n: int = 8) -> Cameras:
@@ -325,6 +303,8 @@ class ReconstructPipeline(Pipeline):
         "lr_colors": Param("float", 1e-2, "colour learning rate", min=0, max=1),
         "w_ssim": Param("float", 0.2, "weight of (1 - MS-SSIM) against L1", min=0, max=1),
         "w_mask": Param("float", 0.5, "weight of the mask loss", min=0, max=100),
+        "w_lpips": Param("float", 0.1, "weight of LPIPS, used when the lpips package and its weights are present locally",
+                         min=0, max=10),
         "densify_from": Param("int", 100, "first densification step", min=0, max=100_000),
         "densify_every": Param("int", 100, "steps between densifications", min=1, max=100_000),
         "densify_until": Param("float", 0.6, "fraction of training after which densification stops", min=0, max=1),
@@ -340,7 +320,7 @@ class ReconstructPipeline(Pipeline):
     presets = {
         "default": {},
         "fast": {"resolution": 128, "iters": 700, "init_points": 6000, "densify_from": 100, "densify_every": 100,
-                 "densify_until": 0.6, "max_faces": 20_000, "texture_size": 512, "mesh_resolution": 96},
+                 "densify_until": 0.6, "max_faces": 20_000, "texture_size": 512, "mesh_resolution": 128},
     }
     inputs = {
         "images": InputSpec(("uint8",), (None, None, None, (4,)), required=True, help="RGBA views uint8 [N, H, W, 4]"),
@@ -369,7 +349,9 @@ class ReconstructPipeline(Pipeline):
         job_dir = request.job_dir
         write_ply(job_dir / "gaussians.ply", model)
         emit.progress("mesh", 0, 3, message="extracting the surface")
-        mesh, level, iou = mesh_from_gaussians(model, p, calibration_cameras(views.cameras))
+        extracted = extract_mesh(model, p["mesh_resolution"], p["density_threshold"], p["max_faces"],
+                                 calibration_cameras=calibration_cameras(views.cameras))
+        mesh = extracted.mesh
         emit.preview("mesh", {"vertices": torch.as_tensor(mesh.vertices, dtype=torch.float32),
                               "faces": torch.as_tensor(mesh.faces, dtype=torch.int32)}, {"faces": len(mesh.faces)})
         cancel.check()
@@ -389,6 +371,6 @@ class ReconstructPipeline(Pipeline):
             arrays={"vertices": uvm.vertices.astype(np.float32), "faces": uvm.faces.astype(np.int32),
                     "uv": uvm.uv.astype(np.float32), "texture": tex8},
             meta={"gaussians": len(model), "faces": int(len(uvm.faces)), "fit_seconds": round(t_fit, 2),
-                  "density_level": level, "silhouette_iou": iou,
+                  "density_level": extracted.level, "silhouette_iou": extracted.silhouette_iou,
                   "total_seconds": round(time.monotonic() - t0, 2)},
         )
