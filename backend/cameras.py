@@ -19,7 +19,8 @@ along -z), as NeRF ``transforms.json`` files and Blender camera objects do. The 
   (x, y, z)_blender -> (x, z, -y)_gltf, the inverse of the add-on's (x, y, z) -> (x, -z, y);
 - :func:`load_transforms_json` / :func:`save_transforms_json`: NeRF-synthetic datasets, whose
   poses live in Blender's Z-up world;
-- :func:`from_blender_camera`: a Blender camera's ``matrix_world`` and lens to a :class:`Cameras`.
+- :func:`from_blender_camera` / :func:`to_blender_camera`: Blender camera objects
+  (``matrix_world`` and lens) to and from :class:`Cameras`.
 """
 from __future__ import annotations
 
@@ -247,6 +248,22 @@ def from_blender_camera(matrix_world, lens_mm: float, sensor_width_mm: float, wi
     else:
         fovy = 2.0 * math.atan(sensor_width_mm / (2.0 * lens_mm))
     return Cameras(c2w, torch.tensor([math.degrees(fovy)]), width, height)
+
+
+def to_blender_camera(cameras: Cameras, sensor_width_mm: float = 36.0) -> list[tuple[np.ndarray, float]]:
+    """Each camera as a Blender camera object: (``matrix_world`` float32 4x4 in Blender's Z-up
+    world, ``lens`` in mm for a sensor of ``sensor_width_mm`` with sensor fit AUTO). The
+    inverse of :func:`from_blender_camera`."""
+    c2w = gltf_to_blender(cameras.c2w.detach().cpu())
+    out = []
+    for i in range(len(cameras)):
+        fovy = math.radians(float(cameras.fovy[i]))
+        if cameras.width >= cameras.height:  # AUTO fits the sensor width to the image width
+            fov = 2.0 * math.atan(math.tan(fovy / 2.0) * cameras.width / cameras.height)
+        else:
+            fov = fovy
+        out.append((c2w[i].numpy(), sensor_width_mm / (2.0 * math.tan(fov / 2.0))))
+    return out
 
 
 def fovx_to_fovy(fovx_rad: float, width: int, height: int) -> float:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.cameras import (Cameras, blender_to_gltf, from_blender_camera, gltf_to_blender, intrinsics, load_transforms_json,
+from backend.cameras import (Cameras, blender_to_gltf, from_blender_camera, to_blender_camera, gltf_to_blender, intrinsics, load_transforms_json,
                              look_at_point, mvp_gl, orbit_cameras, orbit_positions, sample_orbit_cameras,
                              save_transforms_json)
 
@@ -120,3 +120,12 @@ def test_blender_camera_and_transforms_json_round_trip(tmp_path):
         meta["frames"][0]["file_path"] = "./r_9"
         (tmp_path / "transforms.json").write_text(json.dumps(meta))
         load_transforms_json(tmp_path / "transforms.json", 40, 40)
+
+
+@pytest.mark.parametrize("w, h", [(64, 48), (48, 64)])
+def test_to_blender_camera_inverts_from_blender_camera(w, h):
+    cams = orbit_cameras([15, -30], [40, 250], 2.2, 45.0, w, h)
+    for i, (matrix_world, lens) in enumerate(to_blender_camera(cams)):
+        back = from_blender_camera(matrix_world, lens, 36.0, w, h)
+        assert torch.allclose(back.c2w[0], cams.c2w[i], atol=1e-5)
+        assert float(back.fovy[0]) == pytest.approx(float(cams.fovy[i]), rel=1e-5)
