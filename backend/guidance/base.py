@@ -1,0 +1,167 @@
+"""The guidance (teacher) interface every score-distillation pipeline uses.
+
+A teacher predicts the noise in a noisy sample x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps
+of a view, given a camera (and its cached condition: text or image embeddings). From that:
+
+- :meth:`Guidance.sds`: score distillation sampling (DreamFusion, Poole et al. 2022, eq. 3):
+  the gradient with respect to x0 (latents, or pixels for pixel-space teachers) is
+  w(t) (eps_hat - eps), eps_hat with classifier-free guidance
+  eps_hat = eps_uncond + s (eps_cond - eps_uncond) (Ho & Salimans 2022), w(t) = 1 - alpha_bar_t
+  by default (DreamGaussian's public code). It is returned as the loss
+  0.5 ||x0 - stopgrad(x0 - grad)||^2 / B, whose gradient is exactly that.
+- :meth:`Guidance.refine`: SDEdit (Meng et al. 2022): noise the view to the timestep of
+  ``strength`` on a DDIM schedule of ``steps`` steps, then denoise it with DDIM (Song et al.
+  2021). ``strength`` in [0, 1] is the fraction of the schedule re-run: 0 returns the input,
+  1 starts from pure noise. (DreamGaussian's code passes 1 - strength under that name.)
+- :meth:`Guidance.encode_condition`: done once per job; the result is cached on the teacher.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..cameras import Cameras
+
+
+@dataclass
+class SDSOutput:
+    """``loss`` (differentiable; its gradient w.r.t. x0 is the SDS gradient), the timestep
+    used, and ``value``: the mean squared SDS gradient, for progress reports."""
+
+    loss: torch.Tensor
+    t: torch.Tensor
+    value: float
+
+
+class Guidance(abc.ABC):
+    """A diffusion teacher.
+
+    Attributes:
+        guidance_scale: the CFG scale s.
+        weighting: ``"sds"`` (w = 1 - alpha_bar_t), ``"uniform"`` (w = 1) or ``"snr"``
+            (w = sqrt(alpha_bar_t (1 - alpha_bar_t)), the "fantasia3d"-style weight).
+        alphas_cumprod: float32 [T] on the teacher's device.
+        scheduler: a diffusers ``DDIMScheduler`` for :meth:`refine`.
+    """
+
+    #: "latent" or "pixel".
+    space: str = "latent"
+
+    def __init__(self, guidance_scale: float, weighting: str = "sds", device: str = "cpu"):
+        if weighting not in ("sds", "uniform", "snr"):
+            raise ValueError(f"unknown SDS weighting {weighting!r}; use sds, uniform or snr")
+        self.guidance_scale = float(guidance_scale)
+        self.weighting = weighting
+        self.device = torch.device(device)
+        self.condition: Any = None
+
+    # ------------------------------------------------------------------ to implement
+    @property
+    @abc.abstractmethod
+    def alphas_cumprod(self) -> torch.Tensor: ...
+
+    @property
+    @abc.abstractmethod
+    def scheduler(self): ...
+
+    @abc.abstractmethod
+    def encode_condition(self, **condition: Any) -> None:
+        """Compute and cache the job's condition (text/image embeddings, reference latents)."""
+
+    @abc.abstractmethod
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images float [B, 3, H, W] in [0, 1] -> x0 (differentiable)."""
+
+    @abc.abstractmethod
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """x0 -> images float [B, 3, H', W'] in [0, 1]."""
+
+    @abc.abstractmethod
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cameras: Cameras, background: torch.Tensor | None) -> torch.Tensor:
+        """eps_hat (with CFG) for x_t at integer timesteps t [B] seen from ``cameras``."""
+
+    # ------------------------------------------------------------------ shared
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.alphas_cumprod.shape[0])
+
+    def weight(self, t: torch.Tensor) -> torch.Tensor:
+        """w(t) for integer timesteps [B] -> [B]."""
+        ab = self.alphas_cumprod[t]
+        if self.weighting == "sds":
+            return 1.0 - ab
+        if self.weighting == "snr":
+            return torch.sqrt(ab * (1.0 - ab))
+        return torch.ones_like(ab)
+
+    def _require_condition(self) -> None:
+        if self.condition is None:
+            raise RuntimeError(f"{type(self).__name__}.encode_condition() must be called before sds() or refine()")
+
+    def sds(self, images: torch.Tensor, cameras: Cameras, t: int | torch.Tensor, background: torch.Tensor | None = None,
+            generator: torch.Generator | None = None) -> SDSOutput:
+        """Score distillation on rendered views.
+
+        Args:
+            images: float [B, 3, H, W] in [0, 1], with gradient.
+            cameras: the B cameras the views were rendered from.
+            t: integer timestep(s) in [0, T-1], a scalar or [B].
+            background: float [B, 3] or [3], the background colour the student rendered
+                over (used by teachers that render, e.g. the oracle).
+            generator: for the noise eps.
+        Returns:
+            :class:`SDSOutput`.
+        """
+        self._require_condition()
+        B = images.shape[0]
+        x0 = self.encode(images)
+        t = torch.as_tensor(t, device=x0.device, dtype=torch.long).reshape(-1).expand(B)
+        noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
+        ab = self.alphas_cumprod[t].to(x0.dtype).view(B, 1, 1, 1)
+        with torch.no_grad():
+            x_t = ab.sqrt() * x0.detach() + (1.0 - ab).sqrt() * noise
+            eps_hat = self.predict_noise(x_t, t, cameras, background)
+        grad = self.weight(t).to(x0.dtype).view(B, 1, 1, 1) * (eps_hat - noise)
+        grad = torch.nan_to_num(grad)
+        target = (x0 - grad).detach()
+        loss = 0.5 * F.mse_loss(x0.float(), target.float(), reduction="sum") / B
+        return SDSOutput(loss, t, float(grad.float().pow(2).mean()))
+
+    @torch.no_grad()
+    def refine(self, images: torch.Tensor, cameras: Cameras, strength: float, steps: int = 50,
+               background: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """SDEdit with DDIM: returns refined images float [B, 3, H, W] in [0, 1] (resized back to
+        the input size).
+
+        Raises:
+            ValueError: ``strength`` outside [0, 1] or ``steps`` < 1.
+        """
+        self._require_condition()
+        if not 0.0 <= strength <= 1.0 or steps < 1:
+            raise ValueError(f"refine needs 0 <= strength <= 1 and steps >= 1, got {strength}, {steps}")
+        if strength == 0.0:
+            return images.clone()
+        B, _, H, W = images.shape
+        sched = self.scheduler
+        sched.set_timesteps(steps, device=self.device)
+        timesteps = sched.timesteps
+        start = min(int(round(steps * (1.0 - strength))), steps - 1)
+        x0 = self.encode(images)
+        noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
+        x = sched.add_noise(x0, noise, timesteps[start:start + 1].expand(B))
+        for t in timesteps[start:]:
+            eps = self.predict_noise(x, t.expand(B).long(), cameras, background)
+            x = sched.step(eps, t, x).prev_sample
+        out = self.decode(x).float()
+        if out.shape[-2:] != (H, W):
+            out = F.interpolate(out, size=(H, W), mode="bilinear", align_corners=False, antialias=True)
+        return out.clamp(0, 1)
+
+
+def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022): eps_u + s (eps_c - eps_u)."""
+    return eps_uncond + scale * (eps_cond - eps_uncond)

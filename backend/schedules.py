@@ -1,0 +1,225 @@
+"""Diffusion timestep schedules and scalar ramps, as data (threestudio style).
+
+A timestep schedule is called as ``schedule(step, total, generator)`` with ``step`` in
+[0, total] (the optimisation step, 0-based or 1-based alike) and returns an integer diffusion
+timestep t in [0, T-1] (T = 1000 for Stable Diffusion and Zero-1-to-3). Every schedule cites
+its source:
+
+- :class:`Uniform`: DreamFusion (Poole et al. 2022), t ~ U[t_min, t_max].
+- :class:`DreamGaussianAnneal`: DreamGaussian's public code (Tang et al. 2023),
+  t = round((1 - step/total) * T) clipped to [t_min, t_max].
+- :class:`DreamTime`: time-prioritised SDS (Huang et al. 2023, TP-SDS, eqs. 7-8), a
+  deterministic non-increasing t(i) that spends optimisation steps in proportion to a prior
+  weight W_p(t) (optionally times the diffusion term W_d(t)).
+- :class:`DTCCurriculum`: DTC123's diffusion time-step curriculum (Yi et al. 2024): a sampling
+  window that anneals monotonically from coarse (large t) to fine (small t), stage by stage,
+  with a lower bound and local random jitter inside the window.
+
+Ramps (:class:`Ramp`) give any scalar (loss weights, resolutions) as a piecewise-linear
+function of the training fraction.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+class TimestepSchedule(Protocol):
+    def __call__(self, step: int, total: int, generator: torch.Generator | None = None) -> int: ...
+
+
+def scaled_linear_alphas_cumprod(T: int = NUM_TRAIN_TIMESTEPS, beta_start: float = 0.00085,
+                                 beta_end: float = 0.012) -> np.ndarray:
+    """alpha_bar_t of Stable Diffusion's "scaled_linear" beta schedule (Rombach et al. 2022;
+    diffusers ``DDIMScheduler``): betas = linspace(sqrt(b0), sqrt(b1), T)^2,
+    alpha_bar_t = prod_{s<=t} (1 - beta_s). float64 [T]."""
+    betas = np.linspace(beta_start**0.5, beta_end**0.5, T, dtype=np.float64) ** 2
+    return np.cumprod(1.0 - betas)
+
+
+def _progress(step: int, total: int) -> float:
+    return min(max(step / max(total, 1), 0.0), 1.0)
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """DreamFusion's SDS timestep: t ~ U{t_min, ..., t_max} each step."""
+
+    t_min: int = 20
+    t_max: int = 980
+
+    def __call__(self, step: int, total: int, generator: torch.Generator | None = None) -> int:
+        return int(torch.randint(self.t_min, self.t_max + 1, (1,), generator=generator))
+
+
+@dataclass(frozen=True)
+class DreamGaussianAnneal:
+    """DreamGaussian's annealed timestep (public code, ``step_ratio``):
+    t = round((1 - step/total) * T), clipped to [t_min, t_max]. Deterministic."""
+
+    t_min: int = 20
+    t_max: int = 980
+    T: int = NUM_TRAIN_TIMESTEPS
+
+    def __call__(self, step: int, total: int, generator: torch.Generator | None = None) -> int:
+        return int(np.clip(round((1.0 - _progress(step, total)) * self.T), self.t_min, self.t_max))
+
+
+def dreamtime_prior_weight(t: np.ndarray, m1: float = 800.0, m2: float = 500.0, s1: float = 300.0,
+                           s2: float = 100.0) -> np.ndarray:
+    """DreamTime's prior weight W_p(t) (Huang et al. 2023, eq. 7): exp(-(t-m1)^2 / 2 s1^2) for
+    t > m1; 1 for m2 <= t <= m1; exp(-(t-m2)^2 / 2 s2^2) for t < m2."""
+    t = np.asarray(t, dtype=np.float64)
+    return np.where(t > m1, np.exp(-((t - m1) ** 2) / (2 * s1**2)),
+                    np.where(t >= m2, 1.0, np.exp(-((t - m2) ** 2) / (2 * s2**2))))
+
+
+@dataclass
+class DreamTime:
+    """Time-prioritised SDS (Huang et al. 2023, eq. 8).
+
+    The weight W(t) = W_p(t) (x W_d(t) = sqrt((1 - alpha_bar_t) / alpha_bar_t) when
+    ``diffusion_term``) is normalised to p(t) over t in [t_min, t_max], and step i of N gets
+    t(i) = argmin_t | sum_{t' >= t} p(t') - i/N |, a non-increasing function of i.
+    """
+
+    m1: float = 800.0
+    m2: float = 500.0
+    s1: float = 300.0
+    s2: float = 100.0
+    diffusion_term: bool = False
+    t_min: int = 1
+    t_max: int = NUM_TRAIN_TIMESTEPS - 1
+    alphas_cumprod: np.ndarray | None = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def density(self) -> tuple[np.ndarray, np.ndarray]:
+        """(t values, p(t)) over [t_min, t_max]."""
+        t = np.arange(self.t_min, self.t_max + 1)
+        w = dreamtime_prior_weight(t, self.m1, self.m2, self.s1, self.s2)
+        if self.diffusion_term:
+            ab = self.alphas_cumprod if self.alphas_cumprod is not None else scaled_linear_alphas_cumprod()
+            w = w * np.sqrt((1.0 - ab[t]) / ab[t])
+        return t, w / w.sum()
+
+    def table(self, total: int) -> np.ndarray:
+        """t(i) for i = 0..total, int64 [total + 1] (cached per total)."""
+        if total not in self._cache:
+            t, p = self.density()
+            tail = np.cumsum(p[::-1])[::-1]  # sum_{t' >= t} p(t')
+            targets = np.arange(total + 1) / max(total, 1)
+            idx = np.abs(tail[None, :] - targets[:, None]).argmin(1)
+            self._cache[total] = t[idx]
+        return self._cache[total]
+
+    def __call__(self, step: int, total: int, generator: torch.Generator | None = None) -> int:
+        return int(self.table(total)[min(max(step, 0), total)])
+
+
+@dataclass(frozen=True)
+class CurriculumStage:
+    """One stage of :class:`DTCCurriculum`: until training fraction ``until``, the window's
+    upper end anneals linearly from ``t_start`` to ``t_end``; the window spans ``width``
+    timesteps below it, never below ``t_floor``."""
+
+    until: float
+    t_start: int
+    t_end: int
+    width: int = 200
+    t_floor: int = 20
+
+
+@dataclass(frozen=True)
+class DTCCurriculum:
+    """DTC123's diffusion time-step curriculum (Yi et al. 2024, section 3): coarse-to-fine
+    annealing of the SDS timestep window. Each step samples t uniformly in the current window
+    [max(hi - width, t_floor), hi] (the local random jitter), where ``hi`` decreases
+    monotonically stage by stage. The default has two stages, matching DTC123's teacher
+    hand-over: a coarse one (Zero-1-to-3, large t) and a fine one (Stable Diffusion, small t).
+    """
+
+    stages: tuple[CurriculumStage, ...] = (
+        CurriculumStage(until=0.5, t_start=980, t_end=500, width=300, t_floor=200),
+        CurriculumStage(until=1.0, t_start=500, t_end=50, width=200, t_floor=20),
+    )
+
+    def __post_init__(self) -> None:
+        prev_end, prev_until = math.inf, 0.0
+        for s in self.stages:
+            if not (prev_until < s.until <= 1.0):
+                raise ValueError("curriculum stages must have increasing 'until' fractions ending at 1.0")
+            if s.t_start > prev_end or s.t_end > s.t_start or s.width < 0 or s.t_floor < 0:
+                raise ValueError(f"curriculum stage {s} is not monotone coarse-to-fine")
+            prev_end, prev_until = s.t_end, s.until
+        if self.stages[-1].until != 1.0:
+            raise ValueError("the last curriculum stage must end at 1.0")
+
+    def stage(self, step: int, total: int) -> tuple[int, CurriculumStage, float]:
+        """(stage index, stage, progress within the stage in [0, 1])."""
+        r = _progress(step, total)
+        begin = 0.0
+        for k, s in enumerate(self.stages):
+            if r <= s.until or k == len(self.stages) - 1:
+                return k, s, min(max((r - begin) / max(s.until - begin, 1e-9), 0.0), 1.0)
+            begin = s.until
+        raise AssertionError("unreachable")
+
+    def window(self, step: int, total: int) -> tuple[int, int]:
+        """The sampling window (lo, hi) at this step; both non-increasing over training (a
+        stage's lower end never rises above where the previous stage's ended)."""
+        k, s, u = self.stage(step, total)
+        cap = math.inf
+        for prev in self.stages[:k]:
+            cap = min(cap, max(prev.t_end - prev.width, prev.t_floor))
+        hi = round(s.t_start + (s.t_end - s.t_start) * u)
+        lo = min(max(hi - s.width, s.t_floor), cap)
+        return int(min(lo, hi)), hi
+
+    def __call__(self, step: int, total: int, generator: torch.Generator | None = None) -> int:
+        lo, hi = self.window(step, total)
+        return int(torch.randint(lo, hi + 1, (1,), generator=generator))
+
+
+@dataclass(frozen=True)
+class Ramp:
+    """A scalar as a piecewise-linear function of the training fraction (threestudio's
+    ``C(value, epoch, global_step)`` generalised): ``points`` are (fraction, value) pairs with
+    increasing fractions; constant before the first and after the last."""
+
+    points: tuple[tuple[float, float], ...]
+
+    @classmethod
+    def constant(cls, value: float) -> "Ramp":
+        return cls(((0.0, float(value)),))
+
+    @classmethod
+    def linear(cls, start: float, end: float, start_frac: float = 0.0, end_frac: float = 1.0) -> "Ramp":
+        """From ``start`` at ``start_frac`` to ``end`` at ``end_frac`` of training."""
+        return cls(((start_frac, float(start)), (end_frac, float(end))))
+
+    def __post_init__(self) -> None:
+        if not self.points or any(b[0] < a[0] for a, b in zip(self.points, self.points[1:])):
+            raise ValueError("Ramp points must be non-empty with non-decreasing fractions")
+
+    def at(self, step: int, total: int) -> float:
+        """The value at ``step`` of ``total``."""
+        r = _progress(step, total)
+        xs = [p[0] for p in self.points]
+        ys = [p[1] for p in self.points]
+        return float(np.interp(r, xs, ys))
+
+
+def step_levels(values: Sequence[int], fractions: Sequence[float], step: int, total: int) -> int:
+    """A staircase: ``values[k]`` from training fraction ``fractions[k-1]`` on (e.g.
+    DreamGaussian's render resolution 128 -> 256 -> 512 at 30% and 60%:
+    ``step_levels([128, 256, 512], [0.3, 0.6], step, total)``)."""
+    if len(fractions) != len(values) - 1:
+        raise ValueError("need one fraction fewer than values")
+    r = _progress(step, total)
+    return int(values[sum(r >= f for f in fractions)])
