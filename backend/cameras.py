@@ -144,6 +144,16 @@ def orbit_cameras(elevation, azimuth, radius, fovy: float, width: int, height: i
     return Cameras(look_at(eye, torch.as_tensor(target, dtype=torch.float32).expand_as(eye)), torch.full((eye.shape[0],), float(fovy)), width, height)
 
 
+def orbit_angles(cameras: Cameras, target=(0.0, 0.0, 0.0)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The orbit coordinates of camera positions around ``target``: (elevation degrees [B],
+    azimuth degrees in (-180, 180] [B], radius metres [B]); the inverse of :func:`orbit_positions`."""
+    d = cameras.centers - torch.as_tensor(target, dtype=torch.float32, device=cameras.c2w.device)
+    r = d.norm(dim=-1).clamp_min(1e-12)
+    el = torch.rad2deg(torch.asin((d[:, 1] / r).clamp(-1, 1)))
+    az = torch.rad2deg(torch.atan2(d[:, 0], d[:, 2]))
+    return el, az, r
+
+
 def sample_orbit_cameras(
     n: int,
     elevation_range: tuple[float, float],

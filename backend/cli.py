@@ -137,6 +137,43 @@ def reconstruct(
                   f"{meta['total_seconds']:.0f} s); job folder {job.dir}")
 
 
+models_app = typer.Typer(no_args_is_help=True, help="List and download the diffusion models the pipelines use.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(models_dir: Optional[Path] = typer.Option(None, help="Extra folder of model weights.")) -> None:
+    """Every model the teachers use, per preset, and whether it is present locally."""
+    from .models import MODEL_REGISTRY, find_model, splatsmith_cache_dir
+
+    table = Table("teacher", "preset", "model", "revision", "present", "where")
+    for teacher, variants in MODEL_REGISTRY.items():
+        for preset, (model_id, revision) in variants.items():
+            where = find_model(model_id, splatsmith_cache_dir() if model_id.startswith("splatsmith/") else models_dir)
+            table.add_row(teacher, preset, model_id, revision, "[green]yes[/]" if where else "[red]no[/]",
+                          str(where) if where else (f"written on first use" if model_id.startswith("splatsmith/")
+                                                    else f"splatsmith models download {model_id}"))
+    out.print(table)
+
+
+@models_app.command("download")
+def models_download(
+    name: str = typer.Argument(..., help="A model id from `splatsmith models list` (e.g. stabilityai/stable-diffusion-2-1-base)."),
+    models_dir: Optional[Path] = typer.Option(None, help="Download into this folder instead of the Hugging Face cache."),
+) -> None:
+    """Download a model (needs internet access), or write a tiny one."""
+    from .models import MODEL_REGISTRY, ModelMissingError, download_model
+
+    known = {mid: rev for variants in MODEL_REGISTRY.values() for mid, rev in variants.values()}
+    if name not in known:
+        _fail(f"unknown model {name!r}; known: {', '.join(sorted(known))}")
+    try:
+        path = download_model(name, known[name] if known[name] != "local" else "main", models_dir)
+    except ModelMissingError as exc:
+        _fail(str(exc))
+    out.print(f"{name} is in {path}")
+
+
 def _client(address: str, server_key: Optional[Path], client_key: Optional[Path]) -> Client:
     try:
         return Client(address, curve=load_curve_keys(server_key, client_key), name="splatsmith-cli")

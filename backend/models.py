@@ -30,6 +30,87 @@ class ModelMissingError(RuntimeError):
         super().__init__(text)
 
 
+#: Models per teacher and preset (Hugging Face repo id, revision). ``tiny`` models are written
+#: locally by ``backend.guidance.tiny`` on first use.
+MODEL_REGISTRY: dict[str, dict[str, tuple[str, str]]] = {
+    "stable-diffusion": {"default": ("stabilityai/stable-diffusion-2-1-base", "main"),
+                         "tiny": ("splatsmith/tiny-stable-diffusion", "local")},
+    "zero123": {"default": ("ashawkey/zero123-xl-diffusers", "main"),
+                "stable": ("ashawkey/stable-zero123-diffusers", "main"),
+                "tiny": ("splatsmith/tiny-zero123", "local")},
+}
+
+
+def splatsmith_cache_dir() -> Path:
+    """Where Splatsmith writes its own models (the tiny teachers): ``$SPLATSMITH_CACHE`` or
+    ``~/.cache/splatsmith/models``."""
+    return Path(os.environ.get("SPLATSMITH_CACHE") or Path.home() / ".cache" / "splatsmith" / "models")
+
+
+def model_id_for(teacher: str, preset: str) -> tuple[str, str]:
+    """(repo id, revision) of ``teacher`` for ``preset``; presets other than ``tiny`` (and
+    zero123's ``stable``) use the default model.
+
+    Raises:
+        KeyError: unknown teacher.
+    """
+    variants = MODEL_REGISTRY[teacher]
+    return variants.get(preset, variants["default"])
+
+
+def check_model_folder(folder: Path, model_id: str, components: dict[str, tuple[str, ...]]) -> None:
+    """Raise :class:`ModelMissingError` naming every missing component sub-folder or file.
+
+    Args:
+        components: sub-folder -> files of which at least one must exist (e.g. ``("config.json",)``
+            or weights in either format).
+    """
+    missing = []
+    for sub, alternatives in components.items():
+        path = folder / sub
+        if not path.is_dir():
+            missing.append(f"{sub}/")
+        elif alternatives and not any((path / a).is_file() for a in alternatives):
+            missing.append(f"{sub}/{' or '.join(alternatives)}")
+    if missing:
+        raise ModelMissingError(model_id, f"the folder {folder} is incomplete: missing {', '.join(missing)}")
+
+
+def resolve_model(model_id: str, models_dir: str | os.PathLike | None = None) -> Path:
+    """The local folder of ``model_id``: the tiny teachers are written on first use in
+    :func:`splatsmith_cache_dir`; other models come from ``models_dir`` or the hub cache.
+
+    Raises:
+        ModelMissingError: not present locally (nothing is downloaded during a job).
+    """
+    if model_id.startswith("splatsmith/"):
+        from .guidance.tiny import ensure_tiny
+
+        return ensure_tiny(model_id, splatsmith_cache_dir())
+    found = find_model(model_id, models_dir)
+    if found is None:
+        raise ModelMissingError(model_id)
+    return found
+
+
+def download_model(model_id: str, revision: str = "main", models_dir: str | os.PathLike | None = None) -> Path:
+    """Download ``model_id`` into the hub cache (or ``models_dir/org/name``) with
+    huggingface_hub, or write it when it is a tiny teacher.
+
+    Raises:
+        ModelMissingError: the hub cannot be reached or refuses; the message says why.
+    """
+    if model_id.startswith("splatsmith/"):
+        return resolve_model(model_id)
+    try:
+        from huggingface_hub import snapshot_download
+
+        local_dir = str(Path(models_dir) / model_id) if models_dir else None
+        return Path(snapshot_download(model_id, revision=revision, local_dir=local_dir))
+    except Exception as exc:  # offline, gated, renamed: all reported the same way
+        raise ModelMissingError(model_id, f"download failed ({type(exc).__name__}: {str(exc)[:200]})") from exc
+
+
 def hub_cache_dir() -> Path:
     """The Hugging Face hub cache folder, as huggingface_hub resolves it."""
     if os.environ.get("HF_HUB_CACHE"):

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..cameras import Cameras
 from ..geometry.export import load_glb
@@ -99,6 +98,3 @@ def render_target(oracle: OracleGuidance, cameras: Cameras, background=1.0) -> t
     bg = torch.as_tensor(background, dtype=torch.float32).reshape(-1)
     bg = bg.expand(3) if bg.numel() == 1 else bg
     return (oracle.target(cameras, (cameras.height, cameras.width), bg) + 1.0) / 2.0
-
-
-__all__ = ["OracleGuidance", "render_target", "SD_SCHEDULER_CONFIG", "F"]

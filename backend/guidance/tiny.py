@@ -1,0 +1,154 @@
+"""Tiny, randomly initialised diffusion teachers in exactly the on-disk layouts of the real ones.
+
+They let the whole chain run without downloaded weights: :func:`write_tiny_stable_diffusion`
+writes a ``StableDiffusionPipeline`` folder (model_index.json, tokenizer with vocab.json and
+merges.txt, text_encoder, unet, vae, scheduler) and :func:`write_tiny_zero123` a folder in the
+layout of ``ashawkey/zero123-xl-diffusers`` (unet with 8 input channels, vae, image_encoder,
+feature_extractor, scheduler, clip_camera_projection, and a model_index.json that names the
+custom pipeline class). Both are written with ``save_pretrained`` and read back by the same
+loaders as the real models. They prove the plumbing, never the quality: the outputs are noise.
+
+The tokenizer is CLIP's byte-level BPE with a minimal vocabulary (every byte symbol, alone and
+word-final, plus the special tokens) and no merges.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+#: Model ids of the tiny teachers (folders ``<cache>/<id>``).
+TINY_SD_ID = "splatsmith/tiny-stable-diffusion"
+TINY_ZERO123_ID = "splatsmith/tiny-zero123"
+
+_DDIM_CONFIG = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
+}
+
+
+def _bytes_to_unicode() -> list[str]:
+    """CLIP/GPT-2's reversible byte -> printable unicode table (256 symbols)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def write_tiny_tokenizer(folder: Path) -> int:
+    """Write a CLIPTokenizer (vocab.json, merges.txt) to ``folder``; returns the vocab size."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = _bytes_to_unicode()
+    vocab = {s: i for i, s in enumerate(symbols)}
+    vocab.update({s + "</w>": len(symbols) + i for i, s in enumerate(symbols)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+    tokenizer.save_pretrained(str(folder))
+    return len(vocab)
+
+
+def _tiny_unet(in_channels: int, cross_attention_dim: int, sample_size: int):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=in_channels, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8, norm_num_groups=32,
+    )
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(32, 64), latent_channels=4,
+        layers_per_block=1, norm_num_groups=32, sample_size=32,
+    )
+
+
+def write_tiny_stable_diffusion(folder: str | Path, seed: int = 0) -> Path:
+    """Write a tiny Stable Diffusion (32x32 images, 16x16 latents) in diffusers' layout."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    vocab_size = write_tiny_tokenizer(folder / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, projection_dim=32, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+    pipe = StableDiffusionPipeline(
+        vae=_tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=_tiny_unet(4, 32, 16),
+        scheduler=DDIMScheduler.from_config(_DDIM_CONFIG), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+def write_tiny_zero123(folder: str | Path, seed: int = 0) -> Path:
+    """Write a tiny Zero-1-to-3 (32x32 images, 16x16 latents) in the layout of
+    ``ashawkey/zero123-xl-diffusers``."""
+    from diffusers import DDIMScheduler
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from .zero123 import CLIPCameraProjection
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    dim = 32
+    _tiny_unet(8, dim, 16).save_pretrained(str(folder / "unet"), safe_serialization=True)
+    _tiny_vae().save_pretrained(str(folder / "vae"), safe_serialization=True)
+    CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=dim, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
+        projection_dim=dim,
+    )).save_pretrained(str(folder / "image_encoder"), safe_serialization=True)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_center_crop=True,
+                       do_resize=True, do_normalize=True, do_rescale=True).save_pretrained(str(folder / "feature_extractor"))
+    DDIMScheduler.from_config(_DDIM_CONFIG).save_pretrained(str(folder / "scheduler"))
+    CLIPCameraProjection(embedding_dim=dim, additional_embeddings=4).save_pretrained(
+        str(folder / "clip_camera_projection"), safe_serialization=True)
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "Zero1to3StableDiffusionPipeline", "_diffusers_version": "0.24.0",
+        "clip_camera_projection": ["pipeline_zero1to3", "CLIPCameraProjection"],
+        "feature_extractor": ["transformers", "CLIPImageProcessor"],
+        "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+        "requires_safety_checker": False, "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDIMScheduler"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }, indent=2))
+    return folder
+
+
+TINY_WRITERS = {TINY_SD_ID: write_tiny_stable_diffusion, TINY_ZERO123_ID: write_tiny_zero123}
+
+
+def ensure_tiny(model_id: str, cache_dir: str | Path) -> Path:
+    """The folder of tiny model ``model_id`` under ``cache_dir``, written on first use."""
+    folder = Path(cache_dir) / model_id
+    if not (folder / "model_index.json").is_file():
+        tmp = folder.with_name(folder.name + ".partial")
+        TINY_WRITERS[model_id](tmp)
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    return folder

@@ -1,0 +1,189 @@
+"""Zero-1-to-3 (Liu et al. 2023) as an SDS / SDEdit teacher for one reference image.
+
+Loaded component by component from the diffusers conversions ``ashawkey/zero123-xl-diffusers``
+and ``ashawkey/stable-zero123-diffusers`` (their model_index.json names a custom pipeline
+class, so the folder is not loaded as a pipeline): unet (8 input channels), vae,
+image_encoder (CLIP vision with projection), feature_extractor, scheduler, and the camera
+projection in ``clip_camera_projection`` (a 772 -> 768 linear layer named ``proj``; the
+:class:`CLIPCameraProjection` class below reproduces the layout of the public conversion).
+
+Conditioning (as in DreamGaussian's ``zero123_utils``):
+
+- cross-attention: proj(concat(CLIP image embedding of the reference, camera embedding));
+- the reference's VAE latents (the posterior mode, unscaled) concatenated to the noisy latents;
+- CFG against zeroed cross-attention and zeroed reference latents.
+
+Camera embedding, relative to the reference camera. Zero-1-to-3 uses the polar angle, which
+grows downwards, so in this project's convention (elevation positive above):
+[deg2rad(el_ref - el), sin(deg2rad(az - az_ref)), cos(deg2rad(az - az_ref)), r - r_ref] for
+zero123-xl; stable-zero123 replaces the last entry by deg2rad(90 - el_ref), the reference's
+polar angle (DreamGaussian's deg2rad(90 + its elevation), whose sign is flipped).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from ..cameras import Cameras, orbit_angles
+from ..models import check_model_folder
+from .base import Guidance, cfg
+
+_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.safetensors")
+ZERO123_COMPONENTS = {
+    "unet": _WEIGHTS,
+    "vae": _WEIGHTS,
+    "image_encoder": ("model.safetensors", "pytorch_model.bin", "model.fp16.safetensors"),
+    "feature_extractor": ("preprocessor_config.json",),
+    "scheduler": ("scheduler_config.json",),
+    "clip_camera_projection": _WEIGHTS,
+}
+
+
+class CLIPCameraProjection(ModelMixin, ConfigMixin):
+    """Projects concat(CLIP image embedding [.., D], camera embedding [.., 4]) back to D.
+
+    Layout of the public diffusers conversion: one ``torch.nn.Linear`` named ``proj`` from
+    ``embedding_dim + additional_embeddings`` to ``embedding_dim``.
+    """
+
+    @register_to_config
+    def __init__(self, embedding_dim: int = 768, additional_embeddings: int = 4):
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.additional_embeddings = additional_embeddings
+        self.proj = torch.nn.Linear(embedding_dim + additional_embeddings, embedding_dim)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.proj(embedding)
+
+
+@dataclass
+class Zero123Components:
+    unet: Any
+    vae: Any
+    image_encoder: Any
+    feature_extractor: Any
+    scheduler: Any
+    projection: CLIPCameraProjection
+    dtype: torch.dtype
+    device: torch.device
+    stable: bool
+
+
+def load_zero123(folder: str | Path, model_id: str, device: str = "cpu", fp16: bool | None = None,
+                 attention_slicing: bool = False, cpu_offload: bool = False) -> Zero123Components:
+    """Load Zero-1-to-3's components from a diffusers conversion folder.
+
+    ``stable`` (the stable-zero123 camera embedding) is detected from the model id.
+
+    Raises:
+        ModelMissingError: a component is missing (named in the message).
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    from . import quiet_libraries
+
+    quiet_libraries()
+    folder = Path(folder)
+    check_model_folder(folder, model_id, ZERO123_COMPONENTS)
+    dev = torch.device(device)
+    dtype = torch.float16 if (fp16 if fp16 is not None else dev.type == "cuda") else torch.float32
+    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", torch_dtype=dtype).to(dev).eval()
+    if unet.config.in_channels != 8:
+        raise ValueError(f"{folder}/unet has {unet.config.in_channels} input channels; Zero-1-to-3's has 8")
+    if attention_slicing:
+        unet.set_attention_slice("auto")
+    parts = Zero123Components(
+        unet=unet,
+        vae=AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=dtype).to(dev).eval(),
+        image_encoder=CLIPVisionModelWithProjection.from_pretrained(str(folder), subfolder="image_encoder",
+                                                                    torch_dtype=dtype).to(dev).eval(),
+        feature_extractor=CLIPImageProcessor.from_pretrained(str(folder), subfolder="feature_extractor"),
+        scheduler=DDIMScheduler.from_pretrained(str(folder), subfolder="scheduler"),
+        projection=CLIPCameraProjection.from_pretrained(str(folder), subfolder="clip_camera_projection",
+                                                        torch_dtype=dtype).to(dev).eval(),
+        dtype=dtype, device=dev, stable="stable" in model_id,
+    )
+    for module in (parts.unet, parts.vae, parts.image_encoder, parts.projection):
+        module.requires_grad_(False)
+        if cpu_offload and dev.type == "cuda":
+            from accelerate import cpu_offload as offload
+
+            offload(module.to("cpu"), execution_device=dev)
+    return parts
+
+
+def camera_embedding(elevation: torch.Tensor, azimuth: torch.Tensor, radius: torch.Tensor, ref_elevation: float,
+                     ref_azimuth: float, ref_radius: float, stable: bool) -> torch.Tensor:
+    """Zero-1-to-3's relative camera embedding [B, 4] (see the module doc for the convention)."""
+    d_polar = torch.deg2rad(ref_elevation - elevation)
+    d_az = torch.deg2rad(azimuth - ref_azimuth)
+    last = torch.full_like(d_polar, float(np.deg2rad(90.0 - ref_elevation))) if stable else radius - ref_radius
+    return torch.stack([d_polar, torch.sin(d_az), torch.cos(d_az), last], -1)
+
+
+class Zero123Guidance(Guidance):
+    """Image-conditioned novel-view teacher (DreamGaussian's image mode: CFG 5)."""
+
+    space = "latent"
+
+    def __init__(self, parts: Zero123Components, guidance_scale: float = 5.0, weighting: str = "sds"):
+        super().__init__(guidance_scale, weighting, str(parts.device))
+        self.parts = parts
+        self._alphas = parts.scheduler.alphas_cumprod.to(parts.device, torch.float32)
+        vae_scale = 2 ** (len(parts.vae.config.block_out_channels) - 1)
+        self.image_size = int(parts.unet.config.sample_size) * vae_scale
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self._alphas
+
+    @property
+    def scheduler(self):
+        return self.parts.scheduler
+
+    @torch.no_grad()
+    def encode_condition(self, image: torch.Tensor | None = None, elevation: float = 0.0, azimuth: float = 0.0,
+                         radius: float = 2.0, **_: Any) -> None:
+        """Cache the reference: ``image`` float [1, 3, H, W] in [0, 1] (object on white), seen
+        from the orbit camera (elevation, azimuth in degrees, radius in metres)."""
+        if image is None:
+            raise ValueError("the Zero-1-to-3 teacher needs a reference image")
+        x = F.interpolate(image.to(self.device, torch.float32), (self.image_size, self.image_size), mode="bilinear",
+                          align_corners=False)
+        pixels = self.parts.feature_extractor(images=list(x.clamp(0, 1)), do_rescale=False, return_tensors="pt").pixel_values
+        clip = self.parts.image_encoder(pixels.to(self.device, self.parts.dtype)).image_embeds  # [1, D]
+        latents = self.parts.vae.encode((x * 2 - 1).to(self.parts.dtype)).latent_dist.mode()  # unscaled
+        self.condition = {"clip": clip[:, None, :], "latents": latents, "elevation": float(elevation),
+                          "azimuth": float(azimuth), "radius": float(radius)}
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(images, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        posterior = self.parts.vae.encode((x * 2 - 1).to(self.parts.dtype)).latent_dist
+        return posterior.sample() * self.parts.vae.config.scaling_factor
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        images = self.parts.vae.decode(x0.to(self.parts.dtype) / self.parts.vae.config.scaling_factor).sample
+        return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    def predict_noise(self, x_t, t, cameras: Cameras, background=None) -> torch.Tensor:
+        B = x_t.shape[0]
+        c = self.condition
+        el, az, r = orbit_angles(cameras)
+        T = camera_embedding(el, az, r, c["elevation"], c["azimuth"], c["radius"], self.parts.stable).to(self.device)
+        cc = self.parts.projection(torch.cat([c["clip"].expand(B, -1, -1), T[:, None, :].to(self.parts.dtype)], -1))
+        cc = torch.cat([cc, torch.zeros_like(cc)])
+        ref = c["latents"].expand(B, -1, -1, -1)
+        ref = torch.cat([ref, torch.zeros_like(ref)])
+        x_in = torch.cat([torch.cat([x_t, x_t]).to(self.parts.dtype), ref], 1)
+        eps = self.parts.unet(x_in, torch.cat([t, t]), encoder_hidden_states=cc).sample
+        eps_cond, eps_uncond = eps.chunk(2)
+        return cfg(eps_uncond, eps_cond, self.guidance_scale).to(x_t.dtype)
