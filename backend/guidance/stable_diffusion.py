@@ -77,14 +77,15 @@ def load_stable_diffusion(folder: str | Path, model_id: str, device: str = "cpu"
     check_model_folder(folder, model_id, SD_COMPONENTS)
     dev = torch.device(device)
     dtype = torch.float16 if (fp16 if fp16 is not None else dev.type == "cuda") else torch.float32
-    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", torch_dtype=dtype).to(dev).eval()
+    place = torch.device("cpu") if (cpu_offload and dev.type == "cuda") else dev  # offloaded weights stay on the host
+    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", torch_dtype=dtype).to(place).eval()
     if attention_slicing:
         unet.set_attention_slice("auto")
     parts = SDComponents(
         tokenizer=CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer"),
-        text_encoder=CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder", torch_dtype=dtype).to(dev).eval(),
+        text_encoder=CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder", torch_dtype=dtype).to(place).eval(),
         unet=unet,
-        vae=AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=dtype).to(dev).eval(),
+        vae=AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=dtype).to(place).eval(),
         scheduler=DDIMScheduler.from_pretrained(str(folder), subfolder="scheduler"),
         dtype=dtype, device=dev,
     )
@@ -93,7 +94,7 @@ def load_stable_diffusion(folder: str | Path, model_id: str, device: str = "cpu"
         if cpu_offload and dev.type == "cuda":
             from accelerate import cpu_offload as offload
 
-            offload(module.to("cpu"), execution_device=dev)
+            offload(module, execution_device=dev)
     return parts
 
 

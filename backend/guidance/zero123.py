@@ -96,20 +96,21 @@ def load_zero123(folder: str | Path, model_id: str, device: str = "cpu", fp16: b
     check_model_folder(folder, model_id, ZERO123_COMPONENTS)
     dev = torch.device(device)
     dtype = torch.float16 if (fp16 if fp16 is not None else dev.type == "cuda") else torch.float32
-    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", torch_dtype=dtype).to(dev).eval()
+    place = torch.device("cpu") if (cpu_offload and dev.type == "cuda") else dev  # offloaded weights stay on the host
+    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", torch_dtype=dtype).to(place).eval()
     if unet.config.in_channels != 8:
         raise ValueError(f"{folder}/unet has {unet.config.in_channels} input channels; Zero-1-to-3's has 8")
     if attention_slicing:
         unet.set_attention_slice("auto")
     parts = Zero123Components(
         unet=unet,
-        vae=AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=dtype).to(dev).eval(),
+        vae=AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=dtype).to(place).eval(),
         image_encoder=CLIPVisionModelWithProjection.from_pretrained(str(folder), subfolder="image_encoder",
-                                                                    torch_dtype=dtype).to(dev).eval(),
+                                                                    torch_dtype=dtype).to(place).eval(),
         feature_extractor=CLIPImageProcessor.from_pretrained(str(folder), subfolder="feature_extractor"),
         scheduler=DDIMScheduler.from_pretrained(str(folder), subfolder="scheduler"),
         projection=CLIPCameraProjection.from_pretrained(str(folder), subfolder="clip_camera_projection",
-                                                        torch_dtype=dtype).to(dev).eval(),
+                                                        torch_dtype=dtype).to(place).eval(),
         dtype=dtype, device=dev, stable="stable" in model_id,
     )
     for module in (parts.unet, parts.vae, parts.image_encoder, parts.projection):
@@ -117,7 +118,7 @@ def load_zero123(folder: str | Path, model_id: str, device: str = "cpu", fp16: b
         if cpu_offload and dev.type == "cuda":
             from accelerate import cpu_offload as offload
 
-            offload(module.to("cpu"), execution_device=dev)
+            offload(module, execution_device=dev)
     return parts
 
 
