@@ -238,9 +238,11 @@ class Worker(threading.Thread):
         post: delivers messages to subscribers (see :data:`Post`).
     """
 
-    def __init__(self, store: JobStore, pipelines: dict[str, type[Pipeline]], device: str, models: ModelCache, post: Post):
+    def __init__(self, store: JobStore, pipelines: dict[str, type[Pipeline]], device: str, models: ModelCache, post: Post,
+                 models_dir: str | None = None):
         super().__init__(name="splatsmith-worker", daemon=True)
         self.store, self.pipelines, self.device, self.models, self.post = store, pipelines, device, models, post
+        self.models_dir = models_dir
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -306,7 +308,7 @@ class Worker(threading.Thread):
         self.post(job, None, messages.make("status", jobs=[job.info()]))
         emitter = JobEmitter(job, self.store, self.post)
         request = JobRequest(job.job_id, job.pipeline, job.preset, job.params, job.inputs, job.seed, job.dir,
-                             self.device, self.models)
+                             self.device, self.models, self.models_dir)
         try:
             random.seed(job.seed)
             np.random.seed(job.seed)
@@ -345,7 +347,7 @@ class Worker(threading.Thread):
 
 def run_local(store: JobStore, pipeline: type[Pipeline], preset: str | None, params: dict, inputs: dict[str, np.ndarray],
               seed: int, emit: Emitter, device: str = "cpu", label: str = "", cancel: CancelToken | None = None,
-              models: ModelCache | None = None) -> tuple[Job, Result]:
+              models: ModelCache | None = None, models_dir: str | None = None) -> tuple[Job, Result]:
     """Run a pipeline in this process (the CLI's ``generate``/``reconstruct``), with the same
     validation and job folder as a server job, so a server started later lists it.
 
@@ -357,7 +359,7 @@ def run_local(store: JobStore, pipeline: type[Pipeline], preset: str | None, par
     job = store.create(pipeline.name, preset, resolved, seed, label, inputs)
     job.state, job.started = "running", time.time()
     store.save_state(job)
-    request = JobRequest(job.job_id, pipeline.name, preset, resolved, job.inputs, seed, job.dir, device, models)
+    request = JobRequest(job.job_id, pipeline.name, preset, resolved, job.inputs, seed, job.dir, device, models, models_dir)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -185,7 +185,8 @@ class Server:
         self._keys = itertools.count()
         self._stop = threading.Event()
         self.stats = collections.Counter()
-        self.worker = Worker(self.store, self.pipelines, device, self.models, self._post)
+        self.worker = Worker(self.store, self.pipelines, device, self.models, self._post,
+                             None if models_dir is None else str(models_dir))
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle

@@ -176,6 +176,7 @@ class JobRequest:
         job_dir: the job's folder; results are written here.
         device: the torch device string (``"cuda"`` or ``"cpu"``).
         models: the server's model cache (``backend.models.ModelCache``) or None.
+        models_dir: an extra folder of model weights (``--models-dir``) or None.
     """
 
     job_id: str
@@ -187,6 +188,7 @@ class JobRequest:
     job_dir: Path
     device: str = "cpu"
     models: Any = None
+    models_dir: str | None = None
 
 
 @dataclass

@@ -1,0 +1,96 @@
+"""Reference-image preparation for image-to-3D (DreamGaussian's ``process.py``).
+
+The object's mask comes from the image's alpha; for an RGB image without alpha, from a
+background-removal model (``rembg`` with its U^2-Net weights) when those are installed
+locally, otherwise from a mask image the user gives; otherwise a clear error says so. The
+object is then recentred and rescaled so that its bounding box's longer side fills
+``fill`` (80%) of a square ``size`` x ``size`` (256) view, on a white background.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+class MaskError(ValueError):
+    """No usable foreground mask."""
+
+
+def rembg_available() -> bool:
+    """Whether rembg and its default U^2-Net weights are present locally (never downloaded)."""
+    try:
+        import rembg  # noqa: F401
+    except ImportError:
+        return False
+    home = Path(os.environ.get("U2NET_HOME", Path.home() / ".u2net"))
+    return (home / "u2net.onnx").is_file()
+
+
+def load_rgba(image: np.ndarray | str | Path, mask: np.ndarray | str | Path | None = None) -> np.ndarray:
+    """An RGBA uint8 [H, W, 4] image whose alpha is the object's mask.
+
+    Args:
+        image: uint8 [H, W, 3|4] array or an image file.
+        mask: for RGB images: uint8/bool [H, W] (non-zero = object) or an image file.
+    Raises:
+        MaskError: an RGB image with no mask given and no background-removal model present; a
+            mask of the wrong size; an empty mask.
+    """
+    if not isinstance(image, np.ndarray):
+        with Image.open(image) as im:
+            image = np.asarray(im.convert("RGBA" if im.mode in ("RGBA", "LA", "P", "PA") else "RGB"))
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
+        raise MaskError(f"the image must be uint8 RGB or RGBA [H, W, 3|4], got {image.dtype} {image.shape}")
+    if image.shape[2] == 4 and mask is None and image[..., 3].min() < 255:
+        rgba = image
+    else:
+        rgb = image[..., :3]
+        if mask is not None:
+            if not isinstance(mask, np.ndarray):
+                mask = np.asarray(Image.open(mask).convert("L"))
+            if mask.shape[:2] != rgb.shape[:2]:
+                raise MaskError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is {rgb.shape[1]}x{rgb.shape[0]}")
+            mask = np.asarray(mask)
+            threshold = 0 if mask.dtype == bool or mask.max() <= 1 else 127
+            alpha = (mask > threshold).astype(np.uint8) * 255
+        elif rembg_available():
+            import rembg
+
+            alpha = np.asarray(rembg.remove(Image.fromarray(rgb)).convert("RGBA"))[..., 3]
+        else:
+            raise MaskError(
+                "the image has no transparency and no foreground mask was given: pass an RGBA image whose alpha is the "
+                "object, or a mask (--mask FILE, white = object), or install rembg with its U^2-Net weights in ~/.u2net"
+            )
+        rgba = np.concatenate([rgb, alpha[..., None]], -1)
+    if (rgba[..., 3] > 127).sum() < 16:
+        raise MaskError("the foreground mask is empty: nothing to reconstruct")
+    return rgba
+
+
+def recenter(rgba: np.ndarray, size: int = 256, fill: float = 0.8) -> np.ndarray:
+    """Crop the object (alpha > 0.5) and scale it so that its longer side is ``fill`` x
+    ``size``, centred in a ``size`` x ``size`` RGBA image (DreamGaussian's border ratio 0.2).
+    Returns uint8 [size, size, 4] with straight alpha."""
+    ys, xs = np.nonzero(rgba[..., 3] > 127)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    crop = rgba[y0:y1, x0:x1]
+    h, w = crop.shape[:2]
+    target = max(1, int(round(size * fill)))
+    scale = target / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = np.asarray(Image.fromarray(crop).resize((nw, nh), Image.Resampling.LANCZOS))
+    out = np.zeros((size, size, 4), np.uint8)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top:top + nh, left:left + nw] = resized
+    return out
+
+
+def to_white_background(rgba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rgb float32 [H, W, 3] composited on white, alpha float32 [H, W]) in [0, 1]."""
+    f = rgba.astype(np.float32) / 255.0
+    a = f[..., 3:]
+    return f[..., :3] * a + (1.0 - a), a[..., 0]

@@ -1,0 +1,333 @@
+"""DreamGaussian (Tang et al. 2023): image-to-3D and text-to-3D in two stages.
+
+Stage 1 (section 3.1): 3D Gaussians initialised uniformly in a ball, optimised with SDS from
+Zero-1-to-3 (image mode, plus the reference-view RGB and mask losses, ramped linearly) or
+Stable Diffusion (text mode, view-dependent prompts); timesteps annealed
+(``schedules.DreamGaussianAnneal``); render resolution 128 -> 256 -> 512 at 30% and 60% of
+training; random orbit cameras around the input elevation; white or black background at
+random; densification and pruning by gsplat's ``DefaultStrategy``.
+
+Mesh (section 3.2): density-field extraction (``geometry.extract``), decimation, xatlas
+unwrap, and back-projection of 26 Gaussian renders (8 azimuths x elevations {-45, 0, 45}, top
+and bottom) into the texture.
+
+Stage 2 (section 3.3): the texture alone (geometry frozen) is optimised with Adam (lr 0.2)
+for 50 steps: each step renders a random view, asks the teacher to ``refine`` it (SDEdit with
+a 50-step DDIM schedule, the noise strength falling from 0.2 to 0.05 over training, i.e. the
+public code's 0.8 -> 0.95 in its inverted convention) and minimises the MSE to that target;
+in image mode also the reference view's MSE under its mask.
+
+Default numbers are the public code's (configs/image.yaml and text.yaml); every one is a
+parameter. The ``fast`` preset shortens everything for the CPU, ``tiny`` uses the tiny random
+teachers and runs in seconds. ``teacher="oracle"`` with ``oracle_mesh`` swaps the diffusion
+teacher for the verification oracle (DESIGN.md section 5).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..cameras import Cameras, orbit_cameras, sample_orbit_cameras
+from ..geometry.export import texture_to_uint8, write_glb, write_ply
+from ..geometry.extract import extract_mesh
+from ..geometry.uv import bake_texture, unwrap
+from ..guidance import load_teacher
+from ..images import load_rgba, recenter, to_white_background
+from ..render.gaussians import GaussianModel, render
+from ..render.mesh import TexturedMesh, render_mesh
+from ..schedules import DreamGaussianAnneal, step_levels
+from .base import CancelToken, Emitter, InputSpec, JobRequest, Param, ParamError, Pipeline, Result, register
+from .reconstruct import PREVIEW_INTERVAL_S, expon_lr, preview_gaussians
+
+
+def bake_cameras(radius: float, fovy: float, size: int) -> Cameras:
+    """DreamGaussian's 26 baking views: 8 azimuths x elevations {-45, 0, 45}, top and bottom."""
+    el = [-45.0] * 8 + [0.0] * 8 + [45.0] * 8 + [89.9, -89.9]
+    az = [i * 45.0 for i in range(8)] * 3 + [0.0, 0.0]
+    return orbit_cameras(el, az, radius, fovy, size, size)
+
+
+@register
+class DreamGaussianPipeline(Pipeline):
+    """Image- or text-to-3D with Gaussians, a mesh and a refined UV texture."""
+
+    name = "dreamgaussian"
+    title = "DreamGaussian (image or text to 3D)"
+    params = {
+        "mode": Param("choice", "image", "image-to-3D or text-to-3D", choices=("image", "text")),
+        "prompt": Param("str", "", "text prompt (text mode; optional extra context in image mode)", max_len=500),
+        "negative_prompt": Param("str", "", "what the teacher should avoid (text mode)", max_len=500),
+        "teacher": Param("choice", "auto", "auto: Zero-1-to-3 (image) / Stable Diffusion (text); oracle: verification",
+                         choices=("auto", "oracle")),
+        "oracle_mesh": Param("str", "", "ground-truth GLB for teacher=oracle (a path on the server)", max_len=4096),
+        "weights": Param("choice", "default", "teacher weights: default, stable (stable-zero123) or tiny",
+                         choices=("default", "stable", "tiny")),
+        "iters": Param("int", 500, "stage 1 steps", min=1, max=100_000),
+        "num_points": Param("int", 5000, "initial Gaussians, uniform in a ball", min=10, max=1_000_000),
+        "init_radius": Param("float", 0.5, "radius of the initial ball, metres", min=0.01, max=10),
+        "init_opacity": Param("float", 0.1, "initial opacity", min=0.001, max=0.999),
+        "sh_degree": Param("int", 0, "SH degree of the colour", min=0, max=3),
+        "lr_position": Param("float", 1e-3, "position learning rate at the start", min=0, max=1),
+        "lr_position_final": Param("float", 2e-5, "position learning rate at the end (exponential decay)", min=0, max=1),
+        "lr_color": Param("float", 0.01, "colour learning rate", min=0, max=1),
+        "lr_opacity": Param("float", 0.05, "opacity learning rate", min=0, max=1),
+        "lr_scale": Param("float", 0.005, "scale learning rate", min=0, max=1),
+        "lr_rotation": Param("float", 0.005, "rotation learning rate", min=0, max=1),
+        "densify_from": Param("int", -1, "first densification step (-1: 100 in image mode, 0 in text mode)", min=-1, max=100_000),
+        "densify_every": Param("int", -1, "steps between densifications (-1: 100 image, 50 text)", min=-1, max=100_000),
+        "densify_until": Param("int", 3000, "last densification step", min=0, max=100_000),
+        "densify_grad": Param("float", 2e-4, "image-plane gradient threshold, gsplat units (see note in the docs)", min=0, max=10),
+        "prune_opacity": Param("float", 0.01, "Gaussians below this opacity are pruned", min=0, max=1),
+        "opacity_reset_every": Param("int", 700, "steps between opacity resets (0: never)", min=0, max=100_000),
+        "resolutions": Param("str", "128,256,512", "stage 1 render sizes, switched at 30% and 60% of training", max_len=40),
+        "batch_size": Param("int", 1, "views per SDS step", min=1, max=16),
+        "guidance_scale": Param("float", -1.0, "CFG scale (-1: 5 image, 100 text)", min=-1, max=1000),
+        "t_min": Param("int", 20, "smallest timestep", min=1, max=999),
+        "t_max": Param("int", 980, "largest timestep", min=1, max=999),
+        "elevation": Param("float", 0.0, "elevation of the reference view, degrees", min=-89, max=89),
+        "ref_size": Param("int", 256, "side of the recentred reference view, pixels", min=32, max=1024),
+        "radius": Param("float", -1.0, "camera distance (-1: 2 image, 2.5 text)", min=-1, max=100),
+        "fovy": Param("float", 49.1, "vertical field of view, degrees", min=5, max=120),
+        "elevation_range": Param("float", 30.0, "random cameras within +- this of the reference elevation", min=0, max=89),
+        "lambda_rgb": Param("float", 10000.0, "reference-view RGB loss weight (ramped linearly)", min=0, max=1e6),
+        "lambda_mask": Param("float", 1000.0, "reference-view mask loss weight (ramped linearly)", min=0, max=1e6),
+        "invert_bg_prob": Param("float", 0.5, "probability of a black background", min=0, max=1),
+        "mesh_resolution": Param("int", 128, "density grid for marching cubes", min=16, max=512),
+        "density_threshold": Param("float", 1.0, "density iso-level", min=1e-4, max=100),
+        "max_faces": Param("int", 100_000, "face budget (decimation)", min=100, max=2_000_000),
+        "texture_size": Param("int", 1024, "texture side, texels", min=64, max=4096),
+        "bake_size": Param("int", 512, "render size of the 26 baking views", min=32, max=2048),
+        "refine_iters": Param("int", 50, "stage 2 (texture) steps", min=0, max=10_000),
+        "refine_lr": Param("float", 0.2, "texture learning rate", min=0, max=10),
+        "refine_size": Param("int", 512, "stage 2 render size", min=32, max=2048),
+        "refine_steps": Param("int", 50, "DDIM steps of the teacher's refine", min=1, max=1000),
+        "refine_strength_start": Param("float", 0.2, "SDEdit noise strength at the start of stage 2", min=0, max=1),
+        "refine_strength_end": Param("float", 0.05, "SDEdit noise strength at the end of stage 2", min=0, max=1),
+        "unwrap_time_limit": Param("float", 300.0, "seconds allowed for UV unwrapping", min=1, max=3600),
+    }
+    presets = {
+        "default": {},
+        "fast": {"ref_size": 128, "iters": 400, "num_points": 3000, "resolutions": "64,96,128", "mesh_resolution": 96, "max_faces": 20_000,
+                 "texture_size": 512, "bake_size": 192, "refine_iters": 30, "refine_size": 128, "refine_steps": 20,
+                 "densify_until": 300, "opacity_reset_every": 0},
+        "tiny": {"weights": "tiny", "ref_size": 64, "iters": 60, "num_points": 1500, "resolutions": "32,48,64", "mesh_resolution": 48,
+                 "max_faces": 4000, "texture_size": 128, "bake_size": 64, "refine_iters": 8, "refine_size": 64,
+                 "refine_steps": 4, "densify_until": 60, "opacity_reset_every": 0},
+    }
+    inputs = {
+        "image": InputSpec(("uint8",), (None, None, (3, 4)), help="reference image uint8 [H, W, 3|4]; alpha = object"),
+        "mask": InputSpec(("uint8",), (None, None), help="foreground mask uint8 [H, W] for an RGB image (non-zero = object)"),
+    }
+    models = {"default": ["stabilityai/stable-diffusion-2-1-base", "ashawkey/zero123-xl-diffusers"]}
+
+    @classmethod
+    def check_request(cls, params, inputs):
+        if params["mode"] == "image" and "image" not in inputs:
+            raise ParamError("image mode needs the input 'image' (an RGBA image, or RGB plus 'mask')")
+        if params["mode"] == "text" and not params["prompt"].strip():
+            raise ParamError("text mode needs a 'prompt'")
+        if params["teacher"] == "oracle" and not params["oracle_mesh"]:
+            raise ParamError("teacher 'oracle' needs 'oracle_mesh' (a GLB path on the server)")
+        if "mask" in inputs and "image" in inputs and inputs["mask"].shape != inputs["image"].shape[:2]:
+            raise ParamError(f"the mask is {inputs['mask'].shape} but the image is {inputs['image'].shape[:2]}")
+        try:
+            sizes = [int(x) for x in params["resolutions"].split(",")]
+        except ValueError:
+            sizes = []
+        if len(sizes) != 3 or min(sizes) < 16:
+            raise ParamError("'resolutions' must be three sizes >= 16, e.g. 128,256,512")
+        if params["t_min"] >= params["t_max"]:
+            raise ParamError("'t_min' must be below 't_max'")
+
+    # ------------------------------------------------------------------ setup
+    def run(self, request: JobRequest, emit: Emitter, cancel: CancelToken) -> Result:
+        p = dict(request.params)
+        image_mode = p["mode"] == "image"
+        device = request.device
+        gen = torch.Generator().manual_seed(request.seed)
+        radius = p["radius"] if p["radius"] > 0 else (2.0 if image_mode else 2.5)
+        t0 = time.monotonic()
+        teacher = self._teacher(request, p, image_mode, device)
+        ref = None
+        if image_mode:
+            size = p["ref_size"]
+            rgba = recenter(load_rgba(np.asarray(request.inputs["image"]), request.inputs.get("mask")), size)
+            Image.fromarray(rgba).save(request.job_dir / "reference.png")
+            rgb, alpha = to_white_background(rgba)
+            ref = {
+                "rgb": torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device),
+                "alpha": torch.from_numpy(alpha)[None, None].to(device),
+                "camera": orbit_cameras(p["elevation"], 0.0, radius, p["fovy"], size, size),
+            }
+            if p["teacher"] == "oracle":
+                from ..guidance.oracle import render_target
+
+                # The oracle's own render of the reference view is the reference image.
+                ref["rgb"] = render_target(teacher, ref["camera"], 1.0).to(device)
+                with torch.no_grad():
+                    ref["alpha"] = render_mesh(teacher.mesh, ref["camera"]).alpha.permute(0, 3, 1, 2).to(device)
+            teacher.encode_condition(image=ref["rgb"], elevation=p["elevation"], azimuth=0.0, radius=radius)
+        else:
+            teacher.encode_condition(prompt=p["prompt"], negative_prompt=p["negative_prompt"])
+        model = self.stage1(p, teacher, ref, radius, emit, cancel, gen, device)
+        write_ply(request.job_dir / "gaussians.ply", model)
+        cancel.check()
+        mesh, uvm, texture = self.make_mesh(p, model, radius, emit, cancel, device)
+        texture = self.stage2(p, teacher, ref, radius, mesh, texture, emit, cancel, gen)
+        tex8 = texture_to_uint8(texture)
+        glb = write_glb(request.job_dir / "asset.glb", uvm.vertices, uvm.faces, uvm.uv, tex8, name="dreamgaussian")
+        Image.fromarray(tex8).save(request.job_dir / "texture.png")
+        files = {"asset.glb": glb, "gaussians.ply": request.job_dir / "gaussians.ply", "texture.png": request.job_dir / "texture.png"}
+        if image_mode:
+            files["reference.png"] = request.job_dir / "reference.png"
+        return Result(
+            files=files,
+            arrays={"vertices": uvm.vertices.astype(np.float32), "faces": uvm.faces.astype(np.int32),
+                    "uv": uvm.uv.astype(np.float32), "texture": tex8},
+            meta={"mode": p["mode"], "gaussians": len(model), "faces": int(len(uvm.faces)),
+                  "total_seconds": round(time.monotonic() - t0, 2), "radius": radius},
+        )
+
+    def _teacher(self, request: JobRequest, p: dict, image_mode: bool, device: str):
+        scale = p["guidance_scale"] if p["guidance_scale"] >= 0 else (5.0 if image_mode else 100.0)
+        if p["teacher"] == "oracle":
+            return load_teacher("oracle", device=device, oracle_mesh=p["oracle_mesh"])
+        kind = "zero123" if image_mode else "stable-diffusion"
+        weights = p["weights"] if (p["weights"] != "stable" or kind == "zero123") else "default"
+        return load_teacher(kind, weights, device, cache=request.models, guidance_scale=scale, models_dir=request.models_dir)
+
+    # ------------------------------------------------------------------ stage 1
+    def stage1(self, p, teacher, ref, radius, emit: Emitter, cancel: CancelToken, gen, device) -> GaussianModel:
+        from gsplat.strategy import DefaultStrategy
+        from gsplat.strategy.ops import reset_opa
+
+        image_mode = ref is not None
+        iters = p["iters"]
+        model = GaussianModel.init_sphere(p["num_points"], p["init_radius"], p["init_opacity"], p["sh_degree"], gen).to(device)
+        lrs = {"means": p["lr_position"], "sh0": p["lr_color"], "shN": p["lr_color"] / 20.0, "opacities": p["lr_opacity"],
+               "scales": p["lr_scale"], "quats": p["lr_rotation"]}
+        optimizers = model.parameter_groups(lrs)
+        d_from = p["densify_from"] if p["densify_from"] >= 0 else (100 if image_mode else 0)
+        d_every = p["densify_every"] if p["densify_every"] > 0 else (100 if image_mode else 50)
+        strategy = DefaultStrategy(prune_opa=p["prune_opacity"], grow_grad2d=p["densify_grad"], grow_scale3d=0.01,
+                                   prune_scale3d=0.5, refine_start_iter=d_from, refine_stop_iter=p["densify_until"],
+                                   refine_every=d_every, reset_every=10**9)
+        state = strategy.initialize_state(scene_scale=1.0)
+        schedule = DreamGaussianAnneal(p["t_min"], p["t_max"])
+        sizes = [int(x) for x in p["resolutions"].split(",")]
+        last_preview = 0.0
+        for step in range(1, iters + 1):
+            cancel.check()
+            ratio = min(1.0, step / iters)
+            for group in optimizers["means"].param_groups:
+                group["lr"] = expon_lr(step, iters, p["lr_position"], max(p["lr_position_final"], 1e-12))
+            size = step_levels(sizes, [0.3, 0.6], step, iters)
+            loss = torch.zeros((), device=device)
+            info = None
+            if image_mode:
+                out = render(model, ref["camera"], background=1.0)
+                image = out.rgb.permute(0, 3, 1, 2)
+                loss = loss + p["lambda_rgb"] * ratio * F.mse_loss(image, ref["rgb"])
+                loss = loss + p["lambda_mask"] * ratio * F.mse_loss(out.alpha.permute(0, 3, 1, 2), ref["alpha"])
+            el_lo = max(-89.0, p["elevation"] - p["elevation_range"])
+            el_hi = min(89.0, p["elevation"] + p["elevation_range"])
+            cams, _, _, _ = sample_orbit_cameras(p["batch_size"], (el_lo, el_hi), (-180.0, 180.0), (radius, radius),
+                                                 p["fovy"], size, size, generator=gen)
+            bg = torch.ones(3) if torch.rand(1, generator=gen).item() > p["invert_bg_prob"] else torch.zeros(3)
+            out = render(model, cams, background=bg.to(device))
+            info = out.info
+            strategy.step_pre_backward(model.params, optimizers, state, step, info)
+            t = schedule(step, iters, gen)
+            sds = teacher.sds(out.rgb.permute(0, 3, 1, 2), cams, t, background=bg.to(device), generator=gen)
+            loss = loss + sds.loss
+            loss.backward()
+            for opt in optimizers.values():
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            strategy.step_post_backward(model.params, optimizers, state, step, info)
+            if p["opacity_reset_every"] and step % p["opacity_reset_every"] == 0 and step < p["densify_until"]:
+                reset_opa(model.params, optimizers, state, value=p["prune_opacity"] * 2.0)
+            emit.progress("gaussians", step, iters, loss.item(), message=f"{len(model)} Gaussians, t={t}, {size}px")
+            now = time.monotonic()
+            if now - last_preview >= PREVIEW_INTERVAL_S or step == iters:
+                last_preview = now
+                emit.preview("gaussians", preview_gaussians(model, gen), {"step": step, "count": len(model)})
+        return model
+
+    # ------------------------------------------------------------------ mesh
+    def make_mesh(self, p, model: GaussianModel, radius: float, emit: Emitter, cancel: CancelToken, device):
+        emit.progress("mesh", 0, 3, message="extracting the surface")
+        calib = bake_cameras(radius, p["fovy"], min(p["bake_size"], 128))
+        extracted = extract_mesh(model, p["mesh_resolution"], p["density_threshold"], p["max_faces"],
+                                 calibration_cameras=calib)
+        mesh = extracted.mesh
+        emit.preview("mesh", {"vertices": torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32),
+                              "faces": torch.as_tensor(np.asarray(mesh.faces), dtype=torch.int32)}, {"faces": len(mesh.faces)})
+        cancel.check()
+        emit.progress("mesh", 1, 3, message="UV unwrapping")
+        uvm = unwrap(mesh.vertices, mesh.faces, resolution=p["texture_size"], time_limit=p["unwrap_time_limit"])
+        cancel.check()
+        emit.progress("mesh", 2, 3, message="baking 26 views")
+        cams = bake_cameras(radius, p["fovy"], p["bake_size"])
+        with torch.no_grad():
+            views = render(model, cams, background=0.0)
+        colour = (views.rgb / views.alpha.clamp_min(1e-6)).clamp(0, 1)
+        texture, _ = bake_texture(uvm, cams, colour, views.alpha[..., 0], size=p["texture_size"])
+        texture_t = torch.from_numpy(texture).to(device)
+        emit.progress("mesh", 3, 3)
+        self._preview_texture(emit, texture_t, 0)
+        textured = TexturedMesh(torch.from_numpy(uvm.vertices).to(device), torch.from_numpy(uvm.faces).to(device),
+                                torch.from_numpy(uvm.corner_uv).to(device), texture_t)
+        return textured, uvm, texture_t
+
+    @staticmethod
+    def _preview_texture(emit: Emitter, texture: torch.Tensor, step: int) -> None:
+        tex8 = texture_to_uint8(texture)
+        rgba = np.concatenate([tex8, np.full(tex8.shape[:2] + (1,), 255, np.uint8)], -1)
+        emit.preview("texture", {"rgba": rgba}, {"step": step})
+
+    # ------------------------------------------------------------------ stage 2
+    def stage2(self, p, teacher, ref, radius, mesh: TexturedMesh, texture: torch.Tensor, emit: Emitter,
+               cancel: CancelToken, gen) -> torch.Tensor:
+        iters = p["refine_iters"]
+        if iters == 0:
+            return texture
+        tex = torch.nn.Parameter(texture.clone())
+        opt = torch.optim.Adam([tex], lr=p["refine_lr"], betas=(0.9, 0.99), eps=1e-15)
+        size = p["refine_size"]
+        last_preview = time.monotonic()
+        for step in range(1, iters + 1):
+            cancel.check()
+            ratio = step / iters
+            strength = p["refine_strength_start"] + (p["refine_strength_end"] - p["refine_strength_start"]) * ratio
+            el_lo = max(-89.0, p["elevation"] - p["elevation_range"])
+            el_hi = min(89.0, p["elevation"] + p["elevation_range"])
+            cam, _, _, _ = sample_orbit_cameras(1, (el_lo, el_hi), (-180.0, 180.0), (radius, radius), p["fovy"], size,
+                                                size, generator=gen)
+            bg = torch.ones(3, device=tex.device)
+            textured = TexturedMesh(mesh.vertices, mesh.faces, mesh.uv, tex)
+            out = render_mesh(textured, cam, background=bg)
+            image = out.rgb.permute(0, 3, 1, 2)
+            with torch.no_grad():
+                target = teacher.refine(image.detach(), cam, strength, p["refine_steps"], background=bg, generator=gen)
+            loss = F.mse_loss(image, target)
+            if ref is not None:
+                rout = render_mesh(textured, ref["camera"], background=bg)
+                mask = ref["alpha"]
+                loss = loss + F.mse_loss(rout.rgb.permute(0, 3, 1, 2) * mask, ref["rgb"] * mask)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                tex.clamp_(0, 1)
+            emit.progress("texture", step, iters, loss.item(), message=f"strength {strength:.2f}")
+            now = time.monotonic()
+            if now - last_preview >= PREVIEW_INTERVAL_S or step == iters:
+                last_preview = now
+                self._preview_texture(emit, tex.detach(), step)
+        return tex.detach()
+
