@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from shared_protocol.client import ClientError, JobError, Timeouts
+from shared_protocol.client import JobError
 
 
 def _wait_until(predicate, timeout=20.0, what="condition"):

@@ -133,9 +133,12 @@ class Guidance(abc.ABC):
 
     @torch.no_grad()
     def refine(self, images: torch.Tensor, cameras: Cameras, strength: float, steps: int = 50,
-               background: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+               background: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               check=None) -> torch.Tensor:
         """SDEdit with DDIM: returns refined images float [B, 3, H, W] in [0, 1] (resized back to
         the input size).
+
+        ``check`` (e.g. a job's ``CancelToken.check``) is called before every DDIM step.
 
         Raises:
             ValueError: ``strength`` outside [0, 1] or ``steps`` < 1.
@@ -154,6 +157,8 @@ class Guidance(abc.ABC):
         noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
         x = sched.add_noise(x0, noise, timesteps[start:start + 1].expand(B))
         for t in timesteps[start:]:
+            if check is not None:
+                check()
             eps = self.predict_noise(x, t.expand(B).long(), cameras, background)
             x = sched.step(eps, t, x).prev_sample
         out = self.decode(x).float()

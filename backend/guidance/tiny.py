@@ -81,11 +81,16 @@ def _tiny_vae():
 
 def write_tiny_stable_diffusion(folder: str | Path, seed: int = 0) -> Path:
     """Write a tiny Stable Diffusion (32x32 images, 16x16 latents) in diffusers' layout."""
+    folder = Path(folder)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+        torch.manual_seed(seed)
+        return _write_tiny_sd(folder)
+
+
+def _write_tiny_sd(folder: Path) -> Path:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    folder = Path(folder)
-    torch.manual_seed(seed)
     vocab_size = write_tiny_tokenizer(folder / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
     text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -105,14 +110,20 @@ def write_tiny_stable_diffusion(folder: str | Path, seed: int = 0) -> Path:
 def write_tiny_zero123(folder: str | Path, seed: int = 0) -> Path:
     """Write a tiny Zero-1-to-3 (32x32 images, 16x16 latents) in the layout of
     ``ashawkey/zero123-xl-diffusers``."""
-    from diffusers import DDIMScheduler
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
     from .zero123 import CLIPCameraProjection
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
+        torch.manual_seed(seed)
+        _write_tiny_zero123(folder, CLIPCameraProjection)
+    return folder
+
+
+def _write_tiny_zero123(folder: Path, CLIPCameraProjection) -> None:
+    from diffusers import DDIMScheduler
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
     dim = 32
     _tiny_unet(8, dim, 16).save_pretrained(str(folder / "unet"), safe_serialization=True)
     _tiny_vae().save_pretrained(str(folder / "vae"), safe_serialization=True)
@@ -134,7 +145,6 @@ def write_tiny_zero123(folder: str | Path, seed: int = 0) -> Path:
         "scheduler": ["diffusers", "DDIMScheduler"], "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }, indent=2))
-    return folder
 
 
 TINY_WRITERS = {TINY_SD_ID: write_tiny_stable_diffusion, TINY_ZERO123_ID: write_tiny_zero123}

@@ -11,8 +11,8 @@ Mesh (section 3.2): density-field extraction (``geometry.extract``), decimation,
 unwrap, and back-projection of 26 Gaussian renders (8 azimuths x elevations {-45, 0, 45}, top
 and bottom) into the texture.
 
-Stage 2 (section 3.3): the texture alone (geometry frozen) is optimised with Adam (lr 0.2)
-for 50 steps: each step renders a random view, asks the teacher to ``refine`` it (SDEdit with
+Stage 2 (section 3.3): the texture alone (geometry frozen, texels in logit space as in the
+public code's ``raw_albedo``) is optimised with Adam (lr 0.2) for 50 steps: each step renders a random view, asks the teacher to ``refine`` it (SDEdit with
 a 50-step DDIM schedule, the noise strength falling from 0.2 to 0.05 over training, i.e. the
 public code's 0.8 -> 0.95 in its inverted convention) and minimises the MSE to that target;
 in image mode also the reference view's MSE under its mask.
@@ -126,7 +126,7 @@ class DreamGaussianPipeline(Pipeline):
 
     @classmethod
     def check_request(cls, params, inputs):
-        if params["mode"] == "image" and "image" not in inputs:
+        if params["mode"] == "image" and "image" not in inputs and params["teacher"] != "oracle":
             raise ParamError("image mode needs the input 'image' (an RGBA image, or RGB plus 'mask')")
         if params["mode"] == "text" and not params["prompt"].strip():
             raise ParamError("text mode needs a 'prompt'")
@@ -155,21 +155,22 @@ class DreamGaussianPipeline(Pipeline):
         ref = None
         if image_mode:
             size = p["ref_size"]
-            rgba = recenter(load_rgba(np.asarray(request.inputs["image"]), request.inputs.get("mask")), size)
-            Image.fromarray(rgba).save(request.job_dir / "reference.png")
-            rgb, alpha = to_white_background(rgba)
-            ref = {
-                "rgb": torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device),
-                "alpha": torch.from_numpy(alpha)[None, None].to(device),
-                "camera": orbit_cameras(p["elevation"], 0.0, radius, p["fovy"], size, size),
-            }
+            camera = orbit_cameras(p["elevation"], 0.0, radius, p["fovy"], size, size)
             if p["teacher"] == "oracle":
+                # The oracle's own render of the reference view is the reference image.
                 from ..guidance.oracle import render_target
 
-                # The oracle's own render of the reference view is the reference image.
-                ref["rgb"] = render_target(teacher, ref["camera"], 1.0).to(device)
+                rgb_t = render_target(teacher, camera, 1.0).to(device)
                 with torch.no_grad():
-                    ref["alpha"] = render_mesh(teacher.mesh, ref["camera"]).alpha.permute(0, 3, 1, 2).to(device)
+                    alpha_t = render_mesh(teacher.mesh, camera).alpha.permute(0, 3, 1, 2).to(device)
+                rgba = np.concatenate([texture_to_uint8(rgb_t[0].permute(1, 2, 0)), texture_to_uint8(alpha_t[0, 0])[..., None]], -1)
+            else:
+                rgba = recenter(load_rgba(np.asarray(request.inputs["image"]), request.inputs.get("mask")), size)
+                rgb, alpha = to_white_background(rgba)
+                rgb_t = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device)
+                alpha_t = torch.from_numpy(alpha)[None, None].to(device)
+            Image.fromarray(rgba).save(request.job_dir / "reference.png")
+            ref = {"rgb": rgb_t, "alpha": alpha_t, "camera": camera}
             teacher.encode_condition(image=ref["rgb"], elevation=p["elevation"], azimuth=0.0, radius=radius)
         else:
             teacher.encode_condition(prompt=p["prompt"], negative_prompt=p["negative_prompt"])
@@ -296,8 +297,10 @@ class DreamGaussianPipeline(Pipeline):
         iters = p["refine_iters"]
         if iters == 0:
             return texture
-        tex = torch.nn.Parameter(texture.clone())
-        opt = torch.optim.Adam([tex], lr=p["refine_lr"], betas=(0.9, 0.99), eps=1e-15)
+        # The texture is optimised in logit space (DreamGaussian's ``raw_albedo``), so the
+        # learning rate of 0.2 moves texels gently and never outside [0, 1].
+        raw = torch.nn.Parameter(torch.logit(texture.clamp(1e-3, 1 - 1e-3)))
+        opt = torch.optim.Adam([raw], lr=p["refine_lr"], betas=(0.9, 0.99), eps=1e-15)
         size = p["refine_size"]
         last_preview = time.monotonic()
         for step in range(1, iters + 1):
@@ -308,12 +311,14 @@ class DreamGaussianPipeline(Pipeline):
             el_hi = min(89.0, p["elevation"] + p["elevation_range"])
             cam, _, _, _ = sample_orbit_cameras(1, (el_lo, el_hi), (-180.0, 180.0), (radius, radius), p["fovy"], size,
                                                 size, generator=gen)
-            bg = torch.ones(3, device=tex.device)
+            bg = torch.ones(3, device=raw.device)
+            tex = torch.sigmoid(raw)
             textured = TexturedMesh(mesh.vertices, mesh.faces, mesh.uv, tex)
             out = render_mesh(textured, cam, background=bg)
             image = out.rgb.permute(0, 3, 1, 2)
             with torch.no_grad():
-                target = teacher.refine(image.detach(), cam, strength, p["refine_steps"], background=bg, generator=gen)
+                target = teacher.refine(image.detach(), cam, strength, p["refine_steps"], background=bg, generator=gen,
+                                        check=cancel.check)
             loss = F.mse_loss(image, target)
             if ref is not None:
                 rout = render_mesh(textured, ref["camera"], background=bg)
@@ -322,12 +327,10 @@ class DreamGaussianPipeline(Pipeline):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            with torch.no_grad():
-                tex.clamp_(0, 1)
             emit.progress("texture", step, iters, loss.item(), message=f"strength {strength:.2f}")
             now = time.monotonic()
             if now - last_preview >= PREVIEW_INTERVAL_S or step == iters:
                 last_preview = now
-                self._preview_texture(emit, tex.detach(), step)
-        return tex.detach()
+                self._preview_texture(emit, torch.sigmoid(raw.detach()), step)
+        return torch.sigmoid(raw.detach())
 
