@@ -69,9 +69,28 @@ def _tiny_unet(in_channels: int, cross_attention_dim: int, sample_size: int):
     )
 
 
-def _tiny_vae():
+def _real_size_unet(in_channels: int, cross_attention_dim: int, sample_size: int, head_dim, linear: bool):
+    """The UNet architecture of Stable Diffusion (2.1 base: 1024-d context, head dims 5..20,
+    linear projections; 1.x / Zero-1-to-3: 768-d context, 8 heads), randomly initialised."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=in_channels, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280), down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=cross_attention_dim,
+        attention_head_dim=head_dim, use_linear_projection=linear, norm_num_groups=32,
+    )
+
+
+def _tiny_vae(real_size: bool = False):
     from diffusers import AutoencoderKL
 
+    if real_size:  # Stable Diffusion's VAE (8x downsampling)
+        return AutoencoderKL(
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), latent_channels=4,
+            layers_per_block=2, norm_num_groups=32, sample_size=512,
+        )
     return AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(32, 64), latent_channels=4,
@@ -79,27 +98,31 @@ def _tiny_vae():
     )
 
 
-def write_tiny_stable_diffusion(folder: str | Path, seed: int = 0) -> Path:
-    """Write a tiny Stable Diffusion (32x32 images, 16x16 latents) in diffusers' layout."""
+def write_tiny_stable_diffusion(folder: str | Path, seed: int = 0, real_size: bool = False) -> Path:
+    """Write a tiny Stable Diffusion (32x32 images, 16x16 latents) in diffusers' layout, or
+    with ``real_size`` one with Stable Diffusion 2.1 base's architecture (512x512 images),
+    random weights either way (for benchmarks of the real compute)."""
     folder = Path(folder)
     with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
         torch.manual_seed(seed)
-        return _write_tiny_sd(folder)
+        return _write_tiny_sd(folder, real_size)
 
 
-def _write_tiny_sd(folder: Path) -> Path:
+def _write_tiny_sd(folder: Path, real_size: bool = False) -> Path:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     vocab_size = write_tiny_tokenizer(folder / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
+    width, layers, heads, inner = (1024, 23, 16, 4096) if real_size else (32, 2, 4, 64)  # OpenCLIP ViT-H text tower
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, projection_dim=32, bos_token_id=tokenizer.bos_token_id,
+        vocab_size=vocab_size, hidden_size=width, intermediate_size=inner, num_hidden_layers=layers,
+        num_attention_heads=heads, max_position_embeddings=77, projection_dim=32, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     ))
+    unet = _real_size_unet(4, 1024, 64, (5, 10, 20, 20), True) if real_size else _tiny_unet(4, 32, 16)
     pipe = StableDiffusionPipeline(
-        vae=_tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=_tiny_unet(4, 32, 16),
+        vae=_tiny_vae(real_size), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
         scheduler=DDIMScheduler.from_config(_DDIM_CONFIG), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
@@ -107,31 +130,35 @@ def _write_tiny_sd(folder: Path) -> Path:
     return folder
 
 
-def write_tiny_zero123(folder: str | Path, seed: int = 0) -> Path:
+def write_tiny_zero123(folder: str | Path, seed: int = 0, real_size: bool = False) -> Path:
     """Write a tiny Zero-1-to-3 (32x32 images, 16x16 latents) in the layout of
-    ``ashawkey/zero123-xl-diffusers``."""
+    ``ashawkey/zero123-xl-diffusers``, or with ``real_size`` one with its real architecture
+    (256x256 images, SD 1.x UNet with 8 input channels, CLIP ViT-L/14 image encoder), random
+    weights either way."""
     from .zero123 import CLIPCameraProjection
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
         torch.manual_seed(seed)
-        _write_tiny_zero123(folder, CLIPCameraProjection)
+        _write_tiny_zero123(folder, CLIPCameraProjection, real_size)
     return folder
 
 
-def _write_tiny_zero123(folder: Path, CLIPCameraProjection) -> None:
+def _write_tiny_zero123(folder: Path, CLIPCameraProjection, real_size: bool = False) -> None:
     from diffusers import DDIMScheduler
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    dim = 32
-    _tiny_unet(8, dim, 16).save_pretrained(str(folder / "unet"), safe_serialization=True)
-    _tiny_vae().save_pretrained(str(folder / "vae"), safe_serialization=True)
+    dim = 768 if real_size else 32
+    unet = _real_size_unet(8, dim, 32, 8, False) if real_size else _tiny_unet(8, dim, 16)
+    unet.save_pretrained(str(folder / "unet"), safe_serialization=True)
+    _tiny_vae(real_size).save_pretrained(str(folder / "vae"), safe_serialization=True)
+    width, layers, heads, inner, image, patch, crop = (1024, 24, 16, 4096, 224, 14, 224) if real_size else (32, 2, 4, 64, 32, 8, 32)
     CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=dim, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
-        projection_dim=dim,
+        hidden_size=width, intermediate_size=inner, num_hidden_layers=layers, num_attention_heads=heads, image_size=image,
+        patch_size=patch, projection_dim=dim,
     )).save_pretrained(str(folder / "image_encoder"), safe_serialization=True)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_center_crop=True,
+    CLIPImageProcessor(size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop}, do_center_crop=True,
                        do_resize=True, do_normalize=True, do_rescale=True).save_pretrained(str(folder / "feature_extractor"))
     DDIMScheduler.from_config(_DDIM_CONFIG).save_pretrained(str(folder / "scheduler"))
     CLIPCameraProjection(embedding_dim=dim, additional_embeddings=4).save_pretrained(
@@ -152,6 +179,9 @@ TINY_WRITERS = {TINY_SD_ID: write_tiny_stable_diffusion, TINY_ZERO123_ID: write_
 
 def ensure_tiny(model_id: str, cache_dir: str | Path) -> Path:
     """The folder of tiny model ``model_id`` under ``cache_dir``, written on first use."""
+    from . import quiet_libraries
+
+    quiet_libraries()
     folder = Path(cache_dir) / model_id
     if not (folder / "model_index.json").is_file():
         tmp = folder.with_name(folder.name + ".partial")

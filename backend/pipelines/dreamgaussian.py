@@ -190,6 +190,7 @@ class DreamGaussianPipeline(Pipeline):
             arrays={"vertices": uvm.vertices.astype(np.float32), "faces": uvm.faces.astype(np.int32),
                     "uv": uvm.uv.astype(np.float32), "texture": tex8},
             meta={"mode": p["mode"], "gaussians": len(model), "faces": int(len(uvm.faces)),
+                  "stage1_seconds": {k: round(v, 4) for k, v in self.timings.items()},
                   "total_seconds": round(time.monotonic() - t0, 2), "radius": radius},
         )
 
@@ -221,6 +222,14 @@ class DreamGaussianPipeline(Pipeline):
         schedule = DreamGaussianAnneal(p["t_min"], p["t_max"])
         sizes = [int(x) for x in p["resolutions"].split(",")]
         last_preview = 0.0
+        clock = self.timings = {"render": 0.0, "teacher": 0.0, "backward": 0.0, "densify": 0.0, "steps": 0}
+        sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+        def lap(key: str, since: float) -> float:
+            sync()
+            now = time.perf_counter()
+            clock[key] += now - since
+            return now
         for step in range(1, iters + 1):
             cancel.check()
             ratio = min(1.0, step / iters)
@@ -229,6 +238,7 @@ class DreamGaussianPipeline(Pipeline):
             size = step_levels(sizes, [0.3, 0.6], step, iters)
             loss = torch.zeros((), device=device)
             info = None
+            mark = time.perf_counter()
             if image_mode:
                 out = render(model, ref["camera"], background=1.0)
                 image = out.rgb.permute(0, 3, 1, 2)
@@ -242,16 +252,21 @@ class DreamGaussianPipeline(Pipeline):
             out = render(model, cams, background=bg.to(device))
             info = out.info
             strategy.step_pre_backward(model.params, optimizers, state, step, info)
+            mark = lap("render", mark)
             t = schedule(step, iters, gen)
             sds = teacher.sds(out.rgb.permute(0, 3, 1, 2), cams, t, background=bg.to(device), generator=gen)
             loss = loss + sds.loss
+            mark = lap("teacher", mark)
             loss.backward()
             for opt in optimizers.values():
                 opt.step()
                 opt.zero_grad(set_to_none=True)
+            mark = lap("backward", mark)
             strategy.step_post_backward(model.params, optimizers, state, step, info)
             if p["opacity_reset_every"] and step % p["opacity_reset_every"] == 0 and step < p["densify_until"]:
                 reset_opa(model.params, optimizers, state, value=p["prune_opacity"] * 2.0)
+            lap("densify", mark)
+            clock["steps"] += 1
             emit.progress("gaussians", step, iters, loss.item(), message=f"{len(model)} Gaussians, t={t}, {size}px")
             now = time.monotonic()
             if now - last_preview >= PREVIEW_INTERVAL_S or step == iters:
