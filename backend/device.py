@@ -35,6 +35,18 @@ def describe_device(device: str) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
+def cuda_module_available(device, module: str) -> bool:
+    """Whether ``device`` is a CUDA device and ``module`` (a CUDA-only library such as gsplat or
+    nvdiffrast.torch) can be imported."""
+    if torch.device(device).type != "cuda":
+        return False
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is a device or host out-of-memory error."""
     text = str(exc).lower()

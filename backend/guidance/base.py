@@ -167,6 +167,42 @@ class Guidance(abc.ABC):
         return out.clamp(0, 1)
 
 
+class LatentDiffusionGuidance(Guidance):
+    """Shared part of the latent-diffusion teachers (Stable Diffusion, Zero-1-to-3): their
+    ``parts`` hold a diffusers ``vae``, ``unet`` and ``scheduler`` plus ``dtype`` and ``device``.
+    Views are resized to the UNet's native image size (sample_size x the VAE's downsampling);
+    x0 is the VAE posterior sample times the scaling factor (DreamGaussian's ``encode_imgs``)."""
+
+    space = "latent"
+
+    def __init__(self, parts: Any, guidance_scale: float, weighting: str = "sds"):
+        super().__init__(guidance_scale, weighting, str(parts.device))
+        self.parts = parts
+        self._alphas = parts.scheduler.alphas_cumprod.to(parts.device, torch.float32)
+        vae_scale = 2 ** (len(parts.vae.config.block_out_channels) - 1)
+        self.image_size = int(parts.unet.config.sample_size) * vae_scale
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self._alphas
+
+    @property
+    def scheduler(self):
+        return self.parts.scheduler
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """float [B, 3, H, W] -> [B, 3, S, S] at the model's native size S."""
+        return F.interpolate(images, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        posterior = self.parts.vae.encode((self.resize(images) * 2 - 1).to(self.parts.dtype)).latent_dist
+        return posterior.sample() * self.parts.vae.config.scaling_factor
+
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        images = self.parts.vae.decode(x0.to(self.parts.dtype) / self.parts.vae.config.scaling_factor).sample
+        return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
 def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans 2022): eps_u + s (eps_c - eps_u)."""
     return eps_uncond + scale * (eps_cond - eps_uncond)

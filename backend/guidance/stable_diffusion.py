@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..cameras import Cameras, orbit_angles
 from ..models import check_model_folder
-from .base import Guidance, cfg
+from .base import LatentDiffusionGuidance, cfg
 
 VIEW_SUFFIXES = ("front view", "side view", "back view", "overhead view")
 _WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.safetensors")
@@ -98,7 +97,7 @@ def load_stable_diffusion(folder: str | Path, model_id: str, device: str = "cpu"
     return parts
 
 
-class StableDiffusionGuidance(Guidance):
+class StableDiffusionGuidance(LatentDiffusionGuidance):
     """Text-conditioned teacher (DreamGaussian's text mode: CFG 100).
 
     Args:
@@ -107,23 +106,9 @@ class StableDiffusionGuidance(Guidance):
         view_dependent: append the view suffix to the prompt per camera.
     """
 
-    space = "latent"
-
     def __init__(self, parts: SDComponents, guidance_scale: float = 100.0, weighting: str = "sds", view_dependent: bool = True):
-        super().__init__(guidance_scale, weighting, str(parts.device))
-        self.parts = parts
+        super().__init__(parts, guidance_scale, weighting)
         self.view_dependent = view_dependent
-        self._alphas = parts.scheduler.alphas_cumprod.to(parts.device, torch.float32)
-        vae_scale = 2 ** (len(parts.vae.config.block_out_channels) - 1)
-        self.image_size = int(parts.unet.config.sample_size) * vae_scale
-
-    @property
-    def alphas_cumprod(self) -> torch.Tensor:
-        return self._alphas
-
-    @property
-    def scheduler(self):
-        return self.parts.scheduler
 
     @torch.no_grad()
     def _embed(self, texts: list[str]) -> torch.Tensor:
@@ -138,15 +123,6 @@ class StableDiffusionGuidance(Guidance):
             raise ValueError("the Stable Diffusion teacher needs a prompt")
         texts = [f"{prompt}, {s}" for s in VIEW_SUFFIXES] if self.view_dependent else [prompt]
         self.condition = {"cond": self._embed(texts), "uncond": self._embed([negative_prompt]), "prompt": prompt}
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(images, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        posterior = self.parts.vae.encode((x * 2 - 1).to(self.parts.dtype)).latent_dist
-        return posterior.sample() * self.parts.vae.config.scaling_factor
-
-    def decode(self, x0: torch.Tensor) -> torch.Tensor:
-        images = self.parts.vae.decode(x0.to(self.parts.dtype) / self.parts.vae.config.scaling_factor).sample
-        return (images.float() / 2 + 0.5).clamp(0, 1)
 
     def predict_noise(self, x_t, t, cameras: Cameras, background=None) -> torch.Tensor:
         B = x_t.shape[0]

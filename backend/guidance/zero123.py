@@ -27,13 +27,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from ..cameras import Cameras, orbit_angles
 from ..models import check_model_folder
-from .base import Guidance, cfg
+from .base import LatentDiffusionGuidance, cfg
 
 _WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.safetensors")
 ZERO123_COMPONENTS = {
@@ -131,25 +130,11 @@ def camera_embedding(elevation: torch.Tensor, azimuth: torch.Tensor, radius: tor
     return torch.stack([d_polar, torch.sin(d_az), torch.cos(d_az), last], -1)
 
 
-class Zero123Guidance(Guidance):
+class Zero123Guidance(LatentDiffusionGuidance):
     """Image-conditioned novel-view teacher (DreamGaussian's image mode: CFG 5)."""
 
-    space = "latent"
-
     def __init__(self, parts: Zero123Components, guidance_scale: float = 5.0, weighting: str = "sds"):
-        super().__init__(guidance_scale, weighting, str(parts.device))
-        self.parts = parts
-        self._alphas = parts.scheduler.alphas_cumprod.to(parts.device, torch.float32)
-        vae_scale = 2 ** (len(parts.vae.config.block_out_channels) - 1)
-        self.image_size = int(parts.unet.config.sample_size) * vae_scale
-
-    @property
-    def alphas_cumprod(self) -> torch.Tensor:
-        return self._alphas
-
-    @property
-    def scheduler(self):
-        return self.parts.scheduler
+        super().__init__(parts, guidance_scale, weighting)
 
     @torch.no_grad()
     def encode_condition(self, image: torch.Tensor | None = None, elevation: float = 0.0, azimuth: float = 0.0,
@@ -158,22 +143,12 @@ class Zero123Guidance(Guidance):
         from the orbit camera (elevation, azimuth in degrees, radius in metres)."""
         if image is None:
             raise ValueError("the Zero-1-to-3 teacher needs a reference image")
-        x = F.interpolate(image.to(self.device, torch.float32), (self.image_size, self.image_size), mode="bilinear",
-                          align_corners=False)
+        x = self.resize(image.to(self.device, torch.float32))
         pixels = self.parts.feature_extractor(images=list(x.clamp(0, 1)), do_rescale=False, return_tensors="pt").pixel_values
         clip = self.parts.image_encoder(pixels.to(self.device, self.parts.dtype)).image_embeds  # [1, D]
         latents = self.parts.vae.encode((x * 2 - 1).to(self.parts.dtype)).latent_dist.mode()  # unscaled
         self.condition = {"clip": clip[:, None, :], "latents": latents, "elevation": float(elevation),
                           "azimuth": float(azimuth), "radius": float(radius)}
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(images, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        posterior = self.parts.vae.encode((x * 2 - 1).to(self.parts.dtype)).latent_dist
-        return posterior.sample() * self.parts.vae.config.scaling_factor
-
-    def decode(self, x0: torch.Tensor) -> torch.Tensor:
-        images = self.parts.vae.decode(x0.to(self.parts.dtype) / self.parts.vae.config.scaling_factor).sample
-        return (images.float() / 2 + 0.5).clamp(0, 1)
 
     def predict_noise(self, x_t, t, cameras: Cameras, background=None) -> torch.Tensor:
         B = x_t.shape[0]

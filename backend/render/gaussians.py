@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..cameras import Cameras
+from ..device import cuda_module_available
 
 #: Real spherical-harmonics constants (3DGS, ``utils/sh_utils.py``; Sloan 2008).
 SH_C0 = 0.28209479177387814
@@ -398,13 +399,7 @@ class RenderOutput:
 
 def gsplat_available(device: torch.device | str) -> bool:
     """Whether gsplat's CUDA rasteriser can be used on ``device``."""
-    if torch.device(device).type != "cuda":
-        return False
-    try:
-        import gsplat  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return cuda_module_available(device, "gsplat")
 
 
 def render(model: GaussianModel, cameras: Cameras, background: torch.Tensor | tuple | float = 1.0,

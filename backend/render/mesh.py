@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import Cameras, mvp_gl
+from ..device import cuda_module_available
 
 
 @dataclass
@@ -72,13 +73,7 @@ class TexturedMesh:
 
 def nvdiffrast_available(device: torch.device | str) -> bool:
     """Whether nvdiffrast's CUDA rasteriser can be used on ``device``."""
-    if torch.device(device).type != "cuda":
-        return False
-    try:
-        import nvdiffrast.torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return cuda_module_available(device, "nvdiffrast.torch")
 
 
 _GL_CONTEXTS: dict = {}
