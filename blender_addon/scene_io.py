@@ -1,0 +1,176 @@
+"""The one place that converts between the backend's numpy arrays and Blender data.
+
+Axes: the backend speaks glTF (+Y up, front +Z); Blender is +Z up. Points are converted as
+Blender's glTF importer does, (x, y, z) -> (x, -z, y). Arrays are written with
+``foreach_set`` (never per-vertex Python loops); faces through the ``.corner_vert`` attribute.
+UVs stay with the origin at the bottom-left (Blender's and the backend's convention). Images
+arrive as PNG bytes and are packed from them; live texture previews write pixels unpacked.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import bpy
+import numpy as np
+
+COLLECTION = "Splatsmith"
+POINTS_GROUP = "Splatsmith Points"
+
+
+def gltf_to_blender(points: np.ndarray) -> np.ndarray:
+    """float [N, 3] glTF axes -> Blender axes: (x, y, z) -> (x, -z, y)."""
+    p = np.asarray(points, dtype=np.float32)
+    return np.stack([p[:, 0], -p[:, 2], p[:, 1]], axis=1)
+
+
+def collection() -> bpy.types.Collection:
+    coll = bpy.data.collections.get(COLLECTION)
+    if coll is None:
+        coll = bpy.data.collections.new(COLLECTION)
+        bpy.context.scene.collection.children.link(coll)
+    return coll
+
+
+def _object(name: str) -> bpy.types.Object:
+    obj = bpy.data.objects.get(name)
+    if obj is None:
+        mesh = bpy.data.meshes.new(name)
+        obj = bpy.data.objects.new(name, mesh)
+        collection().objects.link(obj)
+    return obj
+
+
+def _set_geometry(mesh: bpy.types.Mesh, vertices: np.ndarray, faces: np.ndarray | None) -> None:
+    mesh.clear_geometry()
+    verts = gltf_to_blender(vertices)
+    mesh.vertices.add(len(verts))
+    mesh.vertices.foreach_set("co", verts.ravel())
+    if faces is not None and len(faces):
+        f = np.asarray(faces, dtype=np.int32)
+        mesh.loops.add(f.size)
+        mesh.polygons.add(len(f))
+        mesh.polygons.foreach_set("loop_start", np.arange(0, f.size, 3, dtype=np.int32))
+        mesh.attributes[".corner_vert"].data.foreach_set("value", f.ravel())
+    mesh.update()
+
+
+def _points_group() -> bpy.types.NodeTree:
+    group = bpy.data.node_groups.get(POINTS_GROUP)
+    if group is not None:
+        return group
+    group = bpy.data.node_groups.new(POINTS_GROUP, "GeometryNodeTree")
+    group.interface.new_socket(name="Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    group.interface.new_socket(name="Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    nodes = group.nodes
+    inp, out = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
+    to_points = nodes.new("GeometryNodeMeshToPoints")
+    to_points.inputs["Radius"].default_value = 0.006
+    group.links.new(inp.outputs[0], to_points.inputs["Mesh"])
+    group.links.new(to_points.outputs["Points"], out.inputs[0])
+    return group
+
+
+def apply_gaussian_preview(name: str, means: np.ndarray, rgb: np.ndarray, opacity: np.ndarray) -> bpy.types.Object:
+    """Show a Gaussian preview as coloured points (a vertex-only mesh turned into points by a
+    geometry-nodes modifier, with a ``Col`` point colour attribute), updated in place.
+
+    Args:
+        means: float32 [N, 3] glTF axes; rgb: uint8 [N, 3]; opacity: float32 [N] in [0, 1].
+    """
+    obj = _object(name)
+    mesh = obj.data
+    _set_geometry(mesh, means, None)
+    colour = mesh.color_attributes.get("Col") or mesh.color_attributes.new("Col", "FLOAT_COLOR", "POINT")
+    rgba = np.concatenate([np.asarray(rgb, np.float32) / 255.0, np.asarray(opacity, np.float32)[:, None]], 1)
+    colour.data.foreach_set("color", rgba.ravel())
+    mesh.color_attributes.active_color = colour
+    if "Points" not in obj.modifiers:
+        modifier = obj.modifiers.new("Points", "NODES")
+        modifier.node_group = _points_group()
+    return obj
+
+
+def apply_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None = None) -> bpy.types.Object:
+    """Create or update a mesh object. ``uv`` is per-vertex float32 [V, 2] (origin bottom-left)."""
+    obj = _object(name)
+    mesh = obj.data
+    if "Points" in obj.modifiers:
+        obj.modifiers.remove(obj.modifiers["Points"])
+    _set_geometry(mesh, vertices, faces)
+    if uv is not None:
+        layer = mesh.uv_layers.get("UVMap") or mesh.uv_layers.new(name="UVMap")
+        layer.data.foreach_set("uv", np.asarray(uv, np.float32)[np.asarray(faces).ravel()].ravel())
+    return obj
+
+
+def image_from_rgba(name: str, rgba: np.ndarray) -> bpy.types.Image:
+    """A Blender image from uint8 [H, W, 4] (row 0 at the top), updated in place, not packed
+    (for live previews)."""
+    h, w = rgba.shape[:2]
+    image = bpy.data.images.get(name)
+    if image is None or tuple(image.size) != (w, h):
+        if image is not None:
+            bpy.data.images.remove(image)
+        image = bpy.data.images.new(name, w, h, alpha=True)
+    pixels = np.flipud(np.asarray(rgba, np.float32) / 255.0)  # Blender's row 0 is the bottom
+    image.pixels.foreach_set(pixels.ravel())
+    image.update()
+    return image
+
+
+def packed_image_from_png(name: str, png: bytes) -> bpy.types.Image:
+    """A Blender image packed into the .blend from PNG bytes received from the backend."""
+    fd, path = tempfile.mkstemp(suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(png)
+        image = bpy.data.images.load(path, check_existing=False)
+        image.name = name
+        image.pack()
+    finally:
+        os.unlink(path)
+    image.filepath_raw = f"//{name}.png"
+    return image
+
+
+def assign_texture(obj: bpy.types.Object, image: bpy.types.Image, material_name: str) -> bpy.types.Material:
+    """A Principled BSDF material whose base colour is ``image``, on the object's first slot."""
+    material = bpy.data.materials.get(material_name) or bpy.data.materials.new(material_name)
+    material.use_nodes = True
+    nodes, links = material.node_tree.nodes, material.node_tree.links
+    bsdf = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None) or nodes.new("ShaderNodeBsdfPrincipled")
+    tex = next((n for n in nodes if n.type == "TEX_IMAGE"), None) or nodes.new("ShaderNodeTexImage")
+    tex.image = image
+    links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+    if obj.data.materials:
+        obj.data.materials[0] = material
+    else:
+        obj.data.materials.append(material)
+    return material
+
+
+def remove_object(name: str) -> None:
+    obj = bpy.data.objects.get(name)
+    if obj is not None:
+        mesh = obj.data
+        bpy.data.objects.remove(obj)
+        if mesh is not None and mesh.users == 0:
+            bpy.data.meshes.remove(mesh)
+
+
+def rgba_from_image(image: bpy.types.Image) -> np.ndarray:
+    """uint8 [H, W, 4], row 0 at the top, from a Blender image (file or already in the .blend)."""
+    w, h = image.size
+    pixels = np.empty(w * h * 4, np.float32)
+    image.pixels.foreach_get(pixels)
+    return (np.flipud(pixels.reshape(h, w, 4)).clip(0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def load_image_file(path: str) -> np.ndarray:
+    """uint8 [H, W, 4] from an image file, read by Blender (the image is removed afterwards)."""
+    image = bpy.data.images.load(path, check_existing=False)
+    try:
+        return rgba_from_image(image)
+    finally:
+        bpy.data.images.remove(image)
