@@ -89,6 +89,13 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators (a job's reproducibility)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def new_job_id() -> str:
     """A sortable, unique id: ``YYYYmmdd-HHMMSS-xxxxxx``."""
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
@@ -310,9 +317,7 @@ class Worker(threading.Thread):
         request = JobRequest(job.job_id, job.pipeline, job.preset, job.params, job.inputs, job.seed, job.dir,
                              self.device, self.models, self.models_dir)
         try:
-            random.seed(job.seed)
-            np.random.seed(job.seed)
-            torch.manual_seed(job.seed)
+            seed_everything(job.seed)
             job.cancel.check()
             result = self.pipelines[job.pipeline]().run(request, emitter, job.cancel)
             job.cancel.check()
@@ -360,9 +365,7 @@ def run_local(store: JobStore, pipeline: type[Pipeline], preset: str | None, par
     job.state, job.started = "running", time.time()
     store.save_state(job)
     request = JobRequest(job.job_id, pipeline.name, preset, resolved, job.inputs, seed, job.dir, device, models, models_dir)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    seed_everything(seed)
     try:
         result = pipeline().run(request, emit, cancel or CancelToken())
         store.save_result(job, result)

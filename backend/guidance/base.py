@@ -203,6 +203,26 @@ class LatentDiffusionGuidance(Guidance):
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
+def precision_and_placement(device: str, fp16: bool | None, cpu_offload: bool) -> tuple[torch.device, torch.dtype, torch.device]:
+    """(execution device, dtype, where the weights are loaded) for a teacher's components:
+    fp16 by default on CUDA only; with ``cpu_offload`` on CUDA the weights stay on the host."""
+    dev = torch.device(device)
+    dtype = torch.float16 if (fp16 if fp16 is not None else dev.type == "cuda") else torch.float32
+    place = torch.device("cpu") if (cpu_offload and dev.type == "cuda") else dev
+    return dev, dtype, place
+
+
+def freeze(modules, dev: torch.device, cpu_offload: bool) -> None:
+    """No gradients for the teacher's weights; with ``cpu_offload`` on CUDA each module is
+    streamed to the GPU while it runs (accelerate's ``cpu_offload``)."""
+    for module in modules:
+        module.requires_grad_(False)
+        if cpu_offload and dev.type == "cuda":
+            from accelerate import cpu_offload as offload
+
+            offload(module, execution_device=dev)
+
+
 def cfg(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans 2022): eps_u + s (eps_c - eps_u)."""
     return eps_uncond + scale * (eps_cond - eps_uncond)

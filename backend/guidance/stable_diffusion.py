@@ -18,7 +18,7 @@ import torch
 
 from ..cameras import Cameras, orbit_angles
 from ..models import check_model_folder
-from .base import LatentDiffusionGuidance, cfg
+from .base import LatentDiffusionGuidance, cfg, freeze, precision_and_placement
 
 VIEW_SUFFIXES = ("front view", "side view", "back view", "overhead view")
 _WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.safetensors")
@@ -74,9 +74,7 @@ def load_stable_diffusion(folder: str | Path, model_id: str, device: str = "cpu"
     quiet_libraries()
     folder = Path(folder)
     check_model_folder(folder, model_id, SD_COMPONENTS)
-    dev = torch.device(device)
-    dtype = torch.float16 if (fp16 if fp16 is not None else dev.type == "cuda") else torch.float32
-    place = torch.device("cpu") if (cpu_offload and dev.type == "cuda") else dev  # offloaded weights stay on the host
+    dev, dtype, place = precision_and_placement(device, fp16, cpu_offload)
     unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", torch_dtype=dtype).to(place).eval()
     if attention_slicing:
         unet.set_attention_slice("auto")
@@ -88,12 +86,7 @@ def load_stable_diffusion(folder: str | Path, model_id: str, device: str = "cpu"
         scheduler=DDIMScheduler.from_pretrained(str(folder), subfolder="scheduler"),
         dtype=dtype, device=dev,
     )
-    for module in (parts.unet, parts.vae, parts.text_encoder):
-        module.requires_grad_(False)
-        if cpu_offload and dev.type == "cuda":
-            from accelerate import cpu_offload as offload
-
-            offload(module, execution_device=dev)
+    freeze((parts.unet, parts.vae, parts.text_encoder), dev, cpu_offload)
     return parts
 
 

@@ -32,7 +32,7 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from ..cameras import Cameras, orbit_angles
 from ..models import check_model_folder
-from .base import LatentDiffusionGuidance, cfg
+from .base import LatentDiffusionGuidance, cfg, freeze, precision_and_placement
 
 _WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.safetensors")
 ZERO123_COMPONENTS = {
@@ -93,9 +93,7 @@ def load_zero123(folder: str | Path, model_id: str, device: str = "cpu", fp16: b
     quiet_libraries()
     folder = Path(folder)
     check_model_folder(folder, model_id, ZERO123_COMPONENTS)
-    dev = torch.device(device)
-    dtype = torch.float16 if (fp16 if fp16 is not None else dev.type == "cuda") else torch.float32
-    place = torch.device("cpu") if (cpu_offload and dev.type == "cuda") else dev  # offloaded weights stay on the host
+    dev, dtype, place = precision_and_placement(device, fp16, cpu_offload)
     unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", torch_dtype=dtype).to(place).eval()
     if unet.config.in_channels != 8:
         raise ValueError(f"{folder}/unet has {unet.config.in_channels} input channels; Zero-1-to-3's has 8")
@@ -112,12 +110,7 @@ def load_zero123(folder: str | Path, model_id: str, device: str = "cpu", fp16: b
                                                         torch_dtype=dtype).to(place).eval(),
         dtype=dtype, device=dev, stable="stable" in model_id,
     )
-    for module in (parts.unet, parts.vae, parts.image_encoder, parts.projection):
-        module.requires_grad_(False)
-        if cpu_offload and dev.type == "cuda":
-            from accelerate import cpu_offload as offload
-
-            offload(module, execution_device=dev)
+    freeze((parts.unet, parts.vae, parts.image_encoder, parts.projection), dev, cpu_offload)
     return parts
 
 

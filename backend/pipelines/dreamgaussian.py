@@ -51,6 +51,11 @@ def bake_cameras(radius: float, fovy: float, size: int) -> Cameras:
     return orbit_cameras(el, az, radius, fovy, size, size)
 
 
+def elevation_window(p: dict) -> tuple[float, float]:
+    """Random cameras' elevation range: the reference elevation +- ``elevation_range``, within +-89."""
+    return max(-89.0, p["elevation"] - p["elevation_range"]), min(89.0, p["elevation"] + p["elevation_range"])
+
+
 @register
 class DreamGaussianPipeline(Pipeline):
     """Image- or text-to-3D with Gaussians, a mesh and a refined UV texture."""
@@ -244,9 +249,7 @@ class DreamGaussianPipeline(Pipeline):
                 image = out.rgb.permute(0, 3, 1, 2)
                 loss = loss + p["lambda_rgb"] * ratio * F.mse_loss(image, ref["rgb"])
                 loss = loss + p["lambda_mask"] * ratio * F.mse_loss(out.alpha.permute(0, 3, 1, 2), ref["alpha"])
-            el_lo = max(-89.0, p["elevation"] - p["elevation_range"])
-            el_hi = min(89.0, p["elevation"] + p["elevation_range"])
-            cams, _, _, _ = sample_orbit_cameras(p["batch_size"], (el_lo, el_hi), (-180.0, 180.0), (radius, radius),
+            cams, _, _, _ = sample_orbit_cameras(p["batch_size"], elevation_window(p), (-180.0, 180.0), (radius, radius),
                                                  p["fovy"], size, size, generator=gen)
             bg = torch.ones(3) if torch.rand(1, generator=gen).item() > p["invert_bg_prob"] else torch.zeros(3)
             out = render(model, cams, background=bg.to(device))
@@ -322,9 +325,7 @@ class DreamGaussianPipeline(Pipeline):
             cancel.check()
             ratio = step / iters
             strength = p["refine_strength_start"] + (p["refine_strength_end"] - p["refine_strength_start"]) * ratio
-            el_lo = max(-89.0, p["elevation"] - p["elevation_range"])
-            el_hi = min(89.0, p["elevation"] + p["elevation_range"])
-            cam, _, _, _ = sample_orbit_cameras(1, (el_lo, el_hi), (-180.0, 180.0), (radius, radius), p["fovy"], size,
+            cam, _, _, _ = sample_orbit_cameras(1, elevation_window(p), (-180.0, 180.0), (radius, radius), p["fovy"], size,
                                                 size, generator=gen)
             bg = torch.ones(3, device=raw.device)
             tex = torch.sigmoid(raw)
