@@ -1,8 +1,8 @@
 """Splatsmith for Blender: generate 3D assets with a Splatsmith backend and stream them into
 the scene. Registration only; see operators.py, panels.py, scene_io.py."""
-from . import client_glue, operators, panels, preferences
+from . import client_glue, operators, panels, preferences, properties
 
-_MODULES = (preferences, operators, panels)
+_MODULES = (preferences, properties, operators, panels)
 
 
 def register() -> None:

@@ -1,8 +1,14 @@
 """Operators, usable from the panel, scripts and batch runs. With ``wait=True`` an operator
-pumps the client itself until the job ends (timers do not run in background mode)."""
+pumps the client itself until the job ends (timers do not run in background mode).
+
+Every failure is reported as one sentence (``report({"ERROR"})`` and the panel), never as a
+traceback: the add-on stays usable and the next attempt works once the cause is fixed.
+"""
 from __future__ import annotations
 
+import json
 import os
+import random
 
 import bpy
 
@@ -10,11 +16,62 @@ from shared_protocol.client import ClientError
 
 from . import client_glue, scene_io
 
+#: Panel/operator fields -> the pipeline parameter names they set (the first one the pipeline has).
+ADVANCED_PARAMS = {"steps": ("iters", "steps"), "guidance_scale": ("guidance_scale",), "texture_size": ("texture_size",)}
+
 
 def _fail(op, message: str):
     op.report({"ERROR"}, message)
     client_glue.session.error = message
     return {"CANCELLED"}
+
+
+def _random_seed(avoid: int | None = None) -> int:
+    seed = random.SystemRandom().randrange(0, 2**31 - 1)
+    return seed + 1 if seed == avoid else seed
+
+
+def _load_inputs(request: dict) -> dict:
+    """The input arrays of a request: the reference image from its file or its .blend image.
+    Raises ValueError with a sentence for the artist."""
+    if request.get("image_name"):
+        image = bpy.data.images.get(request["image_name"])
+        if image is None:
+            raise ValueError(f"the image {request['image_name']!r} is no longer in this .blend")
+        if not image.has_data and image.source == "FILE":
+            image.reload()
+        if image.size[0] == 0:
+            raise ValueError(f"the image {image.name!r} has no pixels (is its file missing?)")
+        return {"image": scene_io.rgba_from_image(image)}
+    if request.get("image_path"):
+        path = bpy.path.abspath(request["image_path"])
+        if not os.path.isfile(path):
+            raise ValueError(f"reference image {path!r} not found")
+        try:
+            return {"image": scene_io.load_image_file(path)}
+        except RuntimeError as exc:
+            raise ValueError(f"Blender cannot read {path!r} as an image ({exc})") from None
+    return {}
+
+
+def run_request(op, request: dict, wait: bool, timeout: float):
+    """Submit ``request`` (pipeline, preset, seed, params, label, image source), optionally wait."""
+    try:
+        inputs = _load_inputs(request)
+    except ValueError as exc:
+        return _fail(op, f"Splatsmith: {exc}")
+    source = {k: request[k] for k in ("image_path", "image_name") if request.get(k)}
+    try:
+        state = client_glue.submit(request["pipeline"], request["params"], inputs, request["preset"], request["seed"],
+                                   request["label"], source)
+        if wait:
+            client_glue.wait(state, timeout or None)
+    except ClientError as exc:
+        return _fail(op, f"Splatsmith: {client_glue.explain(exc.code, exc.message)}")
+    if wait and not state.result_object:
+        return _fail(op, f"Splatsmith: job {state.handle.state}: {state.message}")
+    op.report({"INFO"}, f"Splatsmith: created {state.result_object}" if wait else "Splatsmith: job submitted")
+    return {"FINISHED"}
 
 
 class SPLATSMITH_OT_connect(bpy.types.Operator):
@@ -27,9 +84,28 @@ class SPLATSMITH_OT_connect(bpy.types.Operator):
     def execute(self, context):
         try:
             welcome = client_glue.connect(self.address or None)
+            client_glue.refresh_jobs()
         except ClientError as exc:
             return _fail(self, f"Splatsmith: {exc.message}")
         self.report({"INFO"}, f"Connected: {welcome['server']} on {welcome['device']}")
+        return {"FINISHED"}
+
+
+class SPLATSMITH_OT_start_backend(bpy.types.Operator):
+    bl_idname = "splatsmith.start_backend"
+    bl_label = "Start Local Backend"
+    bl_description = "Run the local backend command from the preferences on this machine and connect to it"
+
+    address: bpy.props.StringProperty(name="Address", default="")
+    command: bpy.props.StringProperty(name="Command", default="", description="Default: the preferences' command")
+    timeout: bpy.props.FloatProperty(name="Timeout", default=120.0, min=1.0)
+
+    def execute(self, context):
+        try:
+            client_glue.start_backend(self.address or None, self.command or None, self.timeout)
+        except ClientError as exc:
+            return _fail(self, f"Splatsmith: {exc.message}")
+        self.report({"INFO"}, f"Splatsmith: backend started at {client_glue.session.address}")
         return {"FINISHED"}
 
 
@@ -38,41 +114,106 @@ class SPLATSMITH_OT_generate(bpy.types.Operator):
     bl_label = "Generate"
     bl_description = "Generate a textured 3D asset from a prompt or a reference image"
 
+    use_scene_settings: bpy.props.BoolProperty(default=False, options={"HIDDEN", "SKIP_SAVE"},
+                                               description="Read everything from the panel (scene.splatsmith)")
     mode: bpy.props.EnumProperty(items=[("TEXT", "Text", ""), ("IMAGE", "Image", "")], default="TEXT")
     prompt: bpy.props.StringProperty(name="Prompt", default="")
     negative_prompt: bpy.props.StringProperty(name="Negative prompt", default="")
-    image_path: bpy.props.StringProperty(name="Image", subtype="FILE_PATH", default="")
+    image_path: bpy.props.StringProperty(name="Image file", subtype="FILE_PATH", default="")
+    image_name: bpy.props.StringProperty(name="Image in the .blend", default="")
     pipeline: bpy.props.StringProperty(name="Pipeline", default="dreamgaussian")
     preset: bpy.props.StringProperty(name="Preset", default="default")
-    seed: bpy.props.IntProperty(name="Seed", default=0, min=0)
+    seed: bpy.props.IntProperty(name="Seed", default=0, min=0, max=2**31 - 1)
+    randomize_seed: bpy.props.BoolProperty(name="Random seed", default=False)
+    steps: bpy.props.IntProperty(name="Steps", default=0, min=0, description="0: the preset's")
+    guidance_scale: bpy.props.FloatProperty(name="Guidance scale", default=0.0, min=0.0, description="0: the preset's")
+    texture_size: bpy.props.IntProperty(name="Texture size", default=0, min=0, max=4096, description="0: the preset's")
     wait: bpy.props.BoolProperty(name="Wait", default=False, description="Block until the job ends (scripts)")
     timeout: bpy.props.FloatProperty(name="Timeout", default=0.0, min=0.0, description="With wait: seconds (0: none)")
 
+    def _from_scene(self, context) -> None:
+        s = context.scene.splatsmith
+        self.mode, self.prompt, self.negative_prompt = s.mode, s.prompt, s.negative_prompt
+        self.image_path = s.image_path if s.image_source == "FILE" else ""
+        self.image_name = s.image.name if s.image_source == "BLEND" and s.image else ""
+        self.pipeline, self.preset, self.seed, self.randomize_seed = s.pipeline, s.preset, s.seed, s.randomize_seed
+        self.steps, self.guidance_scale, self.texture_size = s.steps, s.guidance_scale, int(s.texture_size)
+
     def execute(self, context):
+        if self.use_scene_settings:
+            self._from_scene(context)
+        if self.randomize_seed:
+            self.seed = _random_seed()
+            if self.use_scene_settings:
+                context.scene.splatsmith.seed = self.seed  # the artist sees the seed that was used
         params = {"mode": self.mode.lower()}
-        inputs = {}
+        if self.prompt.strip():
+            params["prompt"] = self.prompt
+        if self.negative_prompt.strip():
+            params["negative_prompt"] = self.negative_prompt
         if self.mode == "TEXT":
             if not self.prompt.strip():
                 return _fail(self, "Splatsmith: type a prompt first")
-            params["prompt"] = self.prompt
-            params["negative_prompt"] = self.negative_prompt
-            label = self.prompt[:48]
+            label = self.prompt.strip()[:48]
         else:
-            path = bpy.path.abspath(self.image_path)
-            if not os.path.isfile(path):
-                return _fail(self, f"Splatsmith: reference image {path!r} not found")
-            inputs["image"] = scene_io.load_image_file(path)
-            label = os.path.splitext(os.path.basename(path))[0]
+            if not (self.image_path or self.image_name):
+                return _fail(self, "Splatsmith: choose a reference image (a file or an image in this .blend)")
+            label = self.image_name or os.path.splitext(os.path.basename(bpy.path.abspath(self.image_path)))[0]
         try:
-            state = client_glue.submit(self.pipeline, params, inputs, self.preset, self.seed, label)
-            if self.wait:
-                client_glue.wait(state, self.timeout or None)
+            client_glue.ensure_connected()
         except ClientError as exc:
             return _fail(self, f"Splatsmith: {exc.message}")
-        if self.wait and state.handle.state != "done":
-            return _fail(self, f"Splatsmith: job {state.handle.state}: {state.message or state.handle.error['message']}")
-        self.report({"INFO"}, f"Splatsmith: {'created ' + state.result_object if self.wait else 'job submitted'}")
-        return {"FINISHED"}
+        declared = client_glue.session.welcome["pipelines"].get(self.pipeline, {}).get("params", {})
+        for field, names in ADVANCED_PARAMS.items():
+            value = getattr(self, field)
+            name = next((n for n in names if n in declared), None)
+            if value and name:
+                params[name] = value
+        request = {"pipeline": self.pipeline, "preset": self.preset, "seed": self.seed, "params": params, "label": label,
+                   "image_path": self.image_path, "image_name": self.image_name}
+        return run_request(self, request, self.wait, self.timeout)
+
+
+def _result_request(context) -> dict | None:
+    obj = context.active_object
+    if obj is None or "splatsmith_request" not in obj:
+        return None
+    return json.loads(obj["splatsmith_request"])
+
+
+class _IterateBase:
+    bl_options = {"REGISTER"}
+    wait: bpy.props.BoolProperty(name="Wait", default=False)
+    timeout: bpy.props.FloatProperty(name="Timeout", default=0.0, min=0.0)
+
+    @classmethod
+    def poll(cls, context):
+        return _result_request(context) is not None
+
+    def new_seed(self, request: dict) -> int:
+        return request["seed"]
+
+    def execute(self, context):
+        request = _result_request(context)
+        if request is None:
+            return _fail(self, "Splatsmith: select a Splatsmith result (an object with a job's parameters)")
+        request = dict(request, seed=self.new_seed(request))
+        return run_request(self, request, self.wait, self.timeout)
+
+
+class SPLATSMITH_OT_regenerate(_IterateBase, bpy.types.Operator):
+    bl_idname = "splatsmith.regenerate"
+    bl_label = "Regenerate"
+    bl_description = "Run the selected result's job again with the same parameters and seed (a new version)"
+
+
+class SPLATSMITH_OT_variation(_IterateBase, bpy.types.Operator):
+    bl_idname = "splatsmith.variation"
+    bl_label = "Variation"
+    bl_description = "Run the selected result's job again with a new seed (a new version; the old one stays)"
+
+    def new_seed(self, request: dict) -> int:
+        return _random_seed(avoid=request["seed"])
 
 
 class SPLATSMITH_OT_cancel(bpy.types.Operator):
@@ -96,6 +237,19 @@ class SPLATSMITH_OT_cancel(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class SPLATSMITH_OT_refresh_jobs(bpy.types.Operator):
+    bl_idname = "splatsmith.refresh_jobs"
+    bl_label = "Refresh"
+    bl_description = "List the backend's jobs (queued, running, done, failed)"
+
+    def execute(self, context):
+        try:
+            client_glue.refresh_jobs()
+        except ClientError as exc:
+            return _fail(self, f"Splatsmith: {exc.message}")
+        return {"FINISHED"}
+
+
 class SPLATSMITH_OT_fetch_job(bpy.types.Operator):
     bl_idname = "splatsmith.fetch_job"
     bl_label = "Fetch"
@@ -113,13 +267,14 @@ class SPLATSMITH_OT_fetch_job(bpy.types.Operator):
             if self.wait:
                 client_glue.wait(state, self.timeout or None)
         except ClientError as exc:
-            return _fail(self, f"Splatsmith: {exc.message}")
-        if self.wait and state.handle.state != "done":
-            return _fail(self, f"Splatsmith: job {state.handle.state}: {state.handle.error['message']}")
+            return _fail(self, f"Splatsmith: {client_glue.explain(exc.code, exc.message)}")
+        if self.wait and not state.result_object:
+            return _fail(self, f"Splatsmith: job {self.job_id} {state.handle.state}: {state.message}")
         return {"FINISHED"}
 
 
-CLASSES = (SPLATSMITH_OT_connect, SPLATSMITH_OT_generate, SPLATSMITH_OT_cancel, SPLATSMITH_OT_fetch_job)
+CLASSES = (SPLATSMITH_OT_connect, SPLATSMITH_OT_start_backend, SPLATSMITH_OT_generate, SPLATSMITH_OT_regenerate,
+           SPLATSMITH_OT_variation, SPLATSMITH_OT_cancel, SPLATSMITH_OT_refresh_jobs, SPLATSMITH_OT_fetch_job)
 
 
 def register():

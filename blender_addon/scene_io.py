@@ -137,7 +137,8 @@ def packed_image_from_png(name: str, png: bytes) -> bpy.types.Image:
 def assign_texture(obj: bpy.types.Object, image: bpy.types.Image, material_name: str) -> bpy.types.Material:
     """A Principled BSDF material whose base colour is ``image``, on the object's first slot."""
     material = bpy.data.materials.get(material_name) or bpy.data.materials.new(material_name)
-    material.use_nodes = True
+    if material.node_tree is None:  # Blender < 5.0 creates materials without nodes
+        material.use_nodes = True
     nodes, links = material.node_tree.nodes, material.node_tree.links
     bsdf = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None) or nodes.new("ShaderNodeBsdfPrincipled")
     tex = next((n for n in nodes if n.type == "TEX_IMAGE"), None) or nodes.new("ShaderNodeTexImage")
@@ -157,6 +158,17 @@ def remove_object(name: str) -> None:
         bpy.data.objects.remove(obj)
         if mesh is not None and mesh.users == 0:
             bpy.data.meshes.remove(mesh)
+
+
+def remove_preview(name: str) -> None:
+    """Remove a job's preview object with its preview material and texture image."""
+    remove_object(name)
+    material = bpy.data.materials.get(f"{name} material")
+    if material is not None and material.users == 0:
+        bpy.data.materials.remove(material)
+    image = bpy.data.images.get(f"{name} texture")
+    if image is not None and image.users == 0:
+        bpy.data.images.remove(image)
 
 
 def rgba_from_image(image: bpy.types.Image) -> np.ndarray:

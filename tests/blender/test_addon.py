@@ -1,12 +1,15 @@
 """The Blender extension in real Blender (bpy from PyPI) against a real backend process."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 bpy = pytest.importorskip("bpy")
@@ -15,6 +18,8 @@ import blender_addon  # noqa: E402
 from blender_addon import client_glue  # noqa: E402
 from shared_protocol.client import Client, ClientError  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def _port() -> int:
     with socket.socket() as s:
@@ -22,67 +27,254 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory):
-    root = tmp_path_factory.mktemp("backend")
-    address = f"tcp://127.0.0.1:{_port()}"
-    env = dict(os.environ, SPLATSMITH_CACHE=str(root / "cache"))
-    proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--bind", address, "--device", "cpu",
-                             "--output-dir", str(root / "jobs")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = time.monotonic() + 90
+def _serve_command(output_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "backend.cli", "serve", "--device", "cpu", "--output-dir", str(output_dir)]
+
+
+def _wait_for_backend(address: str, proc: subprocess.Popen, seconds: float = 90.0) -> None:
+    end = time.monotonic() + seconds
     while True:
         try:
             with Client(address) as probe:
                 probe.ping(timeout=1.0)
-            break
+            return
         except ClientError:
             assert time.monotonic() < end and proc.poll() is None, "the backend did not start"
+
+
+def _start_backend(address: str, output_dir: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(_serve_command(output_dir) + ["--bind", address], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_backend(address, proc)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    root = tmp_path_factory.mktemp("backend")
+    address = f"tcp://127.0.0.1:{_port()}"
+    os.environ.setdefault("SPLATSMITH_CACHE", str(root / "cache"))  # tiny models, shared by every backend here
+    proc = _start_backend(address, root / "jobs")
     yield address
     proc.terminate()
     proc.wait(30)
 
 
 @pytest.fixture
-def addon():
+def addon(backend):
     blender_addon.register()
+    saved = dict(vars(client_glue.DEFAULT_SETTINGS))
     yield
     blender_addon.unregister()
+    vars(client_glue.DEFAULT_SETTINGS).update(saved)
+
+
+@pytest.fixture
+def offline_addon():
+    blender_addon.register()
+    saved = dict(vars(client_glue.DEFAULT_SETTINGS))
+    yield
+    blender_addon.unregister()
+    vars(client_glue.DEFAULT_SETTINGS).update(saved)
+
+
+def _pump_until(condition, seconds: float = 120.0) -> None:
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        client_glue.session.client.poll(0.05)
+        client_glue.pump(budget_s=1.0)
+
+
+def _vertices(obj) -> np.ndarray:
+    co = np.empty(len(obj.data.vertices) * 3, np.float32)
+    obj.data.vertices.foreach_get("co", co)
+    return co.reshape(-1, 3)
+
+
+def _check_result(obj, state) -> None:
+    assert obj.users_collection[0].name == "Splatsmith"
+    assert len(obj.data.polygons) > 100 and "UVMap" in obj.data.uv_layers
+    image = obj.data.materials[0].node_tree.nodes["Image Texture"].image
+    assert image.packed_file is not None and image.size[0] >= 64
+    assert obj["splatsmith_job_id"] == state.job_id
+    assert set(state.applied) == {"gaussians", "mesh", "texture"}  # each preview kind was applied while it ran
+    assert bpy.data.objects.get(state.preview_name) is None  # the preview object is gone
+    assert bpy.data.images.get(f"{state.preview_name} texture") is None
 
 
 def test_register_and_unregister_twice():
     for _ in range(2):
         blender_addon.register()
         assert hasattr(bpy.ops.splatsmith, "generate") and hasattr(bpy.types, "VIEW3D_PT_splatsmith")
+        assert hasattr(bpy.context.scene, "splatsmith")
         blender_addon.unregister()
-    assert not hasattr(bpy.types, "VIEW3D_PT_splatsmith")
+    assert not hasattr(bpy.types, "VIEW3D_PT_splatsmith") and not hasattr(bpy.types.Scene, "splatsmith")
 
 
-def test_text_generation_streams_into_the_scene(addon, backend):
+def test_text_generation_then_regenerate_and_variation(addon, backend):
     assert bpy.ops.splatsmith.connect(address=backend) == {"FINISHED"}
-    assert "dreamgaussian" in client_glue.session.welcome["pipelines"]
+    welcome = client_glue.session.welcome
+    assert "tiny" in welcome["pipelines"]["dreamgaussian"]["presets"]
     result = bpy.ops.splatsmith.generate(mode="TEXT", prompt="a small wooden chair", preset="tiny", seed=4, wait=True,
                                          timeout=300)
     assert result == {"FINISHED"}
     state = client_glue.session.jobs[-1]
-    assert set(state.applied) == {"gaussians", "mesh", "texture"}  # each preview kind was applied while it ran
-    obj = bpy.data.objects[state.result_object]
-    assert obj.name.startswith("a small wooden chair") and obj.users_collection[0].name == "Splatsmith"
-    assert len(obj.data.polygons) > 100 and "UVMap" in obj.data.uv_layers
-    image = obj.data.materials[0].node_tree.nodes["Image Texture"].image
-    assert image.packed_file is not None and image.size[0] >= 64
-    assert obj["splatsmith_job_id"] == state.job_id and obj["splatsmith_seed"] == 4
-    assert obj["splatsmith_prompt"] == "a small wooden chair" and obj["splatsmith_preset"] == "tiny"
-    assert bpy.data.objects.get(state.preview_name) is None  # the preview object is gone
+    first = bpy.data.objects[state.result_object]
+    _check_result(first, state)
+    assert first.name == "a small wooden chair" and first["splatsmith_seed"] == 4
+    assert first["splatsmith_prompt"] == "a small wooden chair" and first["splatsmith_preset"] == "tiny"
+    assert json.loads(first["splatsmith_request"])["params"] == {"mode": "text", "prompt": "a small wooden chair"}
     # Blender-space axes: the glTF up axis (+Y) became +Z.
-    import numpy as np
-
-    co = np.empty(len(obj.data.vertices) * 3, np.float32)
-    obj.data.vertices.foreach_get("co", co)
     verts = np.asarray(state.handle.result["arrays"]["vertices"])
-    assert np.allclose(co.reshape(-1, 3)[:, 2], verts[:, 1], atol=1e-6)
+    assert np.allclose(_vertices(first)[:, 2], verts[:, 1], atol=1e-6)
+
+    # Regenerate: same parameters and seed -> a second version, identical; the first stays.
+    bpy.context.view_layer.objects.active = first
+    assert bpy.ops.splatsmith.regenerate(wait=True, timeout=300) == {"FINISHED"}
+    second = bpy.data.objects[client_glue.session.jobs[-1].result_object]
+    assert second.name == "a small wooden chair.002" and second["splatsmith_seed"] == 4
+    assert second["splatsmith_job_id"] != first["splatsmith_job_id"]
+    assert np.array_equal(_vertices(second), _vertices(first))
+    # Variation: a new seed -> a third, different version.
+    bpy.context.view_layer.objects.active = first
+    assert bpy.ops.splatsmith.variation(wait=True, timeout=300) == {"FINISHED"}
+    third = bpy.data.objects[client_glue.session.jobs[-1].result_object]
+    assert third["splatsmith_seed"] != 4 and third["splatsmith_prompt"] == "a small wooden chair"
+    verts3 = _vertices(third)
+    assert verts3.shape != _vertices(first).shape or not np.allclose(verts3, _vertices(first))
+    names = {o.name for o in bpy.data.collections["Splatsmith"].objects}
+    assert {first.name, second.name, third.name} <= names
 
 
-def test_unreachable_backend_gives_a_clear_error(addon):
+def test_image_generation_from_the_panel_with_a_blend_image(addon, backend, tmp_path):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from scenes import make_test_object, render_rgba, spiral_views
+
+    mesh, _ = make_test_object(texture_size=128)
+    rgba = render_rgba(mesh, spiral_views(1, size=96))[0]
+    from PIL import Image
+
+    Image.fromarray(rgba).save(tmp_path / "reference.png")
+    image = bpy.data.images.load(str(tmp_path / "reference.png"))
+    image.name = "torus reference"
+    settings = bpy.context.scene.splatsmith
+    settings.mode, settings.image_source, settings.image = "IMAGE", "BLEND", image
+    settings.randomize_seed = True
+    settings.seed = 0
+    bpy.ops.splatsmith.connect(address=backend)
+    settings.pipeline, settings.preset = "dreamgaussian", "tiny"
+    assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=300) == {"FINISHED"}
+    state = client_glue.session.jobs[-1]
+    obj = bpy.data.objects[state.result_object]
+    _check_result(obj, state)
+    assert obj.name == "torus reference" and obj["splatsmith_mode"] == "image"
+    assert settings.seed == obj["splatsmith_seed"] != 0  # the randomised seed is shown in the panel
+    assert json.loads(obj["splatsmith_request"])["image_name"] == "torus reference"
+    sent = client_glue.session.jobs[-1].handle
+    assert sent.state == "done"
+    # The job list knows the job, and its state.
+    assert bpy.ops.splatsmith.refresh_jobs() == {"FINISHED"}
+    assert any(j["job_id"] == state.job_id and j["state"] == "done" for j in client_glue.session.server_jobs)
+    # A missing reference image is a clear error, not a traceback.
+    with pytest.raises(RuntimeError, match="not found"):
+        bpy.ops.splatsmith.generate(mode="IMAGE", image_path=str(tmp_path / "missing.png"), preset="tiny")
+
+
+def test_cancel_mid_job(addon, backend):
+    bpy.ops.splatsmith.connect(address=backend)
+    assert bpy.ops.splatsmith.generate(mode="TEXT", prompt="a stone lantern", preset="tiny", seed=1) == {"FINISHED"}
+    state = client_glue.session.jobs[-1]
+    _pump_until(lambda: state.handle.progress is not None and state.handle.state == "running")
+    assert client_glue.active_job() is state
+    assert bpy.ops.splatsmith.cancel() == {"FINISHED"}
+    _pump_until(lambda: state.ended, 10)
+    assert state.handle.state == "cancelled" and "cancel" in state.message
+    assert not state.result_object and bpy.data.objects.get(state.preview_name) is None
+    assert client_glue.active_job() is None
+    with pytest.raises(RuntimeError, match="no running job"):
+        bpy.ops.splatsmith.cancel()
+
+
+def test_backend_not_running_gives_a_clear_error(offline_addon):
     with pytest.raises(RuntimeError, match="is it running"):
         bpy.ops.splatsmith.connect(address=f"tcp://127.0.0.1:{_port()}")
     assert "is it running" in client_glue.session.error
+    with pytest.raises(RuntimeError, match="is it running"):  # Generate says the same
+        client_glue.DEFAULT_SETTINGS.address = f"tcp://127.0.0.1:{_port()}"
+        bpy.ops.splatsmith.generate(mode="TEXT", prompt="a cup", preset="tiny")
+
+
+def test_backend_killed_mid_job_then_restarted_and_fetched(addon, tmp_path):
+    address, jobs = f"tcp://127.0.0.1:{_port()}", tmp_path / "jobs"
+    proc = _start_backend(address, jobs)
+    try:
+        with Client(address) as other:  # a job that finished while this Blender was not looking
+            finished = other.submit("dreamgaussian", params={"mode": "text", "prompt": "a red apple"}, preset="tiny", seed=2,
+                                    label="a red apple")
+            other.wait(finished, timeout=300)
+        client_glue.DEFAULT_SETTINGS.lost_timeout = 4.0
+        bpy.ops.splatsmith.connect(address=address)
+        bpy.ops.splatsmith.generate(mode="TEXT", prompt="a blue vase", preset="tiny", seed=3)
+        state = client_glue.session.jobs[-1]
+        _pump_until(lambda: state.handle.state == "running" and state.handle.progress is not None)
+        proc.kill()
+        proc.wait(10)
+        _pump_until(lambda: state.ended, 30)
+        assert state.handle.error["code"] == "server_lost" and "stopped answering" in state.message
+        assert bpy.data.objects.get(state.preview_name) is None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # Restart it from Blender (the preferences' command), then fetch.
+    command = " ".join(_serve_command(jobs))
+    assert bpy.ops.splatsmith.start_backend(address=address, command=command) == {"FINISHED"}
+    assert client_glue.session.backend_process.poll() is None
+    assert bpy.ops.splatsmith.fetch_job(job_id=finished.job_id, wait=True, timeout=60) == {"FINISHED"}
+    fetched = bpy.data.objects[client_glue.session.jobs[-1].result_object]
+    assert fetched.name == "a red apple" and len(fetched.data.polygons) > 100
+    assert fetched.data.materials[0].node_tree.nodes["Image Texture"].image.packed_file is not None
+    with pytest.raises(RuntimeError, match="the server stopped while this job"):
+        bpy.ops.splatsmith.fetch_job(job_id=state.job_id, wait=True, timeout=60)
+    listed = {j["job_id"]: j for j in client_glue.refresh_jobs()}
+    assert listed[finished.job_id]["state"] == "done"
+    assert (listed[state.job_id]["state"], listed[state.job_id]["error_code"]) == ("failed", "interrupted")
+
+
+def test_refused_keys_version_mismatch_and_out_of_memory_are_explained(offline_addon, make_server, tmp_path):
+    import zmq.auth
+
+    from backend.server import CurveConfig, Server
+
+    keys = tmp_path / "keys"
+    (keys / "clients").mkdir(parents=True)
+    zmq.auth.create_certificates(str(keys), "server")
+    _, known = zmq.auth.create_certificates(str(keys), "known")
+    os.replace(keys / "known.key", keys / "clients" / "known.key")
+    _, stranger = zmq.auth.create_certificates(str(keys), "stranger")
+    server = make_server(curve=CurveConfig.from_dir(keys))
+    settings = client_glue.DEFAULT_SETTINGS
+    settings.server_key, settings.client_key, settings.ping_timeout = str(keys / "server.key"), stranger, 1.5
+    with pytest.raises(RuntimeError, match="CURVE"):
+        bpy.ops.splatsmith.connect(address=server.endpoint)
+    assert "preferences" in client_glue.session.error
+    settings.client_key = known  # the cause is fixed: the next attempt works
+    assert bpy.ops.splatsmith.connect(address=server.endpoint) == {"FINISHED"}
+
+    # Out of memory: the job fails with a message that says what to try; the backend keeps serving.
+    state = client_glue.submit("hog", {}, {}, "default", 0, "hog")
+    client_glue.wait(state, 30)
+    assert state.handle.error["code"] == "out_of_memory" and "fast" in state.message
+    assert client_glue.session.client.ping() < 1.0
+
+    class OldServer(Server):
+        def welcome(self):
+            return dict(super().welcome(), server="splatsmith 0.0.9")
+
+    old = OldServer("tcp://127.0.0.1:*", tmp_path / "old", "cpu", pipelines={}).start()
+    try:
+        settings.server_key = settings.client_key = ""
+        with pytest.raises(RuntimeError, match="versions do not match"):
+            bpy.ops.splatsmith.connect(address=old.endpoint)
+    finally:
+        old.stop()

@@ -1,0 +1,1 @@
+"""Developer tools (not installed): building the Blender extension, README figures."""
