@@ -9,7 +9,6 @@ arrive as PNG bytes and are packed from them; live texture previews write pixels
 from __future__ import annotations
 
 import os
-import tempfile
 
 import bpy
 import numpy as np
@@ -98,9 +97,9 @@ def apply_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarra
     if "Points" in obj.modifiers:
         obj.modifiers.remove(obj.modifiers["Points"])
     _set_geometry(mesh, vertices, faces)
-    if uv is not None:
-        layer = mesh.uv_layers.get("UVMap") or mesh.uv_layers.new(name="UVMap")
-        layer.data.foreach_set("uv", np.asarray(uv, np.float32)[np.asarray(faces).ravel()].ravel())
+    if uv is not None:  # a FLOAT2 corner attribute is a UV map; its foreach_set is ~4x faster than uv_layers'
+        layer = mesh.attributes.get("UVMap") or mesh.attributes.new("UVMap", "FLOAT2", "CORNER")
+        layer.data.foreach_set("vector", np.asarray(uv, np.float32)[np.asarray(faces).ravel()].ravel())
     return obj
 
 
@@ -120,16 +119,12 @@ def image_from_rgba(name: str, rgba: np.ndarray) -> bpy.types.Image:
 
 
 def packed_image_from_png(name: str, png: bytes) -> bpy.types.Image:
-    """A Blender image packed into the .blend from PNG bytes received from the backend."""
-    fd, path = tempfile.mkstemp(suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(png)
-        image = bpy.data.images.load(path, check_existing=False)
-        image.name = name
-        image.pack()
-    finally:
-        os.unlink(path)
+    """A Blender image packed into the .blend from PNG bytes received from the backend (packed
+    from memory, as Blender's glTF importer does: no temporary file)."""
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")  # PNG IHDR
+    image = bpy.data.images.new(name, max(width, 1), max(height, 1), alpha=True)
+    image.pack(data=png, data_len=len(png))
+    image.source = "FILE"
     image.filepath_raw = f"//{name}.png"
     return image
 
