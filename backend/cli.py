@@ -203,7 +203,6 @@ def generate(
 ) -> None:
     """Generate a textured 3D asset from an image or a text prompt (DreamGaussian by default)."""
     from .pipelines import load_builtin
-    from .pipelines.base import ParamError
 
     if (image is None) == (prompt is None):
         _fail("give exactly one of --image PATH or --prompt TEXT")
@@ -220,31 +219,94 @@ def generate(
         params["oracle_mesh"] = str(oracle_mesh.resolve())
     inputs = _load_image_inputs(image, mask) if image is not None else {}
     label = image.stem if image is not None else (prompt or "")[:60]
+    files, meta, where = _run_job(registry[pipeline], preset, params, inputs, seed, label, server, server_key, client_key,
+                                  device, output_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(files["asset.glb"])
+    written = [str(out)]
+    if "gaussians.ply" in files:
+        out.with_suffix(".ply").write_bytes(files["gaussians.ply"])
+        written.append(str(out.with_suffix(".ply")))
+    console.print(f"wrote {' and '.join(written)} ({meta.get('faces')} faces, {meta.get('total_seconds', 0):.0f} s); {where}")
+
+
+def _run_job(pipeline_cls, preset: str, params: dict, inputs: dict, seed: int, label: str, server: Optional[str],
+             server_key: Optional[Path], client_key: Optional[Path], device: str,
+             output_dir: Path) -> tuple[dict[str, bytes], dict, str]:
+    """Run one job on a backend at ``server`` or in this process, with progress bars.
+    Returns (files name -> bytes, meta, where it ran). Exits with a message on bad input."""
     if server:
-        result = _stream_remote(server, pipeline, preset, params, inputs, seed, label, server_key, client_key)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(result["files"]["asset.glb"].tobytes())
-        if "gaussians.ply" in result["files"]:
-            out.with_suffix(".ply").write_bytes(result["files"]["gaussians.ply"].tobytes())
-        console.print(f"wrote {out} ({result['meta'].get('faces')} faces); job {result['job_id']} on {server}")
-        return
+        result = _stream_remote(server, pipeline_cls.name, preset, params, inputs, seed, label, server_key, client_key)
+        files = {name: arr.tobytes() for name, arr in result["files"].items()}
+        return files, result["meta"], f"job {result['job_id']} on {server}"
     from .device import DeviceError, resolve_device
+    from .geometry.uv import UnwrapError
     from .images import MaskError
     from .jobs import JobStore, run_local
     from .models import ModelMissingError
+    from .pipelines.base import ParamError
 
     try:
         dev = resolve_device(device)
         with _progress() as progress:
-            job, result = run_local(JobStore(output_dir), registry[pipeline], preset, params, inputs, seed,
+            job, result = run_local(JobStore(output_dir), pipeline_cls, preset, params, inputs, seed,
                                     RichEmitter(progress), dev, label=label)
-    except (DeviceError, ParamError, MaskError, ModelMissingError, FileNotFoundError) as exc:
+    except (DeviceError, ParamError, MaskError, ModelMissingError, FileNotFoundError, UnwrapError) as exc:
         _fail(str(exc))
+    return {name: Path(path).read_bytes() for name, path in result.files.items()}, result.meta, f"job folder {job.dir}"
+
+
+@app.command("refine-texture")
+def refine_texture(
+    mesh: Path = typer.Argument(..., help="The mesh to texture (GLB/glTF; its UVs and texture are used when present)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="What the texture should show."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Reference image (RGBA, or RGB: the mesh's silhouette is the mask)."),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="Foreground mask for an RGB reference image."),
+    preset: str = typer.Option("default", help="default | fast | tiny"),
+    seed: int = typer.Option(0, min=0, help="Random seed."),
+    steps: Optional[int] = typer.Option(None, help="Optimisation steps (default: the preset's)."),
+    texture_size: Optional[int] = typer.Option(None, help="Texture side, 512-4096 (default: the preset's)."),
+    strength: Optional[float] = typer.Option(None, help="SDEdit noise strength at the start, 0-1."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore the mesh's existing texture."),
+    teacher: str = typer.Option("auto", help="auto | oracle (verification teacher, needs --oracle-mesh)"),
+    oracle_mesh: Optional[Path] = typer.Option(None, help="Ground-truth GLB for --teacher oracle (same frame as MESH)."),
+    out: Path = typer.Option(Path("refined.glb"), "--out", help="Where to write the textured GLB (texture PNG beside it)."),
+    device: str = typer.Option("auto", help="auto | cuda | cpu (in-process runs)"),
+    output_dir: Path = typer.Option(DEFAULT_OUTPUT, help="Folder for the job folder (in-process runs)."),
+    server: Optional[str] = typer.Option(None, help="Run on a backend at this address instead of in this process."),
+    server_key: Optional[Path] = typer.Option(None, help="The server's public CURVE key file."),
+    client_key: Optional[Path] = typer.Option(None, help="This client's secret CURVE key file."),
+) -> None:
+    """A new or improved texture for MESH from a prompt and/or a reference image; the geometry is kept as it is."""
+    from .pipelines import load_builtin
+    from .pipelines.texture_refine import job_inputs_from_glb
+
+    if prompt is None and image is None and teacher != "oracle":
+        _fail("give --prompt TEXT, --image PATH, or both")
+    if not mesh.is_file():
+        _fail(f"{mesh} not found")
+    try:
+        inputs = job_inputs_from_glb(mesh)
+    except ValueError as exc:
+        _fail(f"cannot read {mesh}: {exc}")
+    if image is not None:
+        inputs.update(_load_image_inputs(image, mask))
+    params: dict = {"teacher": teacher, "use_existing_texture": not fresh}
+    for key, value in (("prompt", prompt), ("steps", steps), ("texture_size", texture_size), ("strength", strength)):
+        if value is not None:
+            params[key] = value
+    if teacher == "oracle":
+        if oracle_mesh is None:
+            _fail("--teacher oracle needs --oracle-mesh GT.glb")
+        params["oracle_mesh"] = str(oracle_mesh.resolve())
+    registry = load_builtin()
+    files, meta, where = _run_job(registry["texture_refine"], preset, params, inputs, seed, mesh.stem, server, server_key,
+                                  client_key, device, output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(result.files["asset.glb"], out)
-    shutil.copyfile(result.files["gaussians.ply"], out.with_suffix(".ply"))
-    console.print(f"wrote {out} and {out.with_suffix('.ply')} ({result.meta['faces']} faces, "
-                  f"{result.meta['total_seconds']:.0f} s); job folder {job.dir}")
+    out.write_bytes(files["textured.glb"])
+    out.with_suffix(".png").write_bytes(files["texture.png"])
+    console.print(f"wrote {out} and {out.with_suffix('.png')} ({meta['faces']} faces, texture {meta['texture_size']}², "
+                  f"{meta['total_seconds']:.0f} s); {where}")
 
 
 def demo_photo():

@@ -5,7 +5,7 @@ import importlib
 
 from .base import REGISTRY, CancelToken, Emitter, InputSpec, JobCancelled, JobRequest, Param, ParamError, Pipeline, Result, register
 
-BUILTIN = ("reconstruct", "dreamgaussian")
+BUILTIN = ("reconstruct", "dreamgaussian", "texture_refine")
 
 
 def load_builtin() -> dict:

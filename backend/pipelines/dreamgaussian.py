@@ -42,6 +42,7 @@ from ..render.mesh import TexturedMesh, render_mesh
 from ..schedules import DreamGaussianAnneal, step_levels
 from .base import CancelToken, Emitter, InputSpec, JobRequest, Param, ParamError, Pipeline, Result, register
 from .reconstruct import PREVIEW_INTERVAL_S, expon_lr, preview_gaussians
+from .texture_refine import optimise_texture, rgba_preview
 
 
 def bake_cameras(radius: float, fovy: float, size: int) -> Cameras:
@@ -298,55 +299,21 @@ class DreamGaussianPipeline(Pipeline):
         texture, _ = bake_texture(uvm, cams, colour, views.alpha[..., 0], size=p["texture_size"])
         texture_t = torch.from_numpy(texture).to(device)
         emit.progress("mesh", 3, 3)
-        self._preview_texture(emit, texture_t, 0)
+        emit.preview("texture", {"rgba": rgba_preview(texture_t)}, {"step": 0})
         textured = TexturedMesh(torch.from_numpy(uvm.vertices).to(device), torch.from_numpy(uvm.faces).to(device),
                                 torch.from_numpy(uvm.corner_uv).to(device), texture_t)
         return textured, uvm, texture_t
 
-    @staticmethod
-    def _preview_texture(emit: Emitter, texture: torch.Tensor, step: int) -> None:
-        tex8 = texture_to_uint8(texture)
-        rgba = np.concatenate([tex8, np.full(tex8.shape[:2] + (1,), 255, np.uint8)], -1)
-        emit.preview("texture", {"rgba": rgba}, {"step": step})
-
     # ------------------------------------------------------------------ stage 2
     def stage2(self, p, teacher, ref, radius, mesh: TexturedMesh, texture: torch.Tensor, emit: Emitter,
                cancel: CancelToken, gen) -> torch.Tensor:
-        iters = p["refine_iters"]
-        if iters == 0:
-            return texture
-        # The texture is optimised in logit space (DreamGaussian's ``raw_albedo``), so the
-        # learning rate of 0.2 moves texels gently and never outside [0, 1].
-        raw = torch.nn.Parameter(torch.logit(texture.clamp(1e-3, 1 - 1e-3)))
-        opt = torch.optim.Adam([raw], lr=p["refine_lr"], betas=(0.9, 0.99), eps=1e-15)
         size = p["refine_size"]
-        last_preview = time.monotonic()
-        for step in range(1, iters + 1):
-            cancel.check()
-            ratio = step / iters
-            strength = p["refine_strength_start"] + (p["refine_strength_end"] - p["refine_strength_start"]) * ratio
-            cam, _, _, _ = sample_orbit_cameras(1, elevation_window(p), (-180.0, 180.0), (radius, radius), p["fovy"], size,
-                                                size, generator=gen)
-            bg = torch.ones(3, device=raw.device)
-            tex = torch.sigmoid(raw)
-            textured = TexturedMesh(mesh.vertices, mesh.faces, mesh.uv, tex)
-            out = render_mesh(textured, cam, background=bg)
-            image = out.rgb.permute(0, 3, 1, 2)
-            with torch.no_grad():
-                target = teacher.refine(image.detach(), cam, strength, p["refine_steps"], background=bg, generator=gen,
-                                        check=cancel.check)
-            loss = F.mse_loss(image, target)
-            if ref is not None:
-                rout = render_mesh(textured, ref["camera"], background=bg)
-                mask = ref["alpha"]
-                loss = loss + F.mse_loss(rout.rgb.permute(0, 3, 1, 2) * mask, ref["rgb"] * mask)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            emit.progress("texture", step, iters, loss.item(), message=f"strength {strength:.2f}")
-            now = time.monotonic()
-            if now - last_preview >= PREVIEW_INTERVAL_S or step == iters:
-                last_preview = now
-                self._preview_texture(emit, torch.sigmoid(raw.detach()), step)
-        return torch.sigmoid(raw.detach())
 
+        def sample_cameras(step: int) -> Cameras:
+            cams, _, _, _ = sample_orbit_cameras(1, elevation_window(p), (-180.0, 180.0), (radius, radius), p["fovy"], size,
+                                                 size, generator=gen)
+            return cams.to(texture.device)
+
+        return optimise_texture(mesh, texture, teacher, sample_cameras, p["refine_iters"], lr=p["refine_lr"],
+                                strength_start=p["refine_strength_start"], strength_end=p["refine_strength_end"],
+                                refine_steps=p["refine_steps"], ref=ref, emit=emit, cancel=cancel, generator=gen)

@@ -1,0 +1,353 @@
+"""Texture refinement of a given mesh: a new or improved UV texture, the geometry untouched.
+
+The texture is optimised with DreamGaussian's stage-2 refinement (Tang et al. 2023, section
+3.3): each step renders random views of the textured mesh, the teacher ``refine``s them (SDEdit
+with a DDIM schedule whose noise strength falls from ``strength`` to a quarter of it) and the
+texture, kept in logit space as the public code's ``raw_albedo``, follows the MSE to those
+targets with Adam. Optionally an SDS term (``lambda_sds``; Poole et al. 2022, eq. 3) is added.
+With a reference image, the reference view's MSE under the image's mask is added (DreamGaussian
+eq. 6 restricted to RGB) and Zero-1-to-3 is the teacher (conditioned on the reference image at
+the reference camera's orbit angles); a prompt alone uses Stable Diffusion.
+
+Frames: the mesh arrives in glTF axes, object space, metres. It is rendered in a normalised
+frame (centred on its bounding box, bounding sphere radius 0.5, DreamGaussian's object scale)
+with orbit cameras at ``radius`` around the centre; the reference camera is mapped into that
+frame too. The mesh returned is the input mesh: same vertices, faces and their order.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..cameras import Cameras, orbit_angles, orbit_cameras, sample_orbit_cameras
+from ..geometry.export import texture_to_uint8, write_glb
+from ..geometry.uv import UVMesh, bake_texture, fill_empty_texels, unwrap
+from ..guidance import load_teacher
+from ..images import load_rgba, recenter, to_white_background
+from ..render.mesh import TexturedMesh, render_mesh
+from ..schedules import DreamGaussianAnneal
+from .base import CancelToken, Emitter, InputSpec, JobRequest, Param, ParamError, Pipeline, Result, register
+
+#: Largest mesh refined (triangles); larger meshes are refused, never decimated silently.
+MAX_TRIANGLES = 200_000
+#: Least time between two texture previews, seconds.
+PREVIEW_INTERVAL_S = 0.5
+
+
+def rgba_preview(texture: torch.Tensor) -> np.ndarray:
+    """float [H, W, 3] in [0, 1] -> uint8 [H, W, 4] opaque, for ``texture`` previews."""
+    tex8 = texture_to_uint8(texture)
+    return np.concatenate([tex8, np.full(tex8.shape[:2] + (1,), 255, np.uint8)], -1)
+
+
+def optimise_texture(mesh: TexturedMesh, texture: torch.Tensor, teacher, sample_cameras, iters: int, *, lr: float,
+                     strength_start: float, strength_end: float, refine_steps: int, ref: dict | None, emit: Emitter,
+                     cancel: CancelToken, generator: torch.Generator, lambda_ref: float = 1.0, lambda_sds: float = 0.0,
+                     sds_t_range: tuple[int, int] = (20, 500), stage: str = "texture") -> torch.Tensor:
+    """DreamGaussian stage 2: optimise a UV texture against the teacher's refined views.
+
+    Args:
+        mesh: the geometry with per-corner UVs (its ``texture`` is ignored).
+        texture: float [H, W, 3] in [0, 1], the initial texture.
+        teacher: a :class:`backend.guidance.base.Guidance` with its condition encoded.
+        sample_cameras: ``callable(step) -> Cameras``, the views rendered at that step.
+        iters: optimisation steps (0: the texture is returned unchanged).
+        lr: Adam learning rate on the texture's logits (DreamGaussian: 0.2).
+        strength_start, strength_end: SDEdit noise strength, linear over the steps, in [0, 1].
+        refine_steps: DDIM steps of the teacher's full schedule.
+        ref: optional reference view ``{"rgb": [1, 3, h, w], "alpha": [1, 1, h, w], "camera"}``;
+            its MSE under the mask is added with weight ``lambda_ref``.
+        lambda_sds: weight of an added SDS term (0: off), timesteps annealed over ``sds_t_range``.
+    Returns:
+        The optimised texture, float [H, W, 3] in [0, 1] (detached).
+    """
+    if iters == 0:
+        return texture
+    raw = torch.nn.Parameter(torch.logit(texture.clamp(1e-3, 1 - 1e-3)))
+    opt = torch.optim.Adam([raw], lr=lr, betas=(0.9, 0.99), eps=1e-15)
+    anneal = DreamGaussianAnneal(*sds_t_range)
+    last_preview = time.monotonic()
+    for step in range(1, iters + 1):
+        cancel.check()
+        strength = strength_start + (strength_end - strength_start) * step / iters
+        cams = sample_cameras(step)
+        bg = torch.ones(3, device=raw.device)
+        textured = TexturedMesh(mesh.vertices, mesh.faces, mesh.uv, torch.sigmoid(raw))
+        image = render_mesh(textured, cams, background=bg).rgb.permute(0, 3, 1, 2)
+        with torch.no_grad():
+            target = teacher.refine(image.detach(), cams, strength, refine_steps, background=bg, generator=generator,
+                                    check=cancel.check)
+        loss = F.mse_loss(image, target)
+        if lambda_sds > 0:
+            t = anneal(step, iters)
+            loss = loss + lambda_sds * teacher.sds(image, cams, t, background=bg, generator=generator).loss
+        if ref is not None and lambda_ref > 0:
+            rout = render_mesh(textured, ref["camera"], background=bg)
+            mask = ref["alpha"]
+            loss = loss + lambda_ref * F.mse_loss(rout.rgb.permute(0, 3, 1, 2) * mask, ref["rgb"] * mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        emit.progress(stage, step, iters, loss.item(), message=f"strength {strength:.2f}")
+        now = time.monotonic()
+        if now - last_preview >= PREVIEW_INTERVAL_S or step == iters:
+            last_preview = now
+            emit.preview("texture", {"rgba": rgba_preview(torch.sigmoid(raw.detach()))}, {"step": step})
+    return torch.sigmoid(raw.detach())
+
+
+def non_manifold_edges(faces: np.ndarray) -> int:
+    """The number of edges shared by more than two triangles (faces int [F, 3])."""
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    _, counts = np.unique(edges, axis=0, return_counts=True)
+    return int((counts > 2).sum())
+
+
+def normalising_transform(vertices: np.ndarray) -> tuple[np.ndarray, float]:
+    """(centre [3], scale): ``(v - centre) * scale`` puts the bounding box's centre at the origin
+    and its half-diagonal (a bound on the bounding sphere) at 0.5."""
+    lo, hi = vertices.min(0), vertices.max(0)
+    centre = (lo + hi) / 2
+    half_diagonal = float(np.linalg.norm(hi - lo)) / 2
+    return centre.astype(np.float32), 0.5 / max(half_diagonal, 1e-8)
+
+
+def corner_uv_mesh(vertices: np.ndarray, faces: np.ndarray, corner_uv: np.ndarray) -> UVMesh:
+    """A :class:`UVMesh` (vertices split where their UVs differ) from per-corner UVs
+    float [F*3, 2], for baking and for glTF export; face order kept."""
+    flat = faces.reshape(-1)
+    keys = np.concatenate([flat[:, None].astype(np.float64), np.round(corner_uv.astype(np.float64) * 2**20)], 1)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    return UVMesh(vertices[flat[first]].astype(np.float32), inverse.reshape(-1, 3).astype(np.int64),
+                  corner_uv[first].astype(np.float32), flat[first].astype(np.int64))
+
+
+@register
+class TextureRefinePipeline(Pipeline):
+    """A new or improved texture for a given mesh, from a prompt and/or a reference image."""
+
+    name = "texture_refine"
+    title = "Refine Texture"
+    params = {
+        "prompt": Param("str", "", "what the texture should show (Stable Diffusion teacher)", max_len=500),
+        "negative_prompt": Param("str", "", "what the teacher should avoid", max_len=500),
+        "teacher": Param("choice", "auto", "auto: Zero-1-to-3 with a reference image, else Stable Diffusion; "
+                         "oracle: verification", choices=("auto", "oracle")),
+        "oracle_mesh": Param("str", "", "ground-truth GLB for teacher=oracle, in the mesh's frame (a path on the server)",
+                             max_len=4096),
+        "weights": Param("choice", "default", "teacher weights: default or tiny", choices=("default", "stable", "tiny")),
+        "steps": Param("int", 200, "optimisation steps", min=0, max=100_000),
+        "texture_size": Param("int", 1024, "texture side, texels", min=512, max=4096),
+        "use_existing_texture": Param("bool", True, "start from the input 'texture' when given"),
+        "strength": Param("float", 0.2, "SDEdit noise strength at the start (falls to a quarter)", min=0.0, max=1.0),
+        "refine_steps": Param("int", 50, "DDIM steps of the teacher's full schedule", min=1, max=1000),
+        "views": Param("int", 1, "views rendered per step", min=1, max=16),
+        "render_size": Param("int", 512, "side of the rendered views, pixels", min=32, max=2048),
+        "lr": Param("float", 0.2, "Adam learning rate on the texture logits", min=0.0, max=10.0),
+        "lambda_ref": Param("float", 1.0, "weight of the reference view's masked MSE", min=0.0, max=1e6),
+        "lambda_sds": Param("float", 0.0, "weight of an added SDS term (0: off)", min=0.0, max=1e6),
+        "guidance_scale": Param("float", -1.0, "CFG scale (-1: 5 with an image, 100 with a prompt)", min=-1, max=1000),
+        "ref_fovy": Param("float", 49.1, "vertical field of view of the reference camera, degrees", min=1, max=170),
+        "elevation_min": Param("float", -20.0, "lowest elevation of the random views, degrees", min=-89, max=89),
+        "elevation_max": Param("float", 60.0, "highest elevation of the random views, degrees", min=-89, max=89),
+        "radius": Param("float", 2.0, "camera distance in the normalised frame (object radius 0.5)", min=0.6, max=20),
+        "fovy": Param("float", 49.1, "vertical field of view of the random views, degrees", min=5, max=120),
+        "unwrap_time_limit": Param("float", 120.0, "seconds before xatlas is stopped", min=1, max=3600),
+    }
+    presets = {
+        "default": {},
+        "fast": {"steps": 150, "texture_size": 512, "render_size": 128, "refine_steps": 20, "views": 2},
+        "tiny": {"weights": "tiny", "steps": 6, "texture_size": 512, "render_size": 64, "refine_steps": 4},
+    }
+    inputs = {
+        "vertices": InputSpec(("float32",), (None, 3), True, 3 * 4 * MAX_TRIANGLES,
+                              "vertices float32 [V, 3], glTF axes (+Y up), object space, metres"),
+        "faces": InputSpec(("int32", "uint32"), (None, 3), True, 3 * MAX_TRIANGLES * 4,
+                           "triangles int32 [F, 3], counter-clockwise seen from outside"),
+        "uv": InputSpec(("float32",), (None, 2), help="per-corner UVs float32 [F*3, 2], origin bottom-left"),
+        "texture": InputSpec(("uint8",), (None, None, (3, 4)), help="existing texture uint8 [H, W, 3|4], row 0 at the top"),
+        "image": InputSpec(("uint8",), (None, None, (3, 4)), help="reference image uint8 [H, W, 3|4]; alpha = object"),
+        "mask": InputSpec(("uint8",), (None, None), help="foreground mask uint8 [H, W] for an RGB reference image"),
+        "ref_camera": InputSpec(("float32",), (4, 4), help="reference camera-to-world float32 [4, 4], glTF axes, object "
+                                                           "space, OpenGL camera axes (default: in front, +Z)"),
+    }
+    models = {"default": ["stabilityai/stable-diffusion-2-1-base", "ashawkey/zero123-xl-diffusers"]}
+
+    @classmethod
+    def check_request(cls, params, inputs):
+        verts, faces = inputs["vertices"], inputs["faces"]
+        if len(faces) > MAX_TRIANGLES:
+            raise ParamError(f"the mesh has {len(faces)} triangles; texture refinement takes at most {MAX_TRIANGLES}. "
+                             "Decimate it (e.g. Blender's Decimate modifier) and try again.")
+        if not np.isfinite(verts).all():
+            raise ParamError("the mesh has vertices that are NaN or infinite")
+        if faces.min() < 0 or faces.max() >= len(verts):
+            raise ParamError(f"'faces' index vertices 0..{int(faces.max())} but there are {len(verts)} vertices")
+        bad = non_manifold_edges(np.asarray(faces, np.int64))
+        if bad:
+            raise ParamError(f"the mesh is non-manifold: {bad} edges are shared by more than two triangles. In Blender: "
+                             "Edit Mode > Select > All by Trait > Non Manifold, then fix or separate those parts.")
+        if "uv" in inputs and inputs["uv"].shape[0] != 3 * len(faces):
+            raise ParamError(f"'uv' must hold one UV per triangle corner: [{3 * len(faces)}, 2], got {inputs['uv'].shape}")
+        if not params["prompt"].strip() and "image" not in inputs and params["teacher"] != "oracle":
+            raise ParamError("give a 'prompt', a reference 'image', or both")
+        if params["teacher"] == "oracle" and not params["oracle_mesh"]:
+            raise ParamError("teacher 'oracle' needs 'oracle_mesh' (a GLB path on the server)")
+        if "mask" in inputs and "image" in inputs and inputs["mask"].shape != inputs["image"].shape[:2]:
+            raise ParamError(f"the mask is {inputs['mask'].shape} but the image is {inputs['image'].shape[:2]}")
+        if params["elevation_min"] > params["elevation_max"]:
+            raise ParamError("'elevation_min' must not exceed 'elevation_max'")
+
+    # ------------------------------------------------------------------ run
+    def run(self, request: JobRequest, emit: Emitter, cancel: CancelToken) -> Result:
+        p, inputs, device = dict(request.params), request.inputs, request.device
+        t0 = time.monotonic()
+        gen = torch.Generator().manual_seed(request.seed)
+        vertices = np.asarray(inputs["vertices"], np.float32)
+        faces = np.asarray(inputs["faces"], np.int64)
+        centre, scale = normalising_transform(vertices)
+
+        emit.progress("prepare", 0, 3, message="UV atlas")
+        if "uv" in inputs:
+            corner_uv = np.asarray(inputs["uv"], np.float32)
+            unwrapped = False
+        else:
+            uvm = unwrap(vertices, faces, resolution=p["texture_size"], time_limit=p["unwrap_time_limit"])
+            corner_uv = uvm.corner_uv.reshape(-1, 2).astype(np.float32)
+            unwrapped = True
+            emit.preview("mesh", {"vertices": vertices, "faces": faces.astype(np.int32), "uv": corner_uv},
+                         {"unwrapped": True})
+        cancel.check()
+        normalised = torch.from_numpy((vertices - centre) * scale).to(device)
+        mesh = TexturedMesh(normalised, torch.from_numpy(faces).to(device),
+                            torch.from_numpy(corner_uv.reshape(-1, 3, 2)).to(device))
+
+        self._mesh = mesh
+        emit.progress("prepare", 1, 3, message="teacher")
+        teacher, ref = self._teacher(request, p, centre, scale, device)
+        cancel.check()
+        emit.progress("prepare", 2, 3, message="initial texture")
+        texture, init = self._initial_texture(p, inputs, mesh, vertices, faces, corner_uv, ref, device)
+        emit.preview("texture", {"rgba": rgba_preview(texture)}, {"step": 0, "init": init})
+        emit.progress("prepare", 3, 3)
+
+        el_range = (p["elevation_min"], p["elevation_max"])
+        size = p["render_size"]
+
+        def sample_cameras(step: int) -> Cameras:
+            cams, _, _, _ = sample_orbit_cameras(p["views"], el_range, (-180.0, 180.0), (p["radius"], p["radius"]),
+                                                 p["fovy"], size, size, generator=gen)
+            return cams.to(device)
+
+        texture = optimise_texture(mesh, texture, teacher, sample_cameras, p["steps"], lr=p["lr"],
+                                   strength_start=p["strength"], strength_end=p["strength"] / 4,
+                                   refine_steps=p["refine_steps"], ref=ref, emit=emit, cancel=cancel, generator=gen,
+                                   lambda_ref=p["lambda_ref"], lambda_sds=p["lambda_sds"])
+        tex8 = texture_to_uint8(texture)
+        Image.fromarray(tex8).save(request.job_dir / "texture.png")
+        split = corner_uv_mesh(vertices, faces, corner_uv)
+        glb = write_glb(request.job_dir / "textured.glb", split.vertices, split.faces, split.uv, tex8, name="refined")
+        files = {"texture.png": request.job_dir / "texture.png", "textured.glb": glb}
+        if ref is not None:
+            files["reference.png"] = request.job_dir / "reference.png"
+        return Result(
+            files=files,
+            arrays={"vertices": vertices, "faces": faces.astype(np.int32), "uv": corner_uv, "texture": tex8},
+            meta={"unwrapped": unwrapped, "init": init, "faces": int(len(faces)), "texture_size": int(tex8.shape[0]),
+                  "teacher": type(teacher).__name__, "total_seconds": round(time.monotonic() - t0, 2)},
+        )
+
+    # ------------------------------------------------------------------ parts
+    @staticmethod
+    def _reference_camera(p: dict, inputs: dict, centre: np.ndarray, scale: float, width: int, height: int) -> Cameras:
+        if "ref_camera" not in inputs:
+            return orbit_cameras(0.0, 0.0, p["radius"], p["ref_fovy"], width, height)
+        c2w = torch.as_tensor(np.array(inputs["ref_camera"], np.float32))
+        rot = c2w[:3, :3]
+        c2w[:3, :3] = rot / torch.linalg.norm(rot, dim=0, keepdim=True).clamp_min(1e-12)  # drop any object scale
+        c2w[:3, 3] = (c2w[:3, 3] - torch.from_numpy(centre)) * scale
+        return Cameras(c2w[None], torch.tensor([p["ref_fovy"]]), width, height)
+
+    def _reference(self, request: JobRequest, p: dict, centre: np.ndarray, scale: float, device: str) -> dict:
+        """The reference view at the render size (longer side), its camera, and its mask: the
+        image's alpha, the given mask, or else the mesh's own silhouette from that camera."""
+        inputs = request.inputs
+        image = np.asarray(inputs["image"])
+        h, w = image.shape[:2]
+        k = p["render_size"] / max(h, w)
+        rw, rh = max(int(round(w * k)), 8), max(int(round(h * k)), 8)
+        camera = self._reference_camera(p, inputs, centre, scale, rw, rh).to(device)
+        if image.shape[2] == 4 or "mask" in inputs:
+            rgba = load_rgba(image, inputs.get("mask"))
+        else:
+            with torch.no_grad():
+                silhouette = render_mesh(self._mesh, camera).alpha[0, ..., 0]
+            alpha = np.asarray(Image.fromarray(texture_to_uint8(silhouette)).resize((w, h), Image.BILINEAR))
+            rgba = np.concatenate([image, alpha[..., None]], -1)
+        rgba = np.asarray(Image.fromarray(rgba).resize((rw, rh), Image.BILINEAR))
+        Image.fromarray(rgba).save(request.job_dir / "reference.png")
+        rgb, alpha = to_white_background(rgba)
+        return {"rgb": torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device),
+                "alpha": torch.from_numpy(alpha)[None, None].to(device), "camera": camera, "rgba": rgba}
+
+    def _teacher(self, request: JobRequest, p: dict, centre: np.ndarray, scale: float, device: str):
+        inputs = request.inputs
+        has_image = "image" in inputs
+        if p["teacher"] == "oracle":
+            teacher = load_teacher("oracle", device=device, oracle_mesh=p["oracle_mesh"])
+            m = teacher.mesh  # the ground truth is given in the mesh's frame: normalise it the same way
+            teacher.mesh = TexturedMesh((m.vertices - torch.from_numpy(centre).to(m.vertices)) * scale, m.faces, m.uv,
+                                        m.texture, m.vertex_colors)
+        else:
+            kind = "zero123" if has_image else "stable-diffusion"
+            scale_cfg = p["guidance_scale"] if p["guidance_scale"] >= 0 else (5.0 if has_image else 100.0)
+            weights = p["weights"] if (p["weights"] != "stable" or kind == "zero123") else "default"
+            teacher = load_teacher(kind, weights, device, cache=request.models, guidance_scale=scale_cfg,
+                                   models_dir=request.models_dir)
+        ref = self._reference(request, p, centre, scale, device) if has_image else None
+        if p["teacher"] == "oracle":
+            return teacher, ref
+        if has_image:
+            el, az, r = (float(x[0]) for x in orbit_angles(ref["camera"].to("cpu")))
+            centred = recenter(ref["rgba"], 256)  # Zero-1-to-3 sees the object centred, as it was trained
+            rgb_c, _ = to_white_background(centred)
+            teacher.encode_condition(image=torch.from_numpy(rgb_c).permute(2, 0, 1)[None].to(device), elevation=el,
+                                     azimuth=az, radius=r)
+        else:
+            teacher.encode_condition(prompt=p["prompt"], negative_prompt=p["negative_prompt"])
+        return teacher, ref
+
+    def _initial_texture(self, p, inputs, mesh: TexturedMesh, vertices, faces, corner_uv, ref, device):
+        size = p["texture_size"]
+        if "texture" in inputs and p["use_existing_texture"]:
+            tex = Image.fromarray(np.asarray(inputs["texture"])[..., :3]).resize((size, size), Image.BICUBIC)
+            return torch.from_numpy(np.asarray(tex, np.float32) / 255.0).to(device), "existing"
+        if ref is not None:
+            uvm = corner_uv_mesh(mesh.vertices.cpu().numpy(), faces, corner_uv)
+            colour = ref["rgb"].permute(0, 2, 3, 1).cpu()
+            baked, seen = bake_texture(uvm, ref["camera"].to("cpu"), colour, ref["alpha"][:, 0].cpu(), size=size)
+            if seen.any():
+                baked = fill_empty_texels(np.where(seen[..., None], baked, 0.5).astype(np.float32), seen)
+                return torch.from_numpy(np.ascontiguousarray(baked)).to(device), "reference bake"
+        return torch.full((size, size, 3), 0.5, device=device), "grey"
+
+
+def job_inputs_from_glb(path: str | Path) -> dict[str, np.ndarray]:
+    """Input arrays of a texture-refinement job from a GLB/glTF: vertices, faces, and per-corner
+    UVs and texture when the file has them (the CLI's ``refine-texture MESH.glb``)."""
+    from ..geometry.export import load_glb
+
+    mesh = load_glb(path)
+    out = {"vertices": mesh.vertices.numpy().astype(np.float32), "faces": mesh.faces.numpy().astype(np.int32)}
+    if mesh.uv is not None:
+        out["uv"] = mesh.uv.reshape(-1, 2).numpy().astype(np.float32)
+    if mesh.texture is not None:
+        out["texture"] = texture_to_uint8(mesh.texture)
+    return out
+
+
