@@ -1,8 +1,8 @@
 """Splatsmith for Blender: generate 3D assets with a Splatsmith backend and stream them into
 the scene. Registration only; see operators.py, panels.py, scene_io.py."""
-from . import client_glue, operators, panels, preferences, properties
+from . import client_glue, operators, panels, preferences, properties, refine
 
-_MODULES = (preferences, properties, operators, panels)
+_MODULES = (preferences, properties, operators, refine, panels)
 
 
 def register() -> None:

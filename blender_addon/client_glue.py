@@ -46,8 +46,9 @@ class JobState:
         applied: preview kind -> seq of the last preview applied to the scene.
         result_object: the final object's name once applied.
         message: a sentence for the panel when the job ended without a result.
-        on_result: optional callable(state, result) that applies the result instead of the
-            default (a new object); used by texture refinement.
+        on_preview, on_result, on_failure: optional callables (state, kind, data), (state, result)
+            -> object name, (state) that replace the default handling (a preview object, a new
+            result object, removing the preview); used by texture refinement.
     """
 
     handle: JobHandle
@@ -60,6 +61,7 @@ class JobState:
     message: str = ""
     on_preview: object = None
     on_result: object = None
+    on_failure: object = None
 
     @property
     def job_id(self) -> str | None:
@@ -301,7 +303,9 @@ def _end(state: JobState) -> None:
         return
     error = state.handle.error or {"code": state.handle.state, "message": f"the job was {state.handle.state}"}
     state.message = explain(error["code"], error["message"])
-    if state.on_result is None:
+    if state.on_failure is not None:
+        state.on_failure(state)
+    else:
         scene_io.remove_preview(state.preview_name)
 
 

@@ -79,8 +79,8 @@ class VIEW3D_PT_splatsmith(bpy.types.Panel):
         box.enabled = obj is not None and obj.type == "MESH"
         box.prop(settings, "use_existing_texture")
         box.prop(settings, "update_in_place")
-        if hasattr(bpy.ops.splatsmith, "refine_texture"):
-            box.operator("splatsmith.refine_texture", icon="BRUSH_DATA").use_scene_settings = True
+        box.label(text="Uses the prompt and/or image above", icon="INFO")
+        box.operator("splatsmith.refine_texture", icon="BRUSH_DATA").use_scene_settings = True
 
 
 class VIEW3D_PT_splatsmith_jobs(bpy.types.Panel):

@@ -8,7 +8,6 @@ arrive as PNG bytes and are packed from them; live texture previews write pixels
 """
 from __future__ import annotations
 
-import os
 
 import bpy
 import numpy as np
@@ -181,3 +180,117 @@ def load_image_file(path: str) -> np.ndarray:
         return rgba_from_image(image)
     finally:
         bpy.data.images.remove(image)
+
+
+# ---------------------------------------------------------------------------------- refinement
+BLENDER_TO_GLTF = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]], np.float32)  # (x, y, z) -> (x, z, -y)
+
+
+def blender_to_gltf(points: np.ndarray) -> np.ndarray:
+    """float [N, 3] Blender axes -> glTF axes: the inverse of :func:`gltf_to_blender`."""
+    return np.asarray(points, np.float32) @ BLENDER_TO_GLTF.T
+
+
+def evaluated_mesh_arrays(obj: bpy.types.Object, depsgraph) -> dict:
+    """The object's evaluated mesh (modifiers applied), triangulated, in object space, glTF axes.
+
+    Returns a dict: ``vertices`` float32 [V, 3]; ``faces`` int32 [T, 3]; ``uv`` float32 [T*3, 2]
+    per triangle corner from the active UV map, or None; ``uv_name`` its name; ``tri_loops``
+    int64 [T*3], the loop of each triangle corner (to write UVs back); ``same_topology``: the
+    evaluated mesh has the original's loops (no topology-changing modifier).
+    """
+    evaluated = obj.evaluated_get(depsgraph)
+    mesh = evaluated.to_mesh()
+    try:
+        mesh.calc_loop_triangles()
+        n_vert, n_tri = len(mesh.vertices), len(mesh.loop_triangles)
+        co = np.empty(n_vert * 3, np.float32)
+        mesh.vertices.foreach_get("co", co)
+        tris = np.empty(n_tri * 3, np.int32)
+        mesh.loop_triangles.foreach_get("vertices", tris)
+        loops = np.empty(n_tri * 3, np.int32)
+        mesh.loop_triangles.foreach_get("loops", loops)
+        uv, uv_name = None, ""
+        layer = mesh.uv_layers.active
+        if layer is not None:
+            per_loop = np.empty(len(mesh.loops) * 2, np.float32)
+            layer.data.foreach_get("uv", per_loop)
+            uv, uv_name = per_loop.reshape(-1, 2)[loops], layer.name
+        same = len(mesh.loops) == len(obj.data.loops) and len(mesh.vertices) == len(obj.data.vertices)
+    finally:
+        evaluated.to_mesh_clear()
+    return {"vertices": blender_to_gltf(co.reshape(-1, 3)), "faces": tris.reshape(-1, 3), "uv": uv, "uv_name": uv_name,
+            "tri_loops": loops.astype(np.int64), "same_topology": same}
+
+
+def camera_in_object_space(obj: bpy.types.Object, camera_matrix_world, fovy_deg: float) -> np.ndarray:
+    """A Blender camera (or viewport) ``matrix_world`` as camera-to-world float32 [4, 4] in the
+    object's space, glTF axes, OpenGL camera axes (the backend's convention)."""
+    local = np.array(obj.matrix_world.inverted() @ camera_matrix_world, np.float32)
+    out = local.copy()
+    out[:3, :] = BLENDER_TO_GLTF @ local[:3, :]
+    return out
+
+
+def camera_fovy(camera: bpy.types.Object, width: int, height: int) -> float:
+    """Vertical field of view in degrees of a Blender camera rendering ``width`` x ``height``
+    (sensor fit AUTO fits the larger side)."""
+    import math
+
+    data = camera.data
+    if data.type != "PERSP":
+        raise ValueError(f"the camera {camera.name!r} is {data.type.lower()}; use a perspective camera")
+    fit = data.sensor_fit
+    if fit == "VERTICAL" or (fit == "AUTO" and height > width):
+        sensor = data.sensor_height if fit == "VERTICAL" else data.sensor_width
+        return math.degrees(2 * math.atan(sensor / (2 * data.lens)))
+    fovx = 2 * math.atan(data.sensor_width / (2 * data.lens))
+    return math.degrees(2 * math.atan(math.tan(fovx / 2) * height / width))
+
+
+def base_color_image(obj: bpy.types.Object) -> tuple[bpy.types.Image | None, bpy.types.Node | None]:
+    """The image feeding the Base Color of the active material's Principled BSDF, and its node."""
+    material = obj.active_material
+    if material is None or material.node_tree is None:
+        return None, None
+    for node in material.node_tree.nodes:
+        if node.type == "BSDF_PRINCIPLED":
+            socket = node.inputs["Base Color"]
+            if socket.is_linked and socket.links[0].from_node.type == "TEX_IMAGE":
+                tex = socket.links[0].from_node
+                return tex.image, tex
+    return None, None
+
+
+def set_corner_uv(mesh: bpy.types.Mesh, name: str, corner_uv: np.ndarray, tri_loops: np.ndarray) -> None:
+    """Write per-triangle-corner UVs float [T*3, 2] to the UV map ``name`` through the loops
+    the triangles came from (geometry untouched)."""
+    per_loop = np.zeros((len(mesh.loops), 2), np.float32)
+    per_loop[tri_loops] = corner_uv
+    layer = mesh.attributes.get(name) or mesh.attributes.new(name, "FLOAT2", "CORNER")
+    layer.data.foreach_set("vector", per_loop.ravel())
+
+
+def textured_material(name: str, image: bpy.types.Image, uv_name: str) -> bpy.types.Material:
+    """A Principled BSDF material whose base colour is ``image`` read through the UV map ``uv_name``."""
+    material = bpy.data.materials.new(name)
+    if material.node_tree is None:
+        material.use_nodes = True
+    nodes, links = material.node_tree.nodes, material.node_tree.links
+    bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
+    tex = nodes.new("ShaderNodeTexImage")
+    tex.image = image
+    uvmap = nodes.new("ShaderNodeUVMap")
+    uvmap.uv_map = uv_name
+    links.new(uvmap.outputs["UV"], tex.inputs["Vector"])
+    links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+    return material
+
+
+def write_pixels(image: bpy.types.Image, rgba: np.ndarray) -> None:
+    """Replace an existing image's pixels with uint8 [H, W, 4] (row 0 at the top), resizing it."""
+    h, w = rgba.shape[:2]
+    if tuple(image.size) != (w, h):
+        image.scale(w, h)
+    image.pixels.foreach_set((np.flipud(np.asarray(rgba, np.float32)) / 255.0).ravel())
+    image.update()

@@ -275,16 +275,18 @@ class TextureRefinePipeline(Pipeline):
 
     def _reference(self, request: JobRequest, p: dict, centre: np.ndarray, scale: float, device: str) -> dict:
         """The reference view at the render size (longer side), its camera, and its mask: the
-        image's alpha, the given mask, or else the mesh's own silhouette from that camera."""
+        given mask, the image's alpha, or (an opaque image) the mesh's own silhouette from that camera."""
         inputs = request.inputs
         image = np.asarray(inputs["image"])
         h, w = image.shape[:2]
         k = p["render_size"] / max(h, w)
         rw, rh = max(int(round(w * k)), 8), max(int(round(h * k)), 8)
         camera = self._reference_camera(p, inputs, centre, scale, rw, rh).to(device)
-        if image.shape[2] == 4 or "mask" in inputs:
+        opaque = image.shape[2] == 3 or bool((image[..., 3] == 255).all())
+        if "mask" in inputs or not opaque:
             rgba = load_rgba(image, inputs.get("mask"))
-        else:
+        else:  # no alpha to go by (an RGB photo, or RGBA fully opaque)
+            image = image[..., :3]
             with torch.no_grad():
                 silhouette = render_mesh(self._mesh, camera).alpha[0, ..., 0]
             alpha = np.asarray(Image.fromarray(texture_to_uint8(silhouette)).resize((w, h), Image.BILINEAR))
