@@ -178,7 +178,8 @@ def _result_request(context) -> dict | None:
     obj = context.active_object
     if obj is None or "splatsmith_request" not in obj:
         return None
-    return json.loads(obj["splatsmith_request"])
+    request = json.loads(obj["splatsmith_request"])
+    return request if "params" in request else None  # a fetched job's parameters are not known here
 
 
 class _IterateBase:

@@ -43,7 +43,7 @@ def _set_geometry(mesh: bpy.types.Mesh, vertices: np.ndarray, faces: np.ndarray 
     mesh.clear_geometry()
     verts = gltf_to_blender(vertices)
     mesh.vertices.add(len(verts))
-    mesh.vertices.foreach_set("co", verts.ravel())
+    mesh.attributes["position"].data.foreach_set("vector", verts.ravel())  # faster than vertices' "co"
     if faces is not None and len(faces):
         f = np.asarray(faces, dtype=np.int32)
         mesh.loops.add(f.size)
