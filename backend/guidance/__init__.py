@@ -65,3 +65,20 @@ def load_teacher(kind: str, preset: str = "default", device: str = "cpu", *, mod
     from .zero123 import Zero123Guidance
 
     return Zero123Guidance(parts, 5.0 if guidance_scale is None else guidance_scale, weighting)
+
+
+def load_job_teacher(params: dict, image_mode: bool, device: str, *, cache=None, models_dir=None):
+    """The teacher a pipeline's parameters ask for (DreamGaussian's and texture refinement's).
+
+    Reads ``params``: ``teacher`` (``"auto"``: Zero-1-to-3 when ``image_mode``, else Stable
+    Diffusion; ``"oracle"``: the verification oracle from ``oracle_mesh``), ``weights``
+    (``default``/``stable``/``tiny``; ``stable`` only exists for Zero-1-to-3, Stable Diffusion
+    then uses ``default``) and ``guidance_scale`` (< 0: 5 with an image, 100 with text, the
+    public DreamGaussian configs). Raises as :func:`load_teacher`.
+    """
+    if params["teacher"] == "oracle":
+        return load_teacher("oracle", device=device, oracle_mesh=params["oracle_mesh"])
+    kind = "zero123" if image_mode else "stable-diffusion"
+    scale = params["guidance_scale"] if params["guidance_scale"] >= 0 else (5.0 if image_mode else 100.0)
+    weights = params["weights"] if (params["weights"] != "stable" or kind == "zero123") else "default"
+    return load_teacher(kind, weights, device, cache=cache, guidance_scale=scale, models_dir=models_dir)

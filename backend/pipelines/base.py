@@ -360,6 +360,18 @@ class Pipeline:
         }
 
 
+def check_teacher_inputs(params: dict, inputs: dict) -> None:
+    """Checks shared by pipelines with a teacher and a reference image: ``teacher="oracle"``
+    needs ``oracle_mesh``; a ``mask`` must match the ``image``'s height and width.
+
+    Raises:
+        ParamError: with what is missing or mismatched.
+    """
+    if params["teacher"] == "oracle" and not params["oracle_mesh"]:
+        raise ParamError("teacher 'oracle' needs 'oracle_mesh' (a GLB path on the server)")
+    if "mask" in inputs and "image" in inputs and inputs["mask"].shape != inputs["image"].shape[:2]:
+        raise ParamError(f"the mask is {inputs['mask'].shape} but the image is {inputs['image'].shape[:2]}")
+
 #: The pipelines known to this process, by name. Filled by :func:`register`.
 REGISTRY: dict[str, type[Pipeline]] = {}
 

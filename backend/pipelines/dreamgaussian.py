@@ -35,12 +35,13 @@ from ..cameras import Cameras, orbit_cameras, sample_orbit_cameras
 from ..geometry.export import texture_to_uint8, write_glb, write_ply
 from ..geometry.extract import extract_mesh
 from ..geometry.uv import bake_texture, unwrap
-from ..guidance import load_teacher
+from ..guidance import load_job_teacher
 from ..images import load_rgba, recenter, to_white_background
 from ..render.gaussians import GaussianModel, render
 from ..render.mesh import TexturedMesh, render_mesh
 from ..schedules import DreamGaussianAnneal, step_levels
-from .base import CancelToken, Emitter, InputSpec, JobRequest, Param, ParamError, Pipeline, Result, register
+from .base import (CancelToken, Emitter, InputSpec, JobRequest, Param, ParamError, Pipeline, Result,
+                   check_teacher_inputs, register)
 from .reconstruct import PREVIEW_INTERVAL_S, expon_lr, preview_gaussians
 from .texture_refine import optimise_texture, rgba_preview
 
@@ -136,10 +137,7 @@ class DreamGaussianPipeline(Pipeline):
             raise ParamError("image mode needs the input 'image' (an RGBA image, or RGB plus 'mask')")
         if params["mode"] == "text" and not params["prompt"].strip():
             raise ParamError("text mode needs a 'prompt'")
-        if params["teacher"] == "oracle" and not params["oracle_mesh"]:
-            raise ParamError("teacher 'oracle' needs 'oracle_mesh' (a GLB path on the server)")
-        if "mask" in inputs and "image" in inputs and inputs["mask"].shape != inputs["image"].shape[:2]:
-            raise ParamError(f"the mask is {inputs['mask'].shape} but the image is {inputs['image'].shape[:2]}")
+        check_teacher_inputs(params, inputs)
         try:
             sizes = [int(x) for x in params["resolutions"].split(",")]
         except ValueError:
@@ -157,7 +155,7 @@ class DreamGaussianPipeline(Pipeline):
         gen = torch.Generator().manual_seed(request.seed)
         radius = p["radius"] if p["radius"] > 0 else (2.0 if image_mode else 2.5)
         t0 = time.monotonic()
-        teacher = self._teacher(request, p, image_mode, device)
+        teacher = load_job_teacher(p, image_mode, device, cache=request.models, models_dir=request.models_dir)
         ref = None
         if image_mode:
             size = p["ref_size"]
@@ -199,14 +197,6 @@ class DreamGaussianPipeline(Pipeline):
                   "stage1_seconds": {k: round(v, 4) for k, v in self.timings.items()},
                   "total_seconds": round(time.monotonic() - t0, 2), "radius": radius},
         )
-
-    def _teacher(self, request: JobRequest, p: dict, image_mode: bool, device: str):
-        scale = p["guidance_scale"] if p["guidance_scale"] >= 0 else (5.0 if image_mode else 100.0)
-        if p["teacher"] == "oracle":
-            return load_teacher("oracle", device=device, oracle_mesh=p["oracle_mesh"])
-        kind = "zero123" if image_mode else "stable-diffusion"
-        weights = p["weights"] if (p["weights"] != "stable" or kind == "zero123") else "default"
-        return load_teacher(kind, weights, device, cache=request.models, guidance_scale=scale, models_dir=request.models_dir)
 
     # ------------------------------------------------------------------ stage 1
     def stage1(self, p, teacher, ref, radius, emit: Emitter, cancel: CancelToken, gen, device) -> GaussianModel:

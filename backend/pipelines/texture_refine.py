@@ -27,11 +27,12 @@ from PIL import Image
 from ..cameras import Cameras, orbit_angles, orbit_cameras, sample_orbit_cameras
 from ..geometry.export import texture_to_uint8, write_glb
 from ..geometry.uv import UVMesh, bake_texture, fill_empty_texels, unwrap
-from ..guidance import load_teacher
+from ..guidance import load_job_teacher
 from ..images import load_rgba, recenter, to_white_background
 from ..render.mesh import TexturedMesh, render_mesh
 from ..schedules import DreamGaussianAnneal
-from .base import CancelToken, Emitter, InputSpec, JobRequest, Param, ParamError, Pipeline, Result, register
+from .base import (CancelToken, Emitter, InputSpec, JobRequest, Param, ParamError, Pipeline, Result,
+                   check_teacher_inputs, register)
 
 #: Largest mesh refined (triangles); larger meshes are refused, never decimated silently.
 MAX_TRIANGLES = 200_000
@@ -196,10 +197,7 @@ class TextureRefinePipeline(Pipeline):
             raise ParamError(f"'uv' must hold one UV per triangle corner: [{3 * len(faces)}, 2], got {inputs['uv'].shape}")
         if not params["prompt"].strip() and "image" not in inputs and params["teacher"] != "oracle":
             raise ParamError("give a 'prompt', a reference 'image', or both")
-        if params["teacher"] == "oracle" and not params["oracle_mesh"]:
-            raise ParamError("teacher 'oracle' needs 'oracle_mesh' (a GLB path on the server)")
-        if "mask" in inputs and "image" in inputs and inputs["mask"].shape != inputs["image"].shape[:2]:
-            raise ParamError(f"the mask is {inputs['mask'].shape} but the image is {inputs['image'].shape[:2]}")
+        check_teacher_inputs(params, inputs)
         if params["elevation_min"] > params["elevation_max"]:
             raise ParamError("'elevation_min' must not exceed 'elevation_max'")
 
@@ -227,12 +225,12 @@ class TextureRefinePipeline(Pipeline):
         mesh = TexturedMesh(normalised, torch.from_numpy(faces).to(device),
                             torch.from_numpy(corner_uv.reshape(-1, 3, 2)).to(device))
 
-        self._mesh = mesh
         emit.progress("prepare", 1, 3, message="teacher")
-        teacher, ref = self._teacher(request, p, centre, scale, device)
+        ref = self._reference(request, p, centre, scale, mesh, device) if "image" in inputs else None
+        teacher = self._teacher(request, p, centre, scale, ref, device)
         cancel.check()
         emit.progress("prepare", 2, 3, message="initial texture")
-        texture, init = self._initial_texture(p, inputs, mesh, vertices, faces, corner_uv, ref, device)
+        texture, init = self._initial_texture(p, inputs, mesh, faces, corner_uv, ref, device)
         emit.preview("texture", {"rgba": rgba_preview(texture)}, {"step": 0, "init": init})
         emit.progress("prepare", 3, 3)
 
@@ -273,7 +271,8 @@ class TextureRefinePipeline(Pipeline):
         c2w[:3, 3] = (c2w[:3, 3] - torch.from_numpy(centre)) * scale
         return Cameras(c2w[None], torch.tensor([p["ref_fovy"]]), width, height)
 
-    def _reference(self, request: JobRequest, p: dict, centre: np.ndarray, scale: float, device: str) -> dict:
+    def _reference(self, request: JobRequest, p: dict, centre: np.ndarray, scale: float, mesh: TexturedMesh,
+                   device: str) -> dict:
         """The reference view at the render size (longer side), its camera, and its mask: the
         given mask, the image's alpha, or (an opaque image) the mesh's own silhouette from that camera."""
         inputs = request.inputs
@@ -288,7 +287,7 @@ class TextureRefinePipeline(Pipeline):
         else:  # no alpha to go by (an RGB photo, or RGBA fully opaque)
             image = image[..., :3]
             with torch.no_grad():
-                silhouette = render_mesh(self._mesh, camera).alpha[0, ..., 0]
+                silhouette = render_mesh(mesh, camera).alpha[0, ..., 0]
             alpha = np.asarray(Image.fromarray(texture_to_uint8(silhouette)).resize((w, h), Image.BILINEAR))
             rgba = np.concatenate([image, alpha[..., None]], -1)
         rgba = np.asarray(Image.fromarray(rgba).resize((rw, rh), Image.BILINEAR))
@@ -297,24 +296,15 @@ class TextureRefinePipeline(Pipeline):
         return {"rgb": torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device),
                 "alpha": torch.from_numpy(alpha)[None, None].to(device), "camera": camera, "rgba": rgba}
 
-    def _teacher(self, request: JobRequest, p: dict, centre: np.ndarray, scale: float, device: str):
-        inputs = request.inputs
-        has_image = "image" in inputs
+    def _teacher(self, request: JobRequest, p: dict, centre: np.ndarray, scale: float, ref: dict | None, device: str):
+        """The teacher with its condition encoded: the reference image at its camera's orbit
+        angles (Zero-1-to-3), the prompt (Stable Diffusion), or the oracle in the mesh's frame."""
+        teacher = load_job_teacher(p, ref is not None, device, cache=request.models, models_dir=request.models_dir)
         if p["teacher"] == "oracle":
-            teacher = load_teacher("oracle", device=device, oracle_mesh=p["oracle_mesh"])
             m = teacher.mesh  # the ground truth is given in the mesh's frame: normalise it the same way
             teacher.mesh = TexturedMesh((m.vertices - torch.from_numpy(centre).to(m.vertices)) * scale, m.faces, m.uv,
                                         m.texture, m.vertex_colors)
-        else:
-            kind = "zero123" if has_image else "stable-diffusion"
-            scale_cfg = p["guidance_scale"] if p["guidance_scale"] >= 0 else (5.0 if has_image else 100.0)
-            weights = p["weights"] if (p["weights"] != "stable" or kind == "zero123") else "default"
-            teacher = load_teacher(kind, weights, device, cache=request.models, guidance_scale=scale_cfg,
-                                   models_dir=request.models_dir)
-        ref = self._reference(request, p, centre, scale, device) if has_image else None
-        if p["teacher"] == "oracle":
-            return teacher, ref
-        if has_image:
+        elif ref is not None:
             el, az, r = (float(x[0]) for x in orbit_angles(ref["camera"].to("cpu")))
             centred = recenter(ref["rgba"], 256)  # Zero-1-to-3 sees the object centred, as it was trained
             rgb_c, _ = to_white_background(centred)
@@ -322,9 +312,9 @@ class TextureRefinePipeline(Pipeline):
                                      azimuth=az, radius=r)
         else:
             teacher.encode_condition(prompt=p["prompt"], negative_prompt=p["negative_prompt"])
-        return teacher, ref
+        return teacher
 
-    def _initial_texture(self, p, inputs, mesh: TexturedMesh, vertices, faces, corner_uv, ref, device):
+    def _initial_texture(self, p, inputs, mesh: TexturedMesh, faces, corner_uv, ref, device):
         size = p["texture_size"]
         if "texture" in inputs and p["use_existing_texture"]:
             tex = Image.fromarray(np.asarray(inputs["texture"])[..., :3]).resize((size, size), Image.BICUBIC)
