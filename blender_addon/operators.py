@@ -54,23 +54,31 @@ def _load_inputs(request: dict) -> dict:
     return {}
 
 
-def run_request(op, request: dict, wait: bool, timeout: float):
-    """Submit ``request`` (pipeline, preset, seed, params, label, image source), optionally wait."""
+def run_request(op, request: dict, wait: bool, timeout: float, inputs: dict | None = None, attach=None,
+                what: str = "job", done: str = ""):
+    """Submit ``request`` (pipeline, preset, seed, params, label, image source), optionally wait.
+
+    ``inputs`` are sent with the reference image loaded from the request's source; ``attach``
+    (``callable(state)``) runs once the job is accepted, before any preview is applied (texture
+    refinement sets its scene hooks there); ``what`` and ``done`` word the reports.
+    """
     try:
-        inputs = _load_inputs(request)
+        inputs = {**(inputs or {}), **_load_inputs(request)}
     except ValueError as exc:
         return _fail(op, f"Splatsmith: {exc}")
     source = {k: request[k] for k in ("image_path", "image_name") if request.get(k)}
     try:
         state = client_glue.submit(request["pipeline"], request["params"], inputs, request["preset"], request["seed"],
                                    request["label"], source)
+        if attach is not None:
+            attach(state)
         if wait:
             client_glue.wait(state, timeout or None)
     except ClientError as exc:
         return _fail(op, f"Splatsmith: {client_glue.explain(exc.code, exc.message)}")
     if wait and not state.result_object:
-        return _fail(op, f"Splatsmith: job {state.handle.state}: {state.message}")
-    op.report({"INFO"}, f"Splatsmith: created {state.result_object}" if wait else "Splatsmith: job submitted")
+        return _fail(op, f"Splatsmith: {what} {state.handle.state}: {state.message}")
+    op.report({"INFO"}, f"Splatsmith: {done or 'created ' + state.result_object}" if wait else f"Splatsmith: {what} submitted")
     return {"FINISHED"}
 
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
-from shared_protocol.client import ClientError
-
-from . import client_glue, scene_io
-from .operators import _fail, _load_inputs, _random_seed
+from . import scene_io
+from .operators import _fail, _load_inputs, _random_seed, run_request
 
 NEW_UV = "Splatsmith UV"
 
@@ -190,21 +188,16 @@ class SPLATSMITH_OT_refine_texture(bpy.types.Operator):
                     inputs["ref_camera"], params["ref_fovy"] = camera["c2w"], camera["fovy"]
         except ValueError as exc:
             return _fail(self, f"Splatsmith: {exc}")
-        label = f"{obj.name} texture"
-        try:
-            source = {k: getattr(self, k) for k in ("image_path", "image_name") if getattr(self, k)}
-            state = client_glue.submit("texture_refine", params, inputs, self.preset, self.seed, label, source)
+
+        def attach(state) -> None:
             # Only once the job is accepted does the object get its new slot (nothing to undo on refusal).
             target = _Target(obj, arrays, self.update_in_place, existing)
             state.on_preview, state.on_result, state.on_failure = target.on_preview, target.on_result, target.on_failure
-            if self.wait:
-                client_glue.wait(state, self.timeout or None)
-        except ClientError as exc:
-            return _fail(self, f"Splatsmith: {client_glue.explain(exc.code, exc.message)}")
-        if self.wait and not state.result_object:
-            return _fail(self, f"Splatsmith: texture job {state.handle.state}: {state.message}")
-        self.report({"INFO"}, f"Splatsmith: refined {obj.name}" if self.wait else "Splatsmith: texture job submitted")
-        return {"FINISHED"}
+
+        request = {"pipeline": "texture_refine", "preset": self.preset, "seed": self.seed, "params": params,
+                   "label": f"{obj.name} texture"}  # the image is already in ``inputs``
+        return run_request(self, request, self.wait, self.timeout, inputs, attach, what="texture job",
+                           done=f"refined {obj.name}")
 
 
 def register():

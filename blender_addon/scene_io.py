@@ -16,10 +16,13 @@ COLLECTION = "Splatsmith"
 POINTS_GROUP = "Splatsmith Points"
 
 
+#: Blender axes -> glTF axes, (x, y, z) -> (x, z, -y); orthonormal, so its transpose is the inverse.
+BLENDER_TO_GLTF = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]], np.float32)
+
+
 def gltf_to_blender(points: np.ndarray) -> np.ndarray:
     """float [N, 3] glTF axes -> Blender axes: (x, y, z) -> (x, -z, y)."""
-    p = np.asarray(points, dtype=np.float32)
-    return np.stack([p[:, 0], -p[:, 2], p[:, 1]], axis=1)
+    return np.ascontiguousarray(np.asarray(points, np.float32) @ BLENDER_TO_GLTF)
 
 
 def collection() -> bpy.types.Collection:
@@ -183,9 +186,6 @@ def load_image_file(path: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- refinement
-BLENDER_TO_GLTF = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]], np.float32)  # (x, y, z) -> (x, z, -y)
-
-
 def blender_to_gltf(points: np.ndarray) -> np.ndarray:
     """float [N, 3] Blender axes -> glTF axes: the inverse of :func:`gltf_to_blender`."""
     return np.asarray(points, np.float32) @ BLENDER_TO_GLTF.T
