@@ -17,11 +17,13 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shared_protocol.client import DEFAULT_ADDRESS, Client, ClientError, load_curve_keys
 
 from .pipelines.base import Emitter
+from .text import printable
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Splatsmith: text- and image-to-3D for Blender.")
 console = Console(stderr=True, soft_wrap=True)  # no hard wraps: commands stay copyable
@@ -37,41 +39,65 @@ def _fail(text: str, code: int = 1) -> None:
 
 @app.command()
 def serve(
-    bind: str = typer.Option("tcp://127.0.0.1:5555", help="ZeroMQ endpoint to bind; non-loopback needs --curve-dir or --insecure."),
+    bind: str = typer.Option("tcp://127.0.0.1:5555", help="Endpoint to bind (HOST:PORT or tcp://HOST:PORT); non-loopback needs --curve-dir or --insecure."),
     output_dir: Path = typer.Option(DEFAULT_OUTPUT, help="Folder for job folders (request, results, log)."),
     device: str = typer.Option("auto", help="auto | cuda | cpu"),
     models_dir: Optional[Path] = typer.Option(None, help="Extra folder of model weights (org/name sub-folders)."),
-    curve_dir: Optional[Path] = typer.Option(None, help="Folder with server.key_secret and clients/*.key (see `splatsmith keygen`)."),
+    curve_dir: Optional[Path] = typer.Option(None, help="Folder with server.key_secret, clients/*.key and optional admins/*.key (see `splatsmith keygen`)."),
     insecure: bool = typer.Option(False, help="Allow a non-loopback bind without CURVE encryption."),
     max_message_mb: int = typer.Option(512, min=1, help="Largest request accepted, in MiB."),
+    max_queue: int = typer.Option(32, min=1, help="Most jobs waiting in the queue; more are refused with queue_full."),
+    client_quota: int = typer.Option(8, min=1, help="Most jobs one client may have queued or running."),
+    min_free_mb: float = typer.Option(256, min=0, help="Refuse new jobs while the output folder's disk has less free space, MiB."),
+    allow_oracle: Optional[Path] = typer.Option(None, help="Accept file-path parameters (the oracle's mesh) naming files inside this folder; refused otherwise."),
     log_level: str = typer.Option("info", help="debug | info | warning"),
 ) -> None:
-    """Run the backend: a ZeroMQ server that queues and runs generation jobs."""
+    """Run the backend: a ZeroMQ server that queues jobs and runs them in a worker process."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from shared_protocol.codec import Limits
 
     from .pipelines import load_builtin
-    from .device import DeviceError, resolve_device
     from .server import CurveConfig, Server, ServerConfigError
 
+    if device not in ("auto", "cuda", "cpu"):
+        _fail(f"unknown device {device!r}; use auto, cuda or cpu")
     try:
-        dev = resolve_device(device)
         curve = CurveConfig.from_dir(curve_dir) if curve_dir else None
         mib = 1024 * 1024
         limits = Limits(max_total_bytes=max_message_mb * mib, max_array_bytes=max_message_mb * mib)
-        server = Server(bind, output_dir, dev, pipelines=load_builtin(), curve=curve, insecure=insecure, limits=limits,
-                        models_dir=models_dir)
-    except (DeviceError, ServerConfigError) as exc:
+        server = Server(bind, output_dir, device, pipelines=load_builtin(), curve=curve, insecure=insecure, limits=limits,
+                        models_dir=models_dir, max_queue=max_queue, client_quota=client_quota, min_free_mb=min_free_mb,
+                        allow_oracle=allow_oracle)
+    except ServerConfigError as exc:
         _fail(str(exc))
     if insecure and curve is None:
         console.print("[bold yellow]warning:[/] --insecure: anyone who can reach this address can submit jobs and read results.")
-    signal.signal(signal.SIGTERM, lambda *_: server._stop.set())
-    console.print(f"Splatsmith backend on [bold]{server.endpoint}[/] ({dev}); jobs in {server.store.root}. Ctrl-C stops.")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    _install_stop_handlers(server.request_stop)
+    if not server.wait_worker():
+        server.stop()
+        _fail(f"the worker process could not start: {server.executor.fatal or 'no answer'}")
+    console.print(f"Splatsmith backend on [bold]{escape(server.endpoint)}[/] ({escape(server.executor.describe())}); "
+                  f"jobs in {escape(str(server.store.root))}. Ctrl-C stops.")
+    server.serve_forever()
     console.print("stopped.")
+
+
+def _install_stop_handlers(stop) -> None:
+    """SIGINT and SIGTERM call ``stop()`` once (the running job is cancelled and marked); a
+    second signal exits at once."""
+    signals_seen = []
+
+    def handler(signum, frame):
+        if signals_seen:
+            console.print("second signal: exiting now.")
+            os._exit(128 + signum)
+        signals_seen.append(signum)
+        console.print(f"{signal.Signals(signum).name}: stopping (the running job is cancelled and marked interrupted); "
+                      "send it again to exit at once.")
+        stop()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
 
 
 class RichEmitter(Emitter):
@@ -113,9 +139,10 @@ def reconstruct(
 ) -> None:
     """Fit Gaussians to posed RGBA images and write a textured mesh (GLB) and 3DGS PLY."""
     from .device import DeviceError, resolve_device
-    from .jobs import JobStore, run_local
+    from .jobs import JobStore
     from .pipelines.base import ParamError
     from .pipelines.reconstruct import ReconstructPipeline, load_dataset
+    from .worker import run_local
 
     try:
         dev = resolve_device(device)
@@ -123,7 +150,7 @@ def reconstruct(
         probe = ReconstructPipeline.merge_params(preset, params)[1]
         images, transforms, camera_angle_x = load_dataset(data_dir, probe["resolution"])
         params["camera_angle_x"] = camera_angle_x
-        with _progress() as progress:
+        with _progress() as progress, _cancel_on_signals(output_dir):
             job, result = run_local(JobStore(output_dir), ReconstructPipeline, preset, params,
                                     {"images": images, "transforms": transforms}, seed, RichEmitter(progress), dev,
                                     label=data_dir.name)
@@ -135,6 +162,35 @@ def reconstruct(
     meta = result.meta
     console.print(f"wrote {out} and {out.with_suffix('.ply')} ({meta['faces']} faces, {meta['gaussians']} Gaussians, "
                   f"{meta['total_seconds']:.0f} s); job folder {job.dir}")
+
+
+class _cancel_on_signals:
+    """For in-process runs: SIGTERM is turned into KeyboardInterrupt (as Ctrl-C is), and a
+    cancelled job prints that it was cancelled and where its folder is (``run_local`` has
+    marked it ``cancelled`` on disk) before exiting with 130."""
+
+    def __init__(self, output_dir: Path):
+        self.output_dir = output_dir
+
+    def __enter__(self):
+        def to_interrupt(signum, frame):
+            raise KeyboardInterrupt
+
+        self.previous = signal.signal(signal.SIGTERM, to_interrupt)
+        return self
+
+    def __exit__(self, kind, value, tb):
+        signal.signal(signal.SIGTERM, self.previous)
+        from .pipelines.base import JobCancelled
+
+        if kind is not None and issubclass(kind, (KeyboardInterrupt, JobCancelled)):
+            from .jobs import JobStore
+
+            jobs = JobStore(self.output_dir).all(limit=1)
+            where = f" its folder is {jobs[-1].dir}" if jobs and jobs[-1].state == "cancelled" else ""
+            console.print(f"job cancelled;{where}")
+            raise typer.Exit(130)
+        return False
 
 
 def _load_image_inputs(image: Path, mask: Optional[Path]) -> dict:
@@ -242,13 +298,14 @@ def _run_job(pipeline_cls, preset: str, params: dict, inputs: dict, seed: int, l
     from .device import DeviceError, resolve_device
     from .geometry.uv import UnwrapError
     from .images import MaskError
-    from .jobs import JobStore, run_local
+    from .jobs import JobStore
     from .models import ModelMissingError
     from .pipelines.base import ParamError
+    from .worker import run_local
 
     try:
         dev = resolve_device(device)
-        with _progress() as progress:
+        with _progress() as progress, _cancel_on_signals(output_dir):
             job, result = run_local(JobStore(output_dir), pipeline_cls, preset, params, inputs, seed,
                                     RichEmitter(progress), dev, label=label)
     except (DeviceError, ParamError, MaskError, ModelMissingError, FileNotFoundError, UnwrapError) as exc:
@@ -343,6 +400,7 @@ def demo(
                       f"and `splatsmith models download {zero123}`, the demo uses the real models.")
     rgb, mask = demo_photo()
     server = Server("tcp://127.0.0.1:*", output_dir, dev, pipelines=load_builtin()).start()
+    _install_stop_handlers(server.request_stop)
     try:
         console.print(f"backend on {server.endpoint} ({dev}); image-to-3D of scikit-image's cat photo, preset {preset}")
         result = _stream_remote(server.endpoint, "dreamgaussian", preset, {"mode": "image"},
@@ -352,7 +410,7 @@ def demo(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(result["files"]["asset.glb"].tobytes())
     console.print(f"wrote {out} ({result['meta']['faces']} faces, {result['meta']['total_seconds']:.0f} s); "
-                  f"job folder {result['meta']['job_dir']}")
+                  f"job folder {Path(output_dir).expanduser().resolve() / result['job_id']}")
 
 
 models_app = typer.Typer(no_args_is_help=True, help="List and download the diffusion models the pipelines use.")
@@ -362,9 +420,13 @@ app.add_typer(models_app, name="models")
 @models_app.command("list")
 def models_list(models_dir: Optional[Path] = typer.Option(None, help="Extra folder of model weights.")) -> None:
     """Every model the teachers use, per preset, and whether it is present locally."""
+    from rich.table import Column
+
     from .models import MODEL_REGISTRY, find_model, splatsmith_cache_dir
 
-    table = Table("teacher", "preset", "model", "revision", "present", "where")
+    ids = [mid for variants in MODEL_REGISTRY.values() for mid, _ in variants.values()]
+    table = Table("teacher", "preset", _id_column("model", ids), "revision", "present",
+                  Column("where", overflow="fold"))
     for teacher, variants in MODEL_REGISTRY.items():
         for preset, (model_id, revision) in variants.items():
             where = find_model(model_id, splatsmith_cache_dir() if model_id.startswith("splatsmith/") else models_dir)
@@ -401,6 +463,40 @@ def _client(address: str, server_key: Optional[Path], client_key: Optional[Path]
 
 
 @app.command()
+def fetch(
+    job_id: str = typer.Argument(..., help="The job's id (see `splatsmith jobs`)."),
+    out: Path = typer.Option(Path("."), "--out", help="Folder to write the job's result files into."),
+    server: str = typer.Option(DEFAULT_ADDRESS, "--server", help="The backend's address (HOST:PORT)."),
+    server_key: Optional[Path] = typer.Option(None, help="The server's public CURVE key file."),
+    client_key: Optional[Path] = typer.Option(None, help="This client's secret CURVE key file."),
+) -> None:
+    """Fetch a job's result files; a queued or running job is followed to its end."""
+    import numpy as np
+
+    with _client(server, server_key, client_key) as client, _progress() as progress:
+        tasks: dict[str, int] = {}
+
+        def on_event(handle, message):
+            if message["type"] == "progress":
+                stage = message["stage"]
+                if stage not in tasks:
+                    tasks[stage] = progress.add_task(escape(stage), total=max(message["total"], 1))
+                progress.update(tasks[stage], completed=message["step"], total=max(message["total"], 1))
+
+        try:
+            result = client.wait(client.fetch(job_id, on_event=on_event))
+        except ClientError as exc:
+            _fail(escape(exc.message))
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, data in result["files"].items():
+        target = out / Path(name).name
+        target.write_bytes(np.asarray(data).tobytes())
+        written.append(str(target))
+    console.print(f"job {job_id}: wrote {', '.join(written) or 'no files'}")
+
+
+@app.command()
 def jobs(
     address: str = typer.Option(DEFAULT_ADDRESS, help="The backend's address."),
     server_key: Optional[Path] = typer.Option(None, help="The server's public CURVE key file."),
@@ -412,13 +508,23 @@ def jobs(
             listed = client.status()
         except ClientError as exc:
             _fail(exc.message)
-    table = Table("job", "pipeline", "preset", "state", "label", "created", "took", "files / error")
+    table = Table(_id_column("job", [j["job_id"] for j in listed]), "pipeline", "preset", "state", "label", "created",
+                  "took", "files / error")
     for j in listed:
         took = f"{j['finished'] - j['started']:.1f} s" if j.get("finished") and j.get("started") else ""
         detail = ", ".join(j.get("files") or []) if j["state"] == "done" else (j.get("error_message") or "")
-        table.add_row(j["job_id"], j["pipeline"], j.get("preset", ""), j["state"], j.get("label", ""),
-                      time.strftime("%Y-%m-%d %H:%M", time.localtime(j["created"])), took, detail[:80])
+        table.add_row(*(escape(printable(v)) for v in (j["job_id"], j["pipeline"], j.get("preset", ""), j["state"],
+                                                      printable(j.get("label", ""), 40))),
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(j["created"])), took,
+                      escape(printable(detail, 120)))
     out.print(table if listed else "no jobs")
+
+
+def _id_column(title: str, ids: list[str]):
+    """A table column that never shortens or wraps its values (ids are copied into commands)."""
+    from rich.table import Column
+
+    return Column(title, no_wrap=True, min_width=max([len(title), *map(len, ids)]), overflow="ignore")
 
 
 def _version(module: str) -> tuple[bool, str]:

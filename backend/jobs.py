@@ -1,52 +1,77 @@
-"""Jobs: their persistence on disk, the FIFO queue and the single worker thread.
+"""Jobs: their persistence on disk, the FIFO queue, and the dispatcher that hands them to the
+worker process. Imports neither torch nor any pipeline implementation: this is the server
+process's side.
 
 Every job owns ``<output_dir>/<job_id>/`` with:
 
 - ``request.json``: pipeline, preset, resolved parameters, seed, label, input shapes;
 - ``inputs.npz``: the input arrays (``numpy.savez``; read back with ``allow_pickle=False``);
-- ``state.json``: state, timestamps, error code and message (rewritten atomically);
+- ``state.json``: state, timestamps, error code and message, owner (rewritten atomically);
 - ``result.json`` + ``result.npz`` + the pipeline's files (GLB, PLY, PNG): the result;
 - ``log.txt``: state changes, progress (at most once a second) and tracebacks.
 
 A server restarted later lists every job from these folders; jobs that were queued or
 running when it stopped are marked ``failed`` with the code ``interrupted``.
+
+Failure rules of the dispatcher: every exception is caught per job (the thread never ends
+before :meth:`Dispatcher.stop`); a job whose folder cannot be written fails with ``disk_full``
+naming the folder; a worker process that dies (segfault, abort, SIGKILL) fails the running job
+with ``worker_crashed`` and a new worker is started for the next job.
 """
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import logging
 import os
-import random
 import secrets
+import shutil
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from shared_protocol import messages
 
-from .device import free_device_memory, is_out_of_memory
-from .models import ModelCache, ModelMissingError
-from .pipelines.base import CancelToken, Emitter, JobCancelled, JobRequest, ParamError, Pipeline, Result
+from .pipelines.base import CancelToken, Pipeline, Result
+from .text import printable
 
 log = logging.getLogger("splatsmith.jobs")
 
 TERMINAL = ("done", "failed", "cancelled")
 
-#: Called by the worker to send a message to a job's subscribers: ``post(job, key, message)``;
-#: ``key`` None means "deliver every one, in order", a string means "latest wins per key".
-Post = Callable[["Job", "str | None", dict], None]
+#: Called by the dispatcher to send a message to a job's subscribers:
+#: ``post(job_id, key, message)``; ``key`` None means "deliver every one, in order", a string
+#: means "latest wins per key".
+Post = Callable[[str, "str | None", dict], None]
+
+
+class DiskFullError(OSError):
+    """A job folder could not be written because its disk is full (server code ``disk_full``)."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is an ``OSError`` for a full disk or an exceeded quota."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_message(folder: Path | str) -> str:
+    """The sentence for a full disk: which folder, and what to do."""
+    return (f"the disk holding {folder} is full: free space there (or start the server with another "
+            "--output-dir) and submit the job again")
 
 
 @dataclass
 class Job:
-    """One job. ``inputs`` is only held in memory while the job is queued or running."""
+    """One job. ``inputs`` is only held in memory while the job is queued or running.
+
+    ``owner`` is the CURVE public key (Z85 text) of the client that submitted it, or None on a
+    server without CURVE; ``client`` is the ZeroMQ identity it was submitted from (quotas).
+    """
 
     job_id: str
     pipeline: str
@@ -63,10 +88,12 @@ class Job:
     error_code: str | None = None
     error_message: str | None = None
     files: list[str] = field(default_factory=list)
+    owner: str | None = None
+    client: bytes | None = field(default=None, repr=False)
     cancel: CancelToken = field(default_factory=CancelToken, repr=False)
 
     def info(self) -> dict:
-        """The job as listed in ``status`` replies and ``state.json``."""
+        """The job as listed in ``status`` replies (no server paths, no owner key)."""
         return {
             "job_id": self.job_id,
             "pipeline": self.pipeline,
@@ -85,15 +112,12 @@ class Job:
 
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, numpy's and torch's global generators (a job's reproducibility)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def new_job_id() -> str:
@@ -101,12 +125,37 @@ def new_job_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
 
-class JobStore:
-    """The jobs of one output folder, in memory and on disk. Thread-safe."""
+def save_result(job_dir: Path, result: Result) -> list[str]:
+    """Write ``result.json`` and ``result.npz`` into ``job_dir``; returns the result file names.
 
-    def __init__(self, output_dir: str | os.PathLike):
+    Raises:
+        RuntimeError: a result file is not a file inside ``job_dir``.
+        OSError: the folder cannot be written (a full disk among others).
+    """
+    names = []
+    for name, path in result.files.items():
+        path = Path(path).resolve()
+        if path.parent != job_dir.resolve() or not path.is_file():
+            raise RuntimeError(f"pipeline result file {path} is not a file inside the job folder {job_dir}")
+        names.append(path.name)
+    np.savez(job_dir / "result.npz", **{k: np.ascontiguousarray(v) for k, v in result.arrays.items()})
+    _write_json(job_dir / "result.json", {"files": names, "meta": result.meta, "arrays": sorted(result.arrays)})
+    return names
+
+
+class JobStore:
+    """The jobs of one output folder, in memory and on disk. Thread-safe.
+
+    Args:
+        output_dir: the folder of job folders (created if missing).
+        min_free_bytes: :meth:`create` refuses a job while the folder's disk has less free
+            space than this (default 0: no check).
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, min_free_bytes: int = 0):
         self.root = Path(output_dir).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.min_free_bytes = min_free_bytes
         self._jobs: dict[str, Job] = {}
         self._lock = threading.RLock()
         self._load()
@@ -121,40 +170,67 @@ class JobStore:
                     label=data.get("label", ""), state=data["state"], created=data["created"],
                     started=data.get("started"), finished=data.get("finished"),
                     error_code=data.get("error_code"), error_message=data.get("error_message"),
-                    files=list(data.get("files", [])),
+                    files=list(data.get("files", [])), owner=data.get("owner"),
                 )
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("skipping unreadable job folder %s: %s", state_file.parent, exc)
                 continue
             if job.state not in TERMINAL:
-                job.state, job.finished = "failed", time.time()
+                job.state = "failed"
+                # The time it really ran: up to the last line its log received, not this restart.
+                job.finished = _last_write(job.dir) if job.started else None
                 job.error_code = "interrupted"
                 job.error_message = "the server stopped while this job was queued or running; submit it again"
-                self.save_state(job)
+                try:
+                    self.save_state(job)
+                except OSError as exc:
+                    log.warning("cannot mark %s interrupted: %s", job.dir, exc)
             self._jobs[job.job_id] = job
 
-    def create(self, pipeline: str, preset: str, params: dict, seed: int, label: str, inputs: dict[str, np.ndarray]) -> Job:
-        """Create a job folder with request.json, inputs.npz and state.json."""
+    def free_bytes(self) -> int:
+        """Free space on the output folder's disk, bytes."""
+        return shutil.disk_usage(self.root).free
+
+    def create(self, pipeline: str, preset: str, params: dict, seed: int, label: str, inputs: dict[str, np.ndarray],
+               owner: str | None = None, client: bytes | None = None) -> Job:
+        """Create a job folder with request.json, inputs.npz and state.json.
+
+        Raises:
+            DiskFullError: the disk has less free space than ``min_free_bytes`` (nothing is
+                created), or it filled while the folder was written (the folder is removed).
+        """
+        if self.min_free_bytes and self.free_bytes() < self.min_free_bytes:
+            raise DiskFullError(errno.ENOSPC, (
+                f"only {self.free_bytes() / 2**20:.0f} MiB are free on the disk holding {self.root}; the server "
+                f"needs {self.min_free_bytes / 2**20:.0f} MiB to accept a job: free space there and submit again"))
         with self._lock:
             job_id = new_job_id()
-            while job_id in self._jobs:
+            while job_id in self._jobs or (self.root / job_id).exists():
                 job_id = new_job_id()
             job_dir = self.root / job_id
-            job_dir.mkdir(parents=True)
-            job = Job(job_id, pipeline, preset, dict(params), seed, job_dir, label, dict(inputs))
-            _write_json(job_dir / "request.json", {
-                "pipeline": pipeline, "preset": preset, "params": params, "seed": seed, "label": label,
-                "inputs": {k: {"dtype": v.dtype.name, "shape": list(v.shape)} for k, v in inputs.items()},
-            })
-            if inputs:
-                np.savez(job_dir / "inputs.npz", **inputs)
-            self.save_state(job)
+            job = Job(job_id, pipeline, preset, dict(params), seed, job_dir, label, dict(inputs), owner=owner, client=client)
+            try:
+                job_dir.mkdir(parents=True)
+                _write_json(job_dir / "request.json", {
+                    "pipeline": pipeline, "preset": preset, "params": params, "seed": seed, "label": label,
+                    "inputs": {k: {"dtype": v.dtype.name, "shape": list(v.shape)} for k, v in inputs.items()},
+                })
+                if inputs:
+                    np.savez(job_dir / "inputs.npz", **inputs)
+                self.save_state(job)
+            except OSError as exc:
+                shutil.rmtree(job_dir, ignore_errors=True)
+                if is_disk_full(exc):
+                    raise DiskFullError(errno.ENOSPC, disk_full_message(self.root)) from exc
+                raise
             self._jobs[job_id] = job
             return job
 
     def save_state(self, job: Job) -> None:
+        """Rewrite ``state.json`` atomically. Raises OSError (a full disk among others)."""
         data = job.info()
         data["params"] = job.params
+        data["owner"] = job.owner
         _write_json(job.dir / "state.json", data)
 
     def get(self, job_id: str) -> Job | None:
@@ -168,214 +244,217 @@ class JobStore:
         return jobs[-limit:]
 
     def append_log(self, job: Job, line: str) -> None:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with open(job.dir / "log.txt", "a", encoding="utf-8") as fh:
-            fh.write(f"{stamp} {line}\n")
+        """Append a time-stamped line to the job's ``log.txt`` (control characters escaped)."""
+        append_log(job.dir, line)
 
-    def save_result(self, job: Job, result: Result) -> None:
-        """Write result.json and result.npz; checks that the result files are in the job folder."""
-        names = []
-        for name, path in result.files.items():
-            path = Path(path).resolve()
-            if path.parent != job.dir.resolve() or not path.is_file():
-                raise RuntimeError(f"pipeline result file {path} is not a file inside the job folder {job.dir}")
-            names.append(path.name)
-        np.savez(job.dir / "result.npz", **{k: np.ascontiguousarray(v) for k, v in result.arrays.items()})
-        _write_json(job.dir / "result.json", {"files": names, "meta": result.meta, "arrays": sorted(result.arrays)})
-        job.files = names
+    def result_message(self, job: Job, include_files: bool = True, inline_limit: int | None = None) -> dict:
+        """The ``result`` reply of a finished job, read from its folder.
 
-    def result_message(self, job: Job, include_files: bool = True) -> dict:
-        """The ``result`` reply of a finished job, read from its folder."""
+        Args:
+            include_files: put the result files in the message.
+            inline_limit: files larger than this many bytes are left out of the message and
+                listed in ``meta.file_sizes`` only (the client fetches them in chunks).
+        """
         meta = json.loads((job.dir / "result.json").read_text())
         with np.load(job.dir / "result.npz", allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
+        sizes = {name: (job.dir / name).stat().st_size for name in meta["files"]}
         files = {}
         if include_files:
-            files = {name: np.fromfile(job.dir / name, dtype=np.uint8) for name in meta["files"]}
+            files = {name: np.fromfile(job.dir / name, dtype=np.uint8) for name in meta["files"]
+                     if inline_limit is None or sizes[name] <= inline_limit}
         return messages.make("result", job_id=job.job_id, arrays=arrays, files=files,
-                             meta=dict(meta["meta"], files=meta["files"], job_dir=str(job.dir)))
+                             meta=dict(meta["meta"], files=meta["files"], file_sizes=sizes))
+
+    def read_chunk(self, job: Job, name: str, offset: int, size: int) -> tuple[np.ndarray, int]:
+        """``size`` bytes of result file ``name`` from ``offset`` (fewer at its end), and the
+        file's total size.
+
+        Raises:
+            KeyError: ``name`` is not one of the job's result files.
+        """
+        if name not in job.files:
+            raise KeyError(name)
+        path = job.dir / name
+        total = path.stat().st_size
+        with open(path, "rb") as fh:
+            fh.seek(min(offset, total))
+            data = fh.read(max(0, min(size, total - offset)))
+        return np.frombuffer(data, dtype=np.uint8), total
 
 
-class JobEmitter(Emitter):
-    """Streams a running job's progress and previews to its subscribers.
-
-    Progress is throttled to at most ``max_progress_hz`` messages a second (the last step of a
-    stage always goes out); previews are posted latest-wins per kind, so a slow client
-    receives the newest one and never a backlog. Progress reaches ``log.txt`` at most once a
-    second.
-    """
-
-    def __init__(self, job: Job, store: JobStore, post: Post, max_progress_hz: float = 10.0):
-        super().__init__()
-        self.job, self.store, self.post = job, store, post
-        self.min_interval = 1.0 / max_progress_hz
-        self._last_sent = 0.0
-        self._last_logged = 0.0
-        self._last_stage: str | None = None
-        self._seq = 0
-
-    def _on_progress(self, msg: dict) -> None:
-        now = time.monotonic()
-        stage_changed = msg["stage"] != self._last_stage
-        if stage_changed or msg["step"] >= msg["total"] or now - self._last_sent >= self.min_interval:
-            self._last_sent, self._last_stage = now, msg["stage"]
-            self.post(self.job, "progress", messages.make("progress", job_id=self.job.job_id, **msg))
-        if stage_changed or now - self._last_logged >= 1.0:
-            self._last_logged = now
-            loss = f" loss={msg['loss']:.5g}" if msg["loss"] is not None else ""
-            self.store.append_log(self.job, f"progress {msg['stage']} {msg['step']}/{msg['total']}{loss}")
-
-    def _on_preview(self, msg: dict) -> None:
-        self._seq += 1
-        self.post(self.job, "preview:" + msg["kind"], messages.make(
-            "preview", job_id=self.job.job_id, kind=msg["kind"], seq=self._seq, data=msg["data"], meta=msg["meta"]))
-
-    def _on_log(self, line: str) -> None:
-        self.store.append_log(self.job, line)
+def append_log(job_dir: Path, line: str) -> None:
+    """Append a time-stamped line to ``job_dir/log.txt``; control characters are escaped, so a
+    label or client name cannot forge a line. Raises OSError."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    safe = "\n".join(printable(part) for part in line.split("\n"))  # tracebacks keep their lines
+    with open(job_dir / "log.txt", "a", encoding="utf-8") as fh:
+        fh.write(f"{stamp} {safe}\n")
 
 
-class Worker(threading.Thread):
-    """Runs queued jobs one at a time, in FIFO order, on the server's device.
+def _last_write(job_dir: Path) -> float:
+    """When the job folder last received a write (its newest file's mtime)."""
+    times = [p.stat().st_mtime for p in job_dir.iterdir() if p.is_file()]
+    return max(times) if times else time.time()
+
+
+class QueueFull(Exception):
+    """The queue or a client's quota is full (server code ``queue_full``)."""
+
+
+class Dispatcher(threading.Thread):
+    """Runs queued jobs one at a time, in FIFO order, in a worker process.
 
     Args:
         store: the job store.
-        pipelines: name -> pipeline class.
-        device: ``"cuda"`` or ``"cpu"``.
-        models: the model cache shared by all jobs.
+        pipelines: name -> pipeline class (the worker imports ``cls.reference()``).
+        executor: the worker process handle (``backend.worker.WorkerProcess``).
         post: delivers messages to subscribers (see :data:`Post`).
+        on_done: called with each job that finished ``done`` (the server sends its result).
+        max_queue: most jobs waiting (the running one not counted).
+        client_quota: most jobs one client may have queued or running.
+        cancel_grace: seconds a cancelled job may take to stop before its worker is killed
+            (the job still ends ``cancelled``; the next job starts a new worker).
     """
 
-    def __init__(self, store: JobStore, pipelines: dict[str, type[Pipeline]], device: str, models: ModelCache, post: Post,
-                 models_dir: str | None = None):
-        super().__init__(name="splatsmith-worker", daemon=True)
-        self.store, self.pipelines, self.device, self.models, self.post = store, pipelines, device, models, post
-        self.models_dir = models_dir
+    def __init__(self, store: JobStore, pipelines: dict[str, type[Pipeline]], executor: Any, post: Post,
+                 on_done: Callable[[Job], None], *, max_queue: int = 32, client_quota: int = 8, cancel_grace: float = 10.0, stop_grace: float = 5.0):
+        super().__init__(name="splatsmith-dispatcher", daemon=True)
+        self.store, self.pipelines, self.executor, self.post, self.on_done = store, pipelines, executor, post, on_done
+        self.max_queue, self.client_quota = max_queue, client_quota
+        self.cancel_grace, self.stop_grace = cancel_grace, stop_grace
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
         self.current: Job | None = None
+        self._cancel_asked: float | None = None
+        self.stopped = threading.Event()
 
+    # ------------------------------------------------------------------ queue
     def enqueue(self, job: Job) -> int:
         """Queue a job; returns how many jobs are ahead of it (the running one included)."""
         with self._cond:
             ahead = len(self._queue) + (1 if self.current is not None else 0)
             self._queue.append(job)
-            self._cond.notify()
+            self._cond.notify_all()
             return ahead
+
+    def check_room(self, client: bytes | None) -> None:
+        """Raise :class:`QueueFull` when the queue, or ``client``'s quota, has no room."""
+        with self._cond:
+            if len(self._queue) >= self.max_queue:
+                raise QueueFull(f"the server's queue holds {len(self._queue)} jobs, its limit; submit again when "
+                                "some have finished (see `splatsmith jobs`)")
+            mine = sum(1 for j in [*self._queue, self.current] if j is not None and j.client == client)
+            if client is not None and mine >= self.client_quota:
+                raise QueueFull(f"this client already has {mine} jobs queued or running, its quota; wait for one "
+                                "to finish or cancel one")
 
     def queued(self) -> int:
         with self._cond:
             return len(self._queue)
 
     def cancel(self, job: Job) -> None:
-        """Cancel a queued job at once, or signal a running one (it stops at its next step)."""
+        """Cancel a queued job at once, or signal a running one (it stops at its next check)."""
         with self._cond:
             if job in self._queue:
                 self._queue.remove(job)
                 self._end(job, "cancelled", "cancelled", "the job was cancelled before it started")
                 return
-        job.cancel.cancel()
+            if job is self.current and not job.cancel.cancelled:
+                job.cancel.cancel()
+                self._cancel_asked = time.monotonic()
+                self.executor.cancel()
 
-    def stop(self) -> None:
-        """Stop after the current job's next cancellation check; queued jobs stay queued."""
+    def stop(self, wait: bool = True) -> None:
+        """Stop: the running job is cancelled and marked ``interrupted`` (with the time it
+        really ran), queued jobs stay queued on disk, the worker process ends."""
         with self._cond:
             self._stopping = True
             if self.current is not None:
                 self.current.cancel.cancel()
-            self._cond.notify()
+                self._cancel_asked = time.monotonic()
+                self.executor.cancel()
+            self._cond.notify_all()
+        if wait:
+            self.stopped.wait(self.stop_grace + 5.0)
 
+    # ------------------------------------------------------------------ loop
     def run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
-                    return
-                job = self._queue.popleft()
-                self.current = job
-            try:
-                self._run_job(job)
-            finally:
+        try:
+            self.executor.start()
+            while True:
                 with self._cond:
-                    self.current = None
+                    while not self._queue and not self._stopping:
+                        self._cond.wait(0.5)
+                    if self._stopping:
+                        break
+                    job = self._queue.popleft()
+                    self.current, self._cancel_asked = job, None
+                try:
+                    self._run_job(job)
+                except Exception as exc:  # the dispatcher must outlive any job
+                    log.exception("job %s: unexpected error in the dispatcher", job.job_id)
+                    if job.state not in TERMINAL:
+                        self._end(job, "failed", "internal", f"{type(exc).__name__}: {exc}")
+                finally:
+                    with self._cond:
+                        self.current = None
+        finally:
+            try:
+                self.executor.stop()
+            finally:
+                self.stopped.set()
 
-    def _end(self, job: Job, state: str, code: str | None, text: str | None) -> None:
-        job.state, job.finished = state, time.time()
+    def _end(self, job: Job, state: str, code: str | None, text: str | None, finished: float | None = None) -> None:
+        """Record the end of a job in memory, on disk (when the disk allows) and to clients."""
+        job.state, job.finished = state, finished or time.time()
         job.error_code, job.error_message = code, text
         job.inputs = {}
-        self.store.save_state(job)
-        self.store.append_log(job, f"state {state}" + (f" [{code}] {text}" if code else ""))
+        try:
+            self.store.save_state(job)
+            self.store.append_log(job, f"state {state}" + (f" [{code}] {text}" if code else ""))
+        except OSError as exc:
+            log.error("job %s: cannot write its state (%s)", job.job_id, exc)
+            if code is None or code not in ("disk_full",):
+                job.state, job.error_code = "failed", "disk_full" if is_disk_full(exc) else "internal"
+                job.error_message = disk_full_message(job.dir) if is_disk_full(exc) else f"cannot write {job.dir}: {exc}"
+                code, text = job.error_code, job.error_message
         if code is not None:
-            self.post(job, None, messages.error(code, text or code, job_id=job.job_id))
+            self.post(job.job_id, None, messages.error(code, text or code, job_id=job.job_id))
 
     def _run_job(self, job: Job) -> None:
         job.state, job.started = "running", time.time()
-        self.store.save_state(job)
-        self.store.append_log(job, f"state running on {self.device}: {job.pipeline} preset={job.preset} seed={job.seed}")
-        self.post(job, None, messages.make("status", jobs=[job.info()]))
-        emitter = JobEmitter(job, self.store, self.post)
-        request = JobRequest(job.job_id, job.pipeline, job.preset, job.params, job.inputs, job.seed, job.dir,
-                             self.device, self.models, self.models_dir)
         try:
-            seed_everything(job.seed)
-            job.cancel.check()
-            result = self.pipelines[job.pipeline]().run(request, emitter, job.cancel)
-            job.cancel.check()
-            self.store.save_result(job, result)
-        except JobCancelled:
-            if self._stopping:
-                self._end(job, "failed", "interrupted", "the server stopped while this job ran; submit it again")
-            else:
-                self._end(job, "cancelled", "cancelled", "the job was cancelled")
+            self.store.save_state(job)
+            self.store.append_log(job, f"state running: {job.pipeline} preset={job.preset} seed={job.seed}")
+        except OSError as exc:
+            self._end(job, "failed", "disk_full" if is_disk_full(exc) else "internal",
+                      disk_full_message(job.dir) if is_disk_full(exc) else f"cannot write {job.dir}: {exc}")
             return
-        except ParamError as exc:
-            self._end(job, "failed", "bad_params", str(exc))
+        self.post(job.job_id, None, messages.make("status", job_id=job.job_id, jobs=[job.info()]))
+        cls = self.pipelines[job.pipeline]
+        outcome = self.executor.run(job, cls.reference(), self._should_kill)
+        if outcome["state"] == "done":
+            job.files = outcome.get("files", [])
+            self._end(job, "done", None, None)
+            if job.state == "done":
+                try:
+                    self.on_done(job)
+                except Exception:  # noqa: BLE001 - delivery problems must not fail a finished job
+                    log.exception("job %s: cannot deliver its result", job.job_id)
             return
-        except ModelMissingError as exc:
-            self._end(job, "failed", "model_missing", str(exc))
-            return
-        except Exception as exc:  # a pipeline bug must fail only its own job
-            self.store.append_log(job, traceback.format_exc())
-            if is_out_of_memory(exc):
-                free_device_memory()
-                self._end(job, "failed", "out_of_memory",
-                          f"the {self.device} ran out of memory ({str(exc)[:300]}). Try a smaller preset or "
-                          "resolution, or free memory held by other programs; the server is ready for the next job.")
-            else:
-                self._end(job, "failed", "failed", f"{type(exc).__name__}: {exc}")
-            return
-        finally:
-            del request, emitter
-        self._end(job, "done", None, None)
-        self.post(job, None, self.store.result_message(job, include_files=True))
+        code, text = outcome.get("code") or "failed", outcome.get("text") or "the job failed"
+        if code == "cancelled" and self._stopping:
+            code, text = "interrupted", "the server stopped while this job ran; submit it again"
+        self._end(job, "cancelled" if code == "cancelled" else "failed", code, text)
 
+    def _should_kill(self) -> bool:
+        """Whether the running job's worker must be killed: a cancel (or stop) it ignored for
+        longer than its grace."""
+        asked = self._cancel_asked
+        if asked is None:
+            return False
+        grace = self.stop_grace if self._stopping else self.cancel_grace
+        return time.monotonic() - asked > grace
 
-def run_local(store: JobStore, pipeline: type[Pipeline], preset: str | None, params: dict, inputs: dict[str, np.ndarray],
-              seed: int, emit: Emitter, device: str = "cpu", label: str = "", cancel: CancelToken | None = None,
-              models: ModelCache | None = None, models_dir: str | None = None) -> tuple[Job, Result]:
-    """Run a pipeline in this process (the CLI's ``generate``/``reconstruct``), with the same
-    validation and job folder as a server job, so a server started later lists it.
-
-    Raises:
-        ParamError: invalid parameters or inputs (nothing is written).
-        Exception: whatever the pipeline raises; the job folder records it as failed.
-    """
-    preset, resolved = pipeline.resolve(preset, params, inputs)
-    job = store.create(pipeline.name, preset, resolved, seed, label, inputs)
-    job.state, job.started = "running", time.time()
-    store.save_state(job)
-    request = JobRequest(job.job_id, pipeline.name, preset, resolved, job.inputs, seed, job.dir, device, models, models_dir)
-    seed_everything(seed)
-    try:
-        result = pipeline().run(request, emit, cancel or CancelToken())
-        store.save_result(job, result)
-    except BaseException as exc:
-        job.state, job.finished = "failed", time.time()
-        job.error_code = "cancelled" if isinstance(exc, (JobCancelled, KeyboardInterrupt)) else "failed"
-        job.error_message = f"{type(exc).__name__}: {exc}"
-        store.save_state(job)
-        store.append_log(job, traceback.format_exc())
-        raise
-    job.state, job.finished, job.inputs = "done", time.time(), {}
-    store.save_state(job)
-    return job, result

@@ -27,7 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.cli import demo_photo  # noqa: E402
-from backend.jobs import JobStore, run_local  # noqa: E402
+from backend.jobs import JobStore
+from backend.worker import run_local  # noqa: E402
 from backend.models import splatsmith_cache_dir  # noqa: E402
 from backend.pipelines.base import Emitter  # noqa: E402
 from backend.pipelines.dreamgaussian import DreamGaussianPipeline  # noqa: E402

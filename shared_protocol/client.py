@@ -19,16 +19,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
 from . import messages
 from .codec import DEFAULT_LIMITS, PROTOCOL_VERSION, Limits, ProtocolError, decode, encode
+from .endpoints import normalize_endpoint
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 
 EventCallback = Callable[["JobHandle", dict], None]
+
+#: Result files are fetched in chunks of this many bytes, at most ``CHUNK_CREDIT`` in flight
+#: (credit-based flow control, as in the ZeroMQ guide's file-transfer pattern).
+CHUNK_BYTES = 1 << 20
+CHUNK_CREDIT = 4
 
 
 class ClientError(Exception):
@@ -119,10 +126,31 @@ class JobHandle:
     error: dict | None = None
     callbacks: list[EventCallback] = field(default_factory=list)
     deadline: float | None = None
+    want_files: bool = True
+    transfer: "_Transfer | None" = None
 
     @property
     def finished(self) -> bool:
         return self.state in ("done", "failed", "cancelled")
+
+
+class _Transfer:
+    """The result files of one job being fetched chunk by chunk."""
+
+    def __init__(self, result: dict, sizes: dict[str, int]):
+        self.result = result
+        self.buffers = {name: bytearray(size) for name, size in sizes.items()}
+        self.todo = [(name, offset) for name, size in sizes.items() for offset in range(0, size, CHUNK_BYTES)]
+        self.todo.reverse()
+        self.outstanding = 0
+        self.received = {name: 0 for name in sizes}
+
+    @property
+    def complete(self) -> bool:
+        return not self.todo and self.outstanding == 0
+
+    def files(self) -> dict:
+        return {name: np.frombuffer(bytes(buf), dtype=np.uint8) for name, buf in self.buffers.items()}
 
 
 class Client:
@@ -145,7 +173,12 @@ class Client:
         limits: Limits = DEFAULT_LIMITS,
         name: str = "splatsmith-client",
     ):
+        try:
+            address = normalize_endpoint(address)
+        except ValueError as exc:
+            raise ClientError("bad_address", str(exc)) from None
         self.address = address
+        self.curve = curve
         self.timeouts = timeouts
         self.limits = limits
         self.name = name
@@ -314,7 +347,7 @@ class Client:
             return
         for info in reply.get("jobs", []):
             handle = self._jobs.get(info.get("job_id"))
-            if handle is None or handle.finished:
+            if handle is None or handle.finished or handle.transfer is not None:
                 continue
             if info.get("state") in ("done", "failed", "cancelled"):
                 # The end was missed (e.g. the server restarted, or we reconnected): ask again.
@@ -343,6 +376,22 @@ class Client:
         handle = self._jobs.get(message.get("job_id", ""))
         if handle is None or handle.finished:
             return
+        if handle.transfer is not None:
+            if mtype == "chunk":
+                self._on_chunk(handle, message)
+            elif mtype == "error":
+                handle.transfer = None
+                self._finish(handle, message)
+            return
+        if mtype == "result" and handle.want_files:
+            meta = message.get("meta") or {}
+            missing = {n: int(size) for n, size in (meta.get("file_sizes") or {}).items()
+                       if n not in (message.get("files") or {})}
+            if missing:
+                handle.transfer = _Transfer(message, missing)
+                handle.deadline = time.monotonic() + self.timeouts.transfer
+                self._request_chunks(handle)
+                return
         if mtype == "progress":
             handle.state = "running"
             handle.progress = message
@@ -357,6 +406,31 @@ class Client:
             self._finish(handle, message)
             return
         self._notify(handle, message)
+
+    def _request_chunks(self, handle: JobHandle) -> None:
+        transfer = handle.transfer
+        while transfer.todo and transfer.outstanding < CHUNK_CREDIT:
+            name, offset = transfer.todo.pop()
+            self._send(messages.make("chunk", job_id=handle.job_id, name=name, offset=offset, size=CHUNK_BYTES))
+            transfer.outstanding += 1
+
+    def _on_chunk(self, handle: JobHandle, message: dict) -> None:
+        transfer = handle.transfer
+        buf = transfer.buffers.get(message["name"])
+        data = message["data"].get("bytes")
+        if buf is None or data is None or message["total"] != len(buf) or message["offset"] + len(data) > len(buf):
+            handle.transfer = None
+            self._finish(handle, messages.error("internal", f"the backend sent a malformed chunk of {message['name']!r}",
+                                                job_id=handle.job_id))
+            return
+        buf[message["offset"]: message["offset"] + len(data)] = data.tobytes()
+        transfer.outstanding -= 1
+        handle.deadline = time.monotonic() + self.timeouts.transfer
+        self._request_chunks(handle)
+        if transfer.complete:
+            result = dict(transfer.result, files={**(transfer.result.get("files") or {}), **transfer.files()})
+            handle.transfer = None
+            self._finish(handle, result)
 
     def _finish(self, handle: JobHandle, message: dict) -> None:
         handle.deadline = None
@@ -441,13 +515,12 @@ class Client:
         if on_event:
             handle.callbacks.append(on_event)
         handle.deadline = time.monotonic() + self.timeouts.transfer
+        handle.want_files = files
         self._last_heard = time.monotonic()
         self._send(messages.make("fetch", job_id=job_id, files=files))
 
-        def progress_resets_deadline(h: JobHandle, message: dict) -> None:
-            if message["type"] in ("status", "progress", "preview"):
-                h.deadline = None
-        handle.callbacks.append(progress_resets_deadline)
+        if _follow not in handle.callbacks:
+            handle.callbacks.append(_follow)
         return handle
 
     def cancel(self, job: JobHandle | str) -> None:
@@ -489,6 +562,13 @@ class Client:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _follow(handle: JobHandle, message: dict) -> None:
+    """A fetched job that is queued or running answers with its status: follow it to its end;
+    the heartbeat (not the transfer deadline) watches the server from then on."""
+    if message["type"] in ("status", "progress", "preview") and handle.transfer is None:
+        handle.deadline = None
 
 
 def load_curve_keys(server_public_file: str | Path | None, client_secret_file: str | Path | None) -> CurveKeys | None:

@@ -59,6 +59,8 @@ class Limits:
         max_ndim: dimensions of one array.
         max_str_len: one string in the header, in bytes.
         max_container_len: entries of one map or list in the header.
+        max_dim: the largest size of one array dimension (also bounds the dimensions of an
+            empty array, which numpy cannot allocate past ``2**63`` elements).
     """
 
     max_total_bytes: int = 512 * _MiB
@@ -69,6 +71,7 @@ class Limits:
     max_ndim: int = 8
     max_str_len: int = 1 * _MiB
     max_container_len: int = 100_000
+    max_dim: int = 1 << 31
 
 
 DEFAULT_LIMITS = Limits()
@@ -144,12 +147,22 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> dict:
     Returns:
         The header dict, arrays substituted back; ``header["v"]`` is the protocol version.
     Raises:
-        ProtocolError: with code ``bad_frames`` (no frames, unreferenced or doubly used
-            frames), ``too_large`` (header, total or array over its limit), ``bad_msgpack``
+        ProtocolError: and nothing else, for any input: ``bad_frames`` (no frames,
+            unreferenced or doubly used frames), ``too_large`` (header, total, array, a
+            dimension, a string, list or map over its limit), ``bad_msgpack``
             (frame 0 is not a msgpack map with string keys), ``too_deep`` (nesting),
             ``bad_version``, ``bad_array`` (a malformed descriptor), ``bad_dtype``,
             ``bad_shape`` (shape does not match the frame length).
     """
+    try:
+        return _decode(frames, limits)
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError, OverflowError, MemoryError) as exc:  # a check this module missed: still a refusal
+        raise ProtocolError("bad_array", f"the message cannot be decoded: {type(exc).__name__}: {str(exc)[:200]}") from exc
+
+
+def _decode(frames: Sequence[Any], limits: Limits) -> dict:
     if not frames:
         raise ProtocolError("bad_frames", "empty message: expected a msgpack header frame")
     if len(frames) > limits.max_frames:
@@ -177,6 +190,10 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> dict:
         )
     except msgpack.exceptions.StackError as exc:
         raise ProtocolError("too_deep", "the header is nested too deeply") from exc
+    except ValueError as exc:
+        if "exceeds max_" in str(exc):  # msgpack's own limit checks: "N exceeds max_str_len(M)"
+            raise ProtocolError("too_large", f"a string, byte string, list or map in the header is too long ({exc})") from exc
+        raise ProtocolError("bad_msgpack", f"frame 0 is not a valid msgpack header: {type(exc).__name__}") from exc
     except Exception as exc:  # msgpack raises several unrelated types for corrupt input
         raise ProtocolError("bad_msgpack", f"frame 0 is not a valid msgpack header: {type(exc).__name__}") from exc
     if not isinstance(header, dict):
@@ -206,6 +223,12 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> dict:
             raise ProtocolError("bad_frames", f"array refers to frame {index!r}, which does not exist")
         if index in used:
             raise ProtocolError("bad_frames", f"frame {index} is referenced twice")
+        if any(s > limits.max_dim for s in shape):
+            raise ProtocolError("too_large", f"shape {shape!r} has a dimension above {limits.max_dim}")
+        # Bound the element count of the non-empty dimensions too: numpy refuses to create even
+        # an empty array whose other dimensions multiply past its index range.
+        if math.prod(s for s in shape if s) > limits.max_array_bytes:
+            raise ProtocolError("too_large", f"shape {shape!r} has more elements than the per-array limit allows")
         used.add(index)
         dt = np.dtype(dtype).newbyteorder("<")
         nbytes = math.prod(shape) * dt.itemsize

@@ -4,9 +4,14 @@ Every message is a dict with ``"v"`` (protocol version) and ``"type"``. Requests
 client (DEALER) to the backend (ROUTER); replies go back, routed by client identity. A
 request may carry a client-chosen ``req_id`` that every direct reply echoes.
 
-Requests: ``hello``, ``submit``, ``cancel``, ``status``, ``fetch``, ``release``, ``ping``.
-Replies: ``welcome``, ``accepted``, ``progress``, ``preview``, ``result``, ``error``,
-``status``, ``pong``.
+Requests: ``hello``, ``submit``, ``cancel``, ``status``, ``fetch``, ``chunk``, ``release``,
+``ping``. Replies: ``welcome``, ``accepted``, ``progress``, ``preview``, ``result``,
+``chunk``, ``error``, ``status``, ``pong``.
+
+A ``result`` carries result files up to the server's inline limit; ``meta.file_sizes`` lists
+every file's size, and the client asks for the missing ones with ``chunk`` requests
+(``job_id, name, offset, size``), each answered by a ``chunk`` reply with ``data.bytes``
+(uint8 [n]) and the file's ``total`` size.
 
 ``validate(message, direction)`` checks required fields, types, numeric ranges, string
 lengths and enum values, and raises :class:`~shared_protocol.codec.ProtocolError`.
@@ -47,13 +52,19 @@ ERROR_CODES: dict[str, str] = {
     "timeout": "no reply within the timeout",
     "server_lost": "the backend stopped answering",
     "internal": "an unexpected server error",
+    "worker_crashed": "the worker process running the job ended (a native crash or a kill); the server goes on",
+    "disk_full": "the server's output disk is full (or below its free-space minimum)",
+    "busy": "this client has too many unread replies waiting",
 }
 
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 PREVIEW_KINDS = ("gaussians", "mesh", "texture")
 
-REQUEST_TYPES = ("hello", "submit", "cancel", "status", "fetch", "release", "ping")
-REPLY_TYPES = ("welcome", "accepted", "progress", "preview", "result", "error", "status", "pong")
+REQUEST_TYPES = ("hello", "submit", "cancel", "status", "fetch", "chunk", "release", "ping")
+REPLY_TYPES = ("welcome", "accepted", "progress", "preview", "result", "chunk", "error", "status", "pong")
+
+#: The largest chunk a client may ask for, bytes.
+MAX_CHUNK_BYTES = 16 * 1024 * 1024
 
 _ID_LEN = 64
 _INT32_MAX = 2**31 - 1
@@ -98,6 +109,12 @@ SCHEMAS: dict[tuple[Direction, str], dict[str, Field]] = {
     ("request", "status"): {"job_id": _id(required=False)},
     ("request", "cancel"): {"job_id": _id()},
     ("request", "fetch"): {"job_id": _id(), "files": Field("bool")},
+    ("request", "chunk"): {
+        "job_id": _id(),
+        "name": Field("str", True, max_len=255),
+        "offset": Field("int", True, min=0, max=2**62),
+        "size": Field("int", True, min=1, max=MAX_CHUNK_BYTES),
+    },
     ("request", "submit"): {
         "pipeline": Field("str", True, max_len=64),
         "preset": Field("str", max_len=32),
@@ -111,7 +128,6 @@ SCHEMAS: dict[tuple[Direction, str], dict[str, Field]] = {
         "device": Field("str", True, max_len=256),
         "pipelines": Field("dict", True),
         "models": Field("dict", True),
-        "output_dir": Field("str", max_len=4096),
     },
     ("reply", "pong"): {"time": Field("float")},
     ("reply", "accepted"): {"job_id": _id(), "position": Field("int", True, min=0)},
@@ -143,7 +159,14 @@ SCHEMAS: dict[tuple[Direction, str], dict[str, Field]] = {
         "message": Field("str", True, max_len=8192),
         "job_id": _id(required=False),
     },
-    ("reply", "status"): {"jobs": Field("list", True), "released": Field("list")},
+    ("reply", "chunk"): {
+        "job_id": _id(),
+        "name": Field("str", True, max_len=255),
+        "offset": Field("int", True, min=0),
+        "total": Field("int", True, min=0),
+        "data": Field("arrays", True, check=_check_arrays),
+    },
+    ("reply", "status"): {"jobs": Field("list", True), "released": Field("list"), "job_id": _id(required=False)},
 }
 
 _KIND_TYPES: dict[str, tuple[type, ...]] = {

@@ -2,6 +2,9 @@
 ``emit``, honour cancellation, write result files, and fail in the ways real ones fail."""
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
 import time
 
 import numpy as np
@@ -83,4 +86,43 @@ class HogPipeline(Pipeline):
         return Result(meta={"size": big.numel()})
 
 
-TEST_PIPELINES = {cls.name: cls for cls in (FitPipeline, BoomPipeline, HogPipeline)}
+class CachedPipeline(Pipeline):
+    """Loads a small torch model through the job's model cache and says whether it loaded it."""
+
+    name = "cached"
+    params = {"key": Param("str", "model", "cache key", max_len=64)}
+
+    def run(self, request, emit, cancel):
+        loaded = []
+        request.models.get(request.params["key"], lambda: loaded.append(1) or torch.nn.Linear(4, 4))
+        emit.progress("load", 1, 1)
+        return Result(meta={"loaded_now": bool(loaded), "pid": os.getpid()})
+
+
+class CrashPipeline(Pipeline):
+    """Dies in native ways after a few steps: a segfault, an abort or a kill of its own process,
+    as a CUDA kernel, a C++ library or the OOM killer would."""
+
+    name = "crash"
+    params = {"how": Param("choice", "segv", "how to die", choices=("segv", "abort", "kill", "hang")),
+              "steps": Param("int", 3, "steps before dying", min=0, max=1000),
+              "step_ms": Param("float", 20.0, "time per step, ms", min=0, max=1000)}
+
+    def run(self, request, emit, cancel):
+        for step in range(request.params["steps"]):
+            cancel.check()
+            emit.progress("crash", step + 1, request.params["steps"])
+            time.sleep(request.params["step_ms"] / 1000)
+        how = request.params["how"]
+        if how == "segv":
+            ctypes.string_at(0)  # a real invalid read: SIGSEGV
+        elif how == "abort":
+            os.abort()
+        elif how == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        else:  # ignores cancellation, as native code that never returns would
+            while True:
+                time.sleep(0.05)
+
+
+TEST_PIPELINES = {cls.name: cls for cls in (FitPipeline, BoomPipeline, HogPipeline, CachedPipeline, CrashPipeline)}

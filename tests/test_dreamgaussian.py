@@ -14,7 +14,8 @@ import trimesh
 from backend.cameras import orbit_cameras
 from backend.cli import demo_photo
 from backend.geometry.export import load_glb
-from backend.jobs import JobStore, run_local
+from backend.jobs import JobStore
+from backend.worker import run_local
 from backend.pipelines import load_builtin
 from backend.pipelines.base import CancelToken, Emitter, JobCancelled
 from backend.pipelines.dreamgaussian import DreamGaussianPipeline

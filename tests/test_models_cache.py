@@ -25,12 +25,18 @@ def test_lru_eviction_and_loader_called_once():
     assert cache.release() == ["a", "c"] and cache.keys() == [] and evicted == ["b", "a", "c"]
 
 
-def test_release_through_the_server(make_server, make_client):
+def test_worker_keeps_models_between_jobs_and_release_frees_them(make_server, make_client):
+    """The model cache lives in the worker process: a second job finds the model loaded; after
+    ``release`` the next job loads it again."""
     server = make_server()
-    server.models.get("tiny-sd", lambda: torch.nn.Linear(2, 2))
     client = make_client(server.endpoint)
-    assert client.release() == ["tiny-sd"]
-    assert server.models.keys() == []
+    first = client.wait(client.submit("cached", params={"key": "tiny-sd"}), timeout=120)
+    second = client.wait(client.submit("cached", params={"key": "tiny-sd"}), timeout=120)
+    assert first["meta"]["loaded_now"] is True and second["meta"]["loaded_now"] is False
+    assert first["meta"]["pid"] == second["meta"]["pid"] == server.executor.pid
+    assert client.release(timeout=30) == ["tiny-sd"]
+    third = client.wait(client.submit("cached", params={"key": "tiny-sd"}), timeout=120)
+    assert third["meta"]["loaded_now"] is True
 
 
 def test_model_lookup_in_models_dir_and_hub_cache(tmp_path, monkeypatch):

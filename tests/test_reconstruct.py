@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from backend.geometry.export import load_glb
-from backend.jobs import JobStore, run_local
+from backend.jobs import JobStore
+from backend.worker import run_local
 from backend.pipelines.base import Emitter, ParamError
 from backend.pipelines.reconstruct import ReconstructPipeline, load_dataset, psnr
 from backend.render.gaussians import GaussianModel, render

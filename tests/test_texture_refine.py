@@ -12,7 +12,8 @@ import torch
 
 from backend.cli import demo_photo
 from backend.geometry.export import load_glb
-from backend.jobs import JobStore, run_local
+from backend.jobs import JobStore
+from backend.worker import run_local
 from backend.pipelines import load_builtin
 from backend.pipelines.base import Emitter, ParamError
 from backend.pipelines.reconstruct import psnr

@@ -1,6 +1,9 @@
-"""Generation pipelines, one module per method. :func:`load_builtin` imports them, which
-registers each in :data:`backend.pipelines.base.REGISTRY` (kept lazy: they import torch,
-gsplat and the geometry stack)."""
+"""Generation pipelines, one module per method. Each method has a specification in
+:mod:`backend.pipelines.specs` (parameters, presets, inputs, checks; no torch) and an
+implementation module here (the ``run`` that imports torch, gsplat and the geometry stack).
+:func:`load_builtin` imports the specifications only, which registers each in
+:data:`backend.pipelines.base.REGISTRY`; the worker process imports an implementation when it
+runs a job (:meth:`Pipeline.implementation_class`)."""
 import importlib
 
 from .base import REGISTRY, CancelToken, Emitter, InputSpec, JobCancelled, JobRequest, Param, ParamError, Pipeline, Result, register
@@ -9,9 +12,9 @@ BUILTIN = ("reconstruct", "dreamgaussian", "texture_refine")
 
 
 def load_builtin() -> dict:
-    """Import (and so register) the built-in pipelines; returns the registry."""
+    """Import (and so register) the built-in pipelines' specifications; returns the registry."""
     for name in BUILTIN:
-        importlib.import_module(f"{__name__}.{name}")
+        importlib.import_module(f"{__name__}.specs.{name}")
     return REGISTRY
 
 

@@ -27,10 +27,15 @@ class ParamError(ValueError):
 
 
 class CancelToken:
-    """Thread-safe cancellation flag shared by the server and a running pipeline."""
+    """Cancellation flag shared by whoever cancels and a running pipeline.
 
-    def __init__(self) -> None:
-        self._event = threading.Event()
+    Args:
+        event: the flag; a ``threading.Event`` by default, or a ``multiprocessing.Event`` so
+            that a server process can cancel a job running in its worker process.
+    """
+
+    def __init__(self, event: Any = None) -> None:
+        self._event = event if event is not None else threading.Event()
 
     def cancel(self) -> None:
         self._event.set()
@@ -56,6 +61,9 @@ class Param:
         choices: the allowed values of a ``"choice"``.
         max_len: the longest allowed ``"str"``.
         help: one sentence for people (shown in the Blender panel and ``--help``).
+        path: the value names a file on the machine that runs the job. A server refuses such
+            values unless started with ``--allow-oracle DIR``, and then accepts only files
+            inside DIR; in-process runs take local paths.
     """
 
     kind: str
@@ -65,6 +73,7 @@ class Param:
     max: float | None = None
     choices: tuple[str, ...] | None = None
     max_len: int = 2000
+    path: bool = False
 
     def coerce(self, name: str, value: Any) -> Any:
         """Return ``value`` checked and converted to this parameter's kind.
@@ -107,6 +116,8 @@ class Param:
             d["max"] = self.max
         if self.choices is not None:
             d["choices"] = list(self.choices)
+        if self.path:
+            d["path"] = True
         return d
 
 
@@ -286,6 +297,9 @@ class Pipeline:
         presets: preset name -> parameter overrides; ``"default"`` must exist.
         inputs: input name -> :class:`InputSpec`.
         models: preset -> model ids (Hugging Face repo ids) the preset needs.
+        implementation: ``"module:Class"`` of the subclass that implements ``run``, for a
+            specification class that the server imports without torch; empty when the class
+            itself implements ``run``.
     """
 
     name: ClassVar[str] = ""
@@ -294,6 +308,25 @@ class Pipeline:
     presets: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
     inputs: ClassVar[dict[str, InputSpec]] = {}
     models: ClassVar[dict[str, list[str]]] = {}
+    implementation: ClassVar[str] = ""
+
+    @classmethod
+    def reference(cls) -> str:
+        """``"module:QualifiedName"`` of the class that runs this pipeline: what the worker
+        process imports (a class defined in a test module works as long as that module is
+        importable there)."""
+        return cls.implementation or f"{cls.__module__}:{cls.__qualname__}"
+
+    @classmethod
+    def implementation_class(cls) -> "type[Pipeline]":
+        """The class whose ``run`` does the work (imports it; torch and the renderers load here).
+
+        Raises:
+            ImportError: the implementation module cannot be imported.
+        """
+        if cls.run is not Pipeline.run:
+            return cls
+        return load_reference(cls.reference())
 
     def run(self, request: JobRequest, emit: Emitter, cancel: CancelToken) -> Result:
         """Run the method. Subclasses implement it.
@@ -349,6 +382,12 @@ class Pipeline:
         """Cross-field checks (e.g. "a prompt or an image"); raise :class:`ParamError`."""
 
     @classmethod
+    def estimate_memory(cls, params: dict[str, Any], inputs: dict[str, np.ndarray]) -> dict[str, int]:
+        """Peak device memory of a job, bytes, split by the parameter (or input) that drives
+        each part, so that a refusal can name it. Rough upper estimates; {} when unknown."""
+        return {}
+
+    @classmethod
     def describe(cls) -> dict:
         """The pipeline's metadata for the server's ``welcome``."""
         return {
@@ -371,6 +410,24 @@ def check_teacher_inputs(params: dict, inputs: dict) -> None:
         raise ParamError("teacher 'oracle' needs 'oracle_mesh' (a GLB path on the server)")
     if "mask" in inputs and "image" in inputs and inputs["mask"].shape != inputs["image"].shape[:2]:
         raise ParamError(f"the mask is {inputs['mask'].shape} but the image is {inputs['image'].shape[:2]}")
+
+def load_reference(reference: str) -> "type[Pipeline]":
+    """Import ``"module:QualifiedName"`` and return that class.
+
+    Raises:
+        ImportError: the module or the name does not exist.
+    """
+    import importlib
+
+    module, _, qualname = reference.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise ImportError(f"{reference}: {module} has no {qualname}") from exc
+    return obj
+
 
 #: The pipelines known to this process, by name. Filled by :func:`register`.
 REGISTRY: dict[str, type[Pipeline]] = {}

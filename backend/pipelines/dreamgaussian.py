@@ -40,8 +40,8 @@ from ..images import load_rgba, recenter, to_white_background
 from ..render.gaussians import GaussianModel, render
 from ..render.mesh import TexturedMesh, render_mesh
 from ..schedules import DreamGaussianAnneal, step_levels
-from .base import (CancelToken, Emitter, InputSpec, JobRequest, Param, ParamError, Pipeline, Result,
-                   check_teacher_inputs, register)
+from .base import CancelToken, Emitter, JobRequest, Result
+from .specs.dreamgaussian import DreamGaussianSpec
 from .reconstruct import PREVIEW_INTERVAL_S, expon_lr, preview_gaussians
 from .texture_refine import optimise_texture, rgba_preview
 
@@ -58,94 +58,8 @@ def elevation_window(p: dict) -> tuple[float, float]:
     return max(-89.0, p["elevation"] - p["elevation_range"]), min(89.0, p["elevation"] + p["elevation_range"])
 
 
-@register
-class DreamGaussianPipeline(Pipeline):
+class DreamGaussianPipeline(DreamGaussianSpec):
     """Image- or text-to-3D with Gaussians, a mesh and a refined UV texture."""
-
-    name = "dreamgaussian"
-    title = "DreamGaussian (image or text to 3D)"
-    params = {
-        "mode": Param("choice", "image", "image-to-3D or text-to-3D", choices=("image", "text")),
-        "prompt": Param("str", "", "text prompt (text mode; optional extra context in image mode)", max_len=500),
-        "negative_prompt": Param("str", "", "what the teacher should avoid (text mode)", max_len=500),
-        "teacher": Param("choice", "auto", "auto: Zero-1-to-3 (image) / Stable Diffusion (text); oracle: verification",
-                         choices=("auto", "oracle")),
-        "oracle_mesh": Param("str", "", "ground-truth GLB for teacher=oracle (a path on the server)", max_len=4096),
-        "weights": Param("choice", "default", "teacher weights: default, stable (stable-zero123) or tiny",
-                         choices=("default", "stable", "tiny")),
-        "iters": Param("int", 500, "stage 1 steps", min=1, max=100_000),
-        "num_points": Param("int", 5000, "initial Gaussians, uniform in a ball", min=10, max=1_000_000),
-        "init_radius": Param("float", 0.5, "radius of the initial ball, metres", min=0.01, max=10),
-        "init_opacity": Param("float", 0.1, "initial opacity", min=0.001, max=0.999),
-        "sh_degree": Param("int", 0, "SH degree of the colour", min=0, max=3),
-        "lr_position": Param("float", 1e-3, "position learning rate at the start", min=0, max=1),
-        "lr_position_final": Param("float", 2e-5, "position learning rate at the end (exponential decay)", min=0, max=1),
-        "lr_color": Param("float", 0.01, "colour learning rate", min=0, max=1),
-        "lr_opacity": Param("float", 0.05, "opacity learning rate", min=0, max=1),
-        "lr_scale": Param("float", 0.005, "scale learning rate", min=0, max=1),
-        "lr_rotation": Param("float", 0.005, "rotation learning rate", min=0, max=1),
-        "densify_from": Param("int", -1, "first densification step (-1: 100 in image mode, 0 in text mode)", min=-1, max=100_000),
-        "densify_every": Param("int", -1, "steps between densifications (-1: 100 image, 50 text)", min=-1, max=100_000),
-        "densify_until": Param("int", 3000, "last densification step", min=0, max=100_000),
-        "densify_grad": Param("float", 2e-4, "image-plane gradient threshold, gsplat units (see note in the docs)", min=0, max=10),
-        "prune_opacity": Param("float", 0.01, "Gaussians below this opacity are pruned", min=0, max=1),
-        "opacity_reset_every": Param("int", 700, "steps between opacity resets (0: never)", min=0, max=100_000),
-        "resolutions": Param("str", "128,256,512", "stage 1 render sizes, switched at 30% and 60% of training", max_len=40),
-        "batch_size": Param("int", 1, "views per SDS step", min=1, max=16),
-        "guidance_scale": Param("float", -1.0, "CFG scale (-1: 5 image, 100 text)", min=-1, max=1000),
-        "t_min": Param("int", 20, "smallest timestep", min=1, max=999),
-        "t_max": Param("int", 980, "largest timestep", min=1, max=999),
-        "elevation": Param("float", 0.0, "elevation of the reference view, degrees", min=-89, max=89),
-        "ref_size": Param("int", 256, "side of the recentred reference view, pixels", min=32, max=1024),
-        "radius": Param("float", -1.0, "camera distance (-1: 2 image, 2.5 text)", min=-1, max=100),
-        "fovy": Param("float", 49.1, "vertical field of view, degrees", min=5, max=120),
-        "elevation_range": Param("float", 30.0, "random cameras within +- this of the reference elevation", min=0, max=89),
-        "lambda_rgb": Param("float", 10000.0, "reference-view RGB loss weight (ramped linearly)", min=0, max=1e6),
-        "lambda_mask": Param("float", 1000.0, "reference-view mask loss weight (ramped linearly)", min=0, max=1e6),
-        "invert_bg_prob": Param("float", 0.5, "probability of a black background", min=0, max=1),
-        "mesh_resolution": Param("int", 128, "density grid for marching cubes", min=16, max=512),
-        "density_threshold": Param("float", 1.0, "density iso-level", min=1e-4, max=100),
-        "max_faces": Param("int", 100_000, "face budget (decimation)", min=100, max=2_000_000),
-        "texture_size": Param("int", 1024, "texture side, texels", min=64, max=4096),
-        "bake_size": Param("int", 512, "render size of the 26 baking views", min=32, max=2048),
-        "refine_iters": Param("int", 50, "stage 2 (texture) steps", min=0, max=10_000),
-        "refine_lr": Param("float", 0.2, "texture learning rate", min=0, max=10),
-        "refine_size": Param("int", 512, "stage 2 render size", min=32, max=2048),
-        "refine_steps": Param("int", 50, "DDIM steps of the teacher's refine", min=1, max=1000),
-        "refine_strength_start": Param("float", 0.2, "SDEdit noise strength at the start of stage 2", min=0, max=1),
-        "refine_strength_end": Param("float", 0.05, "SDEdit noise strength at the end of stage 2", min=0, max=1),
-        "unwrap_time_limit": Param("float", 300.0, "seconds allowed for UV unwrapping", min=1, max=3600),
-    }
-    presets = {
-        "default": {},
-        "fast": {"ref_size": 128, "iters": 400, "num_points": 3000, "resolutions": "64,96,128", "mesh_resolution": 96, "max_faces": 20_000,
-                 "texture_size": 512, "bake_size": 192, "refine_iters": 30, "refine_size": 128, "refine_steps": 20,
-                 "densify_until": 300, "opacity_reset_every": 0},
-        "tiny": {"weights": "tiny", "ref_size": 64, "iters": 60, "num_points": 1500, "resolutions": "32,48,64", "mesh_resolution": 48,
-                 "max_faces": 4000, "texture_size": 128, "bake_size": 64, "refine_iters": 8, "refine_size": 64,
-                 "refine_steps": 4, "densify_until": 60, "opacity_reset_every": 0},
-    }
-    inputs = {
-        "image": InputSpec(("uint8",), (None, None, (3, 4)), help="reference image uint8 [H, W, 3|4]; alpha = object"),
-        "mask": InputSpec(("uint8",), (None, None), help="foreground mask uint8 [H, W] for an RGB image (non-zero = object)"),
-    }
-    models = {"default": ["stabilityai/stable-diffusion-2-1-base", "ashawkey/zero123-xl-diffusers"]}
-
-    @classmethod
-    def check_request(cls, params, inputs):
-        if params["mode"] == "image" and "image" not in inputs and params["teacher"] != "oracle":
-            raise ParamError("image mode needs the input 'image' (an RGBA image, or RGB plus 'mask')")
-        if params["mode"] == "text" and not params["prompt"].strip():
-            raise ParamError("text mode needs a 'prompt'")
-        check_teacher_inputs(params, inputs)
-        try:
-            sizes = [int(x) for x in params["resolutions"].split(",")]
-        except ValueError:
-            sizes = []
-        if len(sizes) != 3 or min(sizes) < 16:
-            raise ParamError("'resolutions' must be three sizes >= 16, e.g. 128,256,512")
-        if params["t_min"] >= params["t_max"]:
-            raise ParamError("'t_min' must be below 't_max'")
 
     # ------------------------------------------------------------------ setup
     def run(self, request: JobRequest, emit: Emitter, cancel: CancelToken) -> Result:

@@ -1,0 +1,60 @@
+"""What the server knows of multi-view reconstruction without importing torch: parameters,
+presets, inputs and checks (the method is ``backend.pipelines.reconstruct``)."""
+from __future__ import annotations
+
+from ..base import InputSpec, Param, ParamError, Pipeline, register
+
+
+@register
+class ReconstructSpec(Pipeline):
+    """Posed RGBA images -> Gaussians -> textured mesh (IM-3D's reconstruction stage)."""
+
+    implementation = "backend.pipelines.reconstruct:ReconstructPipeline"
+
+    name = "reconstruct"
+    title = "Multi-view reconstruction"
+    params = {
+        "camera_angle_x": Param("float", 0.8575560450553894, "horizontal field of view of the images, radians", min=0.01, max=3.1),
+        "resolution": Param("int", 256, "training resolution (longer image side), pixels", min=32, max=1024),
+        "iters": Param("int", 3000, "optimisation steps", min=1, max=100_000),
+        "init_points": Param("int", 10_000, "initial Gaussians (from the visual hull)", min=100, max=500_000),
+        "sh_degree": Param("int", 0, "spherical-harmonics degree of the colour", min=0, max=3),
+        "lr_means": Param("float", 1.6e-3, "position learning rate, relative to the object size", min=0, max=1),
+        "lr_scales": Param("float", 5e-3, "log-scale learning rate", min=0, max=1),
+        "lr_quats": Param("float", 1e-3, "rotation learning rate", min=0, max=1),
+        "lr_opacities": Param("float", 5e-2, "opacity learning rate", min=0, max=1),
+        "lr_colors": Param("float", 1e-2, "colour learning rate", min=0, max=1),
+        "w_ssim": Param("float", 0.2, "weight of (1 - MS-SSIM) against L1", min=0, max=1),
+        "w_mask": Param("float", 0.5, "weight of the mask loss", min=0, max=100),
+        "w_lpips": Param("float", 0.1, "weight of LPIPS, used when the lpips package and its weights are present locally",
+                         min=0, max=10),
+        "densify_from": Param("int", 100, "first densification step", min=0, max=100_000),
+        "densify_every": Param("int", 100, "steps between densifications", min=1, max=100_000),
+        "densify_until": Param("float", 0.6, "fraction of training after which densification stops", min=0, max=1),
+        "densify_grad": Param("float", 2e-4, "image-plane gradient threshold (gsplat units)", min=0, max=1),
+        "prune_opacity": Param("float", 0.01, "Gaussians below this opacity are pruned", min=0, max=1),
+        "reset_every": Param("int", 0, "steps between opacity resets (0: never)", min=0, max=100_000),
+        "mesh_resolution": Param("int", 128, "density grid resolution for marching cubes", min=16, max=512),
+        "density_threshold": Param("float", 1.0, "iso-level of the density field", min=1e-4, max=100),
+        "max_faces": Param("int", 50_000, "face budget of the mesh", min=100, max=1_000_000),
+        "texture_size": Param("int", 1024, "texture side, texels", min=64, max=4096),
+        "unwrap_time_limit": Param("float", 180.0, "seconds allowed for UV unwrapping", min=1, max=3600),
+    }
+    presets = {
+        "default": {},
+        "fast": {"resolution": 128, "iters": 700, "init_points": 6000, "densify_from": 100, "densify_every": 100,
+                 "densify_until": 0.6, "max_faces": 20_000, "texture_size": 512, "mesh_resolution": 128},
+    }
+    inputs = {
+        "images": InputSpec(("uint8",), (None, None, None, (4,)), required=True, help="RGBA views uint8 [N, H, W, 4]"),
+        "transforms": InputSpec(("float32",), (None, 4, 4), required=True,
+                                help="camera-to-world per view (NeRF transform_matrix, Blender world) float32 [N, 4, 4]"),
+    }
+
+    @classmethod
+    def check_request(cls, params, inputs):
+        images, transforms = inputs.get("images"), inputs.get("transforms")
+        if images is not None and transforms is not None and images.shape[0] != transforms.shape[0]:
+            raise ParamError(f"{images.shape[0]} images but {transforms.shape[0]} transforms: give one per image")
+        if images is not None and images.shape[0] < 2:
+            raise ParamError("reconstruction needs at least 2 views")

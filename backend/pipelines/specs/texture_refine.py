@@ -1,0 +1,93 @@
+"""What the server knows of texture refinement without importing torch: parameters, presets,
+inputs and the mesh checks done at submit (the method is ``backend.pipelines.texture_refine``)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..base import InputSpec, Param, ParamError, Pipeline, check_teacher_inputs, register
+
+#: The largest mesh texture refinement accepts (it never decimates).
+MAX_TRIANGLES = 200_000
+
+
+def non_manifold_edges(faces: np.ndarray) -> int:
+    """The number of edges shared by more than two triangles (faces int [F, 3])."""
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    _, counts = np.unique(edges, axis=0, return_counts=True)
+    return int((counts > 2).sum())
+
+
+@register
+class TextureRefineSpec(Pipeline):
+    """A new or improved texture for a given mesh, from a prompt and/or a reference image."""
+
+    implementation = "backend.pipelines.texture_refine:TextureRefinePipeline"
+
+    name = "texture_refine"
+    title = "Refine Texture"
+    params = {
+        "prompt": Param("str", "", "what the texture should show (Stable Diffusion teacher)", max_len=500),
+        "negative_prompt": Param("str", "", "what the teacher should avoid", max_len=500),
+        "teacher": Param("choice", "auto", "auto: Zero-1-to-3 with a reference image, else Stable Diffusion; "
+                         "oracle: verification", choices=("auto", "oracle")),
+        "oracle_mesh": Param("str", "", "ground-truth GLB for teacher=oracle, in the mesh's frame (a path on the server)",
+                             max_len=4096, path=True),
+        "weights": Param("choice", "default", "teacher weights: default or tiny", choices=("default", "stable", "tiny")),
+        "steps": Param("int", 200, "optimisation steps", min=0, max=100_000),
+        "texture_size": Param("int", 1024, "texture side, texels", min=512, max=4096),
+        "use_existing_texture": Param("bool", True, "start from the input 'texture' when given"),
+        "strength": Param("float", 0.2, "SDEdit noise strength at the start (falls to a quarter)", min=0.0, max=1.0),
+        "refine_steps": Param("int", 50, "DDIM steps of the teacher's full schedule", min=1, max=1000),
+        "views": Param("int", 1, "views rendered per step", min=1, max=16),
+        "render_size": Param("int", 512, "side of the rendered views, pixels", min=32, max=2048),
+        "lr": Param("float", 0.2, "Adam learning rate on the texture logits", min=0.0, max=10.0),
+        "lambda_ref": Param("float", 1.0, "weight of the reference view's masked MSE", min=0.0, max=1e6),
+        "lambda_sds": Param("float", 0.0, "weight of an added SDS term (0: off)", min=0.0, max=1e6),
+        "guidance_scale": Param("float", -1.0, "CFG scale (-1: 5 with an image, 100 with a prompt)", min=-1, max=1000),
+        "ref_fovy": Param("float", 49.1, "vertical field of view of the reference camera, degrees", min=1, max=170),
+        "elevation_min": Param("float", -20.0, "lowest elevation of the random views, degrees", min=-89, max=89),
+        "elevation_max": Param("float", 60.0, "highest elevation of the random views, degrees", min=-89, max=89),
+        "radius": Param("float", 2.0, "camera distance in the normalised frame (object radius 0.5)", min=0.6, max=20),
+        "fovy": Param("float", 49.1, "vertical field of view of the random views, degrees", min=5, max=120),
+        "unwrap_time_limit": Param("float", 120.0, "seconds before xatlas is stopped", min=1, max=3600),
+    }
+    presets = {
+        "default": {},
+        "fast": {"steps": 150, "texture_size": 512, "render_size": 128, "refine_steps": 20, "views": 2},
+        "tiny": {"weights": "tiny", "steps": 6, "texture_size": 512, "render_size": 64, "refine_steps": 4},
+    }
+    inputs = {
+        "vertices": InputSpec(("float32",), (None, 3), True, 3 * 4 * MAX_TRIANGLES,
+                              "vertices float32 [V, 3], glTF axes (+Y up), object space, metres"),
+        "faces": InputSpec(("int32", "uint32"), (None, 3), True, 3 * MAX_TRIANGLES * 4,
+                           "triangles int32 [F, 3], counter-clockwise seen from outside"),
+        "uv": InputSpec(("float32",), (None, 2), help="per-corner UVs float32 [F*3, 2], origin bottom-left"),
+        "texture": InputSpec(("uint8",), (None, None, (3, 4)), help="existing texture uint8 [H, W, 3|4], row 0 at the top"),
+        "image": InputSpec(("uint8",), (None, None, (3, 4)), help="reference image uint8 [H, W, 3|4]; alpha = object"),
+        "mask": InputSpec(("uint8",), (None, None), help="foreground mask uint8 [H, W] for an RGB reference image"),
+        "ref_camera": InputSpec(("float32",), (4, 4), help="reference camera-to-world float32 [4, 4], glTF axes, object "
+                                                           "space, OpenGL camera axes (default: in front, +Z)"),
+    }
+    models = {"default": ["stabilityai/stable-diffusion-2-1-base", "ashawkey/zero123-xl-diffusers"]}
+
+    @classmethod
+    def check_request(cls, params, inputs):
+        verts, faces = inputs["vertices"], inputs["faces"]
+        if len(faces) > MAX_TRIANGLES:
+            raise ParamError(f"the mesh has {len(faces)} triangles; texture refinement takes at most {MAX_TRIANGLES}. "
+                             "Decimate it (e.g. Blender's Decimate modifier) and try again.")
+        if not np.isfinite(verts).all():
+            raise ParamError("the mesh has vertices that are NaN or infinite")
+        if faces.min() < 0 or faces.max() >= len(verts):
+            raise ParamError(f"'faces' index vertices 0..{int(faces.max())} but there are {len(verts)} vertices")
+        bad = non_manifold_edges(np.asarray(faces, np.int64))
+        if bad:
+            raise ParamError(f"the mesh is non-manifold: {bad} edges are shared by more than two triangles. In Blender: "
+                             "Edit Mode > Select > All by Trait > Non Manifold, then fix or separate those parts.")
+        if "uv" in inputs and inputs["uv"].shape[0] != 3 * len(faces):
+            raise ParamError(f"'uv' must hold one UV per triangle corner: [{3 * len(faces)}, 2], got {inputs['uv'].shape}")
+        if not params["prompt"].strip() and "image" not in inputs and params["teacher"] != "oracle":
+            raise ParamError("give a 'prompt', a reference 'image', or both")
+        check_teacher_inputs(params, inputs)
+        if params["elevation_min"] > params["elevation_max"]:
+            raise ParamError("'elevation_min' must not exceed 'elevation_max'")
