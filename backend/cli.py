@@ -50,13 +50,14 @@ def serve(
     client_quota: int = typer.Option(8, min=1, help="Most jobs one client may have queued or running."),
     min_free_mb: float = typer.Option(256, min=0, help="Refuse new jobs while the output folder's disk has less free space, MiB."),
     allow_oracle: Optional[Path] = typer.Option(None, help="Accept file-path parameters (the oracle's mesh) naming files inside this folder; refused otherwise."),
+    plugin: list[str] = typer.Option([], "--plugin", help="Also import this module, which registers more pipelines (repeatable)."),
     log_level: str = typer.Option("info", help="debug | info | warning"),
 ) -> None:
     """Run the backend: a ZeroMQ server that queues jobs and runs them in a worker process."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from shared_protocol.codec import Limits
 
-    from .pipelines import load_builtin
+    from .pipelines import load_builtin, load_plugins
     from .server import CurveConfig, Server, ServerConfigError
 
     if device not in ("auto", "cuda", "cpu"):
@@ -65,11 +66,13 @@ def serve(
         curve = CurveConfig.from_dir(curve_dir) if curve_dir else None
         mib = 1024 * 1024
         limits = Limits(max_total_bytes=max_message_mb * mib, max_array_bytes=max_message_mb * mib)
-        server = Server(bind, output_dir, device, pipelines=load_builtin(), curve=curve, insecure=insecure, limits=limits,
+        load_builtin()
+        pipelines = load_plugins(plugin)
+        server = Server(bind, output_dir, device, pipelines=pipelines, curve=curve, insecure=insecure, limits=limits,
                         models_dir=models_dir, max_queue=max_queue, client_quota=client_quota, min_free_mb=min_free_mb,
                         allow_oracle=allow_oracle)
-    except ServerConfigError as exc:
-        _fail(str(exc))
+    except (ServerConfigError, ImportError, ValueError) as exc:
+        _fail(escape(str(exc)))
     if insecure and curve is None:
         console.print("[bold yellow]warning:[/] --insecure: anyone who can reach this address can submit jobs and read results.")
     _install_stop_handlers(server.request_stop)

@@ -197,7 +197,8 @@ def _device_memory(device: str) -> dict:
 
     if device == "cuda":
         free, total = torch.cuda.mem_get_info()
-        return {"free": int(free), "total": int(total)}
+        # What this process's allocator holds (cached models, freed blocks) is reusable by a job.
+        return {"free": int(free) + int(torch.cuda.memory_reserved()), "total": int(total)}
     return {"free": host_memory_available(), "total": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")}
 
 

@@ -82,6 +82,19 @@ class Session:
         self.server_jobs: list[dict] = []
         self.error = ""
         self.backend_process: subprocess.Popen | None = None
+        self.starting: Starting | None = None
+
+
+@dataclass
+class Starting:
+    """A local backend being started: the timer probes it with pings until it answers, it
+    exits, or ``deadline`` passes; the UI never waits for it."""
+
+    address: str
+    deadline: float
+    log_path: str
+    probe: Client | None = None
+    answer: dict | None = None
 
 
 session = Session()
@@ -159,13 +172,17 @@ def ensure_connected() -> Client:
     return session.client
 
 
-def start_backend(address: str | None = None, command: str | None = None, timeout: float = 90.0) -> subprocess.Popen:
-    """Start a backend on this machine (``command`` plus ``--bind address``), wait until it answers
-    a ping, then connect.
+def start_backend(address: str | None = None, command: str | None = None, timeout: float = 120.0,
+                  wait: bool = True) -> subprocess.Popen:
+    """Start a backend on this machine (``command`` plus ``--bind address``) and connect once it
+    answers a ping. With ``wait=False`` it returns at once and the timer finishes the start
+    (``session.starting`` is set meanwhile; the panel shows it); ``wait=True`` (scripts,
+    background mode) drives the same steps until the start ends.
 
     Raises:
-        ClientError: ``bad_config`` (the command cannot be run), ``timeout`` (it did not answer
-            within ``timeout`` seconds; its last output is in the message).
+        ClientError: ``bad_config`` (the command cannot be run, or the backend exited),
+            ``timeout`` (it did not answer within ``timeout`` seconds) -- with ``wait=False``
+            only the first; later failures land in ``session.error``.
     """
     prefs = settings()
     address = address or prefs.address
@@ -174,26 +191,56 @@ def start_backend(address: str | None = None, command: str | None = None, timeou
     try:
         with open(log_path, "ab") as log:  # a file, not a pipe: a pipe nobody reads would block the backend
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    except OSError as exc:
-        raise ClientError("bad_config", f"could not run {argv[0]!r} ({exc.strerror}): set the local backend "
-                                        f"command in the add-on preferences") from exc
+    except (OSError, ValueError) as exc:
+        raise ClientError("bad_config", f"could not run {argv[0] if argv else command!r} ({exc}): set the local "
+                                        "backend command in the add-on preferences") from exc
     session.backend_process = proc
-    end = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            with open(log_path, errors="replace") as log:
-                tail = log.read()[-400:].strip()
-            raise ClientError("bad_config", f"the backend exited with {proc.returncode}: {tail}")
-        try:
-            with Client(address) as probe:
-                probe.ping(timeout=1.0)
-            break
-        except ClientError:
-            if time.monotonic() > end:
-                proc.terminate()
-                raise ClientError("timeout", f"the backend did not answer within {timeout:g} s") from None
-    connect(address)
+    session.error = ""
+    session.starting = Starting(address, time.monotonic() + timeout, log_path)
+    if wait:
+        while session.starting is not None:
+            advance_start()
+            time.sleep(0.05)
+        if session.client is None:
+            raise ClientError("timeout" if "did not answer" in session.error else "bad_config", session.error)
     return proc
+
+
+def advance_start() -> None:
+    """One bounded step of a local backend's start (called by the timer): probe it with a ping
+    without blocking; connect when it answers; give up when it exits or times out."""
+    start = session.starting
+    if start is None:
+        return
+    proc = session.backend_process
+    failure = ""
+    if proc is None or proc.poll() is not None:
+        with open(start.log_path, errors="replace") as log:
+            tail = log.read()[-400:].strip()
+        failure = f"the backend exited with {proc.returncode if proc else '?'}: {tail}"
+    elif time.monotonic() > start.deadline:
+        proc.terminate()
+        failure = "the backend did not answer in time; see its log in " + start.log_path
+    if failure:
+        session.error, session.starting = failure, None
+        if start.probe is not None:
+            start.probe.close()
+        return
+    if start.probe is None:
+        start.probe = Client(start.address, name="blender start probe")
+    if start.answer is None:
+        start.answer = {"type": "waiting"}
+        start.probe.request(messages.make("ping"), lambda reply: setattr(start, "answer", reply), 1.0)
+    start.probe.poll(0)
+    if start.answer.get("type") == "pong":
+        start.probe.close()
+        session.starting = None
+        try:
+            connect(start.address)
+        except ClientError:
+            pass  # connect() put the explained sentence in session.error
+    elif start.answer.get("type") == "error":
+        start.answer = None  # no answer yet: ping again on the next tick
 
 
 def _request_record(state: JobState) -> str:
@@ -254,19 +301,26 @@ def _apply_previews(state: JobState, interval: float) -> None:
         if message is None or state.applied.get(kind) == message["seq"]:
             continue
         data = message["data"]
-        if state.on_preview is not None:
-            state.on_preview(state, kind, data)
-        elif kind == "gaussians":
-            scene_io.apply_gaussian_preview(state.preview_name, data["means"], data["rgb"], data["opacity"])
-        elif kind == "mesh":
-            scene_io.apply_mesh(state.preview_name, data["vertices"], data["faces"])
-        elif kind == "texture" and bpy.data.objects.get(state.preview_name) is not None:
-            obj = bpy.data.objects[state.preview_name]
-            if len(obj.data.polygons):
-                image = scene_io.image_from_rgba(f"{state.preview_name} texture", data["rgba"])
-                scene_io.assign_texture(obj, image, f"{state.preview_name} material")
-        state.applied[kind] = message["seq"]
+        state.applied[kind] = message["seq"]  # a preview that cannot be applied is skipped, not retried
         state.last_update = now
+        try:
+            _apply_preview(state, kind, data)
+        except Exception as exc:  # noqa: BLE001 - a bad preview must not stop the add-on
+            session.error = f"Splatsmith skipped a {kind} preview it could not show: {exc}"
+
+
+def _apply_preview(state: JobState, kind: str, data: dict) -> None:
+    if state.on_preview is not None:
+        state.on_preview(state, kind, data)
+    elif kind == "gaussians":
+        scene_io.apply_gaussian_preview(state.preview_name, data["means"], data["rgb"], data["opacity"])
+    elif kind == "mesh":
+        scene_io.apply_mesh(state.preview_name, data["vertices"], data["faces"])
+    elif kind == "texture" and bpy.data.objects.get(state.preview_name) is not None:
+        obj = bpy.data.objects[state.preview_name]
+        if len(obj.data.polygons):
+            image = scene_io.image_from_rgba(f"{state.preview_name} texture", data["rgba"])
+            scene_io.assign_texture(obj, image, f"{state.preview_name} material")
 
 
 def _new_object_name(base: str) -> str:
@@ -318,7 +372,17 @@ def _redraw() -> None:
 
 
 def pump(budget_s: float = 0.01) -> None:
-    """Read what arrived and apply it: bounded work for one timer tick."""
+    """Read what arrived and apply it: bounded work for one timer tick. Never raises: whatever
+    goes wrong (a malformed array, a failing callback) becomes one sentence in
+    ``session.error`` or the job's message, and the next tick runs as usual."""
+    try:
+        advance_start()
+        _pump(budget_s)
+    except Exception as exc:  # noqa: BLE001 - the timer must keep running
+        session.error = f"Splatsmith hit an unexpected problem and skipped it: {type(exc).__name__}: {exc}"
+
+
+def _pump(budget_s: float) -> None:
     if session.client is None:
         return
     try:
@@ -335,7 +399,15 @@ def pump(budget_s: float = 0.01) -> None:
             continue
         _apply_previews(state, interval)
         if state.handle.finished:
-            _end(state)
+            try:
+                _end(state)
+            except Exception as exc:  # noqa: BLE001 - e.g. a result with malformed arrays
+                state.message = (f"the result of job {state.job_id} could not be brought into the scene: {exc}. "
+                                 "Its files stay on the backend (fetch it again, or use `splatsmith fetch`).")
+                try:
+                    scene_io.remove_preview(state.preview_name)
+                except Exception:  # noqa: BLE001
+                    pass
             refresh_jobs_async()
             received = True
     if received:
@@ -375,7 +447,10 @@ def draw_status_bar(self, context) -> None:
 
 
 def _tick():
-    pump()
+    try:
+        pump()
+    except BaseException:  # noqa: BLE001 - returning None would unregister the timer
+        pass
     return TICK_S
 
 

@@ -107,13 +107,21 @@ class SPLATSMITH_OT_start_backend(bpy.types.Operator):
     address: bpy.props.StringProperty(name="Address", default="")
     command: bpy.props.StringProperty(name="Command", default="", description="Default: the preferences' command")
     timeout: bpy.props.FloatProperty(name="Timeout", default=120.0, min=1.0)
+    wait: bpy.props.BoolProperty(name="Wait", default=False, options={"SKIP_SAVE"},
+                                 description="Block until the backend answers (scripts and background mode; "
+                                             "in the UI the timer finishes the start)")
 
     def execute(self, context):
+        if client_glue.session.starting is not None:
+            return _fail(self, "Splatsmith: a local backend is already starting")
         try:
-            client_glue.start_backend(self.address or None, self.command or None, self.timeout)
+            client_glue.start_backend(self.address or None, self.command or None, self.timeout, wait=self.wait)
         except ClientError as exc:
             return _fail(self, f"Splatsmith: {exc.message}")
-        self.report({"INFO"}, f"Splatsmith: backend started at {client_glue.session.address}")
+        if self.wait:
+            self.report({"INFO"}, f"Splatsmith: backend started at {client_glue.session.address}")
+        else:
+            self.report({"INFO"}, "Splatsmith: starting the local backend; the panel connects when it answers")
         return {"FINISHED"}
 
 

@@ -26,6 +26,8 @@ class VIEW3D_PT_splatsmith(bpy.types.Panel):
             models = welcome.get("models", {})
             if models:
                 box.label(text=f"models present: {sum(bool(v) for v in models.values())}/{len(models)}")
+        elif session.starting is not None:
+            box.label(text="Starting the local backend…", icon="SORTTIME")
         else:
             box.label(text="Not connected", icon="UNLINKED")
         if session.error:
@@ -33,7 +35,7 @@ class VIEW3D_PT_splatsmith(bpy.types.Panel):
                 box.label(text=session.error[k:k + 60], icon="ERROR" if k == 0 else "BLANK1")
         row = box.row()
         row.operator("splatsmith.connect", icon="LINKED")
-        if not welcome:
+        if not welcome and session.starting is None:
             row.operator("splatsmith.start_backend", icon="CONSOLE")
 
         col = layout.column()

@@ -15,6 +15,69 @@ import numpy as np
 COLLECTION = "Splatsmith"
 POINTS_GROUP = "Splatsmith Points"
 
+#: Largest arrays applied to the scene (a result larger than this is refused, not applied).
+MAX_VERTICES = 20_000_000
+MAX_FACES = 20_000_000
+MAX_IMAGE_SIDE = 16384
+
+
+class SceneDataError(ValueError):
+    """Arrays from the backend that cannot be applied to Blender data (wrong dtype, shape,
+    index range, or non-finite values). Raised before any Blender data is touched."""
+
+
+def _array(name: str, value, kinds: str, ndim: int, last: tuple[int, ...] | None = None,
+           max_rows: int | None = None) -> np.ndarray:
+    """``value`` as a numpy array checked for dtype kind (``"f"``, ``"iu"``...), rank, trailing
+    dimensions and row count, and finite when floating. Raises SceneDataError."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in kinds:
+        raise SceneDataError(f"the backend sent {name} of dtype {arr.dtype}, not a {'float' if kinds == 'f' else 'integer'} array")
+    if arr.ndim != ndim or (last is not None and tuple(arr.shape[1:]) != last):
+        want = "[N" + "".join(f", {d}" for d in (last or ())) + "]"
+        raise SceneDataError(f"the backend sent {name} of shape {list(arr.shape)}, expected {want}")
+    if max_rows is not None and len(arr) > max_rows:
+        raise SceneDataError(f"the backend sent {len(arr)} rows of {name}; at most {max_rows} are applied")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise SceneDataError(f"the backend sent {name} with NaN or infinite values")
+    return arr
+
+
+def check_points(means, rgb, opacity) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate a Gaussian preview (means float [N, 3], rgb uint8 [N, 3], opacity float [N])."""
+    means = _array("point positions", means, "f", 2, (3,), MAX_VERTICES)
+    rgb = _array("point colours", rgb, "iu", 2, (3,), MAX_VERTICES)
+    opacity = _array("point opacities", opacity, "f", 1, None, MAX_VERTICES)
+    if not len(means) == len(rgb) == len(opacity):
+        raise SceneDataError(f"the backend sent {len(means)} points but {len(rgb)} colours and {len(opacity)} opacities")
+    return means, rgb, opacity
+
+
+def check_mesh(vertices, faces, uv=None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Validate a mesh (vertices float [V, 3], faces int [F, 3] indexing 0..V-1, optional uv
+    float [V, 2]); raises SceneDataError before Blender sees an out-of-range index (which
+    crashes it)."""
+    vertices = _array("vertices", vertices, "f", 2, (3,), MAX_VERTICES)
+    faces = _array("faces", faces, "iu", 2, (3,), MAX_FACES)
+    if len(faces) and (int(faces.min()) < 0 or int(faces.max()) >= len(vertices)):
+        raise SceneDataError(f"the backend sent faces indexing vertex {int(faces.max()) if len(faces) else 0} "
+                             f"(or below 0) of a mesh with {len(vertices)} vertices")
+    if uv is not None:
+        uv = _array("UVs", uv, "f", 2, (2,), MAX_VERTICES)
+        if len(uv) != len(vertices):
+            raise SceneDataError(f"the backend sent {len(uv)} UVs for {len(vertices)} vertices")
+    return vertices, faces, uv
+
+
+def check_rgba(rgba) -> np.ndarray:
+    """Validate an image uint8 [H, W, 4]."""
+    arr = np.asarray(rgba)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 4 or not (0 < arr.shape[0] <= MAX_IMAGE_SIDE
+                                                                              and 0 < arr.shape[1] <= MAX_IMAGE_SIDE):
+        raise SceneDataError(f"the backend sent an image of dtype {arr.dtype} and shape {list(arr.shape)}, "
+                             "expected uint8 [H, W, 4]")
+    return arr
+
 
 #: Blender axes -> glTF axes, (x, y, z) -> (x, z, -y); orthonormal, so its transpose is the inverse.
 BLENDER_TO_GLTF = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]], np.float32)
@@ -78,7 +141,10 @@ def apply_gaussian_preview(name: str, means: np.ndarray, rgb: np.ndarray, opacit
 
     Args:
         means: float32 [N, 3] glTF axes; rgb: uint8 [N, 3]; opacity: float32 [N] in [0, 1].
+    Raises:
+        SceneDataError: malformed arrays (nothing in the scene changes).
     """
+    means, rgb, opacity = check_points(means, rgb, opacity)
     obj = _object(name)
     mesh = obj.data
     _set_geometry(mesh, means, None)
@@ -93,7 +159,12 @@ def apply_gaussian_preview(name: str, means: np.ndarray, rgb: np.ndarray, opacit
 
 
 def apply_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None = None) -> bpy.types.Object:
-    """Create or update a mesh object. ``uv`` is per-vertex float32 [V, 2] (origin bottom-left)."""
+    """Create or update a mesh object. ``uv`` is per-vertex float32 [V, 2] (origin bottom-left).
+
+    Raises:
+        SceneDataError: malformed arrays or face indices out of range (nothing changes).
+    """
+    vertices, faces, uv = check_mesh(vertices, faces, uv)
     obj = _object(name)
     mesh = obj.data
     if "Points" in obj.modifiers:
@@ -107,7 +178,8 @@ def apply_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarra
 
 def image_from_rgba(name: str, rgba: np.ndarray) -> bpy.types.Image:
     """A Blender image from uint8 [H, W, 4] (row 0 at the top), updated in place, not packed
-    (for live previews)."""
+    (for live previews). Raises SceneDataError for a malformed image."""
+    rgba = check_rgba(rgba)
     h, w = rgba.shape[:2]
     image = bpy.data.images.get(name)
     if image is None or tuple(image.size) != (w, h):
@@ -122,7 +194,10 @@ def image_from_rgba(name: str, rgba: np.ndarray) -> bpy.types.Image:
 
 def packed_image_from_png(name: str, png: bytes) -> bpy.types.Image:
     """A Blender image packed into the .blend from PNG bytes received from the backend (packed
-    from memory, as Blender's glTF importer does: no temporary file)."""
+    from memory, as Blender's glTF importer does: no temporary file). Raises SceneDataError
+    for bytes that are not a PNG."""
+    if len(png) < 24 or png[:8] != b"\x89PNG\r\n\x1a\n":
+        raise SceneDataError("the backend sent a texture that is not a PNG file")
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")  # PNG IHDR
     image = bpy.data.images.new(name, max(width, 1), max(height, 1), alpha=True)
     image.pack(data=png, data_len=len(png))
@@ -264,7 +339,11 @@ def base_color_image(obj: bpy.types.Object) -> tuple[bpy.types.Image | None, bpy
 
 def set_corner_uv(mesh: bpy.types.Mesh, name: str, corner_uv: np.ndarray, tri_loops: np.ndarray) -> None:
     """Write per-triangle-corner UVs float [T*3, 2] to the UV map ``name`` through the loops
-    the triangles came from (geometry untouched)."""
+    the triangles came from (geometry untouched). Raises SceneDataError."""
+    corner_uv = _array("UVs", corner_uv, "f", 2, (2,))
+    tri_loops = np.asarray(tri_loops).reshape(-1)
+    if len(corner_uv) != len(tri_loops) or (len(tri_loops) and (tri_loops.min() < 0 or tri_loops.max() >= len(mesh.loops))):
+        raise SceneDataError(f"the backend sent {len(corner_uv)} corner UVs for {len(tri_loops)} triangle corners")
     per_loop = np.zeros((len(mesh.loops), 2), np.float32)
     per_loop[tri_loops] = corner_uv
     layer = mesh.attributes.get(name) or mesh.attributes.new(name, "FLOAT2", "CORNER")
@@ -288,7 +367,9 @@ def textured_material(name: str, image: bpy.types.Image, uv_name: str) -> bpy.ty
 
 
 def write_pixels(image: bpy.types.Image, rgba: np.ndarray) -> None:
-    """Replace an existing image's pixels with uint8 [H, W, 4] (row 0 at the top), resizing it."""
+    """Replace an existing image's pixels with uint8 [H, W, 4] (row 0 at the top), resizing it.
+    Raises SceneDataError."""
+    rgba = check_rgba(rgba)
     h, w = rgba.shape[:2]
     if tuple(image.size) != (w, h):
         image.scale(w, h)

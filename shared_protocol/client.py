@@ -196,7 +196,8 @@ class Client:
             self._sock.curve_publickey = curve.client_public
             self._sock.curve_secretkey = curve.client_secret
         self._monitor = self._sock.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            | zmq.EVENT_HANDSHAKE_SUCCEEDED
         )
         self._sock.connect(address)
         self._ids = itertools.count(1)
@@ -293,13 +294,30 @@ class Client:
     def _check_monitor(self) -> None:
         while self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)
-            if event["event"] in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
-                self.refused = (
-                    f"the backend at {self.address} refused this client's CURVE keys: add the client's "
-                    "public key to the server's authorised keys, or check the server public key"
-                )
-            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.refused = None
+            elif kind in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                          zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                self.refused = self._refusal(kind, event["value"])
+
+    def _refusal(self, kind: int, value: int) -> str:
+        """One sentence for a failed handshake (libzmq's monitor events, tried against a real
+        server: a mechanism mismatch when exactly one side uses CURVE, no detail when the
+        server key is wrong, an authentication failure when the client key is not listed)."""
+        where = f"the backend at {self.address}"
+        if kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", -1):
+            if self.curve is None:
+                return (f"{where} requires CURVE keys: set the server's public key and this client's secret key "
+                        "(add-on preferences, or --server-key and --client-key)")
+            return f"{where} does not use CURVE keys: connect without them (clear the key files)"
+        if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self.curve is not None:
+            return (f"{where} did not accept the handshake: the server public key given to this client does not match "
+                    "the server's key (copy server.key from the server's key folder again)")
+        if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return (f"{where} refused this client's CURVE keys: add the client's public key to the server's authorised "
+                    "keys (clients/ in its key folder), or check the server public key")
+        return f"{where} refused the connection handshake: check the address and the CURVE key settings"
 
     def _fail_code(self) -> str:
         return "refused" if self.refused else "timeout"

@@ -79,6 +79,11 @@ class HogPipeline(Pipeline):
     """Asks the allocator for far more memory than exists: a real out-of-memory error."""
 
     name = "hog"
+    params = {"estimate_gib": Param("float", 0.0, "memory this job says it needs, GiB", min=0, max=1e9)}
+
+    @classmethod
+    def estimate_memory(cls, params, inputs):
+        return {"estimate_gib": int(params["estimate_gib"] * 2**30)}
 
     def run(self, request, emit, cancel):
         emit.progress("alloc", 0, 1)
@@ -126,3 +131,5 @@ class CrashPipeline(Pipeline):
 
 
 TEST_PIPELINES = {cls.name: cls for cls in (FitPipeline, BoomPipeline, HogPipeline, CachedPipeline, CrashPipeline)}
+#: Read by ``splatsmith serve --plugin pipelines_for_tests``.
+PIPELINES = TEST_PIPELINES

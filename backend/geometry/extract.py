@@ -12,6 +12,8 @@
 """
 from __future__ import annotations
 
+from typing import Any
+
 import math
 from dataclasses import dataclass
 
@@ -43,7 +45,8 @@ def density_bounds(model: GaussianModel, padding: float = 0.05, max_sigmas: floa
 
 
 def density_grid(model: GaussianModel, resolution: int = 128, bounds: tuple[np.ndarray, np.ndarray] | None = None,
-                 block: int = 8, chunk: int = 4096, max_sigmas: float = 3.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 block: int = 8, chunk: int = 4096, max_sigmas: float = 3.0,
+                 cancel: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sample the Gaussians' density on a ``resolution``^3 grid.
 
     Args:
@@ -54,8 +57,11 @@ def density_grid(model: GaussianModel, resolution: int = 128, bounds: tuple[np.n
         block: grid samples per block side (8: DreamGaussian's 16 blocks per axis at 128^3).
         chunk: Gaussians evaluated at once per block.
         max_sigmas: Gaussians only contribute within this Mahalanobis radius.
+        cancel: a ``CancelToken`` checked once per row of blocks, or None.
     Returns:
         (density float32 [R, R, R] indexed [x, y, z], grid origin [3], spacing [3]).
+    Raises:
+        JobCancelled: ``cancel`` fired.
     """
     device = model.device
     lo, hi = bounds if bounds is not None else density_bounds(model)
@@ -72,6 +78,8 @@ def density_grid(model: GaussianModel, resolution: int = 128, bounds: tuple[np.n
         density = torch.zeros(resolution, resolution, resolution, device=device)
         for bx in range(0, resolution, block):
             for by in range(0, resolution, block):
+                if cancel is not None:
+                    cancel.check()
                 for bz in range(0, resolution, block):
                     xs, ys, zs = axis[0][bx:bx + block], axis[1][by:by + block], axis[2][bz:bz + block]
                     blo = torch.stack([xs[0], ys[0], zs[0]])
@@ -164,7 +172,7 @@ class ExtractedMesh:
 
 def extract_mesh(model: GaussianModel, resolution: int = 128, threshold: float = 1.0, max_faces: int = 50_000,
                  min_component_fraction: float = 0.02, calibration_cameras: Cameras | None = None,
-                 smooth_voxels: float = 0.75) -> ExtractedMesh:
+                 smooth_voxels: float = 0.75, cancel: Any = None) -> ExtractedMesh:
     """Gaussians -> density grid -> marching cubes -> clean-up -> decimation (DreamGaussian's
     mesh extraction; ``threshold`` is its ``density_thresh``, default 1).
 
@@ -174,27 +182,37 @@ def extract_mesh(model: GaussianModel, resolution: int = 128, threshold: float =
     is chosen among ``threshold`` x 2^(k/2), k = -4..4, as the one whose mesh silhouettes best
     match (IoU) the Gaussians' own rendered silhouettes (alpha > 0.5) from those cameras. The
     density is smoothed by a Gaussian filter of ``smooth_voxels`` voxels against voxel-scale bumps.
+    ``cancel`` (a ``CancelToken``) is checked between the steps and inside the density grid.
 
     Raises:
         ExtractionError: no surface at any level tried.
+        JobCancelled: ``cancel`` fired.
     """
     from scipy import ndimage
 
     from ..render.gaussians import render
     from ..render.mesh import rasterize
 
-    density, origin, spacing = density_grid(model, resolution)
+    def check() -> None:
+        if cancel is not None:
+            cancel.check()
+
+    density, origin, spacing = density_grid(model, resolution, cancel=cancel)
+    check()
     if smooth_voxels > 0:
         density = ndimage.gaussian_filter(density, sigma=smooth_voxels)
 
     def surface(level: float) -> trimesh.Trimesh:
+        check()
         occupied = density > level
         filled = density.copy()
         filled[ndimage.binary_fill_holes(occupied) & ~occupied] = max(float(density.max()), 2.0 * level)
         return clean_mesh(marching_cubes(filled, level, origin, spacing), min_component_fraction)
 
     if calibration_cameras is None:
-        return ExtractedMesh(decimate(surface(threshold), max_faces), threshold, None)
+        mesh = surface(threshold)
+        check()
+        return ExtractedMesh(decimate(mesh, max_faces), threshold, None)
     with torch.no_grad():
         target = render(model, calibration_cameras, background=0.0).alpha[..., 0].cpu() > 0.5
     best: tuple[trimesh.Trimesh, float, float] | None = None
@@ -211,6 +229,7 @@ def extract_mesh(model: GaussianModel, resolution: int = 128, threshold: float =
         raise ExtractionError(
             f"the density (range {density.min():.3g}..{density.max():.3g}) crosses none of the levels around {threshold:g}"
         )
+    check()
     return ExtractedMesh(decimate(best[0], max_faces), best[1], best[2])
 
 

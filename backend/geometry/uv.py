@@ -16,8 +16,10 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +57,7 @@ class UVMesh:
 
 
 def unwrap(vertices: np.ndarray, faces: np.ndarray, resolution: int = 1024, padding: int = 4,
-           time_limit: float = 120.0, max_faces: int = 300_000) -> UVMesh:
+           time_limit: float = 120.0, max_faces: int = 300_000, cancel: Any = None) -> UVMesh:
     """UV-unwrap a triangle mesh with xatlas, in a child process killed after ``time_limit`` s.
 
     Args:
@@ -64,9 +66,11 @@ def unwrap(vertices: np.ndarray, faces: np.ndarray, resolution: int = 1024, padd
         padding: texels between charts.
         time_limit: seconds before xatlas is stopped.
         max_faces: larger meshes are refused (decimate first).
+        cancel: a ``CancelToken``; xatlas's process is killed within 0.1 s of it firing.
     Returns:
         :class:`UVMesh` whose faces keep the input order (xatlas keeps it; checked).
     Raises:
+        JobCancelled: ``cancel`` fired.
         UnwrapError: too many faces, a timeout (the message says to decimate or clean the
             mesh), or an xatlas failure.
     """
@@ -76,19 +80,32 @@ def unwrap(vertices: np.ndarray, faces: np.ndarray, resolution: int = 1024, padd
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
         np.savez(src, vertices=np.asarray(vertices, np.float32), faces=faces.astype(np.uint32))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "backend.geometry.xatlas_worker", src, dst, str(resolution), str(padding)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=str(Path(__file__).resolve().parents[2]),
+        )
+        end = time.monotonic() + time_limit
         try:
-            done = subprocess.run(
-                [sys.executable, "-m", "backend.geometry.xatlas_worker", src, dst, str(resolution), str(padding)],
-                capture_output=True, text=True, timeout=time_limit,
-                cwd=str(Path(__file__).resolve().parents[2]),
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise UnwrapError(
-                f"UV unwrapping of {len(faces)} faces did not finish within {time_limit:g} s; the mesh is probably "
-                "non-manifold or too dense. Decimate or clean it first, or raise the time limit."
-            ) from exc
-        if done.returncode != 0:
-            raise UnwrapError(f"xatlas failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
+            while proc.poll() is None:
+                if cancel is not None and cancel.cancelled:
+                    proc.kill()
+                    cancel.check()
+                if time.monotonic() > end:
+                    proc.kill()
+                    raise UnwrapError(
+                        f"UV unwrapping of {len(faces)} faces did not finish within {time_limit:g} s; the mesh is probably "
+                        "non-manifold or too dense. Decimate or clean it first, or raise the time limit."
+                    )
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            stderr = proc.stderr.read() if proc.stderr else ""
+            if proc.stderr:
+                proc.stderr.close()
+        if proc.returncode != 0:
+            raise UnwrapError(f"xatlas failed (exit {proc.returncode}): {stderr.strip()[-500:]}")
         with np.load(dst, allow_pickle=False) as out:
             vmapping, indices, uvs = out["vmapping"].astype(np.int64), out["indices"].astype(np.int64), out["uvs"]
     if indices.shape != faces.shape or not np.array_equal(vmapping[indices], faces):
@@ -107,7 +124,7 @@ def fill_empty_texels(texture: np.ndarray, filled: np.ndarray) -> np.ndarray:
 
 def bake_texture(mesh: UVMesh, cameras: Cameras, images: torch.Tensor, weights: torch.Tensor | None = None,
                  size: int = 1024, min_cos: float = 0.1, cos_power: float = 2.0,
-                 depth_tolerance: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+                 depth_tolerance: float = 0.01, cancel: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Back-project C views onto the UV atlas.
 
     Args:
@@ -119,6 +136,7 @@ def bake_texture(mesh: UVMesh, cameras: Cameras, images: torch.Tensor, weights: 
         min_cos: views seeing the surface at a grazing angle (cosine below this) are ignored.
         cos_power: weight = cos^cos_power.
         depth_tolerance: relative depth slack of the visibility test.
+        cancel: a ``CancelToken`` checked once per view, or None.
     Returns:
         (texture float32 [size, size, 3] row 0 at the top, texels inpainted and padded;
          seen bool [size, size]: texels that received colour from a view).
@@ -139,6 +157,8 @@ def bake_texture(mesh: UVMesh, cameras: Cameras, images: torch.Tensor, weights: 
     depth_maps = rasterize(verts, faces, cams).depth  # [C, H, W]
     w2c, Ks = cams.viewmats, cams.Ks
     for c in range(C):
+        if cancel is not None:
+            cancel.check()
         pc = pos @ w2c[c, :3, :3].T + w2c[c, :3, 3]
         z = pc[:, 2]
         x = Ks[c, 0, 0] * pc[:, 0] / z.clamp_min(1e-6) + Ks[c, 0, 2]
@@ -153,7 +173,9 @@ def bake_texture(mesh: UVMesh, cameras: Cameras, images: torch.Tensor, weights: 
         ok = visible & (cos > min_cos)
         if not ok.any():
             continue
-        grid = torch.stack([x / W * 2 - 1, y / H * 2 - 1], -1)[ok].reshape(1, -1, 1, 2)
+        # Finite by construction; nan_to_num keeps a non-finite coordinate from ever reaching
+        # grid_sample, whose CPU backward crashes on NaN (pytorch issue 24823).
+        grid = torch.nan_to_num(torch.stack([x / W * 2 - 1, y / H * 2 - 1], -1)[ok], 0.0, 1.0, -1.0).reshape(1, -1, 1, 2)
         # Sample premultiplied colour and its weight together, so that pixels of zero weight
         # (e.g. the background next to a silhouette) do not bleed into the texture.
         pw = weights[c] if weights is not None else torch.ones(H, W, device=device)

@@ -18,5 +18,24 @@ def load_builtin() -> dict:
     return REGISTRY
 
 
+def load_plugins(modules: list[str]) -> dict:
+    """Import modules that add pipelines (``serve --plugin MODULE``): each registers its
+    pipelines with :func:`register`, or lists them in a ``PIPELINES`` dict (name -> class).
+    Returns the registry.
+
+    Raises:
+        ImportError: a module cannot be imported (the message names it).
+        ValueError: a name is taken by another pipeline.
+    """
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise ImportError(f"cannot import the plugin module {name!r}: {exc}") from exc
+        for cls in getattr(module, "PIPELINES", {}).values():
+            register(cls)
+    return REGISTRY
+
+
 __all__ = ["BUILTIN", "REGISTRY", "CancelToken", "Emitter", "InputSpec", "JobCancelled", "JobRequest", "Param", "ParamError",
-           "Pipeline", "Result", "load_builtin", "register"]
+           "Pipeline", "Result", "load_builtin", "load_plugins", "register"]

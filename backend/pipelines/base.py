@@ -399,6 +399,20 @@ class Pipeline:
         }
 
 
+#: Bytes per unit in the memory estimates of :meth:`Pipeline.estimate_memory` (rough upper
+#: figures chosen from the renderers' and the VAE's buffers, not measured per device):
+#: a rendered pixel that a teacher encodes (render buffers, gradients, VAE activations at
+#: 512^2: about 1 GiB); a texel being optimised (logits, Adam moments, gradients, samples); a
+#: density-grid voxel (grid, filled copy, smoothed copy, mask); a Gaussian (parameters, Adam
+#: moments, gradients, per-tile lists).
+BYTES_PER_TEACHER_PIXEL = 4096
+BYTES_PER_TEXEL = 96
+BYTES_PER_VOXEL = 16
+BYTES_PER_GAUSSIAN = 2048
+#: Teacher weights resident during a job, bytes, by ``weights`` variant (fp32 upper bound).
+TEACHER_BYTES = {"default": 5 << 30, "stable": 5 << 30, "tiny": 64 << 20}
+
+
 def check_teacher_inputs(params: dict, inputs: dict) -> None:
     """Checks shared by pipelines with a teacher and a reference image: ``teacher="oracle"``
     needs ``oracle_mesh``; a ``mask`` must match the ``image``'s height and width.

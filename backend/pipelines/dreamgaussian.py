@@ -187,20 +187,20 @@ class DreamGaussianPipeline(DreamGaussianSpec):
         emit.progress("mesh", 0, 3, message="extracting the surface")
         calib = bake_cameras(radius, p["fovy"], min(p["bake_size"], 128))
         extracted = extract_mesh(model, p["mesh_resolution"], p["density_threshold"], p["max_faces"],
-                                 calibration_cameras=calib)
+                                 calibration_cameras=calib, cancel=cancel)
         mesh = extracted.mesh
         emit.preview("mesh", {"vertices": torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32),
                               "faces": torch.as_tensor(np.asarray(mesh.faces), dtype=torch.int32)}, {"faces": len(mesh.faces)})
         cancel.check()
         emit.progress("mesh", 1, 3, message="UV unwrapping")
-        uvm = unwrap(mesh.vertices, mesh.faces, resolution=p["texture_size"], time_limit=p["unwrap_time_limit"])
+        uvm = unwrap(mesh.vertices, mesh.faces, resolution=p["texture_size"], time_limit=p["unwrap_time_limit"], cancel=cancel)
         cancel.check()
         emit.progress("mesh", 2, 3, message="baking 26 views")
         cams = bake_cameras(radius, p["fovy"], p["bake_size"])
         with torch.no_grad():
             views = render(model, cams, background=0.0)
         colour = (views.rgb / views.alpha.clamp_min(1e-6)).clamp(0, 1)
-        texture, _ = bake_texture(uvm, cams, colour, views.alpha[..., 0], size=p["texture_size"])
+        texture, _ = bake_texture(uvm, cams, colour, views.alpha[..., 0], size=p["texture_size"], cancel=cancel)
         texture_t = torch.from_numpy(texture).to(device)
         emit.progress("mesh", 3, 3)
         emit.preview("texture", {"rgba": rgba_preview(texture_t)}, {"step": 0})

@@ -302,17 +302,17 @@ class ReconstructPipeline(ReconstructSpec):
         write_ply(job_dir / "gaussians.ply", model)
         emit.progress("mesh", 0, 3, message="extracting the surface")
         extracted = extract_mesh(model, p["mesh_resolution"], p["density_threshold"], p["max_faces"],
-                                 calibration_cameras=calibration_cameras(views.cameras))
+                                 calibration_cameras=calibration_cameras(views.cameras), cancel=cancel)
         mesh = extracted.mesh
         emit.preview("mesh", {"vertices": torch.as_tensor(mesh.vertices, dtype=torch.float32),
                               "faces": torch.as_tensor(mesh.faces, dtype=torch.int32)}, {"faces": len(mesh.faces)})
         cancel.check()
         emit.progress("mesh", 1, 3, message="UV unwrapping")
-        uvm = unwrap(mesh.vertices, mesh.faces, resolution=p["texture_size"], time_limit=p["unwrap_time_limit"])
+        uvm = unwrap(mesh.vertices, mesh.faces, resolution=p["texture_size"], time_limit=p["unwrap_time_limit"], cancel=cancel)
         cancel.check()
         emit.progress("mesh", 2, 3, message="baking the texture")
         # Bake from the training images themselves, weighted by their masks.
-        texture, _ = bake_texture(uvm, views.cameras, views.images[..., :3], views.images[..., 3], size=p["texture_size"])
+        texture, _ = bake_texture(uvm, views.cameras, views.images[..., :3], views.images[..., 3], size=p["texture_size"], cancel=cancel)
         tex8 = texture_to_uint8(texture)
         emit.preview("texture", {"rgba": np.concatenate([tex8, np.full(tex8.shape[:2] + (1,), 255, np.uint8)], -1)})
         emit.progress("mesh", 3, 3)

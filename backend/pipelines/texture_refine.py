@@ -136,7 +136,7 @@ class TextureRefinePipeline(TextureRefineSpec):
             corner_uv = np.asarray(inputs["uv"], np.float32)
             unwrapped = False
         else:
-            uvm = unwrap(vertices, faces, resolution=p["texture_size"], time_limit=p["unwrap_time_limit"])
+            uvm = unwrap(vertices, faces, resolution=p["texture_size"], time_limit=p["unwrap_time_limit"], cancel=cancel)
             corner_uv = uvm.corner_uv.reshape(-1, 2).astype(np.float32)
             unwrapped = True
             emit.preview("mesh", {"vertices": vertices, "faces": faces.astype(np.int32), "uv": corner_uv},

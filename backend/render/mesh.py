@@ -256,7 +256,9 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     """Bilinearly sample ``texture`` float [Ht, Wt, D] (row 0 at the top) at ``uv`` float
     [..., 2] (origin bottom-left); differentiable w.r.t. the texture. Returns [..., D]."""
     shape = uv.shape[:-1]
-    grid = uv_to_grid(uv.reshape(1, -1, 1, 2).to(texture.dtype))
+    # A non-finite UV must never reach grid_sample: its CPU backward crashes on NaN
+    # (pytorch issue 24823). Such corners sample the texture's border instead.
+    grid = torch.nan_to_num(uv_to_grid(uv.reshape(1, -1, 1, 2).to(texture.dtype)), 0.0, 1.0, -1.0)
     out = F.grid_sample(texture.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out[0, :, :, 0].T.reshape(*shape, texture.shape[-1])
 

@@ -2,7 +2,11 @@
 code's numbers, see ``backend.pipelines.dreamgaussian``), presets, inputs, models and checks."""
 from __future__ import annotations
 
-from ..base import InputSpec, Param, ParamError, Pipeline, check_teacher_inputs, register
+from ..base import (BYTES_PER_GAUSSIAN, BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, BYTES_PER_VOXEL, TEACHER_BYTES, InputSpec,
+                    Param, ParamError, Pipeline, check_teacher_inputs, register)
+
+#: Largest stage-1 render size accepted in 'resolutions' (the public code uses 512).
+MAX_RENDER_SIZE = 2048
 
 
 @register
@@ -91,7 +95,20 @@ class DreamGaussianSpec(Pipeline):
             sizes = [int(x) for x in params["resolutions"].split(",")]
         except ValueError:
             sizes = []
-        if len(sizes) != 3 or min(sizes) < 16:
-            raise ParamError("'resolutions' must be three sizes >= 16, e.g. 128,256,512")
+        if len(sizes) != 3 or min(sizes) < 16 or max(sizes) > MAX_RENDER_SIZE:
+            raise ParamError(f"'resolutions' must be three sizes from 16 to {MAX_RENDER_SIZE}, e.g. 128,256,512")
         if params["t_min"] >= params["t_max"]:
             raise ParamError("'t_min' must be below 't_max'")
+
+    @classmethod
+    def estimate_memory(cls, params, inputs):
+        render = max(int(x) for x in params["resolutions"].split(","))
+        return {
+            "resolutions": render * render * params["batch_size"] * BYTES_PER_TEACHER_PIXEL,
+            "num_points": params["num_points"] * 4 * BYTES_PER_GAUSSIAN,  # densification grows the count
+            "mesh_resolution": params["mesh_resolution"] ** 3 * BYTES_PER_VOXEL,
+            "texture_size": params["texture_size"] ** 2 * BYTES_PER_TEXEL,
+            "bake_size": 26 * params["bake_size"] ** 2 * 32,
+            "refine_size": params["refine_size"] ** 2 * BYTES_PER_TEACHER_PIXEL,
+            "weights": TEACHER_BYTES[params["weights"]],
+        }

@@ -2,7 +2,7 @@
 presets, inputs and checks (the method is ``backend.pipelines.reconstruct``)."""
 from __future__ import annotations
 
-from ..base import InputSpec, Param, ParamError, Pipeline, register
+from ..base import BYTES_PER_GAUSSIAN, BYTES_PER_TEXEL, BYTES_PER_VOXEL, InputSpec, Param, ParamError, Pipeline, register
 
 
 @register
@@ -58,3 +58,14 @@ class ReconstructSpec(Pipeline):
             raise ParamError(f"{images.shape[0]} images but {transforms.shape[0]} transforms: give one per image")
         if images is not None and images.shape[0] < 2:
             raise ParamError("reconstruction needs at least 2 views")
+
+    @classmethod
+    def estimate_memory(cls, params, inputs):
+        views = inputs["images"].shape[0] if "images" in inputs else 1
+        return {
+            "resolution": views * params["resolution"] ** 2 * 4 * 4 * 4,  # images as float, targets, renders, grads
+            "images": int(inputs["images"].nbytes) if "images" in inputs else 0,
+            "init_points": params["init_points"] * 4 * BYTES_PER_GAUSSIAN,
+            "mesh_resolution": params["mesh_resolution"] ** 3 * BYTES_PER_VOXEL,
+            "texture_size": params["texture_size"] ** 2 * BYTES_PER_TEXEL,
+        }

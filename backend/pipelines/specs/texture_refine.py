@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..base import InputSpec, Param, ParamError, Pipeline, check_teacher_inputs, register
+from ..base import (BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, TEACHER_BYTES, InputSpec, Param, ParamError, Pipeline,
+                    check_teacher_inputs, register)
 
 #: The largest mesh texture refinement accepts (it never decimates).
 MAX_TRIANGLES = 200_000
@@ -77,7 +78,16 @@ class TextureRefineSpec(Pipeline):
             raise ParamError(f"the mesh has {len(faces)} triangles; texture refinement takes at most {MAX_TRIANGLES}. "
                              "Decimate it (e.g. Blender's Decimate modifier) and try again.")
         if not np.isfinite(verts).all():
-            raise ParamError("the mesh has vertices that are NaN or infinite")
+            raise ParamError("the mesh has vertices that are NaN or infinite: remove them (in Blender: Mesh > Clean Up) "
+                             "and try again")
+        extent = float((verts.max(0) - verts.min(0)).max()) if len(verts) else 0.0
+        if not extent > 1e-6:
+            raise ParamError(f"the mesh's bounding box has size {extent:g}: all its vertices are (nearly) at one point, "
+                             "so there is no surface to texture")
+        for name in ("uv", "ref_camera"):
+            if name in inputs and not np.isfinite(inputs[name]).all():
+                raise ParamError(f"'{name}' holds NaN or infinite values: "
+                                 + ("fix or recreate the UV map" if name == "uv" else "send a valid camera matrix"))
         if faces.min() < 0 or faces.max() >= len(verts):
             raise ParamError(f"'faces' index vertices 0..{int(faces.max())} but there are {len(verts)} vertices")
         bad = non_manifold_edges(np.asarray(faces, np.int64))
@@ -91,3 +101,12 @@ class TextureRefineSpec(Pipeline):
         check_teacher_inputs(params, inputs)
         if params["elevation_min"] > params["elevation_max"]:
             raise ParamError("'elevation_min' must not exceed 'elevation_max'")
+
+    @classmethod
+    def estimate_memory(cls, params, inputs):
+        return {
+            "texture_size": params["texture_size"] ** 2 * BYTES_PER_TEXEL,
+            "render_size": params["render_size"] ** 2 * params["views"] * BYTES_PER_TEACHER_PIXEL,
+            "vertices": sum(int(a.nbytes) for a in inputs.values()) * 8,
+            "weights": TEACHER_BYTES[params["weights"]],
+        }
