@@ -36,7 +36,7 @@ def normalize_endpoint(address: str, *, bind: bool = False) -> str:
         raise ValueError(f"{address!r} has no port: write HOST:PORT, e.g. 127.0.0.1:5555")
     port_ok = port.isdigit() and 0 < int(port) < 65536 or (bind and port == "*")
     if not port_ok:
-        raise ValueError(f"{address!r}: the port must be a number from 1 to 65535{' or *' if bind else ''}, "
+        raise ValueError(f"{address!r}: the port must be a number from 1 to 65535{' or *' if bind else ''}; write HOST:PORT, "
                          "e.g. 127.0.0.1:5555")
     if not _HOST.match(host):
         raise ValueError(f"{address!r}: {host!r} is not a host name or IP address; write HOST:PORT, e.g. 127.0.0.1:5555")

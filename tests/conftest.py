@@ -34,7 +34,8 @@ def make_client():
     clients = []
 
     def factory(address, **kwargs):
-        kwargs.setdefault("timeouts", Timeouts(ping=2.0, submit=5.0))
+        # Ceilings against hangs, far above a loaded run (tests must not depend on speed).
+        kwargs.setdefault("timeouts", Timeouts(ping=30.0, submit=60.0))
         client = Client(address, **kwargs)
         clients.append(client)
         return client
@@ -42,3 +43,54 @@ def make_client():
     yield factory
     for client in clients:
         client.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def serve_process(tmp_path):
+    """Start real ``splatsmith serve`` processes (with the test pipelines as a plugin) on a
+    free loopback port given as HOST:PORT; returns (process, address). Killed at teardown."""
+    import os
+    import subprocess
+
+    procs = []
+
+    def factory(*extra: str, output_dir=None, env=None, wait: bool = True):
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+                           **(env or {}))
+        argv = [sys.executable, "-m", "backend.cli", "serve", "--bind", address, "--device", "cpu",
+                "--output-dir", str(output_dir or tmp_path / "jobs"), "--plugin", "pipelines_for_tests", *extra]
+        log = open(tmp_path / f"serve-{port}.log", "wb")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=environment,
+                                cwd=str(Path(__file__).parents[1]))
+        proc.log_path = tmp_path / f"serve-{port}.log"
+        procs.append((proc, log))
+        if wait:
+            with Client(address, timeouts=Timeouts(ping=2.0)) as probe:
+                import time
+
+                end = time.monotonic() + 300
+                while True:
+                    assert proc.poll() is None, proc.log_path.read_text()
+                    try:
+                        probe.ping()
+                        break
+                    except Exception:
+                        assert time.monotonic() < end, "the server did not answer"
+        return proc, address
+
+    yield factory
+    for proc, log in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        log.close()

@@ -24,6 +24,7 @@ class FitPipeline(Pipeline):
         "points": Param("int", 256, "number of points", min=1, max=200_000),
         "lr": Param("float", 0.05, "Adam learning rate", min=1e-6, max=1.0),
         "preview_every": Param("int", 1, "steps between previews", min=1, max=1000),
+        "file_mb": Param("float", 0.0, "size of an extra result file 'blob.bin' (seeded random bytes), MiB", min=0, max=256),
     }
     presets = {"default": {}, "fast": {"steps": 10}}
     inputs = {"target": InputSpec(("float32",), (None, 3), help="target points [N, 3]")}
@@ -58,7 +59,12 @@ class FitPipeline(Pipeline):
         points = x.detach().numpy().astype(np.float32)
         path = request.job_dir / "points.bin"
         points.tofile(path)
-        return Result(files={"points.bin": path}, arrays={"points": points},
+        files = {"points.bin": path}
+        if p["file_mb"]:
+            blob = np.random.default_rng(request.seed).integers(0, 256, int(p["file_mb"] * 2**20), dtype=np.uint8)
+            blob.tofile(request.job_dir / "blob.bin")
+            files["blob.bin"] = request.job_dir / "blob.bin"
+        return Result(files=files, arrays={"points": points},
                       meta={"final_loss": loss.item(), "steps": p["steps"]})
 
 
