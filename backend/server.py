@@ -187,7 +187,7 @@ class Server:
         client_quota: int = 8,
         min_free_mb: float = 256,
         allow_oracle: str | os.PathLike | None = None,
-        client_max_bytes: int = 256 * _MiB,
+        client_max_bytes: int = 64 * _MiB,
         client_max_messages: int = 1000,
         inline_file_bytes: int = 1 * _MiB,
         cancel_grace: float = 10.0,
@@ -598,6 +598,12 @@ class Server:
         job = self._job_or_error(ident, message["job_id"], req_id, owner)
         if job is None:
             return
+        slot = ("chunk", job.job_id, message["name"], message["offset"], message["size"])
+        with self._lock:
+            outbox = self._outboxes.get(ident)
+            if outbox is not None and slot in outbox.items:  # the same chunk is already waiting: nothing more
+                self.stats["coalesced_chunks"] += 1
+                return
         try:
             if job.state != "done":
                 raise KeyError(message["name"])
@@ -612,7 +618,7 @@ class Server:
                                               job_id=job.job_id, req_id=req_id))
             return
         self._reply(ident, messages.make("chunk", job_id=job.job_id, name=message["name"], offset=message["offset"],
-                                         total=total, data={"bytes": data}, req_id=req_id))
+                                         total=total, data={"bytes": data}, req_id=req_id), slot)
 
     def _on_release(self, ident: bytes, message: dict, req_id: str | None, owner: str | None) -> None:
         def done(released: list[str]) -> None:

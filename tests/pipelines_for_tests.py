@@ -1,5 +1,8 @@
 """Small real pipelines for the server tests: they do real (tiny) torch work, report through
-``emit``, honour cancellation, write result files, and fail in the ways real ones fail."""
+``emit``, honour cancellation, write result files, and fail in the ways real ones fail.
+
+torch is imported inside ``run`` only: the module is also loaded by ``splatsmith serve
+--plugin pipelines_for_tests``, whose server process must not import torch."""
 from __future__ import annotations
 
 import ctypes
@@ -8,7 +11,6 @@ import signal
 import time
 
 import numpy as np
-import torch
 
 from backend.pipelines.base import CancelToken, Emitter, InputSpec, JobRequest, Param, ParamError, Pipeline, Result
 
@@ -35,6 +37,8 @@ class FitPipeline(Pipeline):
             raise ParamError(f"target has {inputs['target'].shape[0]} points but 'points' is {params['points']}")
 
     def run(self, request: JobRequest, emit: Emitter, cancel: CancelToken) -> Result:
+        import torch
+
         p = request.params
         gen = torch.Generator().manual_seed(request.seed)
         if "target" in request.inputs:
@@ -92,6 +96,8 @@ class HogPipeline(Pipeline):
         return {"estimate_gib": int(params["estimate_gib"] * 2**30)}
 
     def run(self, request, emit, cancel):
+        import torch
+
         emit.progress("alloc", 0, 1)
         big = torch.empty(2**50, dtype=torch.uint8)  # 1 PiB
         return Result(meta={"size": big.numel()})
@@ -104,6 +110,8 @@ class CachedPipeline(Pipeline):
     params = {"key": Param("str", "model", "cache key", max_len=64)}
 
     def run(self, request, emit, cancel):
+        import torch
+
         loaded = []
         request.models.get(request.params["key"], lambda: loaded.append(1) or torch.nn.Linear(4, 4))
         emit.progress("load", 1, 1)

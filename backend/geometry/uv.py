@@ -122,6 +122,10 @@ def fill_empty_texels(texture: np.ndarray, filled: np.ndarray) -> np.ndarray:
     return texture[iy, ix]
 
 
+#: Views whose depth maps :func:`bake_texture` rasterises at once.
+_DEPTH_CHUNK = 8
+
+
 def bake_texture(mesh: UVMesh, cameras: Cameras, images: torch.Tensor, weights: torch.Tensor | None = None,
                  size: int = 1024, min_cos: float = 0.1, cos_power: float = 2.0,
                  depth_tolerance: float = 0.01, cancel: Any = None) -> tuple[np.ndarray, np.ndarray]:
@@ -154,11 +158,13 @@ def bake_texture(mesh: UVMesh, cameras: Cameras, images: torch.Tensor, weights: 
     wsum = torch.zeros(pos.shape[0], device=device)
     C, H, W = images.shape[0], images.shape[1], images.shape[2]
     cams = cameras.to(device)
-    depth_maps = rasterize(verts, faces, cams).depth  # [C, H, W]
     w2c, Ks = cams.viewmats, cams.Ks
+    depth_maps = None
     for c in range(C):
         if cancel is not None:
             cancel.check()
+        if c % _DEPTH_CHUNK == 0:  # depth maps a few views at a time, so that a cancel lands between them
+            depth_maps = rasterize(verts, faces, cams[c:c + _DEPTH_CHUNK]).depth  # [<=chunk, H, W]
         pc = pos @ w2c[c, :3, :3].T + w2c[c, :3, 3]
         z = pc[:, 2]
         x = Ks[c, 0, 0] * pc[:, 0] / z.clamp_min(1e-6) + Ks[c, 0, 2]
@@ -166,7 +172,7 @@ def bake_texture(mesh: UVMesh, cameras: Cameras, images: torch.Tensor, weights: 
         inside = (z > 1e-4) & (x >= 0) & (x < W) & (y >= 0) & (y < H)
         xi = x.long().clamp(0, W - 1)
         yi = y.long().clamp(0, H - 1)
-        d = depth_maps[c][yi, xi]
+        d = depth_maps[c % _DEPTH_CHUNK][yi, xi]
         visible = inside & (d > 0) & (z <= d * (1.0 + depth_tolerance) + 1e-4)
         to_cam = F.normalize(cams.centers[c][None] - pos, dim=-1)
         cos = (normal * to_cam).sum(-1)
