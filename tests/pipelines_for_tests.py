@@ -144,6 +144,42 @@ class CrashPipeline(Pipeline):
                 time.sleep(0.05)
 
 
-TEST_PIPELINES = {cls.name: cls for cls in (FitPipeline, BoomPipeline, HogPipeline, CachedPipeline, CrashPipeline)}
+class MeshPipeline(Pipeline):
+    """A tetrahedron with a texture, as a generation method returns it; ``defect`` spoils its
+    previews and result the ways a broken or hostile backend could (for the add-on's tests)."""
+
+    name = "mesh"
+    params = {"defect": Param("choice", "none", "what to spoil", choices=("none", "faces", "shape", "nan"))}
+
+    def run(self, request, emit, cancel):
+        import io
+
+        from PIL import Image
+
+        defect = request.params["defect"]
+        vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+        faces = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]], np.int32)
+        uv = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], np.float32)
+        if defect == "faces":
+            faces = np.array([[0, 1, 2], [0, 1, 1_000_000]], np.int32)
+        elif defect == "nan":
+            vertices[1, 0] = np.nan
+        means, rgb = vertices, np.full((4, 3), 200, np.uint8)
+        if defect == "shape":
+            rgb, uv = np.full((7, 3), 200, np.uint8), np.zeros((9, 2), np.float32)
+        emit.preview("gaussians", {"means": means, "rgb": rgb, "opacity": np.ones(4, np.float32)})
+        emit.preview("mesh", {"vertices": vertices, "faces": faces})
+        texture = np.full((8, 8, 4), 255, np.uint8)
+        emit.preview("texture", {"rgba": texture if defect == "none" else texture[..., :3]})
+        emit.progress("mesh", 1, 1)
+        buf = io.BytesIO()
+        Image.fromarray(texture).save(buf, format="PNG")
+        (request.job_dir / "texture.png").write_bytes(buf.getvalue())
+        return Result(files={"texture.png": request.job_dir / "texture.png"},
+                      arrays={"vertices": vertices, "faces": faces, "uv": uv}, meta={"faces": len(faces)})
+
+
+TEST_PIPELINES = {cls.name: cls for cls in (FitPipeline, BoomPipeline, HogPipeline, CachedPipeline, CrashPipeline,
+                                             MeshPipeline)}
 #: Read by ``splatsmith serve --plugin pipelines_for_tests``.
 PIPELINES = TEST_PIPELINES

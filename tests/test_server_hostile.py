@@ -68,7 +68,7 @@ def test_hostile_request_gets_error_and_server_keeps_serving(raw, name, frames, 
 
 def test_req_id_is_echoed_on_errors(raw):
     reply = raw(encode(messages.make("submit", pipeline="teleport", req_id="abc")))
-    assert reply["req_id"] == "abc" and "available: boom, cached, crash, fit, hog" in reply["message"]
+    assert reply["req_id"] == "abc" and "available: boom, cached, crash, fit, hog, mesh" in reply["message"]
 
 
 def test_many_bad_clients_then_a_good_one(make_server, make_client):
@@ -81,5 +81,5 @@ def test_many_bad_clients_then_a_good_one(make_server, make_client):
         sock.send_multipart([os.urandom(i + 1) for _ in range(i % 3 + 1)])
         sock.close(0)
     client = make_client(server.endpoint)
-    assert client.hello()["pipelines"].keys() == {"boom", "cached", "crash", "fit", "hog"}
+    assert client.hello()["pipelines"].keys() == {"boom", "cached", "crash", "fit", "hog", "mesh"}
     assert client.ping() < 1.0

@@ -230,14 +230,14 @@ def test_backend_killed_mid_job_then_restarted_and_fetched(addon, tmp_path):
     command = " ".join(_serve_command(jobs))
     assert bpy.ops.splatsmith.start_backend(address=address, command=command) == {"FINISHED"}
     # It returned before the backend answered (a blocking start would have connected already).
-    assert client_glue.session.starting is not None and client_glue.session.welcome is None
+    assert client_glue.session.starting is not None
     end = time.monotonic() + 300
     while client_glue.session.starting is not None:  # what the timer does, tick by tick
         assert time.monotonic() < end, client_glue.session.error
         client_glue.pump()
         time.sleep(0.05)
-    assert client_glue.session.welcome is not None, client_glue.session.error
-    assert client_glue.session.backend_process.poll() is None
+    assert client_glue.session.welcome is not None and not client_glue.session.error, client_glue.session.error
+    assert client_glue.session.address == address and client_glue.session.backend_process.poll() is None
     assert bpy.ops.splatsmith.fetch_job(job_id=finished.job_id, wait=True, timeout=60) == {"FINISHED"}
     fetched = bpy.data.objects[client_glue.session.jobs[-1].result_object]
     assert fetched.name == "a red apple" and len(fetched.data.polygons) > 100
