@@ -62,14 +62,15 @@ def test_tiny_teachers_load_and_distil_with_cfg(tiny_cache, kind):
     assert refined.shape == (2, 3, 40, 40) and 0 <= refined.min() and refined.max() <= 1
 
 
-def test_models_are_cached_and_released(tiny_cache, make_server, make_client):
-    server = make_server()
-    first = load_teacher("stable-diffusion", "tiny", cache=server.models)
-    again = load_teacher("stable-diffusion", "tiny", cache=server.models)
+def test_models_are_cached_and_released(tiny_cache):
+    """The worker process's cache (``release`` through a server: test_models_cache)."""
+    cache = ModelCache(2)
+    first = load_teacher("stable-diffusion", "tiny", cache=cache)
+    again = load_teacher("stable-diffusion", "tiny", cache=cache)
     assert first.parts is again.parts  # loaded once, reused between jobs
-    released = make_client(server.endpoint).release()
+    released = cache.release()
     assert any("tiny-stable-diffusion" in k for k in released)
-    assert server.models.keys() == []
+    assert cache.keys() == []
 
 
 def test_incomplete_or_missing_models_name_what_is_missing(tiny_cache, tmp_path):

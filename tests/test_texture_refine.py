@@ -152,7 +152,7 @@ def test_cli_refine_texture(tmp_path):
 def test_server_refuses_a_bad_mesh_and_keeps_serving(make_server, make_client):
     server = make_server(pipelines=load_builtin())
     client = make_client(server.endpoint)
-    bad = {"vertices": np.zeros((3, 3), np.float32), "faces": np.array([[0, 1, 5]], np.int32)}
+    bad = {"vertices": np.eye(3, dtype=np.float32), "faces": np.array([[0, 1, 5]], np.int32)}
     with pytest.raises(JobError, match="index vertices"):
-        client.wait(client.submit("texture_refine", preset="tiny", params={"prompt": "x"}, inputs=bad), timeout=10)
-    assert client.ping() < 1.0
+        client.wait(client.submit("texture_refine", preset="tiny", params={"prompt": "x"}, inputs=bad), timeout=120)
+    assert client.ping() < 30
