@@ -443,7 +443,7 @@ def test_plain_client_and_wrong_server_key_are_told_what_is_wrong(make_server, m
     public, _ = zmq.auth.create_certificates(str(keys), "client")
     shutil.copy(public, keys / "clients")
     server = make_server(curve=CurveConfig.from_dir(keys))
-    fast = Timeouts(ping=3.0)
+    fast = Timeouts(ping=10.0)
     with pytest.raises(ClientError) as info:
         make_client(server.endpoint, timeouts=fast).hello()
     assert info.value.code == "refused" and "requires CURVE keys" in info.value.message

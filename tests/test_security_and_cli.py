@@ -50,17 +50,17 @@ def test_curve_known_client_is_served_unknown_is_not(tmp_path, make_server, make
     server = make_server(curve=CurveConfig.from_dir(root))
     known = make_client(server.endpoint, curve=CurveKeys.from_files(root / "server.key", root / "known.key_secret"))
     assert known.hello()["pipelines"]
-    assert known.wait(known.submit("fit", params={"steps": 2}), timeout=10)["meta"]["steps"] == 2
+    assert known.wait(known.submit("fit", params={"steps": 2}), timeout=120)["meta"]["steps"] == 2
     stranger = make_client(server.endpoint, curve=CurveKeys.from_files(root / "server.key", root / "stranger.key_secret"),
-                           timeouts=Timeouts(ping=1.5))
+                           timeouts=Timeouts(ping=10.0))
     with pytest.raises(ClientError) as info:
         stranger.ping()
     assert info.value.code == "refused" and "CURVE" in info.value.message
-    plain = make_client(server.endpoint, timeouts=Timeouts(ping=1.0))
+    plain = make_client(server.endpoint, timeouts=Timeouts(ping=10.0))
     with pytest.raises(ClientError) as info:
         plain.ping()
-    assert info.value.code in ("timeout", "refused")
-    assert known.ping() < 1.0  # the server still serves the known client
+    assert info.value.code == "refused" and "requires CURVE keys" in info.value.message
+    assert known.ping() < 30  # the server still serves the known client
 
 
 def test_curve_dir_errors_name_the_fix(tmp_path):
@@ -90,7 +90,7 @@ def test_cli_serve_jobs_and_refusals(tmp_path):
     proc = subprocess.Popen([*SPLATSMITH, "serve", "--bind", address, "--output-dir", str(tmp_path / "o"), "--device", "cpu"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        end = time.monotonic() + 60
+        end = time.monotonic() + 300
         while True:
             listed = _run("jobs", "--address", address)
             if listed.returncode == 0 or time.monotonic() > end:
@@ -99,7 +99,7 @@ def test_cli_serve_jobs_and_refusals(tmp_path):
         assert listed.returncode == 0 and "no jobs" in listed.stdout, listed.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
-        output = proc.communicate(timeout=30)[0]
+        output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0 and "stopped" in output
 
 
@@ -115,5 +115,5 @@ def test_cli_keygen_and_doctor(tmp_path):
 
 def test_shared_protocol_imports_without_torch():
     code = "import sys, shared_protocol.client, shared_protocol.messages; assert 'torch' not in sys.modules, 'torch'; print('ok')"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.stdout.strip() == "ok", done.stderr
