@@ -6,8 +6,9 @@ processes on loopback. Prints figures; asserts nothing. Run: ``python bench/hard
 - throughput: 50 clients x 200 ping requests at once (requests per second);
 - a client that never reads (RCVHWM 1, 2000 fetch + 2000 chunk requests for a finished job):
   the server's RSS growth, and another client's ping round trips meanwhile (p50/p99);
-- cancel -> ``cancelled`` for a running job through the server, and the cancel latency of each
-  mesh stage (density grid, extraction, unwrapping, baking);
+- cancel -> ``cancelled`` for a running job through the server, the cancel latency of each
+  mesh stage (density grid, extraction, unwrapping, baking) called directly, and cancel ->
+  ``cancelled`` of a real DreamGaussian job (tiny teachers) in each of its stages;
 - SIGTERM -> exit of a server with a running job.
 """
 from __future__ import annotations
@@ -190,6 +191,36 @@ def bench_cancel(address: str) -> None:
         print(f"cancel latency, {stage}: {seconds * 1000:.0f} ms")
 
 
+def bench_cancel_dreamgaussian(address: str) -> None:
+    """Cancel a real DreamGaussian job (tiny teachers, sizes raised so that each mesh step takes
+    seconds) in each of its stages, and time cancel -> ``cancelled`` at the client."""
+    params = {"mode": "text", "prompt": "a chair", "mesh_resolution": 256, "max_faces": 60_000, "texture_size": 2048,
+              "bake_size": 512, "iters": 200, "refine_iters": 200}
+    stages = {"stage 1 (Gaussians)": lambda m: m["stage"] == "gaussians" and m["step"] > 5,
+              "mesh: extraction": lambda m: m.get("message") == "extracting the surface",
+              "mesh: UV unwrapping": lambda m: m.get("message") == "UV unwrapping",
+              "mesh: baking": lambda m: (m.get("message") or "").startswith("baking"),
+              "stage 2 (texture)": lambda m: m["stage"] not in ("gaussians", "mesh") and m["step"] > 1}
+    with Client(address, timeouts=Timeouts(ping=30, lost=600)) as client:
+        for name, when in stages.items():
+            seen = []
+            job = client.submit("dreamgaussian", preset="tiny", params=params, seed=1,
+                                on_event=lambda h, m: seen.append(m) if m["type"] == "progress" else None)
+            end = time.monotonic() + 900
+            while not any(when(m) for m in seen) and not job.finished and time.monotonic() < end:
+                client.poll(0.01)
+            if job.finished:
+                print(f"cancel latency, DreamGaussian {name}: the job ended before the stage was seen")
+                continue
+            asked = time.perf_counter()
+            client.cancel(job)
+            try:
+                client.wait(job, timeout=300)
+            except JobError as exc:
+                code = exc.code
+            print(f"cancel -> {code}, DreamGaussian {name}: {(time.perf_counter() - asked) * 1000:.0f} ms")
+
+
 def bench_sigterm(jobs: Path) -> None:
     proc, address = serve(jobs)
     with Client(address, timeouts=Timeouts(ping=30, lost=600)) as client:
@@ -210,6 +241,7 @@ def main() -> None:
             bench_throughput(address)
             bench_never_reading(proc, address)
             bench_cancel(address)
+            bench_cancel_dreamgaussian(address)
         finally:
             proc.terminate()
             proc.wait(60)

@@ -149,7 +149,7 @@ def bake_texture(mesh: UVMesh, cameras: Cameras, images: torch.Tensor, weights: 
     verts = torch.as_tensor(mesh.vertices, dtype=torch.float32, device=device)
     faces = torch.as_tensor(mesh.faces, dtype=torch.long, device=device)
     corner_uv = torch.as_tensor(mesh.corner_uv, dtype=torch.float32, device=device)
-    uv_rast = rasterize_uv(corner_uv, size)
+    uv_rast = rasterize_uv(corner_uv, size, cancel=cancel)
     covered = uv_rast.mask[0]
     pos = interpolate(verts, faces, uv_rast)[0][covered]  # [T, 3]
     tm = TexturedMesh(verts, faces)

@@ -197,10 +197,16 @@ class DreamGaussianPipeline(DreamGaussianSpec):
         cancel.check()
         emit.progress("mesh", 2, 3, message="baking 26 views")
         cams = bake_cameras(radius, p["fovy"], p["bake_size"])
+        rgb, alpha = [], []
         with torch.no_grad():
-            views = render(model, cams, background=0.0)
-        colour = (views.rgb / views.alpha.clamp_min(1e-6)).clamp(0, 1)
-        texture, _ = bake_texture(uvm, cams, colour, views.alpha[..., 0], size=p["texture_size"], cancel=cancel)
+            for i in range(len(cams)):  # one view at a time, so that a cancel lands between views
+                cancel.check()
+                view = render(model, cams[i:i + 1], background=0.0)
+                rgb.append(view.rgb)
+                alpha.append(view.alpha)
+        rgb, alpha = torch.cat(rgb), torch.cat(alpha)
+        colour = (rgb / alpha.clamp_min(1e-6)).clamp(0, 1)
+        texture, _ = bake_texture(uvm, cams, colour, alpha[..., 0], size=p["texture_size"], cancel=cancel)
         texture_t = torch.from_numpy(texture).to(device)
         emit.progress("mesh", 3, 3)
         emit.preview("texture", {"rgba": rgba_preview(texture_t)}, {"step": 0})

@@ -15,6 +15,7 @@ with texture row 0 at the top (:func:`uv_to_grid` is the one place that maps bet
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +81,7 @@ _GL_CONTEXTS: dict = {}
 
 
 def _rasterize_screen(xy: torch.Tensor, zinv: torch.Tensor, width: int, height: int,
-                      max_pairs: int = 8_000_000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      max_pairs: int = 8_000_000, cancel: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rasterise triangles given in pixel coordinates.
 
     Args:
@@ -89,6 +90,7 @@ def _rasterize_screen(xy: torch.Tensor, zinv: torch.Tensor, width: int, height: 
             rasterisation, e.g. in UV space); faces with a non-positive value are skipped.
         width, height: image size.
         max_pairs: pixel/face pairs evaluated at once (bounds memory).
+        cancel: a ``CancelToken`` checked once per batch of pairs, or None.
     Returns:
         (tri_id int64 [H*W], bary float32 [H*W, 3], depth float32 [H*W]).
     """
@@ -112,6 +114,8 @@ def _rasterize_screen(xy: torch.Tensor, zinv: torch.Tensor, width: int, height: 
     cum = torch.cumsum(counts[faces_idx], 0)
     start = 0
     while start < faces_idx.numel():
+        if cancel is not None:
+            cancel.check()
         base = int(cum[start - 1]) if start > 0 else 0
         end = int(torch.searchsorted(cum, base + max_pairs, right=True))
         end = max(end, start + 1)
@@ -226,12 +230,13 @@ def _rasterize_nvdiffrast(vertices: torch.Tensor, faces: torch.Tensor, cams: Cam
     return Rasterization(tri, bary, depth)
 
 
-def rasterize_uv(uv: torch.Tensor, size: int) -> Rasterization:
+def rasterize_uv(uv: torch.Tensor, size: int, cancel: Any = None) -> Rasterization:
     """Rasterise a UV atlas: which face (and where in it) each texel of a ``size`` x ``size``
     texture belongs to. ``uv`` is float [F, 3, 2] per-corner, origin bottom-left; texel row 0
-    is the top (v = 1). Returns a :class:`Rasterization` with C = 1 (depth 1 where covered)."""
+    is the top (v = 1). Returns a :class:`Rasterization` with C = 1 (depth 1 where covered).
+    ``cancel`` (a ``CancelToken``) is checked between batches; raises JobCancelled."""
     xy = torch.stack([uv[..., 0] * size, (1.0 - uv[..., 1]) * size], -1)
-    t, b, d = _rasterize_screen(xy, torch.ones(uv.shape[:2], device=uv.device), size, size)
+    t, b, d = _rasterize_screen(xy, torch.ones(uv.shape[:2], device=uv.device), size, size, cancel=cancel)
     return Rasterization(t.reshape(1, size, size), b.reshape(1, size, size, 3), d.reshape(1, size, size))
 
 
