@@ -213,19 +213,25 @@ def _load_image_inputs(image: Path, mask: Optional[Path]) -> dict:
     return inputs
 
 
+def _progress_events(progress):
+    """A client event callback that shows a job's ``progress`` messages as one bar per stage."""
+    tasks: dict[str, int] = {}
+
+    def on_event(handle, message):
+        if message["type"] == "progress":
+            stage = message["stage"]
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(escape(printable(stage)), total=max(message["total"], 1))
+            progress.update(tasks[stage], completed=message["step"], total=max(message["total"], 1))
+
+    return on_event
+
+
 def _stream_remote(address: str, pipeline: str, preset: str, params: dict, inputs: dict, seed: int, label: str,
                    server_key: Optional[Path], client_key: Optional[Path]) -> dict:
     """Submit to a running server and show its progress; returns the result message."""
     with _client(address, server_key, client_key) as client, _progress() as progress:
-        tasks: dict[str, int] = {}
-
-        def on_event(handle, message):
-            if message["type"] == "progress":
-                stage = message["stage"]
-                if stage not in tasks:
-                    tasks[stage] = progress.add_task(stage, total=max(message["total"], 1))
-                progress.update(tasks[stage], completed=message["step"], total=max(message["total"], 1))
-
+        on_event = _progress_events(progress)
         try:
             client.hello()
             handle = client.submit(pipeline, params=params, inputs=inputs, preset=preset, seed=seed, label=label,
@@ -477,17 +483,8 @@ def fetch(
     import numpy as np
 
     with _client(server, server_key, client_key) as client, _progress() as progress:
-        tasks: dict[str, int] = {}
-
-        def on_event(handle, message):
-            if message["type"] == "progress":
-                stage = message["stage"]
-                if stage not in tasks:
-                    tasks[stage] = progress.add_task(escape(stage), total=max(message["total"], 1))
-                progress.update(tasks[stage], completed=message["step"], total=max(message["total"], 1))
-
         try:
-            result = client.wait(client.fetch(job_id, on_event=on_event))
+            result = client.wait(client.fetch(job_id, on_event=_progress_events(progress)))
         except ClientError as exc:
             _fail(escape(exc.message))
     out.mkdir(parents=True, exist_ok=True)

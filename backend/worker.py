@@ -409,11 +409,16 @@ class WorkerProcess:
         or ``{"state": "failed"|"cancelled", "code": ..., "text": ...}``. Never raises for
         what happens in the worker."""
         self.start()
-        if not self.wait_ready():
-            text = self.fatal or f"the worker process did not start within {self.start_timeout:g} s"
-            if self.fatal is None:
+        end = time.monotonic() + self.start_timeout
+        while not self._ready.wait(0.1):  # a cancel or a stop may come while the worker starts
+            if should_kill() or time.monotonic() > end:
                 self.kill()
-            return {"state": "failed", "code": "worker_crashed", "text": text}
+                if should_kill():
+                    return {"state": "cancelled", "code": "cancelled", "text": "the job was cancelled"}
+                return {"state": "failed", "code": "worker_crashed",
+                        "text": f"the worker process did not start within {self.start_timeout:g} s"}
+        if self.fatal is not None:
+            return {"state": "failed", "code": "worker_crashed", "text": f"the worker process cannot run jobs: {self.fatal}"}
         while True:  # outcomes of an earlier worker (a crash while idle) are not this job's
             try:
                 self._outcomes.get_nowait()

@@ -89,6 +89,14 @@ def test_the_server_process_never_imports_torch(serve_process):
     assert any("libtorch" in Path(f"/proc/{pid}/maps").read_text() for pid in children)  # the worker has it
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_serve_with_an_unusable_device_says_why_and_exits(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "backend.cli", "serve", "--bind", "127.0.0.1:*", "--device", "cuda",
+                           "--output-dir", str(tmp_path / "jobs")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1 and "worker process could not start" in done.stderr and "CUDA" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 # ---------------------------------------------------------------------- item 4: a full disk
 @pytest.fixture
 def small_disk(tmp_path):
