@@ -315,10 +315,12 @@ class Dispatcher(threading.Thread):
         client_quota: most jobs one client may have queued or running.
         cancel_grace: seconds a cancelled job may take to stop before its worker is killed
             (the job still ends ``cancelled``; the next job starts a new worker).
+        stop_grace: the same when the server stops (the job ends ``interrupted``).
     """
 
     def __init__(self, store: JobStore, pipelines: dict[str, type[Pipeline]], executor: Any, post: Post,
-                 on_done: Callable[[Job], None], *, max_queue: int = 32, client_quota: int = 8, cancel_grace: float = 10.0, stop_grace: float = 5.0):
+                 on_done: Callable[[Job], None], *, max_queue: int = 32, client_quota: int = 8,
+                 cancel_grace: float = 10.0, stop_grace: float = 5.0):
         super().__init__(name="splatsmith-dispatcher", daemon=True)
         self.store, self.pipelines, self.executor, self.post, self.on_done = store, pipelines, executor, post, on_done
         self.max_queue, self.client_quota = max_queue, client_quota
