@@ -252,60 +252,144 @@ def generate(
     image: Optional[Path] = typer.Option(None, "--image", help="Reference image (RGBA: alpha is the object; RGB: give --mask)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (text-to-3D)."),
     mask: Optional[Path] = typer.Option(None, "--mask", help="Foreground mask for an RGB image (white = object)."),
-    pipeline: str = typer.Option("dreamgaussian", help="Pipeline name."),
-    preset: str = typer.Option("default", help="default | fast | tiny"),
+    pipeline: str = typer.Option("dreamgaussian", help="Pipeline name (see `splatsmith pipelines`)."),
+    preset: str = typer.Option("default", help="A preset of the pipeline (see `splatsmith pipelines NAME`)."),
     seed: int = typer.Option(0, min=0, help="Random seed (the same seed gives the same asset)."),
+    param: list[str] = typer.Option([], "--param", help="KEY=VALUE for any parameter of the pipeline (repeatable; see `splatsmith pipelines NAME`)."),
     teacher: str = typer.Option("auto", help="auto | oracle (verification teacher, needs --oracle-mesh)"),
     oracle_mesh: Optional[Path] = typer.Option(None, help="Ground-truth GLB for --teacher oracle."),
     negative_prompt: str = typer.Option("", help="What the teacher should avoid (text mode)."),
     elevation: float = typer.Option(0.0, help="Elevation of the reference view, degrees (image mode)."),
-    out: Path = typer.Option(Path("splatsmith.glb"), "--out", help="Where to write the GLB (the PLY goes beside it)."),
+    out: Path = typer.Option(Path("splatsmith.glb"), "--out", help="Where to write the GLB (the PLY goes beside it; a pipeline without a GLB writes its files into this path's folder)."),
     device: str = typer.Option("auto", help="auto | cuda | cpu (in-process runs)"),
     output_dir: Path = typer.Option(DEFAULT_OUTPUT, help="Folder for the job folder (in-process runs)."),
-    server: Optional[str] = typer.Option(None, help="Run on a backend at this address instead of in this process."),
+    server: Optional[str] = typer.Option(None, help="Run on a backend at this address (HOST:PORT) instead of in this process."),
     server_key: Optional[Path] = typer.Option(None, help="The server's public CURVE key file."),
     client_key: Optional[Path] = typer.Option(None, help="This client's secret CURVE key file."),
 ) -> None:
-    """Generate a textured 3D asset from an image or a text prompt (DreamGaussian by default)."""
-    from .pipelines import load_builtin
-
-    if (image is None) == (prompt is None):
+    """Generate a 3D asset with a pipeline: from an image or a text prompt (DreamGaussian by default),
+    or any pipeline a backend offers, its parameters given with --param."""
+    described = _describe_pipelines(server, server_key, client_key)
+    if pipeline not in described:
+        _fail(f"unknown pipeline {pipeline!r}; available: {', '.join(sorted(described))}")
+    schema = described[pipeline]["params"]
+    if "mode" in schema and (image is None) == (prompt is None):
         _fail("give exactly one of --image PATH or --prompt TEXT")
-    registry = load_builtin()
-    if pipeline not in registry:
-        _fail(f"unknown pipeline {pipeline!r}; available: {', '.join(sorted(registry))}")
-    params: dict = {"mode": "image" if image is not None else "text", "teacher": teacher,
-                    "negative_prompt": negative_prompt, "elevation": elevation}
-    if prompt is not None:
-        params["prompt"] = prompt
+    params: dict = {}
+    defaults = {"mode": "image" if image is not None else "text", "teacher": teacher,
+                "negative_prompt": negative_prompt, "elevation": elevation, "prompt": prompt}
+    params.update({k: v for k, v in defaults.items() if k in schema and v is not None})
     if teacher == "oracle":
         if oracle_mesh is None:
             _fail("--teacher oracle needs --oracle-mesh GT.glb")
         params["oracle_mesh"] = str(oracle_mesh.resolve())
+    params.update(_parse_params(pipeline, schema, param))
     inputs = _load_image_inputs(image, mask) if image is not None else {}
-    label = image.stem if image is not None else (prompt or "")[:60]
-    files, meta, where = _run_job(registry[pipeline], preset, params, inputs, seed, label, server, server_key, client_key,
+    label = image.stem if image is not None else (prompt or pipeline)[:60]
+    files, meta, where = _run_job(pipeline, preset, params, inputs, seed, label, server, server_key, client_key,
                                   device, output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(files["asset.glb"])
-    written = [str(out)]
-    if "gaussians.ply" in files:
-        out.with_suffix(".ply").write_bytes(files["gaussians.ply"])
-        written.append(str(out.with_suffix(".ply")))
-    console.print(f"wrote {' and '.join(written)} ({meta.get('faces')} faces, {meta.get('total_seconds', 0):.0f} s); {where}")
+    written = []
+    if "asset.glb" in files:
+        out.write_bytes(files["asset.glb"])
+        written.append(str(out))
+        if "gaussians.ply" in files:
+            out.with_suffix(".ply").write_bytes(files["gaussians.ply"])
+            written.append(str(out.with_suffix(".ply")))
+    else:
+        for name, data in files.items():
+            (out.parent / Path(name).name).write_bytes(data)
+            written.append(str(out.parent / Path(name).name))
+    faces = f"{meta['faces']} faces, " if "faces" in meta else ""
+    console.print(f"wrote {' and '.join(written) or 'no files'} ({faces}{meta.get('total_seconds', 0):.0f} s); {where}")
 
 
-def _run_job(pipeline_cls, preset: str, params: dict, inputs: dict, seed: int, label: str, server: Optional[str],
+def _describe_pipelines(server: Optional[str], server_key: Optional[Path], client_key: Optional[Path]) -> dict:
+    """name -> description (``Pipeline.describe()``) of the pipelines of ``server``, or of this
+    installation when ``server`` is None."""
+    if server:
+        with _client(server, server_key, client_key) as client:
+            try:
+                return client.hello()["pipelines"]
+            except ClientError as exc:
+                _fail(escape(exc.message))
+    from .pipelines import load_builtin
+
+    return {name: cls.describe() for name, cls in sorted(load_builtin().items())}
+
+
+def _parse_params(pipeline: str, schema: dict, pairs: list[str]) -> dict:
+    """``--param KEY=VALUE`` pairs checked against a pipeline's parameter schema; exits with one
+    sentence for a malformed pair, an unknown key or a value out of range."""
+    import difflib
+
+    from .pipelines.base import Param, ParamError
+
+    params = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            _fail(escape(f"--param takes KEY=VALUE, got {pair!r}"))
+        if key not in schema:
+            close = difflib.get_close_matches(key, list(schema), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            _fail(escape(f"pipeline {pipeline!r} has no parameter {key!r}{hint} (`splatsmith pipelines {pipeline}` lists them)"))
+        try:
+            params[key] = Param.from_description(schema[key]).parse(key, text)
+        except ParamError as exc:
+            _fail(escape(str(exc)))
+    return params
+
+
+@app.command()
+def pipelines(
+    name: Optional[str] = typer.Argument(None, help="A pipeline: list its presets and parameters."),
+    server: Optional[str] = typer.Option(None, help="Ask a running backend (HOST:PORT) instead of this installation."),
+    server_key: Optional[Path] = typer.Option(None, help="The server's public CURVE key file."),
+    client_key: Optional[Path] = typer.Option(None, help="This client's secret CURVE key file."),
+) -> None:
+    """The pipelines (methods), their presets, and each one's parameters with ranges and help."""
+    described = _describe_pipelines(server, server_key, client_key)
+    if name is None:
+        table = Table(_id_column("pipeline", list(described)), "title", "inputs", "presets")
+        for key, d in described.items():
+            inputs = ", ".join(f"{k}{'' if s.get('required') else '?'}" for k, s in d.get("inputs", {}).items())
+            table.add_row(key, escape(d.get("title", "")), escape(inputs or "-"), escape(", ".join(d.get("presets", {}))))
+        out.print(table)
+        return
+    if name not in described:
+        _fail(f"unknown pipeline {name!r}; available: {', '.join(sorted(described))}")
+    d = described[name]
+    presets = d.get("presets", {})
+    table = Table(_id_column("parameter", list(d["params"])), "kind", "default", "allowed",
+                  *[f"preset {p}" for p in presets if p != "default"], "help")
+    for key, spec in d["params"].items():
+        if spec.get("choices"):
+            allowed = " | ".join(spec["choices"])
+        elif "min" in spec or "max" in spec:
+            allowed = f"{spec.get('min', '')} .. {spec.get('max', '')}"
+        else:
+            allowed = ""
+        overrides = [str(presets[p].get(key, "")) for p in presets if p != "default"]
+        table.add_row(key, spec["kind"], escape(str(spec.get("default"))), escape(allowed), *map(escape, overrides),
+                      escape(spec.get("help", "")))
+    out.print(f"[bold]{escape(name)}[/]: {escape(d.get('title', ''))}")
+    out.print(table)
+
+
+def _run_job(pipeline: str, preset: str, params: dict, inputs: dict, seed: int, label: str, server: Optional[str],
              server_key: Optional[Path], client_key: Optional[Path], device: str,
              output_dir: Path) -> tuple[dict[str, bytes], dict, str]:
     """Run one job on a backend at ``server`` or in this process, with progress bars.
     Returns (files name -> bytes, meta, where it ran). Exits with a message on bad input."""
     if server:
-        result = _stream_remote(server, pipeline_cls.name, preset, params, inputs, seed, label, server_key, client_key)
+        result = _stream_remote(server, pipeline, preset, params, inputs, seed, label, server_key, client_key)
         files = {name: arr.tobytes() for name, arr in result["files"].items()}
         return files, result["meta"], f"job {result['job_id']} on {server}"
     from .device import DeviceError, resolve_device
     from .geometry.uv import UnwrapError
+    from .pipelines import load_builtin
     from .images import MaskError
     from .jobs import JobStore
     from .models import ModelMissingError
@@ -315,7 +399,7 @@ def _run_job(pipeline_cls, preset: str, params: dict, inputs: dict, seed: int, l
     try:
         dev = resolve_device(device)
         with _progress() as progress, _cancel_on_signals(output_dir):
-            job, result = run_local(JobStore(output_dir), pipeline_cls, preset, params, inputs, seed,
+            job, result = run_local(JobStore(output_dir), load_builtin()[pipeline], preset, params, inputs, seed,
                                     RichEmitter(progress), dev, label=label)
     except (DeviceError, ParamError, MaskError, ModelMissingError, FileNotFoundError, UnwrapError) as exc:
         _fail(str(exc))
@@ -344,7 +428,6 @@ def refine_texture(
     client_key: Optional[Path] = typer.Option(None, help="This client's secret CURVE key file."),
 ) -> None:
     """A new or improved texture for MESH from a prompt and/or a reference image; the geometry is kept as it is."""
-    from .pipelines import load_builtin
     from .pipelines.texture_refine import job_inputs_from_glb
 
     if prompt is None and image is None and teacher != "oracle":
@@ -365,8 +448,7 @@ def refine_texture(
         if oracle_mesh is None:
             _fail("--teacher oracle needs --oracle-mesh GT.glb")
         params["oracle_mesh"] = str(oracle_mesh.resolve())
-    registry = load_builtin()
-    files, meta, where = _run_job(registry["texture_refine"], preset, params, inputs, seed, mesh.stem, server, server_key,
+    files, meta, where = _run_job("texture_refine", preset, params, inputs, seed, mesh.stem, server, server_key,
                                   client_key, device, output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(files["textured.glb"])

@@ -108,6 +108,34 @@ class Param:
             raise ParamError(f"parameter {name!r} is {len(value)} characters long; at most {self.max_len} allowed")
         return value
 
+    @classmethod
+    def from_description(cls, d: dict) -> "Param":
+        """The parameter a :meth:`describe` dict (e.g. from a server's welcome) stands for."""
+        return cls(d["kind"], d.get("default"), d.get("help", ""), d.get("min"), d.get("max"),
+                   tuple(d["choices"]) if d.get("choices") is not None else None, path=bool(d.get("path")))
+
+    def parse(self, name: str, text: str) -> Any:
+        """The value of ``text`` as typed on a command line (``--param name=text``), checked.
+
+        Raises:
+            ParamError: not a number, not true/false, out of range, not an allowed choice.
+        """
+        value: Any = text
+        try:
+            if self.kind == "int":
+                value = int(text)
+            elif self.kind == "float":
+                value = float(text)
+        except ValueError:
+            raise ParamError(f"parameter {name!r} must be a {'whole ' if self.kind == 'int' else ''}number, "
+                             f"got {text!r}") from None
+        if self.kind == "bool":
+            lowered = text.strip().lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                raise ParamError(f"parameter {name!r} must be true or false, got {text!r}")
+            value = lowered in ("true", "1", "yes", "on")
+        return self.coerce(name, value)
+
     def describe(self) -> dict:
         d = {"kind": self.kind, "default": self.default, "help": self.help}
         if self.min is not None:

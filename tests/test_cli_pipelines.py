@@ -1,0 +1,67 @@
+"""`splatsmith pipelines` and `splatsmith generate --pipeline NAME --param KEY=VALUE`, checked
+against the schema of this installation or of a running server."""
+from __future__ import annotations
+
+import numpy as np
+from typer.testing import CliRunner
+
+from backend.cli import app
+from backend.pipelines.base import Param, ParamError
+
+runner = CliRunner()
+
+
+def test_pipelines_lists_the_methods_and_one_methods_parameters():
+    listed = runner.invoke(app, ["pipelines"])
+    assert listed.exit_code == 0, listed.output
+    for name in ("dreamgaussian", "reconstruct", "texture_refine"):
+        assert name in listed.output
+    one = runner.invoke(app, ["pipelines", "dreamgaussian"], env={"COLUMNS": "250"})
+    assert one.exit_code == 0 and "resolutions" in one.output and "preset fast" in one.output
+    assert "64,96,128" in one.output  # the fast preset's value
+    missing = runner.invoke(app, ["pipelines", "teleport"])
+    assert missing.exit_code == 1 and "available: dreamgaussian" in missing.output
+
+
+def test_pipelines_of_a_running_server_and_generate_with_params(make_server, tmp_path):
+    server = make_server()
+    address = server.endpoint.replace("tcp://", "")
+    listed = runner.invoke(app, ["pipelines", "--server", address])
+    assert listed.exit_code == 0 and "fit" in listed.output and "crash" in listed.output
+    made = runner.invoke(app, ["generate", "--pipeline", "fit", "--server", address, "--seed", "2", "--param", "steps=3",
+                               "--param", "lr=0.1", "--param", "points=16", "--out", str(tmp_path / "out" / "x.glb")])
+    assert made.exit_code == 0, made.output
+    points = np.fromfile(tmp_path / "out" / "points.bin", np.float32).reshape(-1, 3)
+    assert points.shape == (16, 3)
+    job = server.store.all()[-1]
+    assert (job.params["steps"], job.params["lr"], job.params["points"], job.seed) == (3, 0.1, 16, 2)
+
+
+def test_generate_param_errors_are_one_sentence(make_server):
+    address = make_server().endpoint.replace("tcp://", "")
+    cases = [
+        (["--param", "stpes=3"], "has no parameter 'stpes'; did you mean 'steps'?"),
+        (["--param", "steps=-5"], "outside the allowed range"),
+        (["--param", "steps=many"], "must be a whole number"),
+        (["--param", "steps"], "--param takes KEY=VALUE"),
+    ]
+    for extra, words in cases:
+        out = runner.invoke(app, ["generate", "--pipeline", "fit", "--server", address, *extra])
+        assert out.exit_code == 1 and words in out.output and "Traceback" not in out.output, out.output
+    unknown = runner.invoke(app, ["generate", "--pipeline", "teleport", "--prompt", "x"])
+    assert unknown.exit_code == 1 and "unknown pipeline" in unknown.output
+
+
+def test_param_parse_follows_the_kind():
+    assert Param("bool", False).parse("x", "yes") is True and Param("bool", True).parse("x", "off") is False
+    assert Param("float", 0.0, min=0, max=1).parse("x", "0.25") == 0.25
+    assert Param("choice", "a", choices=("a", "b")).parse("x", "b") == "b"
+    for param, text in ((Param("bool", False), "maybe"), (Param("choice", "a", choices=("a", "b")), "c"),
+                        (Param("float", 0.0, min=0, max=1), "2")):
+        try:
+            param.parse("x", text)
+        except ParamError:
+            continue
+        raise AssertionError(f"{text!r} was accepted")
+    described = Param("int", 3, "help", min=1, max=9).describe()
+    assert Param.from_description(described) == Param("int", 3, "help", min=1, max=9)
