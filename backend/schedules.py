@@ -223,3 +223,38 @@ def step_levels(values: Sequence[int], fractions: Sequence[float], step: int, to
         raise ValueError("need one fraction fewer than values")
     r = _progress(step, total)
     return int(values[sum(r >= f for f in fractions)])
+
+
+#: One line for people per schedule name (the CLI's and the panel's help).
+SCHEDULE_HELP: dict[str, str] = {
+    "dreamgaussian": "DreamGaussian: t falls linearly from t_max to t_min over training (deterministic)",
+    "uniform": "DreamFusion: t drawn uniformly from [t_min, t_max] at every step",
+    "dreamtime": "DreamTime TP-SDS: a non-increasing t that lingers where the prior weight is high",
+    "dtc": "DTC123 curriculum: a random t in a window that moves from coarse (large t) to fine (small t)",
+}
+
+
+def make_schedule(name: str, t_min: int = 20, t_max: int = 980) -> TimestepSchedule:
+    """The timestep schedule called ``name`` (the ``timestep_schedule`` parameter of every stage
+    that distils from a teacher), restricted to [t_min, t_max].
+
+    Args:
+        name: ``"dreamgaussian"`` (:class:`DreamGaussianAnneal`), ``"uniform"``
+            (:class:`Uniform`), ``"dreamtime"`` (:class:`DreamTime`, its paper's m1, m2, s1, s2)
+            or ``"dtc"`` (:class:`DTCCurriculum`'s default stages, clipped to the range).
+        t_min, t_max: the timestep range, 0 <= t_min < t_max < 1000.
+    Raises:
+        ValueError: an unknown name or an empty range.
+    """
+    if not 0 <= t_min < t_max < NUM_TRAIN_TIMESTEPS:
+        raise ValueError(f"timestep range [{t_min}, {t_max}] must satisfy 0 <= t_min < t_max < {NUM_TRAIN_TIMESTEPS}")
+    if name == "dreamgaussian":
+        return DreamGaussianAnneal(t_min, t_max)
+    if name == "uniform":
+        return Uniform(t_min, t_max)
+    if name == "dreamtime":
+        return DreamTime(t_min=t_min, t_max=t_max)
+    if name == "dtc":
+        curriculum = DTCCurriculum()
+        return lambda step, total, generator=None: int(np.clip(curriculum(step, total, generator), t_min, t_max))
+    raise ValueError(f"unknown timestep schedule {name!r}; use one of {', '.join(SCHEDULE_HELP)}")

@@ -162,3 +162,25 @@ def test_oracle_run_recovers_the_object(tmp_path, mode):
     print(f"dreamgaussian oracle {mode}: {time.monotonic() - start:.0f} s", {k: round(v, 3) for k, v in scores.items()})
     assert scores["mesh_iou"] >= 0.90, scores
     assert scores["mesh_psnr"] >= 22.0, scores
+
+
+@pytest.mark.parametrize("name", ["dreamtime", "uniform"])
+def test_the_timestep_schedule_is_chosen_by_name(tmp_path, name):
+    from backend.schedules import make_schedule
+
+    seen = []
+
+    class Record(Emitter):
+        def _on_progress(self, msg):
+            if msg["stage"] == "gaussians" and msg["message"]:
+                seen.append((msg["step"], int(msg["message"].split("t=")[1].split(",")[0])))
+
+    params = {"mode": "text", "prompt": "a vase", "iters": 40, "refine_iters": 1, "timestep_schedule": name}
+    run_local(JobStore(tmp_path / "jobs"), DreamGaussianPipeline, "tiny", params, {}, 0, Record())
+    steps, ts = zip(*seen)
+    assert len(ts) == 40 and all(20 <= t <= 980 for t in ts)
+    if name == "dreamtime":
+        schedule = make_schedule("dreamtime", 20, 980)
+        assert list(ts) == [schedule(s, 40) for s in steps]
+    else:
+        assert any(a < b for a, b in zip(ts, ts[1:]))  # random, not annealed

@@ -91,3 +91,22 @@ def test_ramps_and_levels():
     assert [step_levels([128, 256, 512], [0.3, 0.6], s, 100) for s in (0, 29, 30, 59, 60, 100)] == [128, 128, 256, 256, 512, 512]
     with pytest.raises(ValueError):
         Ramp(((0.5, 1.0), (0.2, 2.0)))
+
+
+def test_schedules_by_name_cover_the_parameter_choices():
+    from backend.pipelines.base import TIMESTEP_SCHEDULES
+    from backend.schedules import SCHEDULE_HELP, make_schedule
+
+    assert set(TIMESTEP_SCHEDULES) == set(SCHEDULE_HELP)
+    gen = torch.Generator().manual_seed(0)
+    for name in TIMESTEP_SCHEDULES:
+        schedule = make_schedule(name, 50, 950)
+        ts = [schedule(step, 200, gen) for step in range(201)]
+        assert all(isinstance(t, int) and 50 <= t <= 950 for t in ts), name
+        if name in ("dreamgaussian", "dreamtime"):
+            assert all(a >= b for a, b in zip(ts, ts[1:])), name  # deterministic, non-increasing
+    assert make_schedule("dreamgaussian", 20, 980)(0, 100) == 980 and make_schedule("dreamgaussian", 20, 980)(100, 100) == 20
+    with pytest.raises(ValueError, match="unknown timestep schedule"):
+        make_schedule("cosine")
+    with pytest.raises(ValueError, match="t_min < t_max"):
+        make_schedule("uniform", 500, 400)

@@ -427,6 +427,18 @@ class Pipeline:
         }
 
 
+#: The ``timestep_schedule`` choices of every stage that distils from a teacher (built by
+#: ``backend.schedules.make_schedule``; listed here so that specifications stay torch-free).
+TIMESTEP_SCHEDULES = ("dreamgaussian", "uniform", "dreamtime", "dtc")
+
+
+def timestep_schedule_param(default: str = "dreamgaussian") -> Param:
+    """The ``timestep_schedule`` parameter, the same in every method."""
+    return Param("choice", default, "diffusion timestep schedule of score distillation: dreamgaussian (linear "
+                 "anneal), uniform (DreamFusion), dreamtime (TP-SDS), dtc (DTC123 curriculum)",
+                 choices=TIMESTEP_SCHEDULES)
+
+
 #: Bytes per unit in the memory estimates of :meth:`Pipeline.estimate_memory` (rough upper
 #: figures chosen from the renderers' and the VAE's buffers, not measured per device):
 #: a rendered pixel that a teacher encodes (render buffers, gradients, VAE activations at

@@ -3,7 +3,7 @@
 Stage 1 (section 3.1): 3D Gaussians initialised uniformly in a ball, optimised with SDS from
 Zero-1-to-3 (image mode, plus the reference-view RGB and mask losses, ramped linearly) or
 Stable Diffusion (text mode, view-dependent prompts); timesteps annealed
-(``schedules.DreamGaussianAnneal``); render resolution 128 -> 256 -> 512 at 30% and 60% of
+(``schedules.DreamGaussianAnneal``, or any ``timestep_schedule``); render resolution 128 -> 256 -> 512 at 30% and 60% of
 training; random orbit cameras around the input elevation; white or black background at
 random; densification and pruning by gsplat's ``DefaultStrategy``.
 
@@ -39,7 +39,7 @@ from ..guidance import load_job_teacher
 from ..images import load_rgba, recenter, to_white_background
 from ..render.gaussians import GaussianModel, render
 from ..render.mesh import TexturedMesh, render_mesh
-from ..schedules import DreamGaussianAnneal, step_levels
+from ..schedules import make_schedule, step_levels
 from .base import CancelToken, Emitter, JobRequest, Result
 from .specs.dreamgaussian import DreamGaussianSpec
 from .reconstruct import PREVIEW_INTERVAL_S, expon_lr, preview_gaussians
@@ -129,7 +129,7 @@ class DreamGaussianPipeline(DreamGaussianSpec):
                                    prune_scale3d=0.5, refine_start_iter=d_from, refine_stop_iter=p["densify_until"],
                                    refine_every=d_every, reset_every=10**9)
         state = strategy.initialize_state(scene_scale=1.0)
-        schedule = DreamGaussianAnneal(p["t_min"], p["t_max"])
+        schedule = make_schedule(p["timestep_schedule"], p["t_min"], p["t_max"])
         sizes = [int(x) for x in p["resolutions"].split(",")]
         last_preview = 0.0
         clock = self.timings = {"render": 0.0, "teacher": 0.0, "backward": 0.0, "densify": 0.0, "steps": 0}

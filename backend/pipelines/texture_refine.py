@@ -30,7 +30,7 @@ from ..geometry.uv import UVMesh, bake_texture, fill_empty_texels, unwrap
 from ..guidance import load_job_teacher
 from ..images import load_rgba, recenter, to_white_background
 from ..render.mesh import TexturedMesh, render_mesh
-from ..schedules import DreamGaussianAnneal
+from ..schedules import make_schedule
 from .base import CancelToken, Emitter, JobRequest, Result
 from .specs.texture_refine import MAX_TRIANGLES, TextureRefineSpec, non_manifold_edges  # noqa: F401 (re-exported)
 
@@ -47,7 +47,8 @@ def rgba_preview(texture: torch.Tensor) -> np.ndarray:
 def optimise_texture(mesh: TexturedMesh, texture: torch.Tensor, teacher, sample_cameras, iters: int, *, lr: float,
                      strength_start: float, strength_end: float, refine_steps: int, ref: dict | None, emit: Emitter,
                      cancel: CancelToken, generator: torch.Generator, lambda_ref: float = 1.0, lambda_sds: float = 0.0,
-                     sds_t_range: tuple[int, int] = (20, 500), stage: str = "texture") -> torch.Tensor:
+                     sds_t_range: tuple[int, int] = (20, 500), timestep_schedule: str = "dreamgaussian",
+                     stage: str = "texture") -> torch.Tensor:
     """DreamGaussian stage 2: optimise a UV texture against the teacher's refined views.
 
     Args:
@@ -61,7 +62,8 @@ def optimise_texture(mesh: TexturedMesh, texture: torch.Tensor, teacher, sample_
         refine_steps: DDIM steps of the teacher's full schedule.
         ref: optional reference view ``{"rgb": [1, 3, h, w], "alpha": [1, 1, h, w], "camera"}``;
             its MSE under the mask is added with weight ``lambda_ref``.
-        lambda_sds: weight of an added SDS term (0: off), timesteps annealed over ``sds_t_range``.
+        lambda_sds: weight of an added SDS term (0: off), its timesteps from ``timestep_schedule``
+            (``schedules.make_schedule``) over ``sds_t_range``.
     Returns:
         The optimised texture, float [H, W, 3] in [0, 1] (detached).
     """
@@ -69,7 +71,7 @@ def optimise_texture(mesh: TexturedMesh, texture: torch.Tensor, teacher, sample_
         return texture
     raw = torch.nn.Parameter(torch.logit(texture.clamp(1e-3, 1 - 1e-3)))
     opt = torch.optim.Adam([raw], lr=lr, betas=(0.9, 0.99), eps=1e-15)
-    anneal = DreamGaussianAnneal(*sds_t_range)
+    schedule = make_schedule(timestep_schedule, *sds_t_range)
     last_preview = time.monotonic()
     for step in range(1, iters + 1):
         cancel.check()
@@ -83,7 +85,7 @@ def optimise_texture(mesh: TexturedMesh, texture: torch.Tensor, teacher, sample_
                                     check=cancel.check)
         loss = F.mse_loss(image, target)
         if lambda_sds > 0:
-            t = anneal(step, iters)
+            t = schedule(step, iters, generator)
             loss = loss + lambda_sds * teacher.sds(image, cams, t, background=bg, generator=generator).loss
         if ref is not None and lambda_ref > 0:
             rout = render_mesh(textured, ref["camera"], background=bg)
@@ -166,7 +168,8 @@ class TextureRefinePipeline(TextureRefineSpec):
         texture = optimise_texture(mesh, texture, teacher, sample_cameras, p["steps"], lr=p["lr"],
                                    strength_start=p["strength"], strength_end=p["strength"] / 4,
                                    refine_steps=p["refine_steps"], ref=ref, emit=emit, cancel=cancel, generator=gen,
-                                   lambda_ref=p["lambda_ref"], lambda_sds=p["lambda_sds"])
+                                   lambda_ref=p["lambda_ref"], lambda_sds=p["lambda_sds"],
+                                   timestep_schedule=p["timestep_schedule"])
         tex8 = texture_to_uint8(texture)
         Image.fromarray(tex8).save(request.job_dir / "texture.png")
         split = corner_uv_mesh(vertices, faces, corner_uv)

@@ -3,7 +3,7 @@ code's numbers, see ``backend.pipelines.dreamgaussian``), presets, inputs, model
 from __future__ import annotations
 
 from ..base import (BYTES_PER_GAUSSIAN, BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, BYTES_PER_VOXEL, TEACHER_BYTES, InputSpec,
-                    Param, ParamError, Pipeline, check_teacher_inputs, register)
+                    Param, ParamError, Pipeline, check_teacher_inputs, register, timestep_schedule_param)
 
 #: Largest stage-1 render size accepted in 'resolutions' (the public code uses 512).
 MAX_RENDER_SIZE = 2048
@@ -46,6 +46,7 @@ class DreamGaussianSpec(Pipeline):
         "resolutions": Param("str", "128,256,512", "stage 1 render sizes, switched at 30% and 60% of training", max_len=40),
         "batch_size": Param("int", 1, "views per SDS step", min=1, max=16),
         "guidance_scale": Param("float", -1.0, "CFG scale (-1: 5 image, 100 text)", min=-1, max=1000),
+        "timestep_schedule": timestep_schedule_param("dreamgaussian"),
         "t_min": Param("int", 20, "smallest timestep", min=1, max=999),
         "t_max": Param("int", 980, "largest timestep", min=1, max=999),
         "elevation": Param("float", 0.0, "elevation of the reference view, degrees", min=-89, max=89),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..base import (BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, TEACHER_BYTES, InputSpec, Param, ParamError, Pipeline,
-                    check_teacher_inputs, register)
+                    check_teacher_inputs, register, timestep_schedule_param)
 
 #: The largest mesh texture refinement accepts (it never decimates).
 MAX_TRIANGLES = 200_000
@@ -44,6 +44,7 @@ class TextureRefineSpec(Pipeline):
         "lr": Param("float", 0.2, "Adam learning rate on the texture logits", min=0.0, max=10.0),
         "lambda_ref": Param("float", 1.0, "weight of the reference view's masked MSE", min=0.0, max=1e6),
         "lambda_sds": Param("float", 0.0, "weight of an added SDS term (0: off)", min=0.0, max=1e6),
+        "timestep_schedule": timestep_schedule_param("dreamgaussian"),
         "guidance_scale": Param("float", -1.0, "CFG scale (-1: 5 with an image, 100 with a prompt)", min=-1, max=1000),
         "ref_fovy": Param("float", 49.1, "vertical field of view of the reference camera, degrees", min=1, max=170),
         "elevation_min": Param("float", -20.0, "lowest elevation of the random views, degrees", min=-89, max=89),
