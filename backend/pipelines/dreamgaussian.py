@@ -28,29 +28,22 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..cameras import Cameras, orbit_cameras, sample_orbit_cameras
-from ..geometry.export import texture_to_uint8, write_glb, write_ply
-from ..geometry.extract import extract_mesh
-from ..geometry.uv import bake_texture, unwrap
+from ..geometry.export import texture_to_uint8, write_ply
+from ..geometry.uv import bake_texture
 from ..guidance import load_job_teacher
 from ..images import load_rgba, recenter, to_white_background
 from ..render.gaussians import GaussianModel, render
 from ..render.mesh import TexturedMesh, render_mesh
 from ..schedules import make_schedule, step_levels
+from ..stages.gaussians import Densification, expon_lr, preview_gaussians, reference_view_loss, sds_terms, set_lr, step_optimizers
+from ..stages.mesh_export import export_mesh, orbit_bake_cameras, render_bake_views, write_textured_asset
+from ..stages.progress import PreviewThrottle
+from ..stages.texture import optimise_texture
 from .base import CancelToken, Emitter, JobRequest, Result
 from .specs.dreamgaussian import DreamGaussianSpec
-from .reconstruct import PREVIEW_INTERVAL_S, expon_lr, preview_gaussians
-from .texture_refine import optimise_texture, rgba_preview
-
-
-def bake_cameras(radius: float, fovy: float, size: int) -> Cameras:
-    """DreamGaussian's 26 baking views: 8 azimuths x elevations {-45, 0, 45}, top and bottom."""
-    el = [-45.0] * 8 + [0.0] * 8 + [45.0] * 8 + [89.9, -89.9]
-    az = [i * 45.0 for i in range(8)] * 3 + [0.0, 0.0]
-    return orbit_cameras(el, az, radius, fovy, size, size)
 
 
 def elevation_window(p: dict) -> tuple[float, float]:
@@ -61,7 +54,6 @@ def elevation_window(p: dict) -> tuple[float, float]:
 class DreamGaussianPipeline(DreamGaussianSpec):
     """Image- or text-to-3D with Gaussians, a mesh and a refined UV texture."""
 
-    # ------------------------------------------------------------------ setup
     def run(self, request: JobRequest, emit: Emitter, cancel: CancelToken) -> Result:
         p = dict(request.params)
         image_mode = p["mode"] == "image"
@@ -72,66 +64,76 @@ class DreamGaussianPipeline(DreamGaussianSpec):
         teacher = load_job_teacher(p, image_mode, device, cache=request.models, models_dir=request.models_dir)
         ref = None
         if image_mode:
-            size = p["ref_size"]
-            camera = orbit_cameras(p["elevation"], 0.0, radius, p["fovy"], size, size)
-            if p["teacher"] == "oracle":
-                # The oracle's own render of the reference view is the reference image.
-                from ..guidance.oracle import render_target
-
-                rgb_t = render_target(teacher, camera, 1.0).to(device)
-                with torch.no_grad():
-                    alpha_t = render_mesh(teacher.mesh, camera).alpha.permute(0, 3, 1, 2).to(device)
-                rgba = np.concatenate([texture_to_uint8(rgb_t[0].permute(1, 2, 0)), texture_to_uint8(alpha_t[0, 0])[..., None]], -1)
-            else:
-                rgba = recenter(load_rgba(np.asarray(request.inputs["image"]), request.inputs.get("mask")), size)
-                rgb, alpha = to_white_background(rgba)
-                rgb_t = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device)
-                alpha_t = torch.from_numpy(alpha)[None, None].to(device)
-            Image.fromarray(rgba).save(request.job_dir / "reference.png")
-            ref = {"rgb": rgb_t, "alpha": alpha_t, "camera": camera}
+            ref = self.reference(request, p, teacher, radius)
             teacher.encode_condition(image=ref["rgb"], elevation=p["elevation"], azimuth=0.0, radius=radius)
         else:
             teacher.encode_condition(prompt=p["prompt"], negative_prompt=p["negative_prompt"])
         model = self.stage1(p, teacher, ref, radius, emit, cancel, gen, device)
         write_ply(request.job_dir / "gaussians.ply", model)
         cancel.check()
-        mesh, uvm, texture = self.make_mesh(p, model, radius, emit, cancel, device)
+        bake_cams = orbit_bake_cameras(radius, p["fovy"], p["bake_size"])
+
+        def bake(uvm):
+            colour, alpha = render_bake_views(model, bake_cams, cancel)
+            return bake_texture(uvm, bake_cams, colour, alpha, size=p["texture_size"], cancel=cancel)[0]
+
+        exported = export_mesh(model, bake, resolution=p["mesh_resolution"], density_threshold=p["density_threshold"],
+                               max_faces=p["max_faces"], texture_size=p["texture_size"],
+                               calibration_cameras=orbit_bake_cameras(radius, p["fovy"], min(p["bake_size"], 128)),
+                               unwrap_time_limit=p["unwrap_time_limit"], emit=emit, cancel=cancel,
+                               bake_message="baking 26 views")
+        uvm = exported.uvm
+        texture = torch.from_numpy(exported.texture).to(device)
+        mesh = TexturedMesh(torch.from_numpy(uvm.vertices).to(device), torch.from_numpy(uvm.faces).to(device),
+                            torch.from_numpy(uvm.corner_uv).to(device), texture)
         texture = self.stage2(p, teacher, ref, radius, mesh, texture, emit, cancel, gen)
-        tex8 = texture_to_uint8(texture)
-        glb = write_glb(request.job_dir / "asset.glb", uvm.vertices, uvm.faces, uvm.uv, tex8, name="dreamgaussian")
-        Image.fromarray(tex8).save(request.job_dir / "texture.png")
-        files = {"asset.glb": glb, "gaussians.ply": request.job_dir / "gaussians.ply", "texture.png": request.job_dir / "texture.png"}
+        files, arrays = write_textured_asset(request.job_dir, uvm, texture, "dreamgaussian")
+        files["gaussians.ply"] = request.job_dir / "gaussians.ply"
         if image_mode:
             files["reference.png"] = request.job_dir / "reference.png"
-        return Result(
-            files=files,
-            arrays={"vertices": uvm.vertices.astype(np.float32), "faces": uvm.faces.astype(np.int32),
-                    "uv": uvm.uv.astype(np.float32), "texture": tex8},
-            meta={"mode": p["mode"], "gaussians": len(model), "faces": int(len(uvm.faces)),
-                  "stage1_seconds": {k: round(v, 4) for k, v in self.timings.items()},
-                  "total_seconds": round(time.monotonic() - t0, 2), "radius": radius},
-        )
+        return Result(files=files, arrays=arrays, meta={
+            "mode": p["mode"], "gaussians": len(model), "faces": int(len(uvm.faces)),
+            "stage1_seconds": {k: round(v, 4) for k, v in self.timings.items()},
+            "total_seconds": round(time.monotonic() - t0, 2), "radius": radius})
+
+    @staticmethod
+    def reference(request: JobRequest, p: dict, teacher, radius: float) -> dict:
+        """The reference view: the input image recentred (or, with the oracle, the oracle's own
+        render), as ``{"rgb": [1, 3, S, S] over white, "alpha": [1, 1, S, S], "camera"}``;
+        ``reference.png`` is written to the job folder."""
+        device, size = request.device, p["ref_size"]
+        camera = orbit_cameras(p["elevation"], 0.0, radius, p["fovy"], size, size)
+        if p["teacher"] == "oracle":
+            from ..guidance.oracle import render_target
+
+            rgb_t = render_target(teacher, camera, 1.0).to(device)
+            with torch.no_grad():
+                alpha_t = render_mesh(teacher.mesh, camera).alpha.permute(0, 3, 1, 2).to(device)
+            rgba = np.concatenate([texture_to_uint8(rgb_t[0].permute(1, 2, 0)), texture_to_uint8(alpha_t[0, 0])[..., None]], -1)
+        else:
+            rgba = recenter(load_rgba(np.asarray(request.inputs["image"]), request.inputs.get("mask")), size)
+            rgb, alpha = to_white_background(rgba)
+            rgb_t = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device)
+            alpha_t = torch.from_numpy(alpha)[None, None].to(device)
+        Image.fromarray(rgba).save(request.job_dir / "reference.png")
+        return {"rgb": rgb_t, "alpha": alpha_t, "camera": camera}
 
     # ------------------------------------------------------------------ stage 1
     def stage1(self, p, teacher, ref, radius, emit: Emitter, cancel: CancelToken, gen, device) -> GaussianModel:
-        from gsplat.strategy import DefaultStrategy
-        from gsplat.strategy.ops import reset_opa
-
         image_mode = ref is not None
         iters = p["iters"]
         model = GaussianModel.init_sphere(p["num_points"], p["init_radius"], p["init_opacity"], p["sh_degree"], gen).to(device)
-        lrs = {"means": p["lr_position"], "sh0": p["lr_color"], "shN": p["lr_color"] / 20.0, "opacities": p["lr_opacity"],
-               "scales": p["lr_scale"], "quats": p["lr_rotation"]}
-        optimizers = model.parameter_groups(lrs)
-        d_from = p["densify_from"] if p["densify_from"] >= 0 else (100 if image_mode else 0)
-        d_every = p["densify_every"] if p["densify_every"] > 0 else (100 if image_mode else 50)
-        strategy = DefaultStrategy(prune_opa=p["prune_opacity"], grow_grad2d=p["densify_grad"], grow_scale3d=0.01,
-                                   prune_scale3d=0.5, refine_start_iter=d_from, refine_stop_iter=p["densify_until"],
-                                   refine_every=d_every, reset_every=10**9)
-        state = strategy.initialize_state(scene_scale=1.0)
+        optimizers = model.parameter_groups({
+            "means": p["lr_position"], "sh0": p["lr_color"], "shN": p["lr_color"] / 20.0, "opacities": p["lr_opacity"],
+            "scales": p["lr_scale"], "quats": p["lr_rotation"]})
+        densify = Densification(
+            prune_opacity=p["prune_opacity"], grad_threshold=p["densify_grad"], prune_scale3d=0.5,
+            start=p["densify_from"] if p["densify_from"] >= 0 else (100 if image_mode else 0),
+            every=p["densify_every"] if p["densify_every"] > 0 else (100 if image_mode else 50),
+            stop=p["densify_until"], reset_every=p["opacity_reset_every"])
         schedule = make_schedule(p["timestep_schedule"], p["t_min"], p["t_max"])
         sizes = [int(x) for x in p["resolutions"].split(",")]
-        last_preview = 0.0
+        previews = PreviewThrottle()
         clock = self.timings = {"render": 0.0, "teacher": 0.0, "backward": 0.0, "densify": 0.0, "steps": 0}
         sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
@@ -142,77 +144,34 @@ class DreamGaussianPipeline(DreamGaussianSpec):
             return now
         for step in range(1, iters + 1):
             cancel.check()
-            ratio = min(1.0, step / iters)
-            for group in optimizers["means"].param_groups:
-                group["lr"] = expon_lr(step, iters, p["lr_position"], max(p["lr_position_final"], 1e-12))
+            ratio = min(1.0, step / iters)  # the reference losses ramp up linearly
+            set_lr(optimizers["means"], expon_lr(step, iters, p["lr_position"], max(p["lr_position_final"], 1e-12)))
             size = step_levels(sizes, [0.3, 0.6], step, iters)
             loss = torch.zeros((), device=device)
-            info = None
             mark = time.perf_counter()
             if image_mode:
                 out = render(model, ref["camera"], background=1.0)
-                image = out.rgb.permute(0, 3, 1, 2)
-                loss = loss + p["lambda_rgb"] * ratio * F.mse_loss(image, ref["rgb"])
-                loss = loss + p["lambda_mask"] * ratio * F.mse_loss(out.alpha.permute(0, 3, 1, 2), ref["alpha"])
+                loss = loss + reference_view_loss(out, ref, p["lambda_rgb"] * ratio, p["lambda_mask"] * ratio)
             cams, _, _, _ = sample_orbit_cameras(p["batch_size"], elevation_window(p), (-180.0, 180.0), (radius, radius),
                                                  p["fovy"], size, size, generator=gen)
             bg = torch.ones(3) if torch.rand(1, generator=gen).item() > p["invert_bg_prob"] else torch.zeros(3)
             out = render(model, cams, background=bg.to(device))
-            info = out.info
-            strategy.step_pre_backward(model.params, optimizers, state, step, info)
+            densify.before_backward(model, optimizers, step, out.info)
             mark = lap("render", mark)
             t = schedule(step, iters, gen)
-            sds = teacher.sds(out.rgb.permute(0, 3, 1, 2), cams, t, background=bg.to(device), generator=gen)
-            loss = loss + sds.loss
+            loss = loss + sds_terms([(teacher, 1.0)], out.rgb.permute(0, 3, 1, 2), cams, t, background=bg.to(device),
+                                    generator=gen)
             mark = lap("teacher", mark)
             loss.backward()
-            for opt in optimizers.values():
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            step_optimizers(optimizers)
             mark = lap("backward", mark)
-            strategy.step_post_backward(model.params, optimizers, state, step, info)
-            if p["opacity_reset_every"] and step % p["opacity_reset_every"] == 0 and step < p["densify_until"]:
-                reset_opa(model.params, optimizers, state, value=p["prune_opacity"] * 2.0)
+            densify.after_backward(model, optimizers, step, out.info)
             lap("densify", mark)
             clock["steps"] += 1
             emit.progress("gaussians", step, iters, loss.item(), message=f"{len(model)} Gaussians, t={t}, {size}px")
-            now = time.monotonic()
-            if now - last_preview >= PREVIEW_INTERVAL_S or step == iters:
-                last_preview = now
+            if previews.due(step, iters):
                 emit.preview("gaussians", preview_gaussians(model, gen), {"step": step, "count": len(model)})
         return model
-
-    # ------------------------------------------------------------------ mesh
-    def make_mesh(self, p, model: GaussianModel, radius: float, emit: Emitter, cancel: CancelToken, device):
-        emit.progress("mesh", 0, 3, message="extracting the surface")
-        calib = bake_cameras(radius, p["fovy"], min(p["bake_size"], 128))
-        extracted = extract_mesh(model, p["mesh_resolution"], p["density_threshold"], p["max_faces"],
-                                 calibration_cameras=calib, cancel=cancel)
-        mesh = extracted.mesh
-        emit.preview("mesh", {"vertices": torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32),
-                              "faces": torch.as_tensor(np.asarray(mesh.faces), dtype=torch.int32)}, {"faces": len(mesh.faces)})
-        cancel.check()
-        emit.progress("mesh", 1, 3, message="UV unwrapping")
-        uvm = unwrap(mesh.vertices, mesh.faces, resolution=p["texture_size"], time_limit=p["unwrap_time_limit"], cancel=cancel)
-        cancel.check()
-        emit.progress("mesh", 2, 3, message="baking 26 views")
-        cams = bake_cameras(radius, p["fovy"], p["bake_size"])
-        rgb, alpha = [], []
-        with torch.no_grad():
-            for i in range(len(cams)):  # one view at a time, so that a cancel lands between views
-                cancel.check()
-                view = render(model, cams[i:i + 1], background=0.0)
-                rgb.append(view.rgb)
-                alpha.append(view.alpha)
-        rgb, alpha = torch.cat(rgb), torch.cat(alpha)
-        colour = (rgb / alpha.clamp_min(1e-6)).clamp(0, 1)
-        texture, _ = bake_texture(uvm, cams, colour, alpha[..., 0], size=p["texture_size"], cancel=cancel)
-        texture_t = torch.from_numpy(texture).to(device)
-        emit.progress("mesh", 3, 3)
-        emit.preview("texture", {"rgba": rgba_preview(texture_t)}, {"step": 0})
-        textured = TexturedMesh(torch.from_numpy(uvm.vertices).to(device), torch.from_numpy(uvm.faces).to(device),
-                                torch.from_numpy(uvm.corner_uv).to(device), texture_t)
-        return textured, uvm, texture_t
 
     # ------------------------------------------------------------------ stage 2
     def stage2(self, p, teacher, ref, radius, mesh: TexturedMesh, texture: torch.Tensor, emit: Emitter,

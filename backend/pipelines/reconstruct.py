@@ -33,15 +33,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..cameras import Cameras, blender_to_gltf, fovx_to_fovy, load_transforms_json, look_at_point, orbit_cameras
-from ..geometry.export import texture_to_uint8, write_glb, write_ply
-from ..geometry.extract import extract_mesh
-from ..geometry.uv import bake_texture, unwrap
+from ..geometry.export import write_ply
 from ..render.gaussians import GaussianModel, render
+from ..stages.gaussians import Densification, expon_lr, image_loss, preview_gaussians, set_lr, step_optimizers
+from ..stages.mesh_export import bake_from_views, export_mesh, write_textured_asset
+from ..stages.progress import PreviewThrottle
 from .base import CancelToken, Emitter, JobRequest, ParamError, Result
 from .specs.reconstruct import ReconstructSpec
 
-PREVIEW_INTERVAL_S = 0.5
-MAX_PREVIEW_POINTS = 50_000
 
 
 @dataclass
@@ -160,22 +159,6 @@ def knn_scale(points: torch.Tensor, k: int = 3) -> torch.Tensor:
     return torch.from_numpy(rms.astype(np.float32)).to(points.device)
 
 
-def image_loss(pred: torch.Tensor, target: torch.Tensor, w_ssim: float) -> torch.Tensor:
-    """(1 - w_ssim) L1 + w_ssim (1 - MS-SSIM) on [B, H, W, 3] images in [0, 1]. MS-SSIM
-    (pytorch-msssim) with a 7-px window needs sides above 96 px; below that, single-scale SSIM."""
-    from pytorch_msssim import ms_ssim, ssim
-
-    l1 = (pred - target).abs().mean()
-    if w_ssim <= 0:
-        return l1
-    x, y = pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)
-    if min(x.shape[-2:]) > 96:
-        s = ms_ssim(x, y, data_range=1.0, win_size=7)
-    else:
-        s = ssim(x, y, data_range=1.0, win_size=min(7, (min(x.shape[-2:]) // 2) * 2 - 1))
-    return (1.0 - w_ssim) * l1 + w_ssim * (1.0 - s)
-
-
 def load_lpips(device: str):
     """The LPIPS network (Zhang et al. 2018, the ``lpips`` package, AlexNet backbone) when it is
     installed and its backbone weights are in the local torch hub cache; None otherwise (it
@@ -199,33 +182,10 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("inf") if mse == 0 else -10.0 * math.log10(mse)
 
 
-def expon_lr(step: int, total: int, lr_init: float, lr_final: float) -> float:
-    """Log-linear decay from lr_init to lr_final over ``total`` steps (3DGS ``get_expon_lr_func``)."""
-    t = min(max(step / max(total, 1), 0.0), 1.0)
-    return math.exp(math.log(lr_init) * (1 - t) + math.log(lr_final) * t)
-
-
-def preview_gaussians(model: GaussianModel, generator: torch.Generator | None = None) -> dict:
-    """A point-cloud preview: means float32 [M,3], rgb uint8 [M,3], opacity float32 [M],
-    M <= 50k (a random subset of the most opaque Gaussians when there are more)."""
-    with torch.no_grad():
-        idx = torch.arange(len(model), device=model.device)
-        if len(model) > MAX_PREVIEW_POINTS:
-            idx = torch.randperm(len(model), generator=generator)[:MAX_PREVIEW_POINTS].to(model.device)
-        return {
-            "means": model.means[idx].float(),
-            "rgb": (model.base_colors[idx] * 255 + 0.5).to(torch.uint8),
-            "opacity": model.opacities[idx].float(),
-        }
-
-
 def fit_gaussians(views: Views, p: dict, emit: Emitter, cancel: CancelToken, generator: torch.Generator,
                   stage: str = "fit") -> GaussianModel:
     """Fit Gaussians to posed RGBA views (module doc, steps 1-3). ``p`` holds the pipeline's
     parameters (iters, init_points, lr_*, w_ssim, w_mask, densify_*, reset_every, sh_degree)."""
-    from gsplat.strategy import DefaultStrategy
-    from gsplat.strategy.ops import reset_opa
-
     device = views.images.device
     points, colours = visual_hull_points(views, p["init_points"], generator)
     extent = float((points.max(0).values - points.min(0).values).max())
@@ -234,42 +194,32 @@ def fit_gaussians(views: Views, p: dict, emit: Emitter, cancel: CancelToken, gen
            "opacities": p["lr_opacities"], "sh0": p["lr_colors"], "shN": p["lr_colors"] / 20.0}
     optimizers = model.parameter_groups(lrs)
     iters = p["iters"]
-    strategy = DefaultStrategy(
-        prune_opa=p["prune_opacity"], grow_grad2d=p["densify_grad"], grow_scale3d=0.01,
-        prune_scale3d=0.2, refine_start_iter=p["densify_from"], refine_stop_iter=int(iters * p["densify_until"]),
-        refine_every=p["densify_every"], reset_every=10**9, verbose=False,
-    )
-    strategy.check_sanity(model.params, optimizers)
-    state = strategy.initialize_state(scene_scale=extent)
+    densify = Densification(prune_opacity=p["prune_opacity"], grad_threshold=p["densify_grad"], prune_scale3d=0.2,
+                            start=p["densify_from"], stop=int(iters * p["densify_until"]), every=p["densify_every"],
+                            reset_every=p["reset_every"], scene_scale=extent)
+    densify.check(model, optimizers)
     n_views = len(views.cameras)
-    last_preview = 0.0
+    previews = PreviewThrottle()
     lpips_net = load_lpips(device) if p["w_lpips"] > 0 else None
     emit.log(f"LPIPS {'on' if lpips_net is not None else 'off (lpips or its AlexNet weights not present locally)'}")
     for step in range(1, iters + 1):
         cancel.check()
-        for group in optimizers["means"].param_groups:
-            group["lr"] = expon_lr(step, iters, lrs["means"], lrs["means"] * 0.01)
+        set_lr(optimizers["means"], expon_lr(step, iters, lrs["means"], lrs["means"] * 0.01))
         i = int(torch.randint(n_views, (1,), generator=generator))
         cam = views.cameras[i]
         gt = views.images[i:i + 1]
         bg = torch.rand(3, generator=generator).to(device)
         target = gt[..., :3] * gt[..., 3:] + (1 - gt[..., 3:]) * bg
         out = render(model, cam, background=bg)
-        strategy.step_pre_backward(model.params, optimizers, state, step, out.info)
+        densify.before_backward(model, optimizers, step, out.info)
         loss = image_loss(out.rgb, target, p["w_ssim"]) + p["w_mask"] * F.mse_loss(out.alpha[..., 0], gt[..., 3])
         if lpips_net is not None:
             loss = loss + p["w_lpips"] * lpips_net(out.rgb.permute(0, 3, 1, 2) * 2 - 1, target.permute(0, 3, 1, 2) * 2 - 1).mean()
         loss.backward()
-        for opt in optimizers.values():
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        strategy.step_post_backward(model.params, optimizers, state, step, out.info)
-        if p["reset_every"] and step % p["reset_every"] == 0 and step < iters * p["densify_until"]:
-            reset_opa(model.params, optimizers, state, value=p["prune_opacity"] * 2.0)
+        step_optimizers(optimizers)
+        densify.after_backward(model, optimizers, step, out.info)
         emit.progress(stage, step, iters, loss.item(), message=f"{len(model)} Gaussians")
-        now = time.monotonic()
-        if now - last_preview >= PREVIEW_INTERVAL_S or step == iters:
-            last_preview = now
+        if previews.due(step, iters):
             emit.preview("gaussians", preview_gaussians(model, generator), {"step": step, "count": len(model)})
     return model
 
@@ -300,29 +250,15 @@ class ReconstructPipeline(ReconstructSpec):
         cancel.check()
         job_dir = request.job_dir
         write_ply(job_dir / "gaussians.ply", model)
-        emit.progress("mesh", 0, 3, message="extracting the surface")
-        extracted = extract_mesh(model, p["mesh_resolution"], p["density_threshold"], p["max_faces"],
-                                 calibration_cameras=calibration_cameras(views.cameras), cancel=cancel)
-        mesh = extracted.mesh
-        emit.preview("mesh", {"vertices": torch.as_tensor(mesh.vertices, dtype=torch.float32),
-                              "faces": torch.as_tensor(mesh.faces, dtype=torch.int32)}, {"faces": len(mesh.faces)})
-        cancel.check()
-        emit.progress("mesh", 1, 3, message="UV unwrapping")
-        uvm = unwrap(mesh.vertices, mesh.faces, resolution=p["texture_size"], time_limit=p["unwrap_time_limit"], cancel=cancel)
-        cancel.check()
-        emit.progress("mesh", 2, 3, message="baking the texture")
-        # Bake from the training images themselves, weighted by their masks.
-        texture, _ = bake_texture(uvm, views.cameras, views.images[..., :3], views.images[..., 3], size=p["texture_size"], cancel=cancel)
-        tex8 = texture_to_uint8(texture)
-        emit.preview("texture", {"rgba": np.concatenate([tex8, np.full(tex8.shape[:2] + (1,), 255, np.uint8)], -1)})
-        emit.progress("mesh", 3, 3)
-        glb = write_glb(job_dir / "asset.glb", uvm.vertices, uvm.faces, uvm.uv, tex8, name="reconstruction")
-        Image.fromarray(tex8).save(job_dir / "texture.png")
-        return Result(
-            files={"asset.glb": glb, "gaussians.ply": job_dir / "gaussians.ply", "texture.png": job_dir / "texture.png"},
-            arrays={"vertices": uvm.vertices.astype(np.float32), "faces": uvm.faces.astype(np.int32),
-                    "uv": uvm.uv.astype(np.float32), "texture": tex8},
-            meta={"gaussians": len(model), "faces": int(len(uvm.faces)), "fit_seconds": round(t_fit, 2),
-                  "density_level": extracted.level, "silhouette_iou": extracted.silhouette_iou,
-                  "total_seconds": round(time.monotonic() - t0, 2)},
-        )
+        # The atlas is baked from the training images themselves, weighted by their masks.
+        bake = bake_from_views(views.cameras, views.images[..., :3], views.images[..., 3], p["texture_size"], cancel)
+        exported = export_mesh(model, bake, resolution=p["mesh_resolution"], density_threshold=p["density_threshold"],
+                               max_faces=p["max_faces"], calibration_cameras=calibration_cameras(views.cameras),
+                               texture_size=p["texture_size"], unwrap_time_limit=p["unwrap_time_limit"], emit=emit,
+                               cancel=cancel)
+        files, arrays = write_textured_asset(job_dir, exported.uvm, exported.texture, "reconstruction")
+        files["gaussians.ply"] = job_dir / "gaussians.ply"
+        return Result(files=files, arrays=arrays, meta={
+            "gaussians": len(model), "faces": int(len(exported.uvm.faces)), "fit_seconds": round(t_fit, 2),
+            "density_level": exported.extracted.level, "silhouette_iou": exported.extracted.silhouette_iou,
+            "total_seconds": round(time.monotonic() - t0, 2)})

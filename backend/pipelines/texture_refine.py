@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..cameras import Cameras, orbit_angles, orbit_cameras, sample_orbit_cameras
@@ -30,76 +29,10 @@ from ..geometry.uv import UVMesh, bake_texture, fill_empty_texels, unwrap
 from ..guidance import load_job_teacher
 from ..images import load_rgba, recenter, to_white_background
 from ..render.mesh import TexturedMesh, render_mesh
-from ..schedules import make_schedule
+from ..stages.mesh_export import rgba_preview
+from ..stages.texture import optimise_texture
 from .base import CancelToken, Emitter, JobRequest, Result
 from .specs.texture_refine import MAX_TRIANGLES, TextureRefineSpec, non_manifold_edges  # noqa: F401 (re-exported)
-
-#: Least time between two texture previews, seconds.
-PREVIEW_INTERVAL_S = 0.5
-
-
-def rgba_preview(texture: torch.Tensor) -> np.ndarray:
-    """float [H, W, 3] in [0, 1] -> uint8 [H, W, 4] opaque, for ``texture`` previews."""
-    tex8 = texture_to_uint8(texture)
-    return np.concatenate([tex8, np.full(tex8.shape[:2] + (1,), 255, np.uint8)], -1)
-
-
-def optimise_texture(mesh: TexturedMesh, texture: torch.Tensor, teacher, sample_cameras, iters: int, *, lr: float,
-                     strength_start: float, strength_end: float, refine_steps: int, ref: dict | None, emit: Emitter,
-                     cancel: CancelToken, generator: torch.Generator, lambda_ref: float = 1.0, lambda_sds: float = 0.0,
-                     sds_t_range: tuple[int, int] = (20, 500), timestep_schedule: str = "dreamgaussian",
-                     stage: str = "texture") -> torch.Tensor:
-    """DreamGaussian stage 2: optimise a UV texture against the teacher's refined views.
-
-    Args:
-        mesh: the geometry with per-corner UVs (its ``texture`` is ignored).
-        texture: float [H, W, 3] in [0, 1], the initial texture.
-        teacher: a :class:`backend.guidance.base.Guidance` with its condition encoded.
-        sample_cameras: ``callable(step) -> Cameras``, the views rendered at that step.
-        iters: optimisation steps (0: the texture is returned unchanged).
-        lr: Adam learning rate on the texture's logits (DreamGaussian: 0.2).
-        strength_start, strength_end: SDEdit noise strength, linear over the steps, in [0, 1].
-        refine_steps: DDIM steps of the teacher's full schedule.
-        ref: optional reference view ``{"rgb": [1, 3, h, w], "alpha": [1, 1, h, w], "camera"}``;
-            its MSE under the mask is added with weight ``lambda_ref``.
-        lambda_sds: weight of an added SDS term (0: off), its timesteps from ``timestep_schedule``
-            (``schedules.make_schedule``) over ``sds_t_range``.
-    Returns:
-        The optimised texture, float [H, W, 3] in [0, 1] (detached).
-    """
-    if iters == 0:
-        return texture
-    raw = torch.nn.Parameter(torch.logit(texture.clamp(1e-3, 1 - 1e-3)))
-    opt = torch.optim.Adam([raw], lr=lr, betas=(0.9, 0.99), eps=1e-15)
-    schedule = make_schedule(timestep_schedule, *sds_t_range)
-    last_preview = time.monotonic()
-    for step in range(1, iters + 1):
-        cancel.check()
-        strength = strength_start + (strength_end - strength_start) * step / iters
-        cams = sample_cameras(step)
-        bg = torch.ones(3, device=raw.device)
-        textured = TexturedMesh(mesh.vertices, mesh.faces, mesh.uv, torch.sigmoid(raw))
-        image = render_mesh(textured, cams, background=bg).rgb.permute(0, 3, 1, 2)
-        with torch.no_grad():
-            target = teacher.refine(image.detach(), cams, strength, refine_steps, background=bg, generator=generator,
-                                    check=cancel.check)
-        loss = F.mse_loss(image, target)
-        if lambda_sds > 0:
-            t = schedule(step, iters, generator)
-            loss = loss + lambda_sds * teacher.sds(image, cams, t, background=bg, generator=generator).loss
-        if ref is not None and lambda_ref > 0:
-            rout = render_mesh(textured, ref["camera"], background=bg)
-            mask = ref["alpha"]
-            loss = loss + lambda_ref * F.mse_loss(rout.rgb.permute(0, 3, 1, 2) * mask, ref["rgb"] * mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        emit.progress(stage, step, iters, loss.item(), message=f"strength {strength:.2f}")
-        now = time.monotonic()
-        if now - last_preview >= PREVIEW_INTERVAL_S or step == iters:
-            last_preview = now
-            emit.preview("texture", {"rgba": rgba_preview(torch.sigmoid(raw.detach()))}, {"step": step})
-    return torch.sigmoid(raw.detach())
 
 
 def normalising_transform(vertices: np.ndarray) -> tuple[np.ndarray, float]:

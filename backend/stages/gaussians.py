@@ -1,0 +1,147 @@
+"""Gaussian optimisation parts. The loop belongs to the method (gsplat's ``simple_trainer``
+style); this module gives it what every Gaussian method repeats:
+
+- :func:`expon_lr`: the position learning rate's log-linear decay (3DGS
+  ``get_expon_lr_func``);
+- :class:`Densification`: gsplat's ``DefaultStrategy`` as a policy with two hooks, plus the
+  periodic opacity reset that gsplat 1.5.3 never performs (DESIGN.md section 6);
+- :func:`step_optimizers`;
+- losses: :func:`image_loss` (L1 + MS-SSIM, multi-view fitting), :func:`reference_view_loss`
+  (a reference image's RGB and mask), :func:`sds_terms` (SDS from one or more teachers with
+  weights);
+- :func:`preview_gaussians`: the point-cloud preview.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..render.gaussians import GaussianModel, RenderOutput
+
+#: Largest point-cloud preview (a random subset of the Gaussians beyond it).
+MAX_PREVIEW_POINTS = 50_000
+
+
+def expon_lr(step: int, total: int, lr_init: float, lr_final: float) -> float:
+    """Log-linear decay from ``lr_init`` to ``lr_final`` over ``total`` steps, constant after
+    (3DGS ``utils/general_utils.py`` ``get_expon_lr_func`` without its delay term)."""
+    t = min(max(step / max(total, 1), 0.0), 1.0)
+    return math.exp(math.log(lr_init) * (1 - t) + math.log(lr_final) * t)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group of ``optimizer`` to ``lr``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def step_optimizers(optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    """One step of every optimiser, then clear the gradients."""
+    for opt in optimizers.values():
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+class Densification:
+    """Clone, split and prune Gaussians (3DGS, Kerbl et al. 2023, section 5.2) with gsplat's
+    ``DefaultStrategy``, and reset opacities every ``reset_every`` steps before ``stop``.
+
+    gsplat 1.5.3 cannot run its own reset (``reset_every`` is set out of reach and the reset
+    is called here, to ``2 x prune_opacity`` as gsplat's would).
+
+    Args:
+        prune_opacity: Gaussians below this opacity are pruned.
+        grad_threshold: image-plane gradient threshold (gsplat units).
+        start, stop, every: densification from step ``start`` to ``stop``, every ``every`` steps.
+        reset_every: steps between opacity resets (0: never).
+        scene_scale: the scene's extent (gsplat scales its size thresholds by it).
+        grow_scale3d: clone/split boundary, as a fraction of ``scene_scale``.
+        prune_scale3d: Gaussians larger than this fraction of ``scene_scale`` are pruned.
+        verbose: gsplat's own logging.
+    """
+
+    def __init__(self, *, prune_opacity: float, grad_threshold: float, start: int, stop: int, every: int,
+                 reset_every: int = 0, scene_scale: float = 1.0, grow_scale3d: float = 0.01,
+                 prune_scale3d: float = 0.5, verbose: bool = False):
+        from gsplat.strategy import DefaultStrategy
+
+        self.strategy = DefaultStrategy(prune_opa=prune_opacity, grow_grad2d=grad_threshold, grow_scale3d=grow_scale3d,
+                                        prune_scale3d=prune_scale3d, refine_start_iter=start, refine_stop_iter=stop,
+                                        refine_every=every, reset_every=10**9, verbose=verbose)
+        self.state = self.strategy.initialize_state(scene_scale=scene_scale)
+        self.prune_opacity, self.reset_every, self.stop = prune_opacity, reset_every, stop
+
+    def check(self, model: GaussianModel, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        """gsplat's sanity check of the parameter and optimiser layout."""
+        self.strategy.check_sanity(model.params, optimizers)
+
+    def before_backward(self, model: GaussianModel, optimizers: dict, step: int, info: dict) -> None:
+        """Call after rendering, before ``loss.backward()`` (keeps the 2D means' gradients)."""
+        self.strategy.step_pre_backward(model.params, optimizers, self.state, step, info)
+
+    def after_backward(self, model: GaussianModel, optimizers: dict, step: int, info: dict) -> None:
+        """Call after the optimiser step: densify/prune, and reset opacities when due."""
+        from gsplat.strategy.ops import reset_opa
+
+        self.strategy.step_post_backward(model.params, optimizers, self.state, step, info)
+        if self.reset_every and step % self.reset_every == 0 and step < self.stop:
+            reset_opa(model.params, optimizers, self.state, value=self.prune_opacity * 2.0)
+
+
+def image_loss(pred: torch.Tensor, target: torch.Tensor, w_ssim: float) -> torch.Tensor:
+    """(1 - w_ssim) L1 + w_ssim (1 - MS-SSIM) on [B, H, W, 3] images in [0, 1] (3DGS's loss with
+    MS-SSIM as in IM-3D section 3.2). MS-SSIM (pytorch-msssim) with a 7-px window needs sides
+    above 96 px; below that, single-scale SSIM."""
+    from pytorch_msssim import ms_ssim, ssim
+
+    l1 = (pred - target).abs().mean()
+    if w_ssim <= 0:
+        return l1
+    x, y = pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)
+    if min(x.shape[-2:]) > 96:
+        s = ms_ssim(x, y, data_range=1.0, win_size=7)
+    else:
+        s = ssim(x, y, data_range=1.0, win_size=min(7, (min(x.shape[-2:]) // 2) * 2 - 1))
+    return (1.0 - w_ssim) * l1 + w_ssim * (1.0 - s)
+
+
+def reference_view_loss(out: RenderOutput, ref: dict, w_rgb: float, w_mask: float) -> torch.Tensor:
+    """w_rgb MSE(render, reference RGB) + w_mask MSE(render alpha, reference mask)
+    (DreamGaussian's reference-view losses, ``main.py``).
+
+    Args:
+        out: the render of the reference camera ([1, H, W, 3] RGB over white, [1, H, W, 1] alpha).
+        ref: ``{"rgb": float [1, 3, H, W], "alpha": float [1, 1, H, W]}``.
+    """
+    rgb = F.mse_loss(out.rgb.permute(0, 3, 1, 2), ref["rgb"])
+    mask = F.mse_loss(out.alpha.permute(0, 3, 1, 2), ref["alpha"])
+    return w_rgb * rgb + w_mask * mask
+
+
+def sds_terms(terms: Sequence[tuple[Any, float]], images: torch.Tensor, cameras, t: int, *, background: torch.Tensor,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """sum_k weight_k * SDS_k (Poole et al. 2022, eq. 3) over ``terms`` = [(teacher, weight), ...]
+    (several teachers: DTC123's hand-over, DreamCraft3D's hybrid SDS). Terms of weight 0 are
+    skipped. ``images``: float [B, 3, H, W] in [0, 1]."""
+    loss = torch.zeros((), device=images.device)
+    for teacher, weight in terms:
+        if weight:
+            loss = loss + weight * teacher.sds(images, cameras, t, background=background, generator=generator).loss
+    return loss
+
+
+def preview_gaussians(model: GaussianModel, generator: torch.Generator | None = None) -> dict:
+    """A point-cloud preview: means float32 [M,3], rgb uint8 [M,3], opacity float32 [M],
+    M <= 50k (a random subset when there are more)."""
+    with torch.no_grad():
+        idx = torch.arange(len(model), device=model.device)
+        if len(model) > MAX_PREVIEW_POINTS:
+            idx = torch.randperm(len(model), generator=generator)[:MAX_PREVIEW_POINTS].to(model.device)
+        return {
+            "means": model.means[idx].float(),
+            "rgb": (model.base_colors[idx] * 255 + 0.5).to(torch.uint8),
+            "opacity": model.opacities[idx].float(),
+        }
