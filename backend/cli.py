@@ -75,7 +75,7 @@ def serve(
         _fail(escape(str(exc)))
     if insecure and curve is None:
         console.print("[bold yellow]warning:[/] --insecure: anyone who can reach this address can submit jobs and read results.")
-    _install_stop_handlers(server.request_stop)
+    _install_stop_handlers(server.request_stop, server.executor.kill)
     if not server.wait_worker():
         server.stop()
         _fail(f"the worker process could not start: {server.executor.fatal or 'no answer'}")
@@ -85,14 +85,16 @@ def serve(
     console.print("stopped.")
 
 
-def _install_stop_handlers(stop) -> None:
+def _install_stop_handlers(stop, kill=None) -> None:
     """SIGINT and SIGTERM call ``stop()`` once (the running job is cancelled and marked); a
-    second signal exits at once."""
+    second signal calls ``kill()`` (the worker process) and exits at once."""
     signals_seen = []
 
     def handler(signum, frame):
         if signals_seen:
             console.print("second signal: exiting now.")
+            if kill is not None:
+                kill()
             os._exit(128 + signum)
         signals_seen.append(signum)
         console.print(f"{signal.Signals(signum).name}: stopping (the running job is cancelled and marked interrupted); "
@@ -491,7 +493,7 @@ def demo(
                       f"and `splatsmith models download {zero123}`, the demo uses the real models.")
     rgb, mask = demo_photo()
     server = Server("tcp://127.0.0.1:*", output_dir, dev, pipelines=load_builtin()).start()
-    _install_stop_handlers(server.request_stop)
+    _install_stop_handlers(server.request_stop, server.executor.kill)
     try:
         console.print(f"backend on {server.endpoint} ({dev}); image-to-3D of scikit-image's cat photo, preset {preset}")
         result = _stream_remote(server.endpoint, "dreamgaussian", preset, {"mode": "image"},

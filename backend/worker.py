@@ -235,9 +235,26 @@ def _run_spec(spec: dict, cancel: CancelToken, sender: _Sender, device: str, mod
     return outcome
 
 
-def worker_main(commands, events, cancel_event, device_request: str, models_dir: str | None, capacity: int) -> None:
+def _die_with_the_server(parent: int) -> None:
+    """Ask Linux to kill this process when the thread that started it (the server's dispatcher)
+    ends, so that a server killed or exiting at once never leaves a worker running a job
+    (``prctl(PR_SET_PDEATHSIG, SIGKILL)``; elsewhere the closed pipe ends an idle worker)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the server ended before the request took effect
+        os._exit(1)
+
+
+def worker_main(commands, events, cancel_event, device_request: str, models_dir: str | None, capacity: int,
+                parent: int | None = None) -> None:
     """Entry point of the worker process (``multiprocessing`` target). Returns when told to
-    stop or when the server's end of the pipe closes."""
+    stop or when the server's end of the pipe closes; dies with the server."""
+    if parent is not None:
+        _die_with_the_server(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the server decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sender = _Sender(events)
@@ -339,7 +356,7 @@ class WorkerProcess:
             ev_r, ev_w = self._ctx.Pipe(duplex=False)
             proc = self._ctx.Process(target=worker_main, name="splatsmith-worker", daemon=True,
                                      args=(cmd_r, ev_w, self._cancel, self.device_request, self.models_dir,
-                                           self.model_capacity))
+                                           self.model_capacity, os.getpid()))
             proc.start()
             cmd_r.close()
             ev_w.close()

@@ -175,10 +175,33 @@ def test_a_second_signal_exits_at_once(serve_process, tmp_path):
     with Client(address, timeouts=Timeouts(ping=30, lost=600)) as client:
         job = client.submit("crash", params={"how": "hang", "steps": 1})
         _until(lambda: job.progress is not None, what="progress", poll=client)
+    workers = [int(pid) for task in Path(f"/proc/{proc.pid}/task").iterdir() for pid in (task / "children").read_text().split()]
+    assert workers
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 128 + signal.SIGINT
+    _until(lambda: not any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in workers),
+           timeout=30, what="the worker to end with the server")  # no orphan left running the job
+
+
+def test_a_killed_server_leaves_no_worker_running(serve_process, tmp_path):
+    proc, address = serve_process(output_dir=tmp_path / "jobs")
+    with Client(address, timeouts=Timeouts(ping=30, lost=600)) as client:
+        job = client.submit("crash", params={"how": "hang", "steps": 1})
+        _until(lambda: job.progress is not None, what="progress", poll=client)
+    workers = [int(pid) for task in Path(f"/proc/{proc.pid}/task").iterdir() for pid in (task / "children").read_text().split()]
+    proc.kill()
+    proc.wait(60)
+    _until(lambda: not any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in workers),
+           timeout=30, what="the worker to die with the server")
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
+    except (OSError, IndexError):
+        return "zombie"
 
 
 def test_ctrl_c_on_an_in_process_generate_marks_the_job_cancelled(tmp_path):
