@@ -51,6 +51,7 @@ def serve(
     min_free_mb: float = typer.Option(256, min=0, help="Refuse new jobs while the output folder's disk has less free space, MiB."),
     allow_oracle: Optional[Path] = typer.Option(None, help="Accept file-path parameters (the oracle's mesh) naming files inside this folder; refused otherwise."),
     plugin: list[str] = typer.Option([], "--plugin", help="Also import this module, which registers more pipelines (repeatable)."),
+    model_override: list[str] = typer.Option([], "--model-override", help="MODEL_ID=MIRROR_ID or MODEL_ID=/local/folder: load that model from a mirror or a folder (repeatable)."),
     log_level: str = typer.Option("info", help="debug | info | warning"),
 ) -> None:
     """Run the backend: a ZeroMQ server that queues jobs and runs them in a worker process."""
@@ -62,6 +63,16 @@ def serve(
 
     if device not in ("auto", "cuda", "cpu"):
         _fail(f"unknown device {device!r}; use auto, cuda or cpu")
+    if model_override:
+        from .models import model_overrides, set_model_overrides
+
+        overrides = model_overrides()
+        for pair in model_override:
+            original, sep, target = pair.partition("=")
+            if not sep or not original.strip() or not target.strip():
+                _fail(escape(f"--model-override takes MODEL_ID=MIRROR_ID or MODEL_ID=FOLDER, got {pair!r}"))
+            overrides[original.strip()] = target.strip()
+        set_model_overrides(overrides)  # the worker process inherits them
     try:
         curve = CurveConfig.from_dir(curve_dir) if curve_dir else None
         mib = 1024 * 1024
@@ -479,12 +490,13 @@ def demo(
 ) -> None:
     """The main job on a fresh machine: start a backend, turn a real photo into a 3D asset, write the GLB."""
     from .device import resolve_device
-    from .models import MODEL_REGISTRY, find_model
+    from .guidance.registry import ZERO123
+    from .models import find_model
     from .pipelines import load_builtin
     from .server import Server
 
     dev = resolve_device("auto")
-    zero123 = MODEL_REGISTRY["zero123"]["default"][0]
+    zero123 = ZERO123.model()[0]
     if preset is None:
         preset = "default" if dev == "cuda" and find_model(zero123) else "tiny"
     if preset == "tiny":
@@ -515,17 +527,28 @@ def models_list(models_dir: Optional[Path] = typer.Option(None, help="Extra fold
     """Every model the teachers use, per preset, and whether it is present locally."""
     from rich.table import Column
 
-    from .models import MODEL_REGISTRY, find_model, splatsmith_cache_dir
+    from .guidance.registry import TEACHERS, all_model_ids
+    from .models import ModelMissingError, model_overrides, resolve_model
 
-    ids = [mid for variants in MODEL_REGISTRY.values() for mid, _ in variants.values()]
-    table = Table("teacher", "preset", _id_column("model", ids), "revision", "present",
+    overrides = model_overrides()
+    table = Table("teacher", "weights", _id_column("model", all_model_ids()), "revision", "present",
                   Column("where", overflow="fold"))
-    for teacher, variants in MODEL_REGISTRY.items():
-        for preset, (model_id, revision) in variants.items():
-            where = find_model(model_id, splatsmith_cache_dir() if model_id.startswith("splatsmith/") else models_dir)
-            table.add_row(teacher, preset, model_id, revision, "[green]yes[/]" if where else "[red]no[/]",
-                          str(where) if where else ("written on first use" if model_id.startswith("splatsmith/")
-                                                    else f"splatsmith models download {model_id}"))
+    for spec in TEACHERS.values():
+        for weights, (model_id, revision) in spec.variants.items():
+            try:
+                where: Optional[Path] = resolve_model(model_id, models_dir)
+            except ModelMissingError:
+                where = None
+            if where:
+                detail = str(where)
+            elif model_id.startswith("splatsmith/") and model_id not in overrides:
+                detail = "written on first use"
+            else:
+                detail = f"splatsmith models download {model_id}"
+            if model_id in overrides:
+                detail += f" (overridden: {overrides[model_id]})"
+            table.add_row(spec.name, weights, model_id, revision, "[green]yes[/]" if where else "[red]no[/]",
+                          escape(detail))
     out.print(table)
 
 
@@ -535,13 +558,19 @@ def models_download(
     models_dir: Optional[Path] = typer.Option(None, help="Download into this folder instead of the Hugging Face cache."),
 ) -> None:
     """Download a model (needs internet access), or write a tiny one."""
-    from .models import MODEL_REGISTRY, ModelMissingError, download_model
+    from .guidance import ensure_teacher_model
+    from .guidance.registry import TEACHERS
+    from .models import ModelMissingError, download_model
 
-    known = {mid: rev for variants in MODEL_REGISTRY.values() for mid, rev in variants.values()}
+    known = {mid: (spec.name, weights, rev) for spec in TEACHERS.values() for weights, (mid, rev) in spec.variants.items()}
     if name not in known:
         _fail(f"unknown model {name!r}; known: {', '.join(sorted(known))}")
+    teacher, weights, revision = known[name]
     try:
-        path = download_model(name, known[name] if known[name] != "local" else "main", models_dir)
+        if revision == "local":
+            path = ensure_teacher_model(teacher, weights, models_dir)
+        else:
+            path = download_model(name, revision, models_dir)
     except ModelMissingError as exc:
         _fail(str(exc))
     out.print(f"{name} is in {path}")

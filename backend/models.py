@@ -6,6 +6,7 @@ Weights are looked up in ``--models-dir`` (a folder of ``org/name`` sub-folders 
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections import OrderedDict
@@ -30,32 +31,10 @@ class ModelMissingError(RuntimeError):
         super().__init__(text)
 
 
-#: Models per teacher and preset (Hugging Face repo id, revision). ``tiny`` models are written
-#: locally by ``backend.guidance.tiny`` on first use.
-MODEL_REGISTRY: dict[str, dict[str, tuple[str, str]]] = {
-    "stable-diffusion": {"default": ("stabilityai/stable-diffusion-2-1-base", "main"),
-                         "tiny": ("splatsmith/tiny-stable-diffusion", "local")},
-    "zero123": {"default": ("ashawkey/zero123-xl-diffusers", "main"),
-                "stable": ("ashawkey/stable-zero123-diffusers", "main"),
-                "tiny": ("splatsmith/tiny-zero123", "local")},
-}
-
-
 def splatsmith_cache_dir() -> Path:
     """Where Splatsmith writes its own models (the tiny teachers): ``$SPLATSMITH_CACHE`` or
     ``~/.cache/splatsmith/models``."""
     return Path(os.environ.get("SPLATSMITH_CACHE") or Path.home() / ".cache" / "splatsmith" / "models")
-
-
-def model_id_for(teacher: str, preset: str) -> tuple[str, str]:
-    """(repo id, revision) of ``teacher`` for ``preset``; presets other than ``tiny`` (and
-    zero123's ``stable``) use the default model.
-
-    Raises:
-        KeyError: unknown teacher.
-    """
-    variants = MODEL_REGISTRY[teacher]
-    return variants.get(preset, variants["default"])
 
 
 def check_model_folder(folder: Path, model_id: str, components: dict[str, tuple[str, ...]]) -> None:
@@ -76,17 +55,59 @@ def check_model_folder(folder: Path, model_id: str, components: dict[str, tuple[
         raise ModelMissingError(model_id, f"the folder {folder} is incomplete: missing {', '.join(missing)}")
 
 
-def resolve_model(model_id: str, models_dir: str | os.PathLike | None = None) -> Path:
-    """The local folder of ``model_id``: the tiny teachers are written on first use in
-    :func:`splatsmith_cache_dir`; other models come from ``models_dir`` or the hub cache.
+#: Environment variable holding the model-id overrides, a JSON object {model id: mirror id or
+#: local folder} (``splatsmith serve --model-override ID=TARGET`` sets it for its worker).
+OVERRIDES_ENV = "SPLATSMITH_MODEL_OVERRIDES"
+
+
+def model_overrides() -> dict[str, str]:
+    """The configured model-id overrides (see :data:`OVERRIDES_ENV`); {} when none.
 
     Raises:
-        ModelMissingError: not present locally (nothing is downloaded during a job).
+        ValueError: the variable is not a JSON object of strings.
     """
-    if model_id.startswith("splatsmith/"):
-        from .guidance.tiny import ensure_tiny
+    text = os.environ.get(OVERRIDES_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{OVERRIDES_ENV} must be a JSON object {{model id: mirror id or folder}}: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise ValueError(f"{OVERRIDES_ENV} must be a JSON object of strings {{model id: mirror id or folder}}")
+    return data
 
-        return ensure_tiny(model_id, splatsmith_cache_dir())
+
+def set_model_overrides(overrides: dict[str, str]) -> None:
+    """Configure overrides for this process and the processes it starts."""
+    os.environ[OVERRIDES_ENV] = json.dumps(overrides)
+
+
+def resolve_model(model_id: str, models_dir: str | os.PathLike | None = None) -> Path:
+    """The local folder of ``model_id``: its override (a local folder, or a mirror's id looked up
+    like any id), else ``models_dir/org/name``, the hub cache, or for ``splatsmith/`` ids the
+    tiny-model folder in :func:`splatsmith_cache_dir` (written by the teacher's tiny writer).
+
+    Raises:
+        ModelMissingError: not present locally (nothing is downloaded during a job); the
+            message names the id and, for an override, its target.
+    """
+    target = model_overrides().get(model_id)
+    if target:
+        folder = Path(target).expanduser()
+        if folder.is_dir():
+            return folder
+        if folder.is_absolute() or target.startswith((".", "~")):
+            raise ModelMissingError(model_id, f"its override points at the folder {target}, which does not exist")
+        found = find_model(target, models_dir)
+        if found is None:
+            raise ModelMissingError(target, f"the mirror configured for {model_id}")
+        return found
+    if model_id.startswith("splatsmith/"):
+        folder = splatsmith_cache_dir() / model_id
+        if not (folder / "model_index.json").is_file():
+            raise ModelMissingError(model_id, "tiny models are written by their teacher on first use")
+        return folder
     found = find_model(model_id, models_dir)
     if found is None:
         raise ModelMissingError(model_id)
@@ -95,13 +116,11 @@ def resolve_model(model_id: str, models_dir: str | os.PathLike | None = None) ->
 
 def download_model(model_id: str, revision: str = "main", models_dir: str | os.PathLike | None = None) -> Path:
     """Download ``model_id`` into the hub cache (or ``models_dir/org/name``) with
-    huggingface_hub, or write it when it is a tiny teacher.
+    huggingface_hub (tiny ``splatsmith/`` models are written by ``guidance.ensure_teacher_model``).
 
     Raises:
         ModelMissingError: the hub cannot be reached or refuses; the message says why.
     """
-    if model_id.startswith("splatsmith/"):
-        return resolve_model(model_id)
     try:
         from huggingface_hub import snapshot_download
 

@@ -27,9 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.cli import demo_photo  # noqa: E402
-from backend.jobs import JobStore
+from backend.jobs import JobStore  # noqa: E402
 from backend.worker import run_local  # noqa: E402
-from backend.models import splatsmith_cache_dir  # noqa: E402
+from backend.guidance.registry import STABLE_DIFFUSION, ZERO123  # noqa: E402
+from backend.models import set_model_overrides, splatsmith_cache_dir  # noqa: E402
 from backend.pipelines.base import Emitter  # noqa: E402
 from backend.pipelines.dreamgaussian import DreamGaussianPipeline  # noqa: E402
 
@@ -43,7 +44,6 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
-    import backend.guidance as guidance
     from backend.guidance import tiny
 
     params: dict = {"mode": args.mode, "iters": args.iters}
@@ -62,21 +62,10 @@ def main() -> None:
                 print(f"writing real-size random {kind} to {folder} ...", flush=True)
                 writer(folder, real_size=True)
             model_ids[kind] = folder
-        original = guidance.load_teacher
-
-        def load_real_size(kind, preset="default", device="cpu", **kw):
-            if kind in model_ids:
-                from backend.guidance.stable_diffusion import StableDiffusionGuidance, load_stable_diffusion
-                from backend.guidance.zero123 import Zero123Guidance, load_zero123
-
-                if kind == "zero123":
-                    return Zero123Guidance(load_zero123(model_ids[kind], "real-size-zero123", device))
-                return StableDiffusionGuidance(load_stable_diffusion(model_ids[kind], "real-size-sd", device))
-            return original(kind, preset, device, **kw)
-
-        import backend.pipelines.dreamgaussian as dg
-
-        dg.load_teacher = load_real_size
+        # The real loading code, pointed at the random real-size folders by model-id overrides.
+        set_model_overrides({STABLE_DIFFUSION.model()[0]: str(model_ids["stable-diffusion"]),
+                             ZERO123.model()[0]: str(model_ids["zero123"])})
+        params["weights"] = "default"
 
     unet_time = {"s": 0.0, "calls": 0}
     import diffusers

@@ -50,3 +50,28 @@ def test_the_server_side_and_the_addon_import_no_torch():
     assert done.returncode == 0, done.stderr
     for path in (ROOT / "blender_addon").glob("*.py"):
         assert not any(name.split(".")[0] == "torch" for name in _imports(path)), path
+
+
+def test_no_import_circle_in_the_backend():
+    """No cycle among the backend's modules, counting function-level imports too."""
+    modules = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+               for p in (ROOT / "backend").rglob("*.py")}
+    graph = {name: {m for m in _imports(path) if m in modules and m != name} for name, path in modules.items()}
+    # A package's __init__ is imported with its submodules: an edge to the parent package counts.
+    visiting, done, cycles = set(), set(), []
+
+    def visit(node, path):
+        if node in done:
+            return
+        if node in visiting:
+            cycles.append(path[path.index(node):] + [node])
+            return
+        visiting.add(node)
+        for nxt in sorted(graph[node]):
+            visit(nxt, path + [node])
+        visiting.discard(node)
+        done.add(node)
+
+    for name in sorted(graph):
+        visit(name, [])
+    assert not cycles, cycles

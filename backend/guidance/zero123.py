@@ -88,7 +88,7 @@ def load_zero123(folder: str | Path, model_id: str, device: str = "cpu", fp16: b
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    from . import quiet_libraries
+    from .quiet import quiet_libraries
 
     quiet_libraries()
     folder = Path(folder)

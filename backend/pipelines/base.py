@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..importing import load_reference
+
 
 class JobCancelled(Exception):
     """Raised by :meth:`CancelToken.check` when the job was cancelled."""
@@ -464,24 +466,6 @@ def check_teacher_inputs(params: dict, inputs: dict) -> None:
         raise ParamError("teacher 'oracle' needs 'oracle_mesh' (a GLB path on the server)")
     if "mask" in inputs and "image" in inputs and inputs["mask"].shape != inputs["image"].shape[:2]:
         raise ParamError(f"the mask is {inputs['mask'].shape} but the image is {inputs['image'].shape[:2]}")
-
-def load_reference(reference: str) -> "type[Pipeline]":
-    """Import ``"module:QualifiedName"`` and return that class.
-
-    Raises:
-        ImportError: the module or the name does not exist.
-    """
-    import importlib
-
-    module, _, qualname = reference.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as exc:
-            raise ImportError(f"{reference}: {module} has no {qualname}") from exc
-    return obj
-
 
 #: The pipelines known to this process, by name. Filled by :func:`register`.
 REGISTRY: dict[str, type[Pipeline]] = {}

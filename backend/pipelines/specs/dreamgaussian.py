@@ -2,6 +2,7 @@
 code's numbers, see ``backend.pipelines.dreamgaussian``), presets, inputs, models and checks."""
 from __future__ import annotations
 
+from ...guidance.registry import STABLE_DIFFUSION, ZERO123
 from ..base import (BYTES_PER_GAUSSIAN, BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, BYTES_PER_VOXEL, TEACHER_BYTES, InputSpec,
                     Param, ParamError, Pipeline, check_teacher_inputs, register, timestep_schedule_param)
 
@@ -83,7 +84,7 @@ class DreamGaussianSpec(Pipeline):
         "image": InputSpec(("uint8",), (None, None, (3, 4)), help="reference image uint8 [H, W, 3|4]; alpha = object"),
         "mask": InputSpec(("uint8",), (None, None), help="foreground mask uint8 [H, W] for an RGB image (non-zero = object)"),
     }
-    models = {"default": ["stabilityai/stable-diffusion-2-1-base", "ashawkey/zero123-xl-diffusers"]}
+    models = {"default": [STABLE_DIFFUSION.model()[0], ZERO123.model()[0]], "stable": [ZERO123.model("stable")[0]]}
 
     @classmethod
     def check_request(cls, params, inputs):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...guidance.registry import STABLE_DIFFUSION, ZERO123
 from ..base import (BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, TEACHER_BYTES, InputSpec, Param, ParamError, Pipeline,
                     check_teacher_inputs, register, timestep_schedule_param)
 
@@ -70,7 +71,7 @@ class TextureRefineSpec(Pipeline):
         "ref_camera": InputSpec(("float32",), (4, 4), help="reference camera-to-world float32 [4, 4], glTF axes, object "
                                                            "space, OpenGL camera axes (default: in front, +Z)"),
     }
-    models = {"default": ["stabilityai/stable-diffusion-2-1-base", "ashawkey/zero123-xl-diffusers"]}
+    models = {"default": [STABLE_DIFFUSION.model()[0], ZERO123.model()[0]], "stable": [ZERO123.model("stable")[0]]}
 
     @classmethod
     def check_request(cls, params, inputs):

@@ -1,0 +1,107 @@
+"""The teacher registry: every diffusion teacher declared once, as data, without importing
+torch (the server process reads it to describe its pipelines and models).
+
+A :class:`TeacherSpec` names the teacher, the model id of each weights variant (``default``,
+``stable``, ``tiny``...), where its loader, its guidance class and its tiny-model writer live
+(``"module:name"``, imported only when a job loads the teacher), and its default CFG scale.
+Adding a teacher is one new module plus one :func:`register_teacher` call (here for the
+built-in ones, or in a ``serve --plugin`` module).
+
+Model ids are resolved through ``backend.models``, whose overrides (``serve --model-override
+ID=MIRROR_ID_OR_FOLDER``) point any id at a mirror or a local folder without code changes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """One teacher.
+
+    Attributes:
+        name: the registry name (``"stable-diffusion"``).
+        title: for people.
+        variants: weights variant -> (Hugging Face model id, revision); ``default`` must
+            exist; ids under ``splatsmith/`` are tiny models written locally on first use.
+        loader: ``"module:function"``, called as ``loader(folder, model_id, device, fp16,
+            attention_slicing, cpu_offload)`` and returning the loaded components.
+        guidance: ``"module:Class"``, built as ``Class(parts, guidance_scale, weighting)``.
+        tiny_writer: ``"module:function"`` writing the tiny model of a ``splatsmith/`` id into
+            a folder, or empty.
+        default_cfg: the classifier-free guidance scale when a job gives none.
+    """
+
+    name: str
+    title: str
+    variants: dict[str, tuple[str, str]] = field(default_factory=dict)
+    loader: str = ""
+    guidance: str = ""
+    tiny_writer: str = ""
+    default_cfg: float = 1.0
+
+    def model(self, weights: str = "default") -> tuple[str, str]:
+        """(model id, revision) of a weights variant; an unknown variant uses ``default``."""
+        return self.variants.get(weights, self.variants["default"])
+
+    def model_ids(self) -> list[str]:
+        return sorted({mid for mid, _ in self.variants.values()})
+
+
+#: The teachers known to this process, by name.
+TEACHERS: dict[str, TeacherSpec] = {}
+
+
+def register_teacher(spec: TeacherSpec) -> TeacherSpec:
+    """Add a teacher. Raises ValueError when the name is taken by a different spec or a
+    weighted teacher has no ``default`` variant."""
+    if spec.variants and "default" not in spec.variants:
+        raise ValueError(f"teacher {spec.name!r} needs a 'default' weights variant")
+    other = TEACHERS.get(spec.name)
+    if other is not None and other != spec:
+        raise ValueError(f"teacher name {spec.name!r} is already registered")
+    TEACHERS[spec.name] = spec
+    return spec
+
+
+def get_teacher(name: str) -> TeacherSpec:
+    """The spec of teacher ``name``. Raises ValueError naming the known teachers."""
+    try:
+        return TEACHERS[name]
+    except KeyError:
+        raise ValueError(f"unknown teacher {name!r}; known: {', '.join(sorted(TEACHERS))}") from None
+
+
+def all_model_ids() -> list[str]:
+    """Every model id of every registered teacher."""
+    return sorted({mid for spec in TEACHERS.values() for mid in spec.model_ids()})
+
+
+STABLE_DIFFUSION = register_teacher(TeacherSpec(
+    name="stable-diffusion",
+    title="Stable Diffusion 2.1 base (text)",
+    variants={"default": ("stabilityai/stable-diffusion-2-1-base", "main"),
+              "tiny": ("splatsmith/tiny-stable-diffusion", "local")},
+    loader="backend.guidance.stable_diffusion:load_stable_diffusion",
+    guidance="backend.guidance.stable_diffusion:StableDiffusionGuidance",
+    tiny_writer="backend.guidance.tiny:write_tiny_stable_diffusion",
+    default_cfg=100.0,  # DreamGaussian configs/text.yaml and DreamFusion
+))
+
+ZERO123 = register_teacher(TeacherSpec(
+    name="zero123",
+    title="Zero-1-to-3 (image, novel views)",
+    variants={"default": ("ashawkey/zero123-xl-diffusers", "main"),
+              "stable": ("ashawkey/stable-zero123-diffusers", "main"),
+              "tiny": ("splatsmith/tiny-zero123", "local")},
+    loader="backend.guidance.zero123:load_zero123",
+    guidance="backend.guidance.zero123:Zero123Guidance",
+    tiny_writer="backend.guidance.tiny:write_tiny_zero123",
+    default_cfg=5.0,  # DreamGaussian configs/image.yaml
+))
+
+ORACLE = register_teacher(TeacherSpec(
+    name="oracle",
+    title="Oracle (a known textured mesh; for verification)",
+    guidance="backend.guidance.oracle:OracleGuidance",
+))
