@@ -385,7 +385,11 @@ def pipelines(
         else:
             allowed = ""
         overrides = [str(presets[p].get(key, "")) for p in presets if p != "default"]
-        table.add_row(key, spec["kind"], escape(str(spec.get("default"))), escape(allowed), *map(escape, overrides),
+        default = "" if spec.get("default") is None else str(spec["default"])
+        if spec.get("default_by"):
+            by = spec["default_by"]
+            default = f"by {by['param']}: " + ", ".join(f"{k} {v}" for k, v in by["values"].items())
+        table.add_row(key, spec["kind"], escape(default), escape(allowed), *map(escape, overrides),
                       escape(spec.get("help", "")))
     out.print(f"[bold]{escape(name)}[/]: {escape(d.get('title', ''))}")
     out.print(table)

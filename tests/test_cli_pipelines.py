@@ -65,3 +65,27 @@ def test_param_parse_follows_the_kind():
         raise AssertionError(f"{text!r} was accepted")
     described = Param("int", 3, "help", min=1, max=9).describe()
     assert Param.from_description(described) == Param("int", 3, "help", min=1, max=9)
+
+
+def test_mode_dependent_defaults_are_data_not_sentinels():
+    from backend.pipelines.base import PARAM_GROUPS
+    from backend.pipelines import load_builtin
+
+    spec = load_builtin()["dreamgaussian"]
+    _, text = spec.merge_params("default", {"mode": "text", "prompt": "x"})
+    _, image = spec.merge_params("default", {"mode": "image"})
+    assert (text["radius"], text["densify_from"], text["densify_every"], text["guidance_scale"]) == (2.5, 0, 50, 100.0)
+    assert (image["radius"], image["densify_from"], image["densify_every"], image["guidance_scale"]) == (2.0, 100, 100, 5.0)
+    assert spec.merge_params("default", {"mode": "text", "radius": 3.0})[1]["radius"] == 3.0
+    for name, cls in load_builtin().items():
+        described = cls.describe()
+        assert described["works_on"], name
+        assert not any(p["kind"] in ("int", "float") and p.get("min", 0) < 0 and p.get("default") == -1
+                       for p in described["params"].values()), f"{name} keeps a -1 sentinel"
+        assert all(p["group"] in PARAM_GROUPS for p in described["params"].values()), name
+        assert any(not p["advanced"] for p in described["params"].values()), name
+    radius = spec.describe()["params"]["radius"]
+    assert radius["default"] is None and radius["default_by"] == {"param": "mode", "values": {"image": 2.0, "text": 2.5}}
+    assert load_builtin()["texture_refine"].merge_params("default", {"prompt": "x"})[1]["guidance_scale"] is None
+    shown = runner.invoke(app, ["pipelines", "dreamgaussian"], env={"COLUMNS": "250"})
+    assert "by mode: image 2.0, text 2.5" in shown.output

@@ -70,14 +70,15 @@ def load_job_teacher(params: dict, image_mode: bool, device: str, *, cache=None,
     Reads ``params``: ``teacher`` (``"auto"``: Zero-1-to-3 when ``image_mode``, else Stable
     Diffusion; ``"oracle"``: the verification oracle from ``oracle_mesh``), ``weights``
     (``default``/``stable``/``tiny``; ``stable`` only exists for Zero-1-to-3, Stable Diffusion
-    then uses ``default``) and ``guidance_scale`` (< 0: the teacher's default, 5 with an image,
-    100 with text, the public DreamGaussian configs). Raises as :func:`load_teacher`.
+    then uses ``default``) and ``guidance_scale`` (None: the teacher's default, 5 for
+    Zero-1-to-3, 100 for Stable Diffusion, the public DreamGaussian configs). Raises as
+    :func:`load_teacher`.
     """
     from .registry import get_teacher
 
     if params["teacher"] == "oracle":
         return load_teacher("oracle", device=device, oracle_mesh=params["oracle_mesh"])
     kind = "zero123" if image_mode else "stable-diffusion"
-    scale = params["guidance_scale"] if params["guidance_scale"] >= 0 else get_teacher(kind).default_cfg
+    scale = params["guidance_scale"] if params["guidance_scale"] is not None else get_teacher(kind).default_cfg
     weights = params["weights"] if params["weights"] in get_teacher(kind).variants else "default"
     return load_teacher(kind, weights, device, cache=cache, guidance_scale=scale, models_dir=models_dir)

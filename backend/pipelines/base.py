@@ -66,6 +66,11 @@ class Param:
         path: the value names a file on the machine that runs the job. A server refuses such
             values unless started with ``--allow-oracle DIR``, and then accepts only files
             inside DIR; in-process runs take local paths.
+        group: the parameter group it belongs to (one of :data:`PARAM_GROUPS`), for clients.
+        advanced: shown under "Advanced" by clients (False: among the basic settings).
+        default_by: a default that depends on another parameter, as data:
+            ``("mode", {"image": 100, "text": 0})``; ``default`` is then None, and a value left
+            unset resolves from the other parameter's value (no sentinel values).
     """
 
     kind: str
@@ -76,6 +81,9 @@ class Param:
     choices: tuple[str, ...] | None = None
     max_len: int = 2000
     path: bool = False
+    group: str = "general"
+    advanced: bool = True
+    default_by: tuple[str, dict] | None = None
 
     def coerce(self, name: str, value: Any) -> Any:
         """Return ``value`` checked and converted to this parameter's kind.
@@ -84,6 +92,8 @@ class Param:
             ParamError: wrong type, out of range or not an allowed choice; the message says
                 what is allowed.
         """
+        if value is None and self.default is None and self.default_by is None:
+            return None  # an optional parameter left unset (its meaning is in the help)
         if self.kind == "bool":
             if not isinstance(value, bool):
                 raise ParamError(f"parameter {name!r} must be true or false, got {value!r}")
@@ -113,8 +123,11 @@ class Param:
     @classmethod
     def from_description(cls, d: dict) -> "Param":
         """The parameter a :meth:`describe` dict (e.g. from a server's welcome) stands for."""
+        by = d.get("default_by")
         return cls(d["kind"], d.get("default"), d.get("help", ""), d.get("min"), d.get("max"),
-                   tuple(d["choices"]) if d.get("choices") is not None else None, path=bool(d.get("path")))
+                   tuple(d["choices"]) if d.get("choices") is not None else None, path=bool(d.get("path")),
+                   group=d.get("group", "general"), advanced=bool(d.get("advanced", True)),
+                   default_by=(by["param"], dict(by["values"])) if by else None)
 
     def parse(self, name: str, text: str) -> Any:
         """The value of ``text`` as typed on a command line (``--param name=text``), checked.
@@ -148,6 +161,9 @@ class Param:
             d["choices"] = list(self.choices)
         if self.path:
             d["path"] = True
+        d["group"], d["advanced"] = self.group, self.advanced
+        if self.default_by is not None:
+            d["default_by"] = {"param": self.default_by[0], "values": dict(self.default_by[1])}
         return d
 
 
@@ -330,6 +346,8 @@ class Pipeline:
         implementation: ``"module:Class"`` of the subclass that implements ``run``, for a
             specification class that the server imports without torch; empty when the class
             itself implements ``run``.
+        works_on: what it takes from the artist, for clients: ``"prompt"``, ``"image"``,
+            ``"mesh"`` (a selected object), ``"posed_images"``; () for anything else.
     """
 
     name: ClassVar[str] = ""
@@ -339,6 +357,7 @@ class Pipeline:
     inputs: ClassVar[dict[str, InputSpec]] = {}
     models: ClassVar[dict[str, list[str]]] = {}
     implementation: ClassVar[str] = ""
+    works_on: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def reference(cls) -> str:
@@ -405,7 +424,14 @@ class Pipeline:
             if key not in cls.params:
                 raise ParamError(f"pipeline {cls.name!r} has no parameter {key!r}; known: {', '.join(sorted(cls.params))}")
             merged[key] = value
-        return preset, {k: cls.params[k].coerce(k, v) for k, v in merged.items()}
+        resolved = {k: cls.params[k].coerce(k, v) for k, v in merged.items() if cls.params[k].default_by is None or v is not None}
+        for key, spec in cls.params.items():  # defaults that depend on another parameter's value
+            if key not in resolved:
+                other, values = spec.default_by
+                if resolved.get(other) not in values:
+                    raise ParamError(f"parameter {key!r} has no default for {other}={resolved.get(other)!r}; set it")
+                resolved[key] = spec.coerce(key, values[resolved[other]])
+        return preset, {k: resolved[k] for k in cls.params}
 
     @classmethod
     def check_request(cls, params: dict[str, Any], inputs: dict[str, np.ndarray]) -> None:
@@ -426,7 +452,36 @@ class Pipeline:
             "presets": {k: dict(v) for k, v in cls.presets.items()},
             "inputs": {k: s.describe() for k, s in cls.inputs.items()},
             "models": {k: list(v) for k, v in cls.models.items()},
+            "works_on": list(cls.works_on),
         }
+
+
+#: The parameter groups, one vocabulary for every method (clients group their fields by them).
+PARAM_GROUPS = ("input", "gaussians", "densification", "teacher", "schedule", "mesh", "texture", "general")
+
+def grouped(params: dict[str, Param], groups: dict[str, tuple[str, ...]], basic: tuple[str, ...] = ()) -> dict[str, Param]:
+    """``params`` with each one's ``group`` set from ``groups`` (group -> names) and ``advanced``
+    False for the names in ``basic``: a method's parameter table stays one table, its
+    grouping one more piece of data.
+
+    Raises:
+        ValueError: a name in ``groups`` or ``basic`` is not a parameter, or a group is unknown.
+    """
+    import dataclasses
+
+    out = dict(params)
+    for group, names in groups.items():
+        if group not in PARAM_GROUPS:
+            raise ValueError(f"unknown parameter group {group!r}; use one of {', '.join(PARAM_GROUPS)}")
+        for name in names:
+            if name not in out:
+                raise ValueError(f"group {group!r} names no parameter {name!r}")
+            out[name] = dataclasses.replace(out[name], group=group)
+    for name in basic:
+        if name not in out:
+            raise ValueError(f"basic names no parameter {name!r}")
+        out[name] = dataclasses.replace(out[name], advanced=False)
+    return out
 
 
 #: The ``timestep_schedule`` choices of every stage that distils from a teacher (built by
@@ -438,7 +493,7 @@ def timestep_schedule_param(default: str = "dreamgaussian") -> Param:
     """The ``timestep_schedule`` parameter, the same in every method."""
     return Param("choice", default, "diffusion timestep schedule of score distillation: dreamgaussian (linear "
                  "anneal), uniform (DreamFusion), dreamtime (TP-SDS), dtc (DTC123 curriculum)",
-                 choices=TIMESTEP_SCHEDULES)
+                 choices=TIMESTEP_SCHEDULES, group="schedule")
 
 
 #: Bytes per unit in the memory estimates of :meth:`Pipeline.estimate_memory` (rough upper

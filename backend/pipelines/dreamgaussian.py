@@ -59,7 +59,7 @@ class DreamGaussianPipeline(DreamGaussianSpec):
         image_mode = p["mode"] == "image"
         device = request.device
         gen = torch.Generator().manual_seed(request.seed)
-        radius = p["radius"] if p["radius"] > 0 else (2.0 if image_mode else 2.5)
+        radius = p["radius"]
         t0 = time.monotonic()
         teacher = load_job_teacher(p, image_mode, device, cache=request.models, models_dir=request.models_dir)
         ref = None
@@ -128,8 +128,7 @@ class DreamGaussianPipeline(DreamGaussianSpec):
             "scales": p["lr_scale"], "quats": p["lr_rotation"]})
         densify = Densification(
             prune_opacity=p["prune_opacity"], grad_threshold=p["densify_grad"], prune_scale3d=0.5,
-            start=p["densify_from"] if p["densify_from"] >= 0 else (100 if image_mode else 0),
-            every=p["densify_every"] if p["densify_every"] > 0 else (100 if image_mode else 50),
+            start=p["densify_from"], every=p["densify_every"],
             stop=p["densify_until"], reset_every=p["opacity_reset_every"])
         schedule = make_schedule(p["timestep_schedule"], p["t_min"], p["t_max"])
         sizes = [int(x) for x in p["resolutions"].split(",")]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ...guidance.registry import STABLE_DIFFUSION, ZERO123
 from ..base import (BYTES_PER_GAUSSIAN, BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, BYTES_PER_VOXEL, TEACHER_BYTES, InputSpec,
-                    Param, ParamError, Pipeline, check_teacher_inputs, register, timestep_schedule_param)
+                    Param, ParamError, Pipeline, check_teacher_inputs, grouped, register,
+                    timestep_schedule_param)
 
 #: Largest stage-1 render size accepted in 'resolutions' (the public code uses 512).
 MAX_RENDER_SIZE = 2048
@@ -38,21 +39,25 @@ class DreamGaussianSpec(Pipeline):
         "lr_opacity": Param("float", 0.05, "opacity learning rate", min=0, max=1),
         "lr_scale": Param("float", 0.005, "scale learning rate", min=0, max=1),
         "lr_rotation": Param("float", 0.005, "rotation learning rate", min=0, max=1),
-        "densify_from": Param("int", -1, "first densification step (-1: 100 in image mode, 0 in text mode)", min=-1, max=100_000),
-        "densify_every": Param("int", -1, "steps between densifications (-1: 100 image, 50 text)", min=-1, max=100_000),
+        "densify_from": Param("int", None, "first densification step (image: 100, text: 0)", min=0, max=100_000,
+                              default_by=("mode", {"image": 100, "text": 0})),
+        "densify_every": Param("int", None, "steps between densifications (image: 100, text: 50)", min=1, max=100_000,
+                               default_by=("mode", {"image": 100, "text": 50})),
         "densify_until": Param("int", 3000, "last densification step", min=0, max=100_000),
         "densify_grad": Param("float", 2e-4, "image-plane gradient threshold, gsplat units (see note in the docs)", min=0, max=10),
         "prune_opacity": Param("float", 0.01, "Gaussians below this opacity are pruned", min=0, max=1),
         "opacity_reset_every": Param("int", 700, "steps between opacity resets (0: never)", min=0, max=100_000),
         "resolutions": Param("str", "128,256,512", "stage 1 render sizes, switched at 30% and 60% of training", max_len=40),
         "batch_size": Param("int", 1, "views per SDS step", min=1, max=16),
-        "guidance_scale": Param("float", -1.0, "CFG scale (-1: 5 image, 100 text)", min=-1, max=1000),
+        "guidance_scale": Param("float", None, "classifier-free guidance scale (image: 5, text: 100)", min=0, max=1000,
+                                default_by=("mode", {"image": 5.0, "text": 100.0})),
         "timestep_schedule": timestep_schedule_param("dreamgaussian"),
         "t_min": Param("int", 20, "smallest timestep", min=1, max=999),
         "t_max": Param("int", 980, "largest timestep", min=1, max=999),
         "elevation": Param("float", 0.0, "elevation of the reference view, degrees", min=-89, max=89),
         "ref_size": Param("int", 256, "side of the recentred reference view, pixels", min=32, max=1024),
-        "radius": Param("float", -1.0, "camera distance (-1: 2 image, 2.5 text)", min=-1, max=100),
+        "radius": Param("float", None, "camera distance, metres (image: 2, text: 2.5)", min=0.1, max=100,
+                        default_by=("mode", {"image": 2.0, "text": 2.5})),
         "fovy": Param("float", 49.1, "vertical field of view, degrees", min=5, max=120),
         "elevation_range": Param("float", 30.0, "random cameras within +- this of the reference elevation", min=0, max=89),
         "lambda_rgb": Param("float", 10000.0, "reference-view RGB loss weight (ramped linearly)", min=0, max=1e6),
@@ -71,6 +76,21 @@ class DreamGaussianSpec(Pipeline):
         "refine_strength_end": Param("float", 0.05, "SDEdit noise strength at the end of stage 2", min=0, max=1),
         "unwrap_time_limit": Param("float", 300.0, "seconds allowed for UV unwrapping", min=1, max=3600),
     }
+    params = grouped(params, groups={
+        "input": ("mode", "prompt", "negative_prompt", "elevation", "ref_size"),
+        "teacher": ("teacher", "oracle_mesh", "weights", "guidance_scale", "batch_size"),
+        "schedule": ("t_min", "t_max", "resolutions"),
+        "gaussians": ("iters", "num_points", "init_radius", "init_opacity", "sh_degree", "lr_position",
+                      "lr_position_final", "lr_color", "lr_opacity", "lr_scale", "lr_rotation", "radius", "fovy",
+                      "elevation_range", "lambda_rgb", "lambda_mask", "invert_bg_prob"),
+        "densification": ("densify_from", "densify_every", "densify_until", "densify_grad", "prune_opacity",
+                          "opacity_reset_every"),
+        "mesh": ("mesh_resolution", "density_threshold", "max_faces", "bake_size", "unwrap_time_limit"),
+        "texture": ("texture_size", "refine_iters", "refine_lr", "refine_size", "refine_steps", "refine_strength_start",
+                    "refine_strength_end"),
+    }, basic=("mode", "prompt", "negative_prompt", "elevation", "iters", "guidance_scale", "texture_size",
+              "timestep_schedule"))
+    works_on = ("prompt", "image")
     presets = {
         "default": {},
         "fast": {"ref_size": 128, "iters": 400, "num_points": 3000, "resolutions": "64,96,128", "mesh_resolution": 96, "max_faces": 20_000,

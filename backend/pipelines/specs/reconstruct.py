@@ -2,7 +2,8 @@
 presets, inputs and checks (the method is ``backend.pipelines.reconstruct``)."""
 from __future__ import annotations
 
-from ..base import BYTES_PER_GAUSSIAN, BYTES_PER_TEXEL, BYTES_PER_VOXEL, InputSpec, Param, ParamError, Pipeline, register
+from ..base import (BYTES_PER_GAUSSIAN, BYTES_PER_TEXEL, BYTES_PER_VOXEL, InputSpec, Param, ParamError, Pipeline,
+                    grouped, register)
 
 
 @register
@@ -40,6 +41,15 @@ class ReconstructSpec(Pipeline):
         "texture_size": Param("int", 1024, "texture side, texels", min=64, max=4096),
         "unwrap_time_limit": Param("float", 180.0, "seconds allowed for UV unwrapping", min=1, max=3600),
     }
+    params = grouped(params, groups={
+        "input": ("camera_angle_x", "resolution"),
+        "gaussians": ("iters", "init_points", "sh_degree", "lr_means", "lr_scales", "lr_quats", "lr_opacities", "lr_colors",
+                      "w_ssim", "w_mask", "w_lpips"),
+        "densification": ("densify_from", "densify_every", "densify_until", "densify_grad", "prune_opacity", "reset_every"),
+        "mesh": ("mesh_resolution", "density_threshold", "max_faces", "unwrap_time_limit"),
+        "texture": ("texture_size",),
+    }, basic=("iters", "resolution", "texture_size"))
+    works_on = ("posed_images",)
     presets = {
         "default": {},
         "fast": {"resolution": 128, "iters": 700, "init_points": 6000, "densify_from": 100, "densify_every": 100,

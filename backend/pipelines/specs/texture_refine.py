@@ -6,7 +6,8 @@ import numpy as np
 
 from ...guidance.registry import STABLE_DIFFUSION, ZERO123
 from ..base import (BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, TEACHER_BYTES, InputSpec, Param, ParamError, Pipeline,
-                    check_teacher_inputs, register, timestep_schedule_param)
+                    check_teacher_inputs, grouped, register,
+                    timestep_schedule_param)
 
 #: The largest mesh texture refinement accepts (it never decimates).
 MAX_TRIANGLES = 200_000
@@ -46,7 +47,8 @@ class TextureRefineSpec(Pipeline):
         "lambda_ref": Param("float", 1.0, "weight of the reference view's masked MSE", min=0.0, max=1e6),
         "lambda_sds": Param("float", 0.0, "weight of an added SDS term (0: off)", min=0.0, max=1e6),
         "timestep_schedule": timestep_schedule_param("dreamgaussian"),
-        "guidance_scale": Param("float", -1.0, "CFG scale (-1: 5 with an image, 100 with a prompt)", min=-1, max=1000),
+        "guidance_scale": Param("float", None, "classifier-free guidance scale (unset: the teacher's own, 5 for "
+                                "Zero-1-to-3 with an image, 100 for Stable Diffusion with a prompt)", min=0, max=1000),
         "ref_fovy": Param("float", 49.1, "vertical field of view of the reference camera, degrees", min=1, max=170),
         "elevation_min": Param("float", -20.0, "lowest elevation of the random views, degrees", min=-89, max=89),
         "elevation_max": Param("float", 60.0, "highest elevation of the random views, degrees", min=-89, max=89),
@@ -54,6 +56,14 @@ class TextureRefineSpec(Pipeline):
         "fovy": Param("float", 49.1, "vertical field of view of the random views, degrees", min=5, max=120),
         "unwrap_time_limit": Param("float", 120.0, "seconds before xatlas is stopped", min=1, max=3600),
     }
+    params = grouped(params, groups={
+        "input": ("prompt", "negative_prompt", "use_existing_texture", "ref_fovy"),
+        "teacher": ("teacher", "oracle_mesh", "weights", "guidance_scale", "strength", "refine_steps", "lambda_sds"),
+        "texture": ("steps", "texture_size", "views", "render_size", "lr", "lambda_ref", "elevation_min", "elevation_max",
+                    "radius", "fovy"),
+        "mesh": ("unwrap_time_limit",),
+    }, basic=("prompt", "negative_prompt", "steps", "texture_size", "use_existing_texture", "strength"))
+    works_on = ("mesh", "prompt", "image")
     presets = {
         "default": {},
         "fast": {"steps": 150, "texture_size": 512, "render_size": 128, "refine_steps": 20, "views": 2},
