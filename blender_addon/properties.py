@@ -14,8 +14,10 @@ def pipelines() -> dict:
 
 
 def _pipeline_items(self, context):
+    # Generation methods; those that work on a selected mesh (Refine Texture) or on posed images
+    # have their own entry points. What a method works on comes from the server's description.
     items = [(name, info.get("title", name), f"the {name} pipeline") for name, info in pipelines().items()
-             if name != "texture_refine"]
+             if not {"mesh", "posed_images"} & set(info.get("works_on", ()))]
     _items_cache["pipelines"] = items or [("dreamgaussian", "DreamGaussian", "")]
     return _items_cache["pipelines"]
 
