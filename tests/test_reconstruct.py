@@ -146,10 +146,10 @@ def test_opacity_reset_works_around_gsplat_1_5_3(scene):
     root, _, _ = scene
     images, transforms, cax = load_dataset(root, 48)
     views = views_from_arrays(images, transforms, cax, 48)
-    _, p = ReconstructPipeline.merge_params("fast", {"iters": 8, "init_points": 300, "reset_every": 4, "densify_until": 1.0,
+    _, p = ReconstructPipeline.merge_params("fast", {"iters": 8, "init_points": 300, "opacity_reset_every": 4, "densify_until": 8,
                                                      "densify_from": 1000})
     g = torch.Generator().manual_seed(0)
     model = fit_gaussians(views, p, Emitter(), CancelToken(), g)
     assert model.opacities.max() < 0.05  # reset to 2 x prune_opacity at step 4, barely moved since
-    _, p_no = ReconstructPipeline.merge_params("fast", {"iters": 8, "init_points": 300, "reset_every": 0})
+    _, p_no = ReconstructPipeline.merge_params("fast", {"iters": 8, "init_points": 300, "opacity_reset_every": 0})
     assert fit_gaussians(views, p_no, Emitter(), CancelToken(), torch.Generator().manual_seed(0)).opacities.max() > 0.3

@@ -122,10 +122,10 @@ class DreamGaussianPipeline(DreamGaussianSpec):
     def stage1(self, p, teacher, ref, radius, emit: Emitter, cancel: CancelToken, gen, device) -> GaussianModel:
         image_mode = ref is not None
         iters = p["iters"]
-        model = GaussianModel.init_sphere(p["num_points"], p["init_radius"], p["init_opacity"], p["sh_degree"], gen).to(device)
+        model = GaussianModel.init_sphere(p["init_points"], p["init_radius"], p["init_opacity"], p["sh_degree"], gen).to(device)
         optimizers = model.parameter_groups({
-            "means": p["lr_position"], "sh0": p["lr_color"], "shN": p["lr_color"] / 20.0, "opacities": p["lr_opacity"],
-            "scales": p["lr_scale"], "quats": p["lr_rotation"]})
+            "means": p["lr_means"], "sh0": p["lr_colors"], "shN": p["lr_colors"] / 20.0, "opacities": p["lr_opacities"],
+            "scales": p["lr_scales"], "quats": p["lr_quats"]})
         densify = Densification(
             prune_opacity=p["prune_opacity"], grad_threshold=p["densify_grad"], prune_scale3d=0.5,
             start=p["densify_from"], every=p["densify_every"],
@@ -144,7 +144,7 @@ class DreamGaussianPipeline(DreamGaussianSpec):
         for step in range(1, iters + 1):
             cancel.check()
             ratio = min(1.0, step / iters)  # the reference losses ramp up linearly
-            set_lr(optimizers["means"], expon_lr(step, iters, p["lr_position"], max(p["lr_position_final"], 1e-12)))
+            set_lr(optimizers["means"], expon_lr(step, iters, p["lr_means"], max(p["lr_means_final"], 1e-12)))
             size = step_levels(sizes, [0.3, 0.6], step, iters)
             loss = torch.zeros((), device=device)
             mark = time.perf_counter()

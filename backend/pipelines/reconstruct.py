@@ -185,7 +185,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def fit_gaussians(views: Views, p: dict, emit: Emitter, cancel: CancelToken, generator: torch.Generator,
                   stage: str = "fit") -> GaussianModel:
     """Fit Gaussians to posed RGBA views (module doc, steps 1-3). ``p`` holds the pipeline's
-    parameters (iters, init_points, lr_*, w_ssim, w_mask, densify_*, reset_every, sh_degree)."""
+    parameters (iters, init_points, lr_*, w_ssim, w_mask, densify_*, opacity_reset_every, sh_degree)."""
     device = views.images.device
     points, colours = visual_hull_points(views, p["init_points"], generator)
     extent = float((points.max(0).values - points.min(0).values).max())
@@ -195,8 +195,8 @@ def fit_gaussians(views: Views, p: dict, emit: Emitter, cancel: CancelToken, gen
     optimizers = model.parameter_groups(lrs)
     iters = p["iters"]
     densify = Densification(prune_opacity=p["prune_opacity"], grad_threshold=p["densify_grad"], prune_scale3d=0.2,
-                            start=p["densify_from"], stop=int(iters * p["densify_until"]), every=p["densify_every"],
-                            reset_every=p["reset_every"], scene_scale=extent)
+                            start=p["densify_from"], stop=p["densify_until"], every=p["densify_every"],
+                            reset_every=p["opacity_reset_every"], scene_scale=extent)
     densify.check(model, optimizers)
     n_views = len(views.cameras)
     previews = PreviewThrottle()

@@ -29,16 +29,16 @@ class DreamGaussianSpec(Pipeline):
         "weights": Param("choice", "default", "teacher weights: default, stable (stable-zero123) or tiny",
                          choices=("default", "stable", "tiny")),
         "iters": Param("int", 500, "stage 1 steps", min=1, max=100_000),
-        "num_points": Param("int", 5000, "initial Gaussians, uniform in a ball", min=10, max=1_000_000),
+        "init_points": Param("int", 5000, "initial Gaussians, uniform in a ball", min=10, max=1_000_000),
         "init_radius": Param("float", 0.5, "radius of the initial ball, metres", min=0.01, max=10),
         "init_opacity": Param("float", 0.1, "initial opacity", min=0.001, max=0.999),
         "sh_degree": Param("int", 0, "SH degree of the colour", min=0, max=3),
-        "lr_position": Param("float", 1e-3, "position learning rate at the start", min=0, max=1),
-        "lr_position_final": Param("float", 2e-5, "position learning rate at the end (exponential decay)", min=0, max=1),
-        "lr_color": Param("float", 0.01, "colour learning rate", min=0, max=1),
-        "lr_opacity": Param("float", 0.05, "opacity learning rate", min=0, max=1),
-        "lr_scale": Param("float", 0.005, "scale learning rate", min=0, max=1),
-        "lr_rotation": Param("float", 0.005, "rotation learning rate", min=0, max=1),
+        "lr_means": Param("float", 1e-3, "position learning rate at the start, in object sizes (the object spans about 1)", min=0, max=1),
+        "lr_means_final": Param("float", 2e-5, "position learning rate at the end (exponential decay)", min=0, max=1),
+        "lr_colors": Param("float", 0.01, "colour learning rate", min=0, max=1),
+        "lr_opacities": Param("float", 0.05, "opacity learning rate", min=0, max=1),
+        "lr_scales": Param("float", 0.005, "scale learning rate", min=0, max=1),
+        "lr_quats": Param("float", 0.005, "rotation learning rate", min=0, max=1),
         "densify_from": Param("int", None, "first densification step (image: 100, text: 0)", min=0, max=100_000,
                               default_by=("mode", {"image": 100, "text": 0})),
         "densify_every": Param("int", None, "steps between densifications (image: 100, text: 50)", min=1, max=100_000,
@@ -80,8 +80,8 @@ class DreamGaussianSpec(Pipeline):
         "input": ("mode", "prompt", "negative_prompt", "elevation", "ref_size"),
         "teacher": ("teacher", "oracle_mesh", "weights", "guidance_scale", "batch_size"),
         "schedule": ("t_min", "t_max", "resolutions"),
-        "gaussians": ("iters", "num_points", "init_radius", "init_opacity", "sh_degree", "lr_position",
-                      "lr_position_final", "lr_color", "lr_opacity", "lr_scale", "lr_rotation", "radius", "fovy",
+        "gaussians": ("iters", "init_points", "init_radius", "init_opacity", "sh_degree", "lr_means",
+                      "lr_means_final", "lr_colors", "lr_opacities", "lr_scales", "lr_quats", "radius", "fovy",
                       "elevation_range", "lambda_rgb", "lambda_mask", "invert_bg_prob"),
         "densification": ("densify_from", "densify_every", "densify_until", "densify_grad", "prune_opacity",
                           "opacity_reset_every"),
@@ -93,10 +93,10 @@ class DreamGaussianSpec(Pipeline):
     works_on = ("prompt", "image")
     presets = {
         "default": {},
-        "fast": {"ref_size": 128, "iters": 400, "num_points": 3000, "resolutions": "64,96,128", "mesh_resolution": 96, "max_faces": 20_000,
+        "fast": {"ref_size": 128, "iters": 400, "init_points": 3000, "resolutions": "64,96,128", "mesh_resolution": 96, "max_faces": 20_000,
                  "texture_size": 512, "bake_size": 192, "refine_iters": 30, "refine_size": 128, "refine_steps": 20,
                  "densify_until": 300, "opacity_reset_every": 0},
-        "tiny": {"weights": "tiny", "ref_size": 64, "iters": 60, "num_points": 1500, "resolutions": "32,48,64", "mesh_resolution": 48,
+        "tiny": {"weights": "tiny", "ref_size": 64, "iters": 60, "init_points": 1500, "resolutions": "32,48,64", "mesh_resolution": 48,
                  "max_faces": 4000, "texture_size": 128, "bake_size": 64, "refine_iters": 8, "refine_size": 64,
                  "refine_steps": 4, "densify_until": 60, "opacity_reset_every": 0},
     }
@@ -127,7 +127,7 @@ class DreamGaussianSpec(Pipeline):
         render = max(int(x) for x in params["resolutions"].split(","))
         return {
             "resolutions": render * render * params["batch_size"] * BYTES_PER_TEACHER_PIXEL,
-            "num_points": params["num_points"] * 4 * BYTES_PER_GAUSSIAN,  # densification grows the count
+            "init_points": params["init_points"] * 4 * BYTES_PER_GAUSSIAN,  # densification grows the count
             "mesh_resolution": params["mesh_resolution"] ** 3 * BYTES_PER_VOXEL,
             "texture_size": params["texture_size"] ** 2 * BYTES_PER_TEXEL,
             "bake_size": 26 * params["bake_size"] ** 2 * 32,

@@ -20,7 +20,7 @@ class ReconstructSpec(Pipeline):
         "iters": Param("int", 3000, "optimisation steps", min=1, max=100_000),
         "init_points": Param("int", 10_000, "initial Gaussians (from the visual hull)", min=100, max=500_000),
         "sh_degree": Param("int", 0, "spherical-harmonics degree of the colour", min=0, max=3),
-        "lr_means": Param("float", 1.6e-3, "position learning rate, relative to the object size", min=0, max=1),
+        "lr_means": Param("float", 1.6e-3, "position learning rate at the start, in object sizes (the fitted object's extent; decays to 1%)", min=0, max=1),
         "lr_scales": Param("float", 5e-3, "log-scale learning rate", min=0, max=1),
         "lr_quats": Param("float", 1e-3, "rotation learning rate", min=0, max=1),
         "lr_opacities": Param("float", 5e-2, "opacity learning rate", min=0, max=1),
@@ -31,10 +31,11 @@ class ReconstructSpec(Pipeline):
                          min=0, max=10),
         "densify_from": Param("int", 100, "first densification step", min=0, max=100_000),
         "densify_every": Param("int", 100, "steps between densifications", min=1, max=100_000),
-        "densify_until": Param("float", 0.6, "fraction of training after which densification stops", min=0, max=1),
+        "densify_until": Param("int", 1800, "last densification step (60% of the default iters, as 3DGS's 15k of 30k)",
+                               min=0, max=100_000),
         "densify_grad": Param("float", 2e-4, "image-plane gradient threshold (gsplat units)", min=0, max=1),
         "prune_opacity": Param("float", 0.01, "Gaussians below this opacity are pruned", min=0, max=1),
-        "reset_every": Param("int", 0, "steps between opacity resets (0: never)", min=0, max=100_000),
+        "opacity_reset_every": Param("int", 0, "steps between opacity resets (0: never)", min=0, max=100_000),
         "mesh_resolution": Param("int", 128, "density grid resolution for marching cubes", min=16, max=512),
         "density_threshold": Param("float", 1.0, "iso-level of the density field", min=1e-4, max=100),
         "max_faces": Param("int", 50_000, "face budget of the mesh", min=100, max=1_000_000),
@@ -45,7 +46,7 @@ class ReconstructSpec(Pipeline):
         "input": ("camera_angle_x", "resolution"),
         "gaussians": ("iters", "init_points", "sh_degree", "lr_means", "lr_scales", "lr_quats", "lr_opacities", "lr_colors",
                       "w_ssim", "w_mask", "w_lpips"),
-        "densification": ("densify_from", "densify_every", "densify_until", "densify_grad", "prune_opacity", "reset_every"),
+        "densification": ("densify_from", "densify_every", "densify_until", "densify_grad", "prune_opacity", "opacity_reset_every"),
         "mesh": ("mesh_resolution", "density_threshold", "max_faces", "unwrap_time_limit"),
         "texture": ("texture_size",),
     }, basic=("iters", "resolution", "texture_size"))
@@ -53,7 +54,7 @@ class ReconstructSpec(Pipeline):
     presets = {
         "default": {},
         "fast": {"resolution": 128, "iters": 700, "init_points": 6000, "densify_from": 100, "densify_every": 100,
-                 "densify_until": 0.6, "max_faces": 20_000, "texture_size": 512, "mesh_resolution": 128},
+                 "densify_until": 420, "max_faces": 20_000, "texture_size": 512, "mesh_resolution": 128},
     }
     inputs = {
         "images": InputSpec(("uint8",), (None, None, None, (4,)), required=True, help="RGBA views uint8 [N, H, W, 4]"),
