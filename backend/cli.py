@@ -458,7 +458,8 @@ def refine_texture(
     if image is not None:
         inputs.update(_load_image_inputs(image, mask))
     params: dict = {"teacher": teacher, "use_existing_texture": not fresh}
-    for key, value in (("prompt", prompt), ("steps", steps), ("texture_size", texture_size), ("strength", strength)):
+    for key, value in (("prompt", prompt), ("texture_iters", steps), ("texture_size", texture_size),
+                       ("refine_strength_start", strength), ("refine_strength_end", None if strength is None else strength / 4)):
         if value is not None:
             params[key] = value
     if teacher == "oracle":

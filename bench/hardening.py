@@ -195,7 +195,7 @@ def bench_cancel_dreamgaussian(address: str) -> None:
     """Cancel a real DreamGaussian job (tiny teachers, sizes raised so that each mesh step takes
     seconds) in each of its stages, and time cancel -> ``cancelled`` at the client."""
     params = {"mode": "text", "prompt": "a chair", "mesh_resolution": 256, "max_faces": 60_000, "texture_size": 2048,
-              "bake_size": 512, "iters": 200, "refine_iters": 200}
+              "bake_size": 512, "iters": 200, "texture_iters": 200}
     stages = {"stage 1 (Gaussians)": lambda m: m["stage"] == "gaussians" and m["step"] > 5,
               "mesh: extraction": lambda m: m.get("message") == "extracting the surface",
               "mesh: UV unwrapping": lambda m: m.get("message") == "UV unwrapping",

@@ -17,7 +17,7 @@ from shared_protocol.client import ClientError
 from . import client_glue, scene_io
 
 #: Panel/operator fields -> the pipeline parameter names they set (the first one the pipeline has).
-ADVANCED_PARAMS = {"steps": ("iters", "steps"), "guidance_scale": ("guidance_scale",), "texture_size": ("texture_size",)}
+ADVANCED_PARAMS = {"steps": ("iters", "texture_iters"), "guidance_scale": ("guidance_scale",), "texture_size": ("texture_size",)}
 
 
 def _fail(op, message: str):

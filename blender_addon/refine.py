@@ -177,9 +177,9 @@ class SPLATSMITH_OT_refine_texture(bpy.types.Operator):
         for key in ("prompt", "negative_prompt"):
             if getattr(self, key).strip():
                 params[key] = getattr(self, key)
-        for key in ("steps", "texture_size"):
-            if getattr(self, key):
-                params[key] = getattr(self, key)
+        for field, key in (("steps", "texture_iters"), ("texture_size", "texture_size")):
+            if getattr(self, field):
+                params[key] = getattr(self, field)
         try:
             inputs.update(_load_inputs({"image_path": self.image_path, "image_name": self.image_name}))
             if "image" in inputs:

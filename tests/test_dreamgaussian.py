@@ -90,7 +90,7 @@ def test_cancel_in_every_stage_ends_the_job(tmp_path, stage, when):
                 fired["at"] = time.monotonic()
                 threading.Timer(0.05, token.cancel).start()  # lands inside the stage's work
 
-    params = {"mode": "text", "prompt": "a teapot", "iters": 200 if stage == "gaussians" else 20, "refine_iters": 200,
+    params = {"mode": "text", "prompt": "a teapot", "iters": 200 if stage == "gaussians" else 20, "texture_iters": 200,
               "mesh_resolution": 192, "texture_size": 1024, "bake_size": 256}
     with pytest.raises(JobCancelled):
         run_local(JobStore(tmp_path / "jobs"), DreamGaussianPipeline, "tiny", params, {}, 0, CancelIn(), cancel=token)
@@ -102,7 +102,7 @@ def test_previews_of_all_kinds_arrive_over_a_server(make_server, make_client):
     server = make_server(pipelines=load_builtin())
     client = make_client(server.endpoint)
     rgb, mask = demo_photo()
-    handle = client.submit("dreamgaussian", preset="tiny", params={"mode": "image", "refine_iters": 4},
+    handle = client.submit("dreamgaussian", preset="tiny", params={"mode": "image", "texture_iters": 4},
                            inputs={"image": rgb, "mask": mask}, seed=3)
     result = client.wait(handle, timeout=300)
     assert set(handle.preview_counts) == {"gaussians", "mesh", "texture"}
@@ -175,7 +175,7 @@ def test_the_timestep_schedule_is_chosen_by_name(tmp_path, name):
             if msg["stage"] == "gaussians" and msg["message"]:
                 seen.append((msg["step"], int(msg["message"].split("t=")[1].split(",")[0])))
 
-    params = {"mode": "text", "prompt": "a vase", "iters": 40, "refine_iters": 1, "timestep_schedule": name}
+    params = {"mode": "text", "prompt": "a vase", "iters": 40, "texture_iters": 1, "timestep_schedule": name}
     run_local(JobStore(tmp_path / "jobs"), DreamGaussianPipeline, "tiny", params, {}, 0, Record())
     steps, ts = zip(*seen)
     assert len(ts) == 40 and all(20 <= t <= 980 for t in ts)

@@ -92,7 +92,7 @@ def test_existing_texture_is_the_start(tmp_path):
     _, raw = make_test_object(texture_size=512)
     inputs = _student(raw, with_uv=True)
     inputs["texture"] = raw["texture"] if raw["texture"].dtype == np.uint8 else (raw["texture"] * 255 + 0.5).astype(np.uint8)
-    _, result = run_local(JobStore(tmp_path / "jobs"), TextureRefinePipeline, "tiny", {"prompt": "x", "steps": 0},
+    _, result = run_local(JobStore(tmp_path / "jobs"), TextureRefinePipeline, "tiny", {"prompt": "x", "texture_iters": 0},
                           inputs, 0, Emitter())
     assert result.meta["init"] == "existing"
     assert np.abs(result.arrays["texture"].astype(int) - inputs["texture"][..., :3].astype(int)).max() <= 1

@@ -175,13 +175,13 @@ class DreamGaussianPipeline(DreamGaussianSpec):
     # ------------------------------------------------------------------ stage 2
     def stage2(self, p, teacher, ref, radius, mesh: TexturedMesh, texture: torch.Tensor, emit: Emitter,
                cancel: CancelToken, gen) -> torch.Tensor:
-        size = p["refine_size"]
+        size = p["texture_render_size"]
 
         def sample_cameras(step: int) -> Cameras:
             cams, _, _, _ = sample_orbit_cameras(1, elevation_window(p), (-180.0, 180.0), (radius, radius), p["fovy"], size,
                                                  size, generator=gen)
             return cams.to(texture.device)
 
-        return optimise_texture(mesh, texture, teacher, sample_cameras, p["refine_iters"], lr=p["refine_lr"],
+        return optimise_texture(mesh, texture, teacher, sample_cameras, p["texture_iters"], lr=p["texture_lr"],
                                 strength_start=p["refine_strength_start"], strength_end=p["refine_strength_end"],
                                 refine_steps=p["refine_steps"], ref=ref, emit=emit, cancel=cancel, generator=gen)

@@ -91,15 +91,15 @@ class TextureRefinePipeline(TextureRefineSpec):
         emit.progress("prepare", 3, 3)
 
         el_range = (p["elevation_min"], p["elevation_max"])
-        size = p["render_size"]
+        size = p["texture_render_size"]
 
         def sample_cameras(step: int) -> Cameras:
             cams, _, _, _ = sample_orbit_cameras(p["views"], el_range, (-180.0, 180.0), (p["radius"], p["radius"]),
                                                  p["fovy"], size, size, generator=gen)
             return cams.to(device)
 
-        texture = optimise_texture(mesh, texture, teacher, sample_cameras, p["steps"], lr=p["lr"],
-                                   strength_start=p["strength"], strength_end=p["strength"] / 4,
+        texture = optimise_texture(mesh, texture, teacher, sample_cameras, p["texture_iters"], lr=p["texture_lr"],
+                                   strength_start=p["refine_strength_start"], strength_end=p["refine_strength_end"],
                                    refine_steps=p["refine_steps"], ref=ref, emit=emit, cancel=cancel, generator=gen,
                                    lambda_ref=p["lambda_ref"], lambda_sds=p["lambda_sds"],
                                    timestep_schedule=p["timestep_schedule"])
@@ -135,7 +135,7 @@ class TextureRefinePipeline(TextureRefineSpec):
         inputs = request.inputs
         image = np.asarray(inputs["image"])
         h, w = image.shape[:2]
-        k = p["render_size"] / max(h, w)
+        k = p["texture_render_size"] / max(h, w)
         rw, rh = max(int(round(w * k)), 8), max(int(round(h * k)), 8)
         camera = self._reference_camera(p, inputs, centre, scale, rw, rh).to(device)
         opaque = image.shape[2] == 3 or bool((image[..., 3] == 255).all())

@@ -68,9 +68,9 @@ class DreamGaussianSpec(Pipeline):
         "max_faces": Param("int", 100_000, "face budget (decimation)", min=100, max=2_000_000),
         "texture_size": Param("int", 1024, "texture side, texels", min=64, max=4096),
         "bake_size": Param("int", 512, "render size of the 26 baking views", min=32, max=2048),
-        "refine_iters": Param("int", 50, "stage 2 (texture) steps", min=0, max=10_000),
-        "refine_lr": Param("float", 0.2, "texture learning rate", min=0, max=10),
-        "refine_size": Param("int", 512, "stage 2 render size", min=32, max=2048),
+        "texture_iters": Param("int", 50, "stage 2 (texture) steps", min=0, max=10_000),
+        "texture_lr": Param("float", 0.2, "texture learning rate", min=0, max=10),
+        "texture_render_size": Param("int", 512, "stage 2 render size", min=32, max=2048),
         "refine_steps": Param("int", 50, "DDIM steps of the teacher's refine", min=1, max=1000),
         "refine_strength_start": Param("float", 0.2, "SDEdit noise strength at the start of stage 2", min=0, max=1),
         "refine_strength_end": Param("float", 0.05, "SDEdit noise strength at the end of stage 2", min=0, max=1),
@@ -86,7 +86,7 @@ class DreamGaussianSpec(Pipeline):
         "densification": ("densify_from", "densify_every", "densify_until", "densify_grad", "prune_opacity",
                           "opacity_reset_every"),
         "mesh": ("mesh_resolution", "density_threshold", "max_faces", "bake_size", "unwrap_time_limit"),
-        "texture": ("texture_size", "refine_iters", "refine_lr", "refine_size", "refine_steps", "refine_strength_start",
+        "texture": ("texture_size", "texture_iters", "texture_lr", "texture_render_size", "refine_steps", "refine_strength_start",
                     "refine_strength_end"),
     }, basic=("mode", "prompt", "negative_prompt", "elevation", "iters", "guidance_scale", "texture_size",
               "timestep_schedule"))
@@ -94,10 +94,10 @@ class DreamGaussianSpec(Pipeline):
     presets = {
         "default": {},
         "fast": {"ref_size": 128, "iters": 400, "init_points": 3000, "resolutions": "64,96,128", "mesh_resolution": 96, "max_faces": 20_000,
-                 "texture_size": 512, "bake_size": 192, "refine_iters": 30, "refine_size": 128, "refine_steps": 20,
+                 "texture_size": 512, "bake_size": 192, "texture_iters": 30, "texture_render_size": 128, "refine_steps": 20,
                  "densify_until": 300, "opacity_reset_every": 0},
         "tiny": {"weights": "tiny", "ref_size": 64, "iters": 60, "init_points": 1500, "resolutions": "32,48,64", "mesh_resolution": 48,
-                 "max_faces": 4000, "texture_size": 128, "bake_size": 64, "refine_iters": 8, "refine_size": 64,
+                 "max_faces": 4000, "texture_size": 128, "bake_size": 64, "texture_iters": 8, "texture_render_size": 64,
                  "refine_steps": 4, "densify_until": 60, "opacity_reset_every": 0},
     }
     inputs = {
@@ -131,6 +131,6 @@ class DreamGaussianSpec(Pipeline):
             "mesh_resolution": params["mesh_resolution"] ** 3 * BYTES_PER_VOXEL,
             "texture_size": params["texture_size"] ** 2 * BYTES_PER_TEXEL,
             "bake_size": 26 * params["bake_size"] ** 2 * 32,
-            "refine_size": params["refine_size"] ** 2 * BYTES_PER_TEACHER_PIXEL,
+            "texture_render_size": params["texture_render_size"] ** 2 * BYTES_PER_TEACHER_PIXEL,
             "weights": TEACHER_BYTES[params["weights"]],
         }

@@ -36,14 +36,15 @@ class TextureRefineSpec(Pipeline):
         "oracle_mesh": Param("str", "", "ground-truth GLB for teacher=oracle, in the mesh's frame (a path on the server)",
                              max_len=4096, path=True),
         "weights": Param("choice", "default", "teacher weights: default or tiny", choices=("default", "stable", "tiny")),
-        "steps": Param("int", 200, "optimisation steps", min=0, max=100_000),
+        "texture_iters": Param("int", 200, "texture optimisation steps", min=0, max=100_000),
         "texture_size": Param("int", 1024, "texture side, texels", min=512, max=4096),
         "use_existing_texture": Param("bool", True, "start from the input 'texture' when given"),
-        "strength": Param("float", 0.2, "SDEdit noise strength at the start (falls to a quarter)", min=0.0, max=1.0),
+        "refine_strength_start": Param("float", 0.2, "SDEdit noise strength at the first step", min=0.0, max=1.0),
+        "refine_strength_end": Param("float", 0.05, "SDEdit noise strength at the last step", min=0.0, max=1.0),
         "refine_steps": Param("int", 50, "DDIM steps of the teacher's full schedule", min=1, max=1000),
         "views": Param("int", 1, "views rendered per step", min=1, max=16),
-        "render_size": Param("int", 512, "side of the rendered views, pixels", min=32, max=2048),
-        "lr": Param("float", 0.2, "Adam learning rate on the texture logits", min=0.0, max=10.0),
+        "texture_render_size": Param("int", 512, "side of the rendered views, pixels", min=32, max=2048),
+        "texture_lr": Param("float", 0.2, "Adam learning rate on the texture logits", min=0.0, max=10.0),
         "lambda_ref": Param("float", 1.0, "weight of the reference view's masked MSE", min=0.0, max=1e6),
         "lambda_sds": Param("float", 0.0, "weight of an added SDS term (0: off)", min=0.0, max=1e6),
         "timestep_schedule": timestep_schedule_param("dreamgaussian"),
@@ -58,16 +59,17 @@ class TextureRefineSpec(Pipeline):
     }
     params = grouped(params, groups={
         "input": ("prompt", "negative_prompt", "use_existing_texture", "ref_fovy"),
-        "teacher": ("teacher", "oracle_mesh", "weights", "guidance_scale", "strength", "refine_steps", "lambda_sds"),
-        "texture": ("steps", "texture_size", "views", "render_size", "lr", "lambda_ref", "elevation_min", "elevation_max",
+        "teacher": ("teacher", "oracle_mesh", "weights", "guidance_scale", "refine_strength_start", "refine_strength_end", "refine_steps", "lambda_sds"),
+        "texture": ("texture_iters", "texture_size", "views", "texture_render_size", "texture_lr", "lambda_ref", "elevation_min", "elevation_max",
                     "radius", "fovy"),
         "mesh": ("unwrap_time_limit",),
-    }, basic=("prompt", "negative_prompt", "steps", "texture_size", "use_existing_texture", "strength"))
+    }, basic=("prompt", "negative_prompt", "texture_iters", "texture_size", "use_existing_texture",
+                 "refine_strength_start"))
     works_on = ("mesh", "prompt", "image")
     presets = {
         "default": {},
-        "fast": {"steps": 150, "texture_size": 512, "render_size": 128, "refine_steps": 20, "views": 2},
-        "tiny": {"weights": "tiny", "steps": 6, "texture_size": 512, "render_size": 64, "refine_steps": 4},
+        "fast": {"texture_iters": 150, "texture_size": 512, "texture_render_size": 128, "refine_steps": 20, "views": 2},
+        "tiny": {"weights": "tiny", "texture_iters": 6, "texture_size": 512, "texture_render_size": 64, "refine_steps": 4},
     }
     inputs = {
         "vertices": InputSpec(("float32",), (None, 3), True, 3 * 4 * MAX_TRIANGLES,
@@ -118,7 +120,7 @@ class TextureRefineSpec(Pipeline):
     def estimate_memory(cls, params, inputs):
         return {
             "texture_size": params["texture_size"] ** 2 * BYTES_PER_TEXEL,
-            "render_size": params["render_size"] ** 2 * params["views"] * BYTES_PER_TEACHER_PIXEL,
+            "render_size": params["texture_render_size"] ** 2 * params["views"] * BYTES_PER_TEACHER_PIXEL,
             "vertices": sum(int(a.nbytes) for a in inputs.values()) * 8,
             "weights": TEACHER_BYTES[params["weights"]],
         }
