@@ -85,7 +85,7 @@ def test_the_server_process_never_imports_torch(serve_process):
         assert client.wait(client.submit("fit", params={"steps": 3}), timeout=120)["meta"]["steps"] == 3
     maps = Path(f"/proc/{proc.pid}/maps").read_text()
     assert "libtorch" not in maps and "torch/_C" not in maps
-    children = [pid for task in Path(f"/proc/{proc.pid}/task").iterdir() for pid in (task / "children").read_text().split()]
+    children = _children(proc.pid)
     assert any("libtorch" in Path(f"/proc/{pid}/maps").read_text() for pid in children)  # the worker has it
 
 
@@ -175,14 +175,13 @@ def test_a_second_signal_exits_at_once(serve_process, tmp_path):
     with Client(address, timeouts=Timeouts(ping=30, lost=600)) as client:
         job = client.submit("crash", params={"how": "hang", "steps": 1})
         _until(lambda: job.progress is not None, what="progress", poll=client)
-    workers = [int(pid) for task in Path(f"/proc/{proc.pid}/task").iterdir() for pid in (task / "children").read_text().split()]
+    workers = _children(proc.pid)
     assert workers
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 128 + signal.SIGINT
-    _until(lambda: not any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in workers),
-           timeout=30, what="the worker to end with the server")  # no orphan left running the job
+    _until(lambda: not any(map(_running, workers)), timeout=30, what="the worker to end with the server")
 
 
 def test_a_killed_server_leaves_no_worker_running(serve_process, tmp_path):
@@ -190,18 +189,23 @@ def test_a_killed_server_leaves_no_worker_running(serve_process, tmp_path):
     with Client(address, timeouts=Timeouts(ping=30, lost=600)) as client:
         job = client.submit("crash", params={"how": "hang", "steps": 1})
         _until(lambda: job.progress is not None, what="progress", poll=client)
-    workers = [int(pid) for task in Path(f"/proc/{proc.pid}/task").iterdir() for pid in (task / "children").read_text().split()]
+    workers = _children(proc.pid)
     proc.kill()
     proc.wait(60)
-    _until(lambda: not any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in workers),
-           timeout=30, what="the worker to die with the server")
+    _until(lambda: not any(map(_running, workers)), timeout=30, what="the worker to die with the server")
 
 
-def _state(pid: int) -> str:
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (every thread's: the worker is started by a thread)."""
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
     try:
-        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0]
     except (OSError, IndexError):
-        return "zombie"
+        return False
 
 
 def test_ctrl_c_on_an_in_process_generate_marks_the_job_cancelled(tmp_path):
