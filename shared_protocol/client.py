@@ -143,7 +143,6 @@ class _Transfer:
         self.todo = [(name, offset) for name, size in sizes.items() for offset in range(0, size, CHUNK_BYTES)]
         self.todo.reverse()
         self.outstanding = 0
-        self.received = {name: 0 for name in sizes}
 
     @property
     def complete(self) -> bool:
@@ -409,7 +408,10 @@ class Client:
                 handle.transfer = _Transfer(message, missing)
                 handle.deadline = time.monotonic() + self.timeouts.transfer
                 self._request_chunks(handle)
-                return
+                if not handle.transfer.complete:
+                    return
+                message = dict(message, files={**(message.get("files") or {}), **handle.transfer.files()})
+                handle.transfer = None  # only empty files were missing: nothing to fetch
         if mtype == "progress":
             handle.state = "running"
             handle.progress = message
