@@ -166,8 +166,9 @@ def reconstruct(
         probe = ReconstructPipeline.merge_params(preset, params)[1]
         images, transforms, camera_angle_x = load_dataset(data_dir, probe["resolution"])
         params["camera_angle_x"] = camera_angle_x
-        with _progress() as progress, _cancel_on_signals(output_dir):
-            job, result = run_local(JobStore(output_dir), ReconstructPipeline, preset, params,
+        store = JobStore(output_dir)
+        with _progress() as progress, _cancel_on_signals(store):
+            job, result = run_local(store, ReconstructPipeline, preset, params,
                                     {"images": images, "transforms": transforms}, seed, RichEmitter(progress), dev,
                                     label=data_dir.name)
     except (DeviceError, ParamError, FileNotFoundError, ValueError) as exc:
@@ -183,10 +184,10 @@ def reconstruct(
 class _cancel_on_signals:
     """For in-process runs: SIGTERM is turned into KeyboardInterrupt (as Ctrl-C is), and a
     cancelled job prints that it was cancelled and where its folder is (``run_local`` has
-    marked it ``cancelled`` on disk) before exiting with 130."""
+    marked it ``cancelled`` on disk) before exiting with 130. ``store`` is the run's JobStore."""
 
-    def __init__(self, output_dir: Path):
-        self.output_dir = output_dir
+    def __init__(self, store):
+        self.store = store  # the run's JobStore: the job just created is in its memory
 
     def __enter__(self):
         def to_interrupt(signum, frame):
@@ -200,9 +201,7 @@ class _cancel_on_signals:
         from .pipelines.base import JobCancelled
 
         if kind is not None and issubclass(kind, (KeyboardInterrupt, JobCancelled)):
-            from .jobs import JobStore
-
-            jobs = JobStore(self.output_dir).all(limit=1)
+            jobs = self.store.all(limit=1)
             where = f" its folder is {jobs[-1].dir}" if jobs and jobs[-1].state == "cancelled" else ""
             console.print(f"job cancelled;{where}")
             raise typer.Exit(130)
@@ -415,8 +414,9 @@ def _run_job(pipeline: str, preset: str, params: dict, inputs: dict, seed: int, 
 
     try:
         dev = resolve_device(device)
-        with _progress() as progress, _cancel_on_signals(output_dir):
-            job, result = run_local(JobStore(output_dir), load_builtin()[pipeline], preset, params, inputs, seed,
+        store = JobStore(output_dir)
+        with _progress() as progress, _cancel_on_signals(store):
+            job, result = run_local(store, load_builtin()[pipeline], preset, params, inputs, seed,
                                     RichEmitter(progress), dev, label=label)
     except (DeviceError, ParamError, MaskError, ModelMissingError, FileNotFoundError, UnwrapError) as exc:
         _fail(str(exc))

@@ -59,6 +59,14 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def write_failure(folder: Path, exc: OSError) -> tuple[str, str]:
+    """(code, sentence) for a job whose folder could not be written: ``disk_full`` naming the
+    folder, else ``internal``."""
+    if is_disk_full(exc):
+        return "disk_full", disk_full_message(folder)
+    return "internal", f"cannot write {folder}: {exc}"
+
+
 def disk_full_message(folder: Path | str) -> str:
     """The sentence for a full disk: which folder, and what to do."""
     return (f"the disk holding {folder} is full: free space there (or start the server with another "
@@ -408,9 +416,9 @@ class Dispatcher(threading.Thread):
             finally:
                 self.stopped.set()
 
-    def _end(self, job: Job, state: str, code: str | None, text: str | None, finished: float | None = None) -> None:
+    def _end(self, job: Job, state: str, code: str | None, text: str | None) -> None:
         """Record the end of a job in memory, on disk (when the disk allows) and to clients."""
-        job.state, job.finished = state, finished or time.time()
+        job.state, job.finished = state, time.time()
         job.error_code, job.error_message = code, text
         job.inputs = {}
         try:
@@ -418,10 +426,9 @@ class Dispatcher(threading.Thread):
             self.store.append_log(job, f"state {state}" + (f" [{code}] {text}" if code else ""))
         except OSError as exc:
             log.error("job %s: cannot write its state (%s)", job.job_id, exc)
-            if code is None or code not in ("disk_full",):
-                job.state, job.error_code = "failed", "disk_full" if is_disk_full(exc) else "internal"
-                job.error_message = disk_full_message(job.dir) if is_disk_full(exc) else f"cannot write {job.dir}: {exc}"
-                code, text = job.error_code, job.error_message
+            if code != "disk_full":
+                code, text = write_failure(job.dir, exc)
+                job.state, job.error_code, job.error_message = "failed", code, text
         if code is not None:
             self.post(job.job_id, None, messages.error(code, text or code, job_id=job.job_id))
 
@@ -431,8 +438,7 @@ class Dispatcher(threading.Thread):
             self.store.save_state(job)
             self.store.append_log(job, f"state running: {job.pipeline} preset={job.preset} seed={job.seed}")
         except OSError as exc:
-            self._end(job, "failed", "disk_full" if is_disk_full(exc) else "internal",
-                      disk_full_message(job.dir) if is_disk_full(exc) else f"cannot write {job.dir}: {exc}")
+            self._end(job, "failed", *write_failure(job.dir, exc))
             return
         self.post(job.job_id, None, messages.make("status", job_id=job.job_id, jobs=[job.info()]))
         cls = self.pipelines[job.pipeline]

@@ -259,10 +259,14 @@ class Server:
         self._thread.start()
         return self
 
-    def serve_forever(self) -> None:
-        """Run the ROUTER loop until :meth:`stop` (or :meth:`request_stop`)."""
+    def _start_dispatcher(self) -> None:
+        """Start the dispatcher thread (which starts the worker process) once."""
         if not self.dispatcher.is_alive() and not self.dispatcher.stopped.is_set():
             self.dispatcher.start()
+
+    def serve_forever(self) -> None:
+        """Run the ROUTER loop until :meth:`stop` (or :meth:`request_stop`)."""
+        self._start_dispatcher()
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -291,8 +295,7 @@ class Server:
     def wait_worker(self, timeout: float | None = None) -> bool:
         """Start the dispatcher if needed and wait until the worker process is ready; False
         (with ``executor.fatal`` saying why) when it could not start."""
-        if not self.dispatcher.is_alive() and not self.dispatcher.stopped.is_set():
-            self.dispatcher.start()
+        self._start_dispatcher()
         end = time.monotonic() + (600.0 if timeout is None else timeout)
         while self.executor._proc is None and time.monotonic() < end:  # the dispatcher starts it
             time.sleep(0.01)
@@ -367,6 +370,13 @@ class Server:
         outbox.items[slot] = (message, size)
         outbox.bytes = held + size
         return True
+
+    def _waiting(self, ident: bytes, slot: Any) -> bool:
+        """Whether ``slot`` already waits unsent in ``ident``'s outbox (a repeated request then
+        adds nothing)."""
+        with self._lock:
+            outbox = self._outboxes.get(ident)
+            return outbox is not None and slot in outbox.items
 
     def _wake(self) -> None:
         try:
@@ -572,10 +582,7 @@ class Server:
             return
         if job.state == "done":
             slot = ("result", job.job_id)
-            with self._lock:
-                outbox = self._outboxes.get(ident)
-                in_flight = outbox is not None and slot in outbox.items
-            if in_flight:  # one result per client and job: a repeated fetch adds nothing
+            if self._waiting(ident, slot):  # one result per client and job
                 self.stats["coalesced_fetches"] += 1
                 return
             try:
@@ -599,11 +606,9 @@ class Server:
         if job is None:
             return
         slot = ("chunk", job.job_id, message["name"], message["offset"], message["size"])
-        with self._lock:
-            outbox = self._outboxes.get(ident)
-            if outbox is not None and slot in outbox.items:  # the same chunk is already waiting: nothing more
-                self.stats["coalesced_chunks"] += 1
-                return
+        if self._waiting(ident, slot):
+            self.stats["coalesced_chunks"] += 1
+            return
         try:
             if job.state != "done":
                 raise KeyError(message["name"])

@@ -224,8 +224,6 @@ def _run_spec(spec: dict, cancel: CancelToken, sender: _Sender, device: str, mod
         outcome = {"job_id": spec["job_id"], "state": "cancelled" if code == "cancelled" else "failed",
                    "code": code, "text": text}
         del exc
-    finally:
-        emitter = None
     if oom:
         # Outside the handler: the traceback's frames (holding GPU tensors) are gone now.
         from .device import free_device_memory
@@ -319,7 +317,6 @@ class WorkerProcess:
         self._stopping = False
         self.info: dict = {}
         self.fatal: str | None = None
-        self.restarts = 0
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -347,8 +344,6 @@ class WorkerProcess:
         with self._lock:
             if self._stopping or (self._proc is not None and self._proc.is_alive()):
                 return
-            if self._proc is not None:
-                self.restarts += 1
             self._generation += 1
             self._ready.clear()
             self.fatal = None

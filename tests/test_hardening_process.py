@@ -170,13 +170,19 @@ def test_a_signal_during_a_job_marks_it_interrupted_and_exits_0(serve_process, t
     assert "Segmentation" not in proc.log_path.read_text() and "terminate called" not in proc.log_path.read_text()
 
 
-def test_a_second_signal_exits_at_once(serve_process, tmp_path):
+def _server_running_a_hanging_job(serve_process, tmp_path) -> tuple[subprocess.Popen, list[int]]:
+    """A real server whose worker runs a job that ignores cancel; returns (server, worker pids)."""
     proc, address = serve_process(output_dir=tmp_path / "jobs")
     with Client(address, timeouts=Timeouts(ping=30, lost=600)) as client:
         job = client.submit("crash", params={"how": "hang", "steps": 1})
         _until(lambda: job.progress is not None, what="progress", poll=client)
     workers = _children(proc.pid)
     assert workers
+    return proc, workers
+
+
+def test_a_second_signal_exits_at_once(serve_process, tmp_path):
+    proc, workers = _server_running_a_hanging_job(serve_process, tmp_path)
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
@@ -185,11 +191,7 @@ def test_a_second_signal_exits_at_once(serve_process, tmp_path):
 
 
 def test_a_killed_server_leaves_no_worker_running(serve_process, tmp_path):
-    proc, address = serve_process(output_dir=tmp_path / "jobs")
-    with Client(address, timeouts=Timeouts(ping=30, lost=600)) as client:
-        job = client.submit("crash", params={"how": "hang", "steps": 1})
-        _until(lambda: job.progress is not None, what="progress", poll=client)
-    workers = _children(proc.pid)
+    proc, workers = _server_running_a_hanging_job(serve_process, tmp_path)
     proc.kill()
     proc.wait(60)
     _until(lambda: not any(map(_running, workers)), timeout=30, what="the worker to die with the server")
