@@ -167,10 +167,10 @@ def reconstruct(
         images, transforms, camera_angle_x = load_dataset(data_dir, probe["resolution"])
         params["camera_angle_x"] = camera_angle_x
         store = JobStore(output_dir)
-        with _progress() as progress, _cancel_on_signals(store):
+        with _progress() as progress, _cancel_on_signals(store) as signals:
             job, result = run_local(store, ReconstructPipeline, preset, params,
                                     {"images": images, "transforms": transforms}, seed, RichEmitter(progress), dev,
-                                    label=data_dir.name)
+                                    label=data_dir.name, cancel=signals.token)
     except (DeviceError, ParamError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -182,18 +182,25 @@ def reconstruct(
 
 
 class _cancel_on_signals:
-    """For in-process runs: SIGTERM is turned into KeyboardInterrupt (as Ctrl-C is), and a
-    cancelled job prints that it was cancelled and where its folder is (``run_local`` has
-    marked it ``cancelled`` on disk) before exiting with 130. ``store`` is the run's JobStore."""
+    """For in-process runs: SIGTERM cancels the job through its cancel token (it stops at its
+    next check; a second SIGTERM interrupts at once, as Ctrl-C does), and a cancelled or
+    interrupted job prints that it was cancelled and where its folder is (``run_local`` has
+    marked it ``cancelled`` on disk) before exiting with 130. ``store`` is the run's JobStore;
+    pass ``token`` to ``run_local``."""
 
     def __init__(self, store):
-        self.store = store  # the run's JobStore: the job just created is in its memory
+        from .pipelines.base import CancelToken
+
+        self.store = store  # the job just created is in its memory
+        self.token = CancelToken()
 
     def __enter__(self):
-        def to_interrupt(signum, frame):
-            raise KeyboardInterrupt
+        def cancel(signum, frame):
+            if self.token.cancelled:
+                raise KeyboardInterrupt
+            self.token.cancel()
 
-        self.previous = signal.signal(signal.SIGTERM, to_interrupt)
+        self.previous = signal.signal(signal.SIGTERM, cancel)
         return self
 
     def __exit__(self, kind, value, tb):
@@ -415,9 +422,9 @@ def _run_job(pipeline: str, preset: str, params: dict, inputs: dict, seed: int, 
     try:
         dev = resolve_device(device)
         store = JobStore(output_dir)
-        with _progress() as progress, _cancel_on_signals(store):
+        with _progress() as progress, _cancel_on_signals(store) as signals:
             job, result = run_local(store, load_builtin()[pipeline], preset, params, inputs, seed,
-                                    RichEmitter(progress), dev, label=label)
+                                    RichEmitter(progress), dev, label=label, cancel=signals.token)
     except (DeviceError, ParamError, MaskError, ModelMissingError, FileNotFoundError, UnwrapError) as exc:
         _fail(str(exc))
     return {name: Path(path).read_bytes() for name, path in result.files.items()}, result.meta, f"job folder {job.dir}"
