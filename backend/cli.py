@@ -285,10 +285,11 @@ def generate(
     server: Optional[str] = typer.Option(None, help="Run on a backend at this address (HOST:PORT) instead of in this process."),
     server_key: Optional[Path] = typer.Option(None, help="The server's public CURVE key file."),
     client_key: Optional[Path] = typer.Option(None, help="This client's secret CURVE key file."),
+    plugin: list[str] = typer.Option([], "--plugin", help="In-process runs: also import this module, which registers more pipelines (repeatable)."),
 ) -> None:
     """Generate a 3D asset with a pipeline: from an image or a text prompt (DreamGaussian by default),
     or any pipeline a backend offers, its parameters given with --param."""
-    described = _describe_pipelines(server, server_key, client_key)
+    described = _describe_pipelines(server, server_key, client_key, plugin)
     if pipeline not in described:
         _fail(f"unknown pipeline {pipeline!r}; available: {', '.join(sorted(described))}")
     schema = described[pipeline]["params"]
@@ -306,7 +307,7 @@ def generate(
     inputs = _load_image_inputs(image, mask) if image is not None else {}
     label = image.stem if image is not None else (prompt or pipeline)[:60]
     files, meta, where = _run_job(pipeline, preset, params, inputs, seed, label, server, server_key, client_key,
-                                  device, output_dir)
+                                  device, output_dir, plugin)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = []
     if "asset.glb" in files:
@@ -323,18 +324,29 @@ def generate(
     console.print(f"wrote {' and '.join(written) or 'no files'} ({faces}{meta.get('total_seconds', 0):.0f} s); {where}")
 
 
-def _describe_pipelines(server: Optional[str], server_key: Optional[Path], client_key: Optional[Path]) -> dict:
+def _local_pipelines(plugins: list[str]) -> dict:
+    """The built-in pipelines and those the ``plugins`` modules register; exits with a sentence
+    when a module cannot be imported."""
+    from .pipelines import load_builtin, load_plugins
+
+    load_builtin()
+    try:
+        return load_plugins(plugins)
+    except (ImportError, ValueError) as exc:
+        _fail(escape(str(exc)))
+
+
+def _describe_pipelines(server: Optional[str], server_key: Optional[Path], client_key: Optional[Path],
+                        plugins: list[str] = ()) -> dict:
     """name -> description (``Pipeline.describe()``) of the pipelines of ``server``, or of this
-    installation when ``server`` is None."""
+    installation (with ``plugins``) when ``server`` is None."""
     if server:
         with _client(server, server_key, client_key) as client:
             try:
                 return client.hello()["pipelines"]
             except ClientError as exc:
                 _fail(escape(exc.message))
-    from .pipelines import load_builtin
-
-    return {name: cls.describe() for name, cls in sorted(load_builtin().items())}
+    return {name: cls.describe() for name, cls in sorted(_local_pipelines(list(plugins)).items())}
 
 
 def _parse_params(pipeline: str, schema: dict, pairs: list[str]) -> dict:
@@ -367,9 +379,10 @@ def pipelines(
     server: Optional[str] = typer.Option(None, help="Ask a running backend (HOST:PORT) instead of this installation."),
     server_key: Optional[Path] = typer.Option(None, help="The server's public CURVE key file."),
     client_key: Optional[Path] = typer.Option(None, help="This client's secret CURVE key file."),
+    plugin: list[str] = typer.Option([], "--plugin", help="In-process runs: also import this module, which registers more pipelines (repeatable)."),
 ) -> None:
     """The pipelines (methods), their presets, and each one's parameters with ranges and help."""
-    described = _describe_pipelines(server, server_key, client_key)
+    described = _describe_pipelines(server, server_key, client_key, plugin)
     if name is None:
         table = Table(_id_column("pipeline", list(described)), "title", "inputs", "presets")
         for key, d in described.items():
@@ -403,7 +416,7 @@ def pipelines(
 
 def _run_job(pipeline: str, preset: str, params: dict, inputs: dict, seed: int, label: str, server: Optional[str],
              server_key: Optional[Path], client_key: Optional[Path], device: str,
-             output_dir: Path) -> tuple[dict[str, bytes], dict, str]:
+             output_dir: Path, plugins: list[str] = ()) -> tuple[dict[str, bytes], dict, str]:
     """Run one job on a backend at ``server`` or in this process, with progress bars.
     Returns (files name -> bytes, meta, where it ran). Exits with a message on bad input."""
     if server:
@@ -412,7 +425,6 @@ def _run_job(pipeline: str, preset: str, params: dict, inputs: dict, seed: int, 
         return files, result["meta"], f"job {result['job_id']} on {server}"
     from .device import DeviceError, resolve_device
     from .geometry.uv import UnwrapError
-    from .pipelines import load_builtin
     from .images import MaskError
     from .jobs import JobStore
     from .models import ModelMissingError
@@ -423,7 +435,7 @@ def _run_job(pipeline: str, preset: str, params: dict, inputs: dict, seed: int, 
         dev = resolve_device(device)
         store = JobStore(output_dir)
         with _progress() as progress, _cancel_on_signals(store) as signals:
-            job, result = run_local(store, load_builtin()[pipeline], preset, params, inputs, seed,
+            job, result = run_local(store, _local_pipelines(list(plugins))[pipeline], preset, params, inputs, seed,
                                     RichEmitter(progress), dev, label=label, cancel=signals.token)
     except (DeviceError, ParamError, MaskError, ModelMissingError, FileNotFoundError, UnwrapError) as exc:
         _fail(str(exc))

@@ -98,6 +98,9 @@ class Starting:
 
 
 session = Session()
+#: Called with no arguments after every successful handshake (the settings read the new
+#: welcome's parameters).
+on_welcome: list = []
 
 
 def settings():
@@ -160,6 +163,8 @@ def connect(address: str | None = None) -> dict:
         session.error = explain(exc.code, exc.message)
         raise ClientError(exc.code, session.error) from exc
     session.client, session.address, session.error, session.welcome = client, address, "", welcome
+    for callback in on_welcome:
+        callback()
     for state in session.jobs:  # jobs followed on the old connection are followed again
         if state.job_id and not state.handle.finished:
             state.handle = client.fetch(state.job_id)

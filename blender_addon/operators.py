@@ -14,10 +14,7 @@ import bpy
 
 from shared_protocol.client import ClientError
 
-from . import client_glue, scene_io
-
-#: Panel/operator fields -> the pipeline parameter names they set (the first one the pipeline has).
-ADVANCED_PARAMS = {"steps": ("iters", "texture_iters"), "guidance_scale": ("guidance_scale",), "texture_size": ("texture_size",)}
+from . import client_glue, params, properties, scene_io
 
 
 def _fail(op, message: str):
@@ -125,69 +122,90 @@ class SPLATSMITH_OT_start_backend(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class SPLATSMITH_OT_generate(bpy.types.Operator):
-    bl_idname = "splatsmith.generate"
-    bl_label = "Generate"
-    bl_description = "Generate a textured 3D asset from a prompt or a reference image"
+class MethodRequest:
+    """What the generate and refine operators share: the method, its preset and parameters
+    (from the panel, or JSON from a script), the reference image's source, the seed."""
 
-    use_scene_settings: bpy.props.BoolProperty(default=False, options={"HIDDEN", "SKIP_SAVE"},
-                                               description="Read everything from the panel (scene.splatsmith)")
-    mode: bpy.props.EnumProperty(items=[("TEXT", "Text", ""), ("IMAGE", "Image", "")], default="TEXT")
-    prompt: bpy.props.StringProperty(name="Prompt", default="")
-    negative_prompt: bpy.props.StringProperty(name="Negative prompt", default="")
+    pipeline: bpy.props.StringProperty(name="Method", default="dreamgaussian", description="The server's pipeline name")
+    preset: bpy.props.StringProperty(name="Preset", default="default")
+    params: bpy.props.StringProperty(name="Parameters", default="",
+                                     description='The method\'s parameters as a JSON object, e.g. {"mode": "text", '
+                                                 '"prompt": "a chair"} (see `splatsmith pipelines NAME`)')
     image_path: bpy.props.StringProperty(name="Image file", subtype="FILE_PATH", default="")
     image_name: bpy.props.StringProperty(name="Image in the .blend", default="")
-    pipeline: bpy.props.StringProperty(name="Pipeline", default="dreamgaussian")
-    preset: bpy.props.StringProperty(name="Preset", default="default")
     seed: bpy.props.IntProperty(name="Seed", default=0, min=0, max=2**31 - 1)
     randomize_seed: bpy.props.BoolProperty(name="Random seed", default=False)
-    steps: bpy.props.IntProperty(name="Steps", default=0, min=0, description="0: the preset's")
-    guidance_scale: bpy.props.FloatProperty(name="Guidance scale", default=0.0, min=0.0, description="0: the preset's")
-    texture_size: bpy.props.IntProperty(name="Texture size", default=0, min=0, max=4096, description="0: the preset's")
     wait: bpy.props.BoolProperty(name="Wait", default=False, description="Block until the job ends (scripts)")
     timeout: bpy.props.FloatProperty(name="Timeout", default=0.0, min=0.0, description="With wait: seconds (0: none)")
 
-    def _from_scene(self, context) -> None:
+    def read_scene(self, context) -> dict:
+        """Take the method, preset, seed, image and parameters from the panel; returns the
+        parameters to submit."""
         s = context.scene.splatsmith
-        self.mode, self.prompt, self.negative_prompt = s.mode, s.prompt, s.negative_prompt
+        self.pipeline, self.preset, self.seed, self.randomize_seed = s.pipeline, s.preset, s.seed, s.randomize_seed
         self.image_path = s.image_path if s.image_source == "FILE" else ""
         self.image_name = s.image.name if s.image_source == "BLEND" and s.image else ""
-        self.pipeline, self.preset, self.seed, self.randomize_seed = s.pipeline, s.preset, s.seed, s.randomize_seed
-        self.steps, self.guidance_scale, self.texture_size = s.steps, s.guidance_scale, int(s.texture_size)
+        _, info = properties.selected(s)
+        return params.collect(s, self.pipeline, info, self.preset) if info is not None else {}
 
-    def execute(self, context):
-        if self.use_scene_settings:
-            self._from_scene(context)
+
+    def method(self, context, from_scene: bool) -> tuple[dict, dict]:
+        """Connect, then (description, parameters) of the request, from the panel when
+        ``from_scene``; the image source is dropped when the method does not take an image
+        with these parameters, and a random seed drawn when asked for.
+
+        Raises:
+            ClientError: not connected (explained), or ``bad_params``: an unknown method or
+                parameters that are not a JSON object.
+        """
+        client_glue.ensure_connected()
+        scene_params = self.read_scene(context) if from_scene else None
         if self.randomize_seed:
             self.seed = _random_seed()
-            if self.use_scene_settings:
+            if from_scene:
                 context.scene.splatsmith.seed = self.seed  # the artist sees the seed that was used
-        params = {"mode": self.mode.lower()}
-        if self.prompt.strip():
-            params["prompt"] = self.prompt
-        if self.negative_prompt.strip():
-            params["negative_prompt"] = self.negative_prompt
-        if self.mode == "TEXT":
-            if not self.prompt.strip():
-                return _fail(self, "Splatsmith: type a prompt first")
-            label = self.prompt.strip()[:48]
+        described = properties.pipelines()
+        info = described.get(self.pipeline)
+        if info is None:
+            raise ClientError("bad_params", f"the backend has no method {self.pipeline!r}; it has "
+                                            f"{', '.join(described) or 'none'}")
+        if scene_params is not None:
+            chosen = scene_params
         else:
-            if not (self.image_path or self.image_name):
-                return _fail(self, "Splatsmith: choose a reference image (a file or an image in this .blend)")
-            label = self.image_name or os.path.splitext(os.path.basename(bpy.path.abspath(self.image_path)))[0]
+            try:
+                chosen = json.loads(self.params or "{}")
+            except json.JSONDecodeError as exc:
+                raise ClientError("bad_params", f"'params' is not valid JSON ({exc})") from None
+            if not isinstance(chosen, dict):
+                raise ClientError("bad_params", "'params' must be a JSON object of parameter names and values")
+        values = {**params.preset_values(info, self.preset), **chosen}
+        if not params.input_applies(info, "image", values):
+            self.image_path = self.image_name = ""
+        return info, chosen
+
+    def request(self, info: dict, chosen: dict) -> dict:
+        values = {**params.preset_values(info, self.preset), **chosen}
+        image_label = self.image_name or (os.path.splitext(os.path.basename(bpy.path.abspath(self.image_path)))[0]
+                                          if self.image_path else "")
+        return {"pipeline": self.pipeline, "preset": self.preset, "seed": self.seed, "params": chosen,
+                "label": params.label_for(info, values, image_label), "image_path": self.image_path,
+                "image_name": self.image_name}
+
+
+class SPLATSMITH_OT_generate(MethodRequest, bpy.types.Operator):
+    bl_idname = "splatsmith.generate"
+    bl_label = "Generate"
+    bl_description = "Generate a textured 3D asset with the chosen method (from a prompt and/or a reference image)"
+
+    use_scene_settings: bpy.props.BoolProperty(default=False, options={"HIDDEN", "SKIP_SAVE"},
+                                               description="Read everything from the panel (scene.splatsmith)")
+
+    def execute(self, context):
         try:
-            client_glue.ensure_connected()
+            info, chosen = self.method(context, self.use_scene_settings)
         except ClientError as exc:
             return _fail(self, f"Splatsmith: {exc.message}")
-        declared = client_glue.session.welcome["pipelines"].get(self.pipeline, {}).get("params", {})
-        for field, names in ADVANCED_PARAMS.items():
-            value = getattr(self, field)
-            name = next((n for n in names if n in declared), None)
-            if value and name:
-                params[name] = value
-        request = {"pipeline": self.pipeline, "preset": self.preset, "seed": self.seed, "params": params, "label": label,
-                   "image_path": self.image_path, "image_name": self.image_name}
-        return run_request(self, request, self.wait, self.timeout)
+        return run_request(self, self.request(info, chosen), self.wait, self.timeout)
 
 
 def _result_request(context) -> dict | None:

@@ -1,8 +1,9 @@
-"""The "Splatsmith" tab in the 3D Viewport's sidebar: connection, Generate, progress, the job
-list, iteration on a selected result, and Refine Texture."""
+"""The "Splatsmith" tab in the 3D Viewport's sidebar: connection, the method chosen from the
+server's list with its parameters (drawn from the server's description), progress, the job
+list and iteration on a selected result."""
 import bpy
 
-from . import client_glue
+from . import client_glue, params, properties
 
 _STATE_ICONS = {"queued": "SORTTIME", "running": "PLAY", "done": "CHECKMARK", "failed": "ERROR",
                 "cancelled": "CANCEL", "interrupted": "ERROR"}
@@ -38,51 +39,85 @@ class VIEW3D_PT_splatsmith(bpy.types.Panel):
         if not welcome and session.starting is None:
             row.operator("splatsmith.start_backend", icon="CONSOLE")
 
-        col = layout.column()
-        col.prop(settings, "mode", expand=True)
-        if settings.mode == "TEXT":
-            col.prop(settings, "prompt")
-            col.prop(settings, "negative_prompt")
-        else:
-            col.prop(settings, "image_source", expand=True)
-            if settings.image_source == "FILE":
-                col.prop(settings, "image_path")
-            else:
-                col.template_ID(settings, "image", open="image.open")
-            col.prop(settings, "prompt", text="Context")
-        col.prop(settings, "pipeline")
-        col.prop(settings, "preset")
-        row = col.row(align=True)
-        row.prop(settings, "seed")
-        row.prop(settings, "randomize_seed", toggle=True, icon="FILE_REFRESH", text="")
-        col.prop(settings, "show_advanced", icon="TRIA_DOWN" if settings.show_advanced else "TRIA_RIGHT", emboss=False)
-        if settings.show_advanced:
-            sub = col.box()
-            sub.prop(settings, "steps")
-            sub.prop(settings, "guidance_scale")
-            sub.prop(settings, "texture_size")
-
-        active = client_glue.active_job()
-        if active is None:
-            col.operator("splatsmith.generate", icon="PLAY").use_scene_settings = True
-        else:
-            factor, text = client_glue.format_progress(active)
-            col.progress(factor=factor, type="BAR", text=f"{active.label[:20]}: {text}")
-            col.operator("splatsmith.cancel", icon="CANCEL").job_id = active.job_id or ""
-
         obj = context.active_object
+        draw_method(layout.column(), settings, obj)
+
         row = layout.row(align=True)
         row.enabled = obj is not None and "splatsmith_request" in obj
         row.operator("splatsmith.regenerate", icon="FILE_REFRESH")
         row.operator("splatsmith.variation", icon="MOD_NOISE")
 
-        box = layout.box()
-        box.label(text="Refine Texture", icon="TEXTURE")
-        box.enabled = obj is not None and obj.type == "MESH"
-        box.prop(settings, "use_existing_texture")
-        box.prop(settings, "update_in_place")
-        box.label(text="Uses the prompt and/or image above", icon="INFO")
-        box.operator("splatsmith.refine_texture", icon="BRUSH_DATA").use_scene_settings = True
+
+def draw_method(col, settings, obj) -> None:
+    """The selected method: preset, its inputs, its basic parameters, the seed, its advanced
+    parameters by group, and the button that runs it (what it works on decides which)."""
+    col.prop(settings, "pipeline")
+    name, info = properties.selected(settings)
+    if info is None:
+        col.label(text="Connect to a backend to choose a method", icon="INFO")
+        return
+    col.prop(settings, "preset")
+    values = params.panel_values(settings, name, info)
+    if any(v is None for v in values.values()):
+        col.label(text="Reconnect to load this method's parameters", icon="ERROR")
+    works_on = info.get("works_on", ())
+    if "image" in works_on and params.input_applies(info, "image", values):
+        col.prop(settings, "image_source", expand=True)
+        if settings.image_source == "FILE":
+            col.prop(settings, "image_path")
+        else:
+            col.template_ID(settings, "image", open="image.open")
+    draw_rows(col, settings, params.rows(settings, name, info, settings.preset, advanced=False))
+    row = col.row(align=True)
+    row.prop(settings, "seed")
+    row.prop(settings, "randomize_seed", toggle=True, icon="FILE_REFRESH", text="")
+    if "mesh" in works_on:
+        col.prop(settings, "reference_view")
+        col.prop(settings, "update_in_place")
+    col.prop(settings, "show_advanced", icon="TRIA_DOWN" if settings.show_advanced else "TRIA_RIGHT", emboss=False)
+    if settings.show_advanced:
+        draw_rows(col.box(), settings, params.rows(settings, name, info, settings.preset, advanced=True), by_group=True)
+
+    active = client_glue.active_job()
+    if active is not None:
+        factor, text = client_glue.format_progress(active)
+        col.progress(factor=factor, type="BAR", text=f"{active.label[:20]}: {text}")
+        col.operator("splatsmith.cancel", icon="CANCEL").job_id = active.job_id or ""
+    elif "posed_images" in works_on:
+        col.label(text="Takes posed images: run it from a script or", icon="INFO")
+        col.label(text=f"splatsmith generate --pipeline {name}", icon="BLANK1")
+    elif "mesh" in works_on:
+        sub = col.row()
+        sub.enabled = obj is not None and obj.type == "MESH"
+        sub.operator("splatsmith.refine_texture", icon="BRUSH_DATA",
+                     text=f"Run on {obj.name}" if sub.enabled else "Select a mesh").use_scene_settings = True
+    else:
+        col.operator("splatsmith.generate", icon="PLAY").use_scene_settings = True
+
+
+def draw_rows(layout, settings, rows: list, by_group: bool = False) -> None:
+    """Draw parameter rows (:func:`.params.rows`); ``by_group`` puts them under group headings."""
+    if by_group:
+        order = list(dict.fromkeys(r.group for r in rows))
+        rows = sorted(rows, key=lambda r: order.index(r.group))
+    group = None
+    for r in rows:
+        if by_group and r.group != group:
+            group = r.group
+            layout.label(text=params.label_text(group))
+        if r.set_path:
+            line = layout.row(align=True)
+            line.prop(settings, r.set_path, text="")
+            if r.is_set:
+                line.prop(settings, r.path, text=r.label)
+            else:
+                line.label(text=f"{r.label}: {r.hint}")
+        elif r.expand:
+            line = layout.row(align=True)
+            line.label(text=r.label)
+            line.prop(settings, r.path, expand=True)
+        else:
+            layout.prop(settings, r.path, text=r.label)
 
 
 class VIEW3D_PT_splatsmith_jobs(bpy.types.Panel):

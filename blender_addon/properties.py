@@ -1,65 +1,109 @@
-"""The panel's settings, stored per scene (``scene.splatsmith``), so a prompt and its seed are
-saved with the .blend. Pipeline and preset lists come from the connected server's welcome."""
+"""The panel's settings, stored per scene (``scene.splatsmith``) and saved with the .blend.
+
+The method list, its presets and its parameters come from the connected server's welcome: the
+fixed properties here are only what is the add-on's own (where the reference image comes
+from, the seed, how a texture result lands on an object). Parameter values are ID properties
+of the same settings, managed by :mod:`.params`."""
 import bpy
 
-from . import client_glue
+from . import client_glue, params
 
-_FALLBACK_PIPELINES = {"dreamgaussian": {"title": "DreamGaussian", "presets": {"default": {}, "fast": {}, "tiny": {}}}}
 _items_cache: dict[str, list] = {}  # Blender needs the enum item strings kept alive
+_NO_SERVER = [("", "(connect first)", "connect to a backend to list its methods")]
 
 
 def pipelines() -> dict:
-    welcome = client_glue.session.welcome
-    return (welcome or {}).get("pipelines") or _FALLBACK_PIPELINES
+    """The connected server's pipelines (name -> description), {} when not connected."""
+    return (client_glue.session.welcome or {}).get("pipelines") or {}
+
+
+def selected(settings) -> tuple[str, dict | None]:
+    """(name, description) of the pipeline chosen in the panel (description None when the
+    server does not have it or there is no server)."""
+    name = settings.pipeline
+    return name, pipelines().get(name)
 
 
 def _pipeline_items(self, context):
-    # Generation methods; those that work on a selected mesh (Refine Texture) or on posed images
-    # have their own entry points. What a method works on comes from the server's description.
-    items = [(name, info.get("title", name), f"the {name} pipeline") for name, info in pipelines().items()
-             if not {"mesh", "posed_images"} & set(info.get("works_on", ()))]
-    _items_cache["pipelines"] = items or [("dreamgaussian", "DreamGaussian", "")]
+    items = [(name, info.get("title", name), ", ".join(info.get("works_on", ())) or name)
+             for name, info in pipelines().items()]
+    _items_cache["pipelines"] = items or _NO_SERVER
     return _items_cache["pipelines"]
 
 
 def _preset_items(self, context):
-    info = pipelines().get(self.pipeline) or next(iter(pipelines().values()))
-    items = [(name, name, ", ".join(f"{k}={v}" for k, v in list(values.items())[:4]) or "the paper's settings")
+    info = pipelines().get(self.pipeline) or {}
+    items = [(name, name, ", ".join(f"{k}={v}" for k, v in list(values.items())[:4]) or "the method's published settings")
              for name, values in info.get("presets", {"default": {}}).items()]
     _items_cache["presets"] = items
     return items
 
 
+def _on_preset(self, context):
+    """Choosing a preset puts the method's values back to the preset's."""
+    name, info = selected(self)
+    if info is not None:
+        params.sync(self, {name: info}, reset=(name, self.preset))
+
+
+def _on_pipeline(self, context):
+    name, info = selected(self)
+    if info is not None:
+        params.sync(self, {name: info})
+
+
 class SplatsmithSettings(bpy.types.PropertyGroup):
-    mode: bpy.props.EnumProperty(name="Mode", items=[("TEXT", "Text", "text-to-3D"), ("IMAGE", "Image", "image-to-3D")])
-    prompt: bpy.props.StringProperty(name="Prompt", description="What to generate (text mode)")
-    negative_prompt: bpy.props.StringProperty(name="Negative", description="What the teacher should avoid")
+    pipeline: bpy.props.EnumProperty(name="Method", items=_pipeline_items, update=_on_pipeline,
+                                     description="The generation method (the server's pipelines)")
+    preset: bpy.props.EnumProperty(name="Preset", items=_preset_items, update=_on_preset,
+                                   description="Choosing a preset sets the method's parameters to its values")
     image_source: bpy.props.EnumProperty(name="Image from", items=[("FILE", "File", "an image file on disk"),
                                                                    ("BLEND", "Blend", "an image already in this .blend")])
     image_path: bpy.props.StringProperty(name="Image", subtype="FILE_PATH",
                                          description="Reference image: RGBA whose alpha is the object")
     image: bpy.props.PointerProperty(name="Image", type=bpy.types.Image, description="Reference image in this .blend")
-    pipeline: bpy.props.EnumProperty(name="Pipeline", items=_pipeline_items)
-    preset: bpy.props.EnumProperty(name="Preset", items=_preset_items)
     seed: bpy.props.IntProperty(name="Seed", default=0, min=0, max=2**31 - 1)
     randomize_seed: bpy.props.BoolProperty(name="Randomise", default=False, description="A new seed for every job")
     show_advanced: bpy.props.BoolProperty(name="Advanced", default=False)
-    steps: bpy.props.IntProperty(name="Steps", default=0, min=0, max=100_000, description="Optimisation steps (0: preset)")
-    guidance_scale: bpy.props.FloatProperty(name="Guidance scale", default=0.0, min=0.0, max=1000.0,
-                                            description="Classifier-free guidance scale (0: preset)")
-    texture_size: bpy.props.EnumProperty(name="Texture", items=[("0", "Preset", "the preset's texture size"),
-                                                                ("512", "512", ""), ("1024", "1024", ""),
-                                                                ("2048", "2048", ""), ("4096", "4096", "")])
-    use_existing_texture: bpy.props.BoolProperty(name="Start from the existing texture", default=True)
+    reference_view: bpy.props.EnumProperty(name="Reference view", default="CAMERA", items=[
+        ("CAMERA", "Camera", "the reference image was taken from the scene's active camera"),
+        ("VIEWPORT", "Viewport", "the reference image matches the current 3D viewport"),
+        ("FRONT", "Front", "in front of the object (-Y), the backend's default")],
+        description="Where the reference image was seen from (methods that work on a selected mesh)")
     update_in_place: bpy.props.BoolProperty(name="Update the image in place", default=False,
                                             description="Write into the object's existing image node instead of a new material slot")
+
+
+def sync_scenes() -> None:
+    """Give every scene's settings the connected server's parameters (after a connect, or when
+    a .blend is loaded while connected)."""
+    described = pipelines()
+    if not described:
+        return
+    for scene in bpy.data.scenes:
+        settings = scene.splatsmith
+        params.sync(settings, described)
+        if settings.pipeline not in described:
+            # Blender keeps an enum's stored index: after a server change it may point at another method.
+            settings.pipeline = next(iter(described))
+
+
+@bpy.app.handlers.persistent
+def _on_load(*_args) -> None:
+    sync_scenes()
 
 
 def register():
     bpy.utils.register_class(SplatsmithSettings)
     bpy.types.Scene.splatsmith = bpy.props.PointerProperty(type=SplatsmithSettings)
+    bpy.app.handlers.load_post.append(_on_load)
+    client_glue.on_welcome.append(sync_scenes)
 
 
 def unregister():
+    if _on_load in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.remove(_on_load)
+    if sync_scenes in client_glue.on_welcome:
+        client_glue.on_welcome.remove(sync_scenes)
     del bpy.types.Scene.splatsmith
     bpy.utils.unregister_class(SplatsmithSettings)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
+from shared_protocol.client import ClientError
+
 from . import scene_io
-from .operators import _fail, _load_inputs, _random_seed, run_request
+from .operators import MethodRequest, _fail, _load_inputs, run_request
 
 NEW_UV = "Splatsmith UV"
 
@@ -90,45 +92,31 @@ class _Target:
         return obj.name
 
 
-class SPLATSMITH_OT_refine_texture(bpy.types.Operator):
+class SPLATSMITH_OT_refine_texture(MethodRequest, bpy.types.Operator):
     bl_idname = "splatsmith.refine_texture"
     bl_label = "Refine Texture"
-    bl_description = "A new or improved texture for the active mesh from a prompt and/or a reference image"
+    bl_description = ("Run a method that works on a mesh (Refine Texture by default) on the active object: a new or "
+                      "improved texture from a prompt and/or a reference image")
 
     use_scene_settings: bpy.props.BoolProperty(default=False, options={"HIDDEN", "SKIP_SAVE"})
-    prompt: bpy.props.StringProperty(name="Prompt", default="")
-    negative_prompt: bpy.props.StringProperty(name="Negative prompt", default="")
-    image_path: bpy.props.StringProperty(name="Image file", subtype="FILE_PATH", default="")
-    image_name: bpy.props.StringProperty(name="Image in the .blend", default="")
+    pipeline: bpy.props.StringProperty(name="Method", default="texture_refine", description="A pipeline that works on a mesh")
     view: bpy.props.EnumProperty(name="Reference view", default="CAMERA", items=[
         ("CAMERA", "Active camera", "the reference image was taken from the scene's active camera"),
         ("VIEWPORT", "Viewport", "the reference image matches the current 3D viewport"),
         ("FRONT", "Front", "in front of the object (-Y), the backend's default")])
-    use_existing_texture: bpy.props.BoolProperty(name="Start from the existing texture", default=True)
     update_in_place: bpy.props.BoolProperty(name="Update the image in place", default=False)
-    preset: bpy.props.StringProperty(name="Preset", default="default")
-    steps: bpy.props.IntProperty(name="Steps", default=0, min=0, description="0: the preset's")
-    texture_size: bpy.props.IntProperty(name="Texture size", default=0, min=0, max=4096, description="0: the preset's")
-    seed: bpy.props.IntProperty(name="Seed", default=0, min=0, max=2**31 - 1)
-    randomize_seed: bpy.props.BoolProperty(name="Random seed", default=False)
-    wait: bpy.props.BoolProperty(name="Wait", default=False)
-    timeout: bpy.props.FloatProperty(name="Timeout", default=0.0, min=0.0)
 
     @classmethod
     def poll(cls, context):
         obj = context.active_object
         return obj is not None and obj.type == "MESH"
 
-    def _from_scene(self, context) -> None:
+    def read_scene(self, context) -> dict:
+        chosen = super().read_scene(context)
         s = context.scene.splatsmith
-        self.prompt, self.negative_prompt = s.prompt, s.negative_prompt
-        self.image_path = s.image_path if s.mode == "IMAGE" and s.image_source == "FILE" else ""
-        self.image_name = s.image.name if s.mode == "IMAGE" and s.image_source == "BLEND" and s.image else ""
-        self.use_existing_texture, self.update_in_place = s.use_existing_texture, s.update_in_place
-        self.seed, self.randomize_seed, self.steps = s.seed, s.randomize_seed, s.steps
-        self.texture_size = int(s.texture_size)
-        self.preset = s.preset if s.preset in ("default", "fast", "tiny") else "default"
-        self.view = "CAMERA" if context.scene.camera is not None else "VIEWPORT"
+        self.update_in_place = s.update_in_place
+        self.view = s.reference_view if s.reference_view != "CAMERA" or context.scene.camera is not None else "VIEWPORT"
+        return chosen
 
     def _reference_camera(self, context, obj, image: np.ndarray) -> dict:
         h, w = image.shape[:2]
@@ -152,15 +140,15 @@ class SPLATSMITH_OT_refine_texture(bpy.types.Operator):
         return {"c2w": scene_io.camera_in_object_space(obj, c2w, fovy), "fovy": fovy}
 
     def execute(self, context):
-        if self.use_scene_settings:
-            self._from_scene(context)
         obj = context.active_object
         if obj is None or obj.type != "MESH":
             return _fail(self, "Splatsmith: select a mesh object to refine")
-        if not self.prompt.strip() and not (self.image_path or self.image_name):
-            return _fail(self, "Splatsmith: type a prompt or choose a reference image (or both)")
-        if self.randomize_seed:
-            self.seed = _random_seed()
+        try:
+            info, chosen = self.method(context, self.use_scene_settings)
+        except ClientError as exc:
+            return _fail(self, f"Splatsmith: {exc.message}")
+        if "mesh" not in info.get("works_on", ()):
+            return _fail(self, f"Splatsmith: the method {self.pipeline!r} does not work on a mesh; use Generate")
         arrays = scene_io.evaluated_mesh_arrays(obj, context.evaluated_depsgraph_get())
         if not len(arrays["faces"]):
             return _fail(self, f"Splatsmith: {obj.name!r} has no faces to texture")
@@ -171,31 +159,25 @@ class SPLATSMITH_OT_refine_texture(bpy.types.Operator):
         if arrays["uv"] is not None:
             inputs["uv"] = arrays["uv"]
         existing, _ = scene_io.base_color_image(obj)
-        if existing is not None and self.use_existing_texture and existing.size[0] > 0:
-            inputs["texture"] = scene_io.rgba_from_image(existing)
-        params = {"use_existing_texture": self.use_existing_texture}
-        for key in ("prompt", "negative_prompt"):
-            if getattr(self, key).strip():
-                params[key] = getattr(self, key)
-        for field, key in (("steps", "texture_iters"), ("texture_size", "texture_size")):
-            if getattr(self, field):
-                params[key] = getattr(self, field)
+        if existing is not None and existing.size[0] > 0:
+            inputs["texture"] = scene_io.rgba_from_image(existing)  # the method's parameters say whether it starts from it
         try:
             inputs.update(_load_inputs({"image_path": self.image_path, "image_name": self.image_name}))
             if "image" in inputs:
                 camera = self._reference_camera(context, obj, inputs["image"])
                 if camera:
-                    inputs["ref_camera"], params["ref_fovy"] = camera["c2w"], camera["fovy"]
+                    inputs["ref_camera"] = camera["c2w"]
+                    inputs["ref_fovy"] = np.array([camera["fovy"]], np.float32)
         except ValueError as exc:
             return _fail(self, f"Splatsmith: {exc}")
+        inputs = {k: v for k, v in inputs.items() if k in info.get("inputs", {})}
 
         def attach(state) -> None:
             # Only once the job is accepted does the object get its new slot (nothing to undo on refusal).
             target = _Target(obj, arrays, self.update_in_place, existing)
             state.on_preview, state.on_result, state.on_failure = target.on_preview, target.on_result, target.on_failure
 
-        request = {"pipeline": "texture_refine", "preset": self.preset, "seed": self.seed, "params": params,
-                   "label": f"{obj.name} texture"}  # the image is already in ``inputs``
+        request = dict(self.request(info, chosen), label=f"{obj.name} texture", image_path="", image_name="")
         return run_request(self, request, self.wait, self.timeout, inputs, attach, what="texture job",
                            done=f"refined {obj.name}")
 

@@ -71,6 +71,8 @@ class Param:
         default_by: a default that depends on another parameter, as data:
             ``("mode", {"image": 100, "text": 0})``; ``default`` is then None, and a value left
             unset resolves from the other parameter's value (no sentinel values).
+        when: the parameter matters only while another one has one of some values, as data:
+            ``("mode", ("text",))``; clients hide it (and do not send it) otherwise.
     """
 
     kind: str
@@ -84,6 +86,7 @@ class Param:
     group: str = "general"
     advanced: bool = True
     default_by: tuple[str, dict] | None = None
+    when: tuple[str, tuple] | None = None
 
     def coerce(self, name: str, value: Any) -> Any:
         """Return ``value`` checked and converted to this parameter's kind.
@@ -127,7 +130,7 @@ class Param:
         return cls(d["kind"], d.get("default"), d.get("help", ""), d.get("min"), d.get("max"),
                    tuple(d["choices"]) if d.get("choices") is not None else None, path=bool(d.get("path")),
                    group=d.get("group", "general"), advanced=bool(d.get("advanced", True)),
-                   default_by=(by["param"], dict(by["values"])) if by else None)
+                   default_by=(by["param"], dict(by["values"])) if by else None, when=_when_from(d.get("when")))
 
     def parse(self, name: str, text: str) -> Any:
         """The value of ``text`` as typed on a command line (``--param name=text``), checked.
@@ -164,7 +167,17 @@ class Param:
         d["group"], d["advanced"] = self.group, self.advanced
         if self.default_by is not None:
             d["default_by"] = {"param": self.default_by[0], "values": dict(self.default_by[1])}
+        if self.when is not None:
+            d["when"] = _when_describe(self.when)
         return d
+
+
+def _when_describe(when: tuple[str, tuple]) -> dict:
+    return {"param": when[0], "values": list(when[1])}
+
+
+def _when_from(d: dict | None) -> tuple[str, tuple] | None:
+    return (d["param"], tuple(d["values"])) if d else None
 
 
 @dataclass(frozen=True)
@@ -178,6 +191,8 @@ class InputSpec:
         required: whether every submit must carry it.
         max_elements: upper bound on the number of elements.
         help: one sentence for people.
+        when: the input is used only while a parameter has one of some values
+            (``("mode", ("image",))``); clients offer and send it only then.
     """
 
     dtypes: tuple[str, ...]
@@ -185,6 +200,7 @@ class InputSpec:
     required: bool = False
     max_elements: int = 64 * 1024 * 1024
     help: str = ""
+    when: tuple[str, tuple] | None = None
 
     def check(self, name: str, arr: np.ndarray) -> None:
         """Raise :class:`ParamError` when ``arr`` does not fit this spec."""
@@ -211,12 +227,15 @@ class InputSpec:
         return "[" + ", ".join(one(s) for s in self.shape) + "]"
 
     def describe(self) -> dict:
-        return {
+        d = {
             "dtypes": list(self.dtypes),
             "shape": [s if not isinstance(s, tuple) else list(s) for s in self.shape],
             "required": self.required,
             "help": self.help,
         }
+        if self.when is not None:
+            d["when"] = _when_describe(self.when)
+        return d
 
 
 @dataclass
@@ -346,8 +365,12 @@ class Pipeline:
         implementation: ``"module:Class"`` of the subclass that implements ``run``, for a
             specification class that the server imports without torch; empty when the class
             itself implements ``run``.
-        works_on: what it takes from the artist, for clients: ``"prompt"``, ``"image"``,
-            ``"mesh"`` (a selected object), ``"posed_images"``; () for anything else.
+        works_on: what it takes from the artist, for clients: ``"prompt"`` (its text
+            parameters), ``"image"`` (an input ``image`` uint8 [H, W, 3|4], the picture the
+            artist picks), ``"mesh"`` (the selected object, sent as the inputs ``vertices``,
+            ``faces`` and, when present, ``uv``, ``texture``, and with a reference image
+            ``ref_camera`` and ``ref_fovy``; the result's ``uv`` and ``texture`` go back onto
+            it), ``"posed_images"`` (inputs built by a script or the CLI); () for anything else.
     """
 
     name: ClassVar[str] = ""
@@ -459,13 +482,15 @@ class Pipeline:
 #: The parameter groups, one vocabulary for every method (clients group their fields by them).
 PARAM_GROUPS = ("input", "gaussians", "densification", "teacher", "schedule", "mesh", "texture", "general")
 
-def grouped(params: dict[str, Param], groups: dict[str, tuple[str, ...]], basic: tuple[str, ...] = ()) -> dict[str, Param]:
-    """``params`` with each one's ``group`` set from ``groups`` (group -> names) and ``advanced``
-    False for the names in ``basic``: a method's parameter table stays one table, its
-    grouping one more piece of data.
+def grouped(params: dict[str, Param], groups: dict[str, tuple[str, ...]], basic: tuple[str, ...] = (),
+            when: dict[str, tuple[str, tuple]] | None = None) -> dict[str, Param]:
+    """``params`` with each one's ``group`` set from ``groups`` (group -> names), ``advanced``
+    False for the names in ``basic`` and ``when`` set from ``when`` (name -> condition): a
+    method's parameter table stays one table, its grouping one more piece of data.
 
     Raises:
-        ValueError: a name in ``groups`` or ``basic`` is not a parameter, or a group is unknown.
+        ValueError: a name in ``groups``, ``basic`` or ``when`` is not a parameter, a group is
+            unknown, or a condition names no parameter.
     """
     import dataclasses
 
@@ -481,6 +506,10 @@ def grouped(params: dict[str, Param], groups: dict[str, tuple[str, ...]], basic:
         if name not in out:
             raise ValueError(f"basic names no parameter {name!r}")
         out[name] = dataclasses.replace(out[name], advanced=False)
+    for name, condition in (when or {}).items():
+        if name not in out or condition[0] not in out:
+            raise ValueError(f"'when' of {name!r} names a missing parameter ({condition[0]!r})")
+        out[name] = dataclasses.replace(out[name], when=(condition[0], tuple(condition[1])))
     return out
 
 

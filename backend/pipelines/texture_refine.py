@@ -32,7 +32,7 @@ from ..render.mesh import TexturedMesh, render_mesh
 from ..stages.mesh_export import rgba_preview
 from ..stages.texture import optimise_texture
 from .base import CancelToken, Emitter, JobRequest, Result
-from .specs.texture_refine import MAX_TRIANGLES, TextureRefineSpec, non_manifold_edges  # noqa: F401 (re-exported)
+from .specs.texture_refine import DEFAULT_REF_FOVY, MAX_TRIANGLES, TextureRefineSpec, non_manifold_edges  # noqa: F401 (re-exported)
 
 
 def normalising_transform(vertices: np.ndarray) -> tuple[np.ndarray, float]:
@@ -120,13 +120,14 @@ class TextureRefinePipeline(TextureRefineSpec):
     # ------------------------------------------------------------------ parts
     @staticmethod
     def _reference_camera(p: dict, inputs: dict, centre: np.ndarray, scale: float, width: int, height: int) -> Cameras:
+        fovy = float(inputs["ref_fovy"][0]) if "ref_fovy" in inputs else DEFAULT_REF_FOVY
         if "ref_camera" not in inputs:
-            return orbit_cameras(0.0, 0.0, p["radius"], p["ref_fovy"], width, height)
+            return orbit_cameras(0.0, 0.0, p["radius"], fovy, width, height)
         c2w = torch.as_tensor(np.array(inputs["ref_camera"], np.float32))
         rot = c2w[:3, :3]
         c2w[:3, :3] = rot / torch.linalg.norm(rot, dim=0, keepdim=True).clamp_min(1e-12)  # drop any object scale
         c2w[:3, 3] = (c2w[:3, 3] - torch.from_numpy(centre)) * scale
-        return Cameras(c2w[None], torch.tensor([p["ref_fovy"]]), width, height)
+        return Cameras(c2w[None], torch.tensor([fovy]), width, height)
 
     def _reference(self, request: JobRequest, p: dict, centre: np.ndarray, scale: float, mesh: TexturedMesh,
                    device: str) -> dict:

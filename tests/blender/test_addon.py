@@ -21,6 +21,11 @@ from shared_protocol.client import Client, ClientError  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _text(prompt: str) -> str:
+    """DreamGaussian's text-mode parameters as the operator takes them (JSON)."""
+    return json.dumps({"mode": "text", "prompt": prompt})
+
+
 def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -116,7 +121,7 @@ def test_text_generation_then_regenerate_and_variation(addon, backend):
     assert bpy.ops.splatsmith.connect(address=backend) == {"FINISHED"}
     welcome = client_glue.session.welcome
     assert "tiny" in welcome["pipelines"]["dreamgaussian"]["presets"]
-    result = bpy.ops.splatsmith.generate(mode="TEXT", prompt="a small wooden chair", preset="tiny", seed=4, wait=True,
+    result = bpy.ops.splatsmith.generate(params=_text("a small wooden chair"), preset="tiny", seed=4, wait=True,
                                          timeout=300)
     assert result == {"FINISHED"}
     state = client_glue.session.jobs[-1]
@@ -159,16 +164,18 @@ def test_image_generation_from_the_panel_with_a_blend_image(addon, backend, tmp_
     image = bpy.data.images.load(str(tmp_path / "reference.png"))
     image.name = "torus reference"
     settings = bpy.context.scene.splatsmith
-    settings.mode, settings.image_source, settings.image = "IMAGE", "BLEND", image
+    settings.image_source, settings.image = "BLEND", image
     settings.randomize_seed = True
     settings.seed = 0
     bpy.ops.splatsmith.connect(address=backend)
     settings.pipeline, settings.preset = "dreamgaussian", "tiny"
+    assert settings.id_properties_ui("dreamgaussian.mode").as_dict()["items"][settings["dreamgaussian.mode"]][0] == "image"
     assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=300) == {"FINISHED"}
     state = client_glue.session.jobs[-1]
     obj = bpy.data.objects[state.result_object]
     _check_result(obj, state)
-    assert obj.name == "torus reference" and obj["splatsmith_mode"] == "image"
+    assert obj.name == "torus reference" and state.handle.result["meta"]["mode"] == "image"
+    assert json.loads(obj["splatsmith_request"])["params"] == {}  # the preset's values, nothing changed
     assert settings.seed == obj["splatsmith_seed"] != 0  # the randomised seed is shown in the panel
     assert json.loads(obj["splatsmith_request"])["image_name"] == "torus reference"
     sent = client_glue.session.jobs[-1].handle
@@ -178,12 +185,12 @@ def test_image_generation_from_the_panel_with_a_blend_image(addon, backend, tmp_
     assert any(j["job_id"] == state.job_id and j["state"] == "done" for j in client_glue.session.server_jobs)
     # A missing reference image is a clear error, not a traceback.
     with pytest.raises(RuntimeError, match="not found"):
-        bpy.ops.splatsmith.generate(mode="IMAGE", image_path=str(tmp_path / "missing.png"), preset="tiny")
+        bpy.ops.splatsmith.generate(image_path=str(tmp_path / "missing.png"), preset="tiny")
 
 
 def test_cancel_mid_job(addon, backend):
     bpy.ops.splatsmith.connect(address=backend)
-    assert bpy.ops.splatsmith.generate(mode="TEXT", prompt="a stone lantern", preset="tiny", seed=1) == {"FINISHED"}
+    assert bpy.ops.splatsmith.generate(params=_text("a stone lantern"), preset="tiny", seed=1) == {"FINISHED"}
     state = client_glue.session.jobs[-1]
     _pump_until(lambda: state.handle.progress is not None and state.handle.state == "running")
     assert client_glue.active_job() is state
@@ -202,7 +209,7 @@ def test_backend_not_running_gives_a_clear_error(offline_addon):
     assert "is it running" in client_glue.session.error
     with pytest.raises(RuntimeError, match="is it running"):  # Generate says the same
         client_glue.DEFAULT_SETTINGS.address = f"tcp://127.0.0.1:{_port()}"
-        bpy.ops.splatsmith.generate(mode="TEXT", prompt="a cup", preset="tiny")
+        bpy.ops.splatsmith.generate(params=_text("a cup"), preset="tiny")
 
 
 def test_backend_killed_mid_job_then_restarted_and_fetched(addon, tmp_path):
@@ -215,7 +222,7 @@ def test_backend_killed_mid_job_then_restarted_and_fetched(addon, tmp_path):
             other.wait(finished, timeout=300)
         client_glue.DEFAULT_SETTINGS.lost_timeout = 4.0
         bpy.ops.splatsmith.connect(address=address)
-        bpy.ops.splatsmith.generate(mode="TEXT", prompt="a blue vase", preset="tiny", seed=3)
+        bpy.ops.splatsmith.generate(params=_text("a blue vase"), preset="tiny", seed=3)
         state = client_glue.session.jobs[-1]
         _pump_until(lambda: state.handle.state == "running" and state.handle.progress is not None)
         proc.kill()

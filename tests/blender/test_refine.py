@@ -39,7 +39,7 @@ def test_refine_a_mesh_with_uvs_keeps_geometry_and_the_old_material(addon, backe
     uv_before = np.empty(len(obj.data.loops) * 2, np.float32)
     obj.data.uv_layers["UVMap"].data.foreach_get("uv", uv_before)
     bpy.ops.splatsmith.connect(address=backend)
-    assert bpy.ops.splatsmith.refine_texture(prompt="a mossy stone statue", preset="tiny", seed=3, wait=True,
+    assert bpy.ops.splatsmith.refine_texture(params='{"prompt": "a mossy stone statue"}', preset="tiny", seed=3, wait=True,
                                              timeout=300) == {"FINISHED"}
     state = client_glue.session.jobs[-1]
     assert "texture" in state.applied and state.handle.state == "done"

@@ -89,7 +89,9 @@ class DreamGaussianSpec(Pipeline):
         "texture": ("texture_size", "texture_iters", "texture_lr", "texture_render_size", "refine_steps", "refine_strength_start",
                     "refine_strength_end"),
     }, basic=("mode", "prompt", "negative_prompt", "elevation", "iters", "guidance_scale", "texture_size",
-              "timestep_schedule"))
+              "timestep_schedule"),
+       when={name: ("mode", ("image",)) for name in ("elevation", "ref_size", "lambda_rgb", "lambda_mask")}
+       | {"negative_prompt": ("mode", ("text",))})
     works_on = ("prompt", "image")
     presets = {
         "default": {},
@@ -101,8 +103,10 @@ class DreamGaussianSpec(Pipeline):
                  "refine_steps": 4, "densify_until": 60, "opacity_reset_every": 0},
     }
     inputs = {
-        "image": InputSpec(("uint8",), (None, None, (3, 4)), help="reference image uint8 [H, W, 3|4]; alpha = object"),
-        "mask": InputSpec(("uint8",), (None, None), help="foreground mask uint8 [H, W] for an RGB image (non-zero = object)"),
+        "image": InputSpec(("uint8",), (None, None, (3, 4)), help="reference image uint8 [H, W, 3|4]; alpha = object",
+                           when=("mode", ("image",))),
+        "mask": InputSpec(("uint8",), (None, None), help="foreground mask uint8 [H, W] for an RGB image (non-zero = object)",
+                          when=("mode", ("image",))),
     }
     models = {"default": [STABLE_DIFFUSION.model()[0], ZERO123.model()[0]], "stable": [ZERO123.model("stable")[0]]}
 

@@ -11,6 +11,10 @@ from ..base import (BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, TEACHER_BYTES, Inp
 
 #: The largest mesh texture refinement accepts (it never decimates).
 MAX_TRIANGLES = 200_000
+#: The reference camera's vertical field of view when no ``ref_fovy`` input is given, degrees
+#: (DreamGaussian's default camera, ``configs/image.yaml`` ``fovy: 49.1``), and its bounds.
+DEFAULT_REF_FOVY = 49.1
+MIN_FOVY, MAX_FOVY = 1.0, 170.0
 
 
 def non_manifold_edges(faces: np.ndarray) -> int:
@@ -50,7 +54,6 @@ class TextureRefineSpec(Pipeline):
         "timestep_schedule": timestep_schedule_param("dreamgaussian"),
         "guidance_scale": Param("float", None, "classifier-free guidance scale (unset: the teacher's own, 5 for "
                                 "Zero-1-to-3 with an image, 100 for Stable Diffusion with a prompt)", min=0, max=1000),
-        "ref_fovy": Param("float", 49.1, "vertical field of view of the reference camera, degrees", min=1, max=170),
         "elevation_min": Param("float", -20.0, "lowest elevation of the random views, degrees", min=-89, max=89),
         "elevation_max": Param("float", 60.0, "highest elevation of the random views, degrees", min=-89, max=89),
         "radius": Param("float", 2.0, "camera distance in the normalised frame (object radius 0.5)", min=0.6, max=20),
@@ -58,7 +61,7 @@ class TextureRefineSpec(Pipeline):
         "unwrap_time_limit": Param("float", 120.0, "seconds before xatlas is stopped", min=1, max=3600),
     }
     params = grouped(params, groups={
-        "input": ("prompt", "negative_prompt", "use_existing_texture", "ref_fovy"),
+        "input": ("prompt", "negative_prompt", "use_existing_texture"),
         "teacher": ("teacher", "oracle_mesh", "weights", "guidance_scale", "refine_strength_start", "refine_strength_end", "refine_steps", "lambda_sds"),
         "texture": ("texture_iters", "texture_size", "views", "texture_render_size", "texture_lr", "lambda_ref", "elevation_min", "elevation_max",
                     "radius", "fovy"),
@@ -82,6 +85,8 @@ class TextureRefineSpec(Pipeline):
         "mask": InputSpec(("uint8",), (None, None), help="foreground mask uint8 [H, W] for an RGB reference image"),
         "ref_camera": InputSpec(("float32",), (4, 4), help="reference camera-to-world float32 [4, 4], glTF axes, object "
                                                            "space, OpenGL camera axes (default: in front, +Z)"),
+        "ref_fovy": InputSpec(("float32",), (1,), help="vertical field of view of the reference image's camera, degrees "
+                                                       f"float32 [1], {MIN_FOVY:g} to {MAX_FOVY:g} (default {DEFAULT_REF_FOVY})"),
     }
     models = {"default": [STABLE_DIFFUSION.model()[0], ZERO123.model()[0]], "stable": [ZERO123.model("stable")[0]]}
 
@@ -98,6 +103,9 @@ class TextureRefineSpec(Pipeline):
         if not extent > 1e-6:
             raise ParamError(f"the mesh's bounding box has size {extent:g}: all its vertices are (nearly) at one point, "
                              "so there is no surface to texture")
+        if "ref_fovy" in inputs and not MIN_FOVY <= float(inputs["ref_fovy"][0]) <= MAX_FOVY:
+            raise ParamError(f"'ref_fovy' is {float(inputs['ref_fovy'][0]):g} degrees; it must be from {MIN_FOVY:g} to "
+                             f"{MAX_FOVY:g} (NaN is not allowed)")
         for name in ("uv", "ref_camera"):
             if name in inputs and not np.isfinite(inputs[name]).all():
                 raise ParamError(f"'{name}' holds NaN or infinite values: "

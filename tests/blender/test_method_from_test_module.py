@@ -1,0 +1,285 @@
+"""Acceptance of the architecture (issue 12): a method defined only here, composing the shared
+stages, is served by a real ``splatsmith serve --plugin`` of this module, listed by the Blender
+panel with its own parameters, and run both from ``splatsmith generate --pipeline`` and from the
+panel in real Blender. Nothing outside this file names it.
+
+The module stays importable without bpy (the server imports it as a plugin and must never load
+Blender): bpy and the add-on are imported by fixtures. torch loads inside ``run`` only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backend.pipelines.base import InputSpec, Param, Pipeline, Result, grouped, register
+
+HUES = {"red": (0.85, 0.1, 0.1), "green": (0.1, 0.75, 0.15), "blue": (0.1, 0.2, 0.85)}
+
+
+@register
+class SwatchPipeline(Pipeline):
+    """A ball of Gaussians whose colour is optimised towards one hue from orbiting views, then
+    exported as a textured mesh: the smallest method built from the stages (Gaussian
+    optimisation with a reference loss, mesh export, preview pacing)."""
+
+    name = "swatch"
+    title = "Swatch (test method)"
+    works_on = ("prompt",)
+    params = grouped({
+        "prompt": Param("str", "", "a name for the result", max_len=100),
+        "hue": Param("choice", "red", "the colour the ball is fitted to", choices=tuple(HUES)),
+        "blob_count": Param("int", 1500, "Gaussians in the ball", min=200, max=20_000),
+        "steps": Param("int", 12, "colour-fitting steps", min=1, max=1000),
+        "blob_radius": Param("float", 0.4, "radius of the ball, metres", min=0.1, max=1.0),
+        "lr_colors": Param("float", 0.5, "colour learning rate", min=0.0, max=1.0),
+        "mesh_resolution": Param("int", 40, "density grid for marching cubes", min=16, max=128),
+        "texture_size": Param("int", 64, "texture side, texels", min=32, max=512),
+    }, groups={"input": ("prompt", "hue"), "gaussians": ("blob_count", "steps", "blob_radius", "lr_colors"),
+               "mesh": ("mesh_resolution",), "texture": ("texture_size",)},
+        basic=("prompt", "hue", "blob_count"))
+    presets = {"default": {}, "small": {"blob_count": 600, "steps": 10}}
+    inputs: dict[str, InputSpec] = {}
+
+    def run(self, request, emit, cancel):
+        import torch
+
+        from backend.cameras import orbit_cameras, sample_orbit_cameras
+        from backend.render.gaussians import GaussianModel, render
+        from backend.stages.gaussians import preview_gaussians, reference_view_loss, step_optimizers
+        from backend.stages.mesh_export import export_mesh, orbit_bake_cameras, render_bake_views, write_textured_asset
+        from backend.geometry.uv import bake_texture
+        from backend.stages.progress import PreviewThrottle
+
+        p = request.params
+        gen = torch.Generator().manual_seed(request.seed)
+        model = GaussianModel.init_sphere(p["blob_count"], p["blob_radius"], 0.9, 0, gen)
+        optimizers = model.parameter_groups({"sh0": p["lr_colors"]})
+        hue = torch.tensor(HUES[p["hue"]]).view(1, 3, 1, 1)
+        previews = PreviewThrottle()
+        for step in range(1, p["steps"] + 1):
+            cancel.check()
+            cams, _, _, _ = sample_orbit_cameras(1, (-30.0, 30.0), (-180.0, 180.0), (2.0, 2.0), 49.1, 48, 48, generator=gen)
+            out = render(model, cams, background=1.0)
+            alpha = out.alpha.permute(0, 3, 1, 2).detach()
+            target = {"rgb": alpha * hue + (1 - alpha), "alpha": alpha}
+            loss = reference_view_loss(out, target, 1.0, 0.0)
+            loss.backward()
+            step_optimizers(optimizers)
+            emit.progress("gaussians", step, p["steps"], loss.item())
+            if previews.due(step, p["steps"]):
+                emit.preview("gaussians", preview_gaussians(model, gen), {"step": step})
+        bake_cams = orbit_bake_cameras(2.0, 49.1, 64)
+
+        def bake(uvm):
+            colour, alpha = render_bake_views(model, bake_cams, cancel)
+            return bake_texture(uvm, bake_cams, colour, alpha, size=p["texture_size"], cancel=cancel)[0]
+
+        exported = export_mesh(model, bake, resolution=p["mesh_resolution"], density_threshold=1.0, max_faces=5000,
+                               calibration_cameras=orbit_cameras([0.0, 60.0], [0.0, 90.0], 2.0, 49.1, 64, 64),
+                               texture_size=p["texture_size"], unwrap_time_limit=120.0, emit=emit, cancel=cancel)
+        files, arrays = write_textured_asset(request.job_dir, exported.uvm, exported.texture, "swatch")
+        return Result(files=files, arrays=arrays, meta={"faces": int(len(exported.uvm.faces)), "hue": p["hue"]})
+
+
+PIPELINES = {SwatchPipeline.name: SwatchPipeline}
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+@pytest.fixture(scope="module")
+def swatch_server(tmp_path_factory):
+    """A real backend serving this module's method (``--plugin``), at HOST:PORT."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import free_port
+    from shared_protocol.client import Client, ClientError
+
+    root = tmp_path_factory.mktemp("swatch")
+    address = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    log = open(root / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--bind", address, "--device", "cpu",
+                             "--output-dir", str(root / "jobs"), "--plugin", Path(__file__).stem], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    end = time.monotonic() + 300  # a ceiling against hangs
+    while True:
+        assert proc.poll() is None, (root / "serve.log").read_text()
+        try:
+            with Client(address) as probe:
+                probe.ping(timeout=1.0)
+            break
+        except ClientError:
+            assert time.monotonic() < end, "the backend did not start"
+    yield address, root / "jobs"
+    proc.terminate()
+    proc.wait(30)
+    log.close()
+
+
+def _glb_texture_mean(path: Path) -> np.ndarray:
+    import trimesh
+
+    mesh = next(iter(trimesh.load(path).geometry.values()))
+    texture = np.asarray(mesh.visual.material.baseColorTexture.convert("RGB"), np.float32) / 255
+    used = texture[texture.max(-1) > 0.02]  # texels the bake reached
+    return used.mean(0)
+
+
+def test_the_cli_lists_and_runs_the_test_method(swatch_server, tmp_path):
+    from typer.testing import CliRunner
+
+    from backend.cli import app
+
+    address, _ = swatch_server
+    runner = CliRunner()
+    shown = runner.invoke(app, ["pipelines", "swatch", "--server", address], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0 and "blob_count" in shown.output and "red | green | blue" in shown.output, shown.output
+    made = runner.invoke(app, ["generate", "--pipeline", "swatch", "--server", address, "--preset", "small",
+                               "--param", "hue=green", "--param", "prompt=a green ball", "--out", str(tmp_path / "g.glb")])
+    assert made.exit_code == 0, made.output
+    assert (tmp_path / "g.glb").stat().st_size > 0
+    r, g, b = _glb_texture_mean(tmp_path / "g.glb")
+    assert g > r + 0.2 and g > b + 0.2, (r, g, b)  # the parameter reached the method
+    bad = runner.invoke(app, ["generate", "--pipeline", "swatch", "--server", address, "--param", "hue=purple"])
+    assert bad.exit_code == 1 and "is not one of red, green, blue" in bad.output
+
+
+@pytest.fixture
+def blender_addon_connected(swatch_server):
+    bpy = pytest.importorskip("bpy")
+    import blender_addon
+    from blender_addon import client_glue
+
+    bpy.ops.wm.read_homefile(use_empty=True)
+    blender_addon.register()
+    try:
+        assert bpy.ops.splatsmith.connect(address=swatch_server[0]) == {"FINISHED"}
+        yield bpy, client_glue
+    finally:
+        blender_addon.unregister()
+
+
+class _Layout:
+    """Records what a panel draws. Blender's UILayout exists only inside a drawing window,
+    which a headless Blender has not: this stand-in records the calls, and every property path
+    drawn is resolved on the real settings."""
+
+    def __init__(self, log: list):
+        self.log, self.enabled = log, True
+
+    def _child(self, *args, **kwargs):
+        return _Layout(self.log)
+
+    row = column = box = _child
+
+    def prop(self, data, path, **kwargs):
+        data.path_resolve(path) if path.startswith("[") else getattr(data, path)
+        self.log.append(("prop", path, kwargs.get("text")))
+
+    def label(self, text="", **kwargs):
+        self.log.append(("label", text))
+
+    def operator(self, idname, **kwargs):
+        self.log.append(("operator", idname, kwargs.get("text")))
+        return type("Props", (), {})()
+
+    def template_ID(self, *args, **kwargs):
+        self.log.append(("template_ID",))
+
+    def progress(self, **kwargs):
+        self.log.append(("progress",))
+
+
+def test_the_panel_draws_the_test_methods_parameters_and_runs_it(blender_addon_connected, swatch_server):
+    bpy, client_glue = blender_addon_connected
+    from blender_addon import panels, params, properties
+
+    settings = bpy.context.scene.splatsmith
+    listed = {item[0] for item in properties._pipeline_items(settings, bpy.context)}  # what Blender's menu shows
+    assert {"swatch", "dreamgaussian", "texture_refine", "reconstruct"} <= listed
+    settings.pipeline = "swatch"
+    assert settings.pipeline == "swatch"
+    # Its own parameters, with the server's ranges, help and choices.
+    ui = settings.id_properties_ui("swatch.blob_count").as_dict()
+    assert (ui["min"], ui["max"], settings["swatch.blob_count"]) == (200, 20_000, 1500)
+    assert ui["description"] == "Gaussians in the ball"
+    assert [i[0] for i in settings.id_properties_ui("swatch.hue").as_dict()["items"]] == ["red", "green", "blue"]
+    # Basic ones in the panel, the rest under Advanced, grouped.
+    log: list = []
+    settings.show_advanced = False
+    panels.draw_method(_Layout(log), settings, None)
+    drawn = [entry[1] for entry in log if entry[0] == "prop"]
+    assert {'["swatch.prompt"]', '["swatch.hue"]', '["swatch.blob_count"]'} <= set(drawn)
+    assert '["swatch.steps"]' not in drawn and ("operator", "splatsmith.generate", None) in log
+    log.clear()
+    settings.show_advanced = True
+    panels.draw_method(_Layout(log), settings, None)
+    drawn = [entry[1] for entry in log if entry[0] == "prop"]
+    assert {'["swatch.steps"]', '["swatch.blob_radius"]', '["swatch.texture_size"]'} <= set(drawn)
+    assert ("label", "Gaussians") in log and ("label", "Mesh") in log
+    # A preset sets the method's values; editing one is what gets sent.
+    settings.preset = "small"
+    assert settings["swatch.blob_count"] == 600 and settings["swatch.steps"] == 10
+    settings["swatch.hue"] = 2  # blue
+    settings["swatch.prompt"] = "a blue ball"
+    assert params.collect(settings, "swatch", client_glue.session.welcome["pipelines"]["swatch"], "small") == {
+        "hue": "blue", "prompt": "a blue ball"}
+
+    assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=600) == {"FINISHED"}
+    state = client_glue.session.jobs[-1]
+    obj = bpy.data.objects[state.result_object]
+    assert obj.name == "a blue ball" and obj["splatsmith_pipeline"] == "swatch" and obj["splatsmith_hue"] == "blue"
+    assert json.loads(obj["splatsmith_request"])["params"] == {"hue": "blue", "prompt": "a blue ball"}
+    image = next(n.image for n in obj.active_material.node_tree.nodes if n.type == "TEX_IMAGE")
+    pixels = np.asarray(image.pixels[:], np.float32).reshape(-1, 4)[:, :3]
+    r, g, b = pixels[pixels.max(-1) > 0.02].mean(0)
+    assert b > r + 0.2 and b > g + 0.2, (r, g, b)
+
+
+def test_the_panel_follows_each_methods_description(blender_addon_connected, tmp_path):
+    """What a method works on and its ``when``/``default_by`` data decide what the panel shows."""
+    bpy, client_glue = blender_addon_connected
+    from blender_addon import panels
+
+    settings = bpy.context.scene.splatsmith
+    settings.pipeline, settings.show_advanced = "dreamgaussian", True
+
+    def drawn(obj=None) -> list:
+        log: list = []
+        panels.draw_method(_Layout(log), settings, obj)
+        return log
+
+    image_mode = drawn()
+    assert ("template_ID",) in image_mode or ("prop", "image_path", None) in image_mode  # the image picker
+    assert ("prop", '["dreamgaussian.elevation"]', "Elevation") in image_mode
+    assert ("label", "Guidance scale: 5 (for mode)") in image_mode  # a default by mode, shown as data
+    settings["dreamgaussian.mode"] = 1  # text
+    text_mode = drawn()
+    assert ("prop", "image_path", None) not in text_mode and ("template_ID",) not in text_mode
+    assert ("prop", '["dreamgaussian.negative_prompt"]', "Negative prompt") in text_mode
+    assert not any(e[1] == '["dreamgaussian.elevation"]' for e in text_mode if e[0] == "prop")
+    assert ("label", "Guidance scale: 100 (for mode)") in text_mode
+    settings["dreamgaussian.guidance_scale:set"] = True
+    assert ("prop", '["dreamgaussian.guidance_scale"]', "Guidance scale") in drawn()
+
+    settings.pipeline = "texture_refine"
+    bpy.ops.mesh.primitive_cube_add()
+    cube = bpy.context.active_object
+    assert ("operator", "splatsmith.refine_texture", f"Run on {cube.name}") in drawn(cube)
+    assert ("prop", "reference_view", None) in drawn(cube)
+    settings.pipeline = "reconstruct"
+    assert any(e[0] == "label" and "posed images" in e[1] for e in drawn())
+    assert not any(e[0] == "operator" for e in drawn())
+
+    # Values and marks are saved with the .blend and come back on load.
+    path = str(tmp_path / "params.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=path)
+    bpy.ops.wm.open_mainfile(filepath=path)
+    settings = bpy.context.scene.splatsmith
+    assert settings["dreamgaussian.mode"] == 1 and settings["dreamgaussian.guidance_scale:set"]
