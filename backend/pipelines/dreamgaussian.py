@@ -37,7 +37,7 @@ from ..guidance import load_job_teacher
 from ..images import load_rgba, recenter, to_white_background
 from ..render.gaussians import GaussianModel, render
 from ..render.mesh import TexturedMesh, render_mesh
-from ..schedules import make_schedule, step_levels
+from ..schedules import Ramp, make_schedule, step_levels
 from ..stages.gaussians import Densification, expon_lr, preview_gaussians, reference_view_loss, sds_terms, set_lr, step_optimizers
 from ..stages.mesh_export import export_mesh, orbit_bake_cameras, render_bake_views, write_textured_asset
 from ..stages.progress import PreviewThrottle
@@ -131,6 +131,8 @@ class DreamGaussianPipeline(DreamGaussianSpec):
             start=p["densify_from"], every=p["densify_every"],
             stop=p["densify_until"], reset_every=p["opacity_reset_every"])
         schedule = make_schedule(p["timestep_schedule"], p["t_min"], p["t_max"])
+        # The reference losses ramp up linearly over training (main.py: ``step_ratio * lambda``).
+        lambda_rgb, lambda_mask = Ramp.linear(0.0, p["lambda_rgb"]), Ramp.linear(0.0, p["lambda_mask"])
         sizes = [int(x) for x in p["resolutions"].split(",")]
         previews = PreviewThrottle()
         clock = self.timings = {"render": 0.0, "teacher": 0.0, "backward": 0.0, "densify": 0.0, "steps": 0}
@@ -143,14 +145,13 @@ class DreamGaussianPipeline(DreamGaussianSpec):
             return now
         for step in range(1, iters + 1):
             cancel.check()
-            ratio = min(1.0, step / iters)  # the reference losses ramp up linearly
             set_lr(optimizers["means"], expon_lr(step, iters, p["lr_means"], max(p["lr_means_final"], 1e-12)))
             size = step_levels(sizes, [0.3, 0.6], step, iters)
             loss = torch.zeros((), device=device)
             mark = time.perf_counter()
             if image_mode:
                 out = render(model, ref["camera"], background=1.0)
-                loss = loss + reference_view_loss(out, ref, p["lambda_rgb"] * ratio, p["lambda_mask"] * ratio)
+                loss = loss + reference_view_loss(out, ref, lambda_rgb.at(step, iters), lambda_mask.at(step, iters))
             cams, _, _, _ = sample_orbit_cameras(p["batch_size"], elevation_window(p), (-180.0, 180.0), (radius, radius),
                                                  p["fovy"], size, size, generator=gen)
             bg = torch.ones(3) if torch.rand(1, generator=gen).item() > p["invert_bg_prob"] else torch.zeros(3)
