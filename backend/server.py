@@ -459,7 +459,7 @@ class Server:
         return messages.make(
             "welcome", server=f"splatsmith {__version__}", device=self.executor.describe(),
             pipelines={name: cls.describe() for name, cls in sorted(self.pipelines.items())},
-            models=models_present(model_ids, self.models_dir),
+            models=models_present(model_ids, self.models_dir), warnings=list(self.executor.warnings),
         )
 
     def _on_hello(self, ident: bytes, message: dict, req_id: str | None, owner: str | None) -> None:

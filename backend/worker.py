@@ -11,7 +11,7 @@ so the server, which holds ZeroMQ sockets and threads, is never forked):
 
 - server -> worker: ``("run", spec)``, ``("release",)``, ``("stop",)``;
 - worker -> server: ``("ready", info)``, ``("fatal", text)``, ``("post", job_id, key, message)``,
-  ``("outcome", outcome)``, ``("released", names)``, ``("memory", info)``.
+  ``("outcome", outcome)``, ``("released", names)``, ``("memory", info)``, ``("warning", text)``.
 
 Cancellation is a shared ``multiprocessing.Event``: the job sees it at its next
 ``cancel.check()`` without waiting for the pipe. The worker sends through a thread with
@@ -202,6 +202,24 @@ def _device_memory(device: str) -> dict:
     return {"free": host_memory_available(), "total": os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")}
 
 
+def prepare_device(device: str, emit, sender=None, render_once=None) -> None:
+    """Before the first job on a CUDA device: probe gsplat (its kernels compile on first use,
+    which takes minutes; the job shows it as its ``setup`` stage). When gsplat cannot render,
+    the job's log and the server's welcome (through ``sender``) say so and the torch
+    rasteriser is used. ``render_once``: see :func:`backend.render.gaussians.probe_gsplat`."""
+    from .render.gaussians import gsplat_probed, probe_gsplat
+
+    if not device.startswith("cuda") or gsplat_probed(device):
+        return
+    emit.progress("setup", 0, 1, message="checking gsplat's CUDA kernels (the first use compiles them: minutes)")
+    reason = probe_gsplat(device) if render_once is None else probe_gsplat(device, render_once)
+    emit.progress("setup", 1, 1, message="gsplat ready" if reason is None else "gsplat unusable: torch rasteriser")
+    if reason is not None:
+        emit.log(reason)
+        if sender is not None:
+            sender.put(("warning", reason))
+
+
 def _run_spec(spec: dict, cancel: CancelToken, sender: _Sender, device: str, models, models_dir: str | None) -> dict:
     job_dir = Path(spec["job_dir"])
     emitter = WorkerEmitter(spec["job_id"], job_dir, sender.put)
@@ -209,6 +227,7 @@ def _run_spec(spec: dict, cancel: CancelToken, sender: _Sender, device: str, mod
     try:
         seed_everything(spec["seed"])
         cls = load_reference(spec["reference"]).implementation_class()
+        prepare_device(device, emitter, sender)
         request = JobRequest(spec["job_id"], spec["pipeline"], spec["preset"], spec["params"], spec["inputs"],
                              spec["seed"], job_dir, device, models, models_dir)
         cancel.check()
@@ -317,6 +336,8 @@ class WorkerProcess:
         self._stopping = False
         self.info: dict = {}
         self.fatal: str | None = None
+        #: Sentences the worker reported about the backend (shown in the welcome).
+        self.warnings: list[str] = []
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -390,6 +411,10 @@ class WorkerProcess:
                 self._ready.set()
             elif kind == "memory":
                 self.info["memory"] = event[1]
+            elif kind == "warning":
+                if event[1] not in self.warnings:
+                    self.warnings.append(event[1])
+                log.warning("%s", event[1])
             elif kind == "released":
                 self._call_release(event[1])
         conn.close()

@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.cli import demo_photo  # noqa: E402
 from backend.jobs import JobStore  # noqa: E402
 from backend.worker import run_local  # noqa: E402
-from backend.guidance.registry import STABLE_DIFFUSION, ZERO123  # noqa: E402
 from backend.models import set_model_overrides, splatsmith_cache_dir  # noqa: E402
 from backend.pipelines.base import Emitter  # noqa: E402
 from backend.pipelines.dreamgaussian import DreamGaussianPipeline  # noqa: E402
@@ -52,19 +51,9 @@ def main() -> None:
     if args.size:
         params["resolutions"] = f"{args.size},{args.size},{args.size}"
     preset = "tiny" if args.weights in ("tiny", "real-size") else "default"
-    model_ids = {}
     if args.weights == "real-size":
-        root = splatsmith_cache_dir() / "bench-real-size"
-        for kind, writer, name in (("zero123", tiny.write_tiny_zero123, "zero123"),
-                                   ("stable-diffusion", tiny.write_tiny_stable_diffusion, "sd")):
-            folder = root / "splatsmith-bench" / name
-            if not (folder / "model_index.json").is_file():
-                print(f"writing real-size random {kind} to {folder} ...", flush=True)
-                writer(folder, real_size=True)
-            model_ids[kind] = folder
-        # The real loading code, pointed at the random real-size folders by model-id overrides.
-        set_model_overrides({STABLE_DIFFUSION.model()[0]: str(model_ids["stable-diffusion"]),
-                             ZERO123.model()[0]: str(model_ids["zero123"])})
+        # The real loading code, pointed at random real-size folders by model-id overrides.
+        set_model_overrides(tiny.real_size_overrides(splatsmith_cache_dir() / "bench-real-size" / "splatsmith-bench"))
         params["weights"] = "default"
 
     unet_time = {"s": 0.0, "calls": 0}

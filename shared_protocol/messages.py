@@ -128,6 +128,7 @@ SCHEMAS: dict[tuple[Direction, str], dict[str, Field]] = {
         "device": Field("str", True, max_len=256),
         "pipelines": Field("dict", True),
         "models": Field("dict", True),
+        "warnings": Field("list"),  # sentences about the backend (e.g. gsplat unusable, the torch rasteriser runs)
     },
     ("reply", "pong"): {"time": Field("float")},
     ("reply", "accepted"): {"job_id": _id(), "position": Field("int", True, min=0)},

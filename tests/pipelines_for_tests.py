@@ -118,6 +118,23 @@ class CachedPipeline(Pipeline):
         return Result(meta={"loaded_now": bool(loaded), "pid": os.getpid()})
 
 
+class OomPipeline(Pipeline):
+    """Loads a model into the job's cache, then runs out of device memory the way CUDA reports
+    it (``torch.cuda.OutOfMemoryError``), unless ``fail`` is off."""
+
+    name = "oom"
+    params = {"key": Param("str", "model", "cache key", max_len=64), "fail": Param("bool", True, "raise the OOM")}
+
+    def run(self, request, emit, cancel):
+        import torch
+
+        request.models.get(request.params["key"], lambda: torch.nn.Linear(4, 4))
+        emit.progress("alloc", 0, 1)
+        if request.params["fail"]:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return Result(meta={"cached": request.models.keys()})
+
+
 class CrashPipeline(Pipeline):
     """Dies in native ways after a few steps: a segfault, an abort or a kill of its own process,
     as a CUDA kernel, a C++ library or the OOM killer would."""
@@ -180,6 +197,6 @@ class MeshPipeline(Pipeline):
 
 
 TEST_PIPELINES = {cls.name: cls for cls in (FitPipeline, BoomPipeline, HogPipeline, CachedPipeline, CrashPipeline,
-                                             MeshPipeline)}
+                                             MeshPipeline, OomPipeline)}
 #: Read by ``splatsmith serve --plugin pipelines_for_tests``.
 PIPELINES = TEST_PIPELINES

@@ -54,3 +54,26 @@ def test_model_lookup_in_models_dir_and_hub_cache(tmp_path, monkeypatch):
     assert models_present(["org/other", "org/model"]) == {"org/model": False, "org/other": True}
     text = str(ModelMissingError("org/model"))
     assert "splatsmith models download org/model" in text
+
+
+def test_release_and_other_keys_do_not_wait_for_a_load():
+    import threading
+
+    from backend.models import ModelCache
+
+    cache = ModelCache(2)
+    started, finish = threading.Event(), threading.Event()
+
+    def slow():
+        started.set()
+        assert finish.wait(60)
+        return "big model"
+
+    loader = threading.Thread(target=cache.get, args=("big", slow))
+    loader.start()
+    assert started.wait(60)
+    assert cache.release() == [] and cache.get("small", lambda: "small model") == "small model"  # no waiting
+    assert cache.keys() == ["small"]
+    finish.set()
+    loader.join(60)
+    assert cache.keys() == ["small", "big"] and cache.get("big", lambda: "again") == "big model"

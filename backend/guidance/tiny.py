@@ -186,3 +186,22 @@ def ensure_tiny(model_id: str, cache_dir: str | Path, writer) -> Path:
             shutil.rmtree(folder)
         tmp.rename(folder)
     return folder
+
+
+def real_size_overrides(root: str | Path) -> dict[str, str]:
+    """Random-weight models with the real architectures of the default teachers (Stable
+    Diffusion 2.1 base, Zero-1-to-3 XL), written once under ``root``, as model-id overrides
+    (``backend.models.set_model_overrides``): the real loading and guidance code then runs the
+    real compute without any download (benchmarks and the GPU check)."""
+    from .registry import STABLE_DIFFUSION, ZERO123
+
+    root = Path(root)
+    out = {}
+    for spec, writer, name in ((ZERO123, write_tiny_zero123, "zero123"),
+                               (STABLE_DIFFUSION, write_tiny_stable_diffusion, "sd")):
+        folder = root / name
+        if not (folder / "model_index.json").is_file():
+            print(f"writing a real-size random {spec.name} to {folder} ...", flush=True)
+            writer(folder, real_size=True)
+        out[spec.model()[0]] = str(folder)
+    return out

@@ -31,7 +31,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from ..cameras import Cameras, orbit_angles
-from ..models import check_model_folder
+from ..models import check_model_folder, weights_variant
 from .base import LatentDiffusionGuidance, cfg, freeze, precision_and_placement
 
 _WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.safetensors")
@@ -94,20 +94,22 @@ def load_zero123(folder: str | Path, model_id: str, device: str = "cpu", fp16: b
     folder = Path(folder)
     check_model_folder(folder, model_id, ZERO123_COMPONENTS)
     dev, dtype, place = precision_and_placement(device, fp16, cpu_offload)
-    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", torch_dtype=dtype).to(place).eval()
+    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", torch_dtype=dtype, variant=weights_variant(folder, "unet")).to(place).eval()
     if unet.config.in_channels != 8:
         raise ValueError(f"{folder}/unet has {unet.config.in_channels} input channels; Zero-1-to-3's has 8")
     if attention_slicing:
         unet.set_attention_slice("auto")
     parts = Zero123Components(
         unet=unet,
-        vae=AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=dtype).to(place).eval(),
-        image_encoder=CLIPVisionModelWithProjection.from_pretrained(str(folder), subfolder="image_encoder",
-                                                                    torch_dtype=dtype).to(place).eval(),
+        vae=AutoencoderKL.from_pretrained(str(folder), subfolder="vae", torch_dtype=dtype, variant=weights_variant(folder, "vae")).to(place).eval(),
+        image_encoder=CLIPVisionModelWithProjection.from_pretrained(
+            str(folder), subfolder="image_encoder", torch_dtype=dtype,
+            variant=weights_variant(folder, "image_encoder")).to(place).eval(),
         feature_extractor=CLIPImageProcessor.from_pretrained(str(folder), subfolder="feature_extractor"),
         scheduler=DDIMScheduler.from_pretrained(str(folder), subfolder="scheduler"),
-        projection=CLIPCameraProjection.from_pretrained(str(folder), subfolder="clip_camera_projection",
-                                                        torch_dtype=dtype).to(place).eval(),
+        projection=CLIPCameraProjection.from_pretrained(
+            str(folder), subfolder="clip_camera_projection", torch_dtype=dtype,
+            variant=weights_variant(folder, "clip_camera_projection")).to(place).eval(),
         dtype=dtype, device=dev, stable="stable" in model_id,
     )
     freeze((parts.unet, parts.vae, parts.image_encoder, parts.projection), dev, cpu_offload)

@@ -1,26 +1,33 @@
-"""DreamGaussian (Tang et al. 2023): image-to-3D and text-to-3D in two stages.
+"""DreamGaussian (Tang et al. 2023): image-to-3D and text-to-3D in two stages, with the public
+code's numbers (github dreamgaussian/dreamgaussian: ``configs/image.yaml``, ``image_sai.yaml``,
+``text.yaml``, ``main.py``, ``main2.py``, ``gs_renderer.py``, ``mesh_renderer.py``).
 
-Stage 1 (section 3.1): 3D Gaussians initialised uniformly in a ball, optimised with SDS from
-Zero-1-to-3 (image mode, plus the reference-view RGB and mask losses, ramped linearly) or
-Stable Diffusion (text mode, view-dependent prompts); timesteps annealed
-(``schedules.DreamGaussianAnneal``, or any ``timestep_schedule``); render resolution 128 -> 256 -> 512 at 30% and 60% of
-training; random orbit cameras around the input elevation; white or black background at
-random; densification and pruning by gsplat's ``DefaultStrategy``.
-
+Stage 1 (section 3.1): 5000 Gaussians uniform in a 0.5 m ball, opacity 0.1, grey
+(``SH2RGB(random / 255)``), scales from the 3 nearest neighbours (``GaussianModel.init_sphere``);
+SDS from Zero-1-to-3 (image mode, plus the reference view's RGB and mask MSE, weights 10000 and
+1000, ramped by the step ratio except for stable-zero123) or Stable Diffusion (text mode, the
+plain prompt; view-dependent prompts optional); timesteps annealed (``DreamGaussianAnneal``, or
+any ``timestep_schedule``); render size 128 -> 256 -> 512 at 30% and 60%; random orbit cameras
+whose elevation window always covers [-30, 30] (``elevation_window``); white or black
+background at random. Adam per parameter: position 0.01 -> 0.0002 over 500 (image) / 300
+(text) steps (``create_from_pcd(pcd, 10)`` scales 0.001 -> 0.00002 by 10), colour 0.01,
+opacity 0.05, scale 0.005, rotation 0.005. Densification (``stages.gaussians.Densification``,
+``densify_and_prune(0.01, min_opacity=0.01, extent=4, max_screen_size=1)``): from step 100
+every 100 (image) or from 0 every 50 (text) until 3000, clone below / split above 0.04,
+prune opacity < 0.01 or size > 0.4, opacities reset to at most 0.01 every 700 steps.
 Mesh (section 3.2): density-field extraction (``geometry.extract``), decimation, xatlas
 unwrap, and back-projection of 26 Gaussian renders (8 azimuths x elevations {-45, 0, 45}, top
 and bottom) into the texture.
-
-Stage 2 (section 3.3): the texture alone (geometry frozen, texels in logit space as in the
-public code's ``raw_albedo``) is optimised with Adam (lr 0.2) for 50 steps: each step renders a random view, asks the teacher to ``refine`` it (SDEdit with
-a 50-step DDIM schedule, the noise strength falling from 0.2 to 0.05 over training, i.e. the
-public code's 0.8 -> 0.95 in its inverted convention) and minimises the MSE to that target;
-in image mode also the reference view's MSE under its mask.
-
-Default numbers are the public code's (configs/image.yaml and text.yaml); every one is a
-parameter. The ``fast`` preset shortens everything for the CPU, ``tiny`` uses the tiny random
-teachers and runs in seconds. ``teacher="oracle"`` with ``oracle_mesh`` swaps the diffusion
-teacher for the verification oracle (DESIGN.md section 5).
+Stage 2 (section 3.3): the texture alone (geometry frozen, texels in logit space as the public
+code's ``raw_albedo``) is optimised with Adam (lr 0.2, torch's default betas) for 50 steps:
+each step renders a random view at a random supersampling scale with mipmapped texturing, asks
+the teacher to ``refine`` it (SDEdit with a 50-step DDIM schedule, the noise strength falling
+from 0.2 to 0.05 over training, i.e. the public code's 0.8 -> 0.95 in its inverted convention)
+and minimises the MSE to that target; in image mode also the reference view's MSE where the
+mesh faces the camera.
+Every number is a parameter. The ``fast`` preset shortens everything for the CPU, ``tiny``
+uses the tiny random teachers and runs in seconds. ``teacher="oracle"`` with ``oracle_mesh``
+swaps the diffusion teacher for the verification oracle (DESIGN.md section 5).
 """
 from __future__ import annotations
 
@@ -47,8 +54,22 @@ from .specs.dreamgaussian import DreamGaussianSpec
 
 
 def elevation_window(p: dict) -> tuple[float, float]:
-    """Random cameras' elevation range: the reference elevation +- ``elevation_range``, within +-89."""
-    return max(-89.0, p["elevation"] - p["elevation_range"]), min(89.0, p["elevation"] + p["elevation_range"])
+    """Random cameras' absolute elevation range, degrees (positive: camera above).
+
+    The public code (``main.py`` lines 215-217, its elevation negative from above) draws an
+    offset ``ver`` from ``[max(min(min_ver, min_ver - el), -80 - el), min(max(max_ver,
+    max_ver - el), 80 - el)]`` around its reference elevation ``el``: the views always cover the
+    absolute ``[min_ver, max_ver]``, extend to the reference view, and stay within +-80. Here
+    ``el = -elevation``, ``min_ver = -elevation_max``, ``max_ver = -elevation_min``, and the
+    window is returned in this project's sign convention."""
+    el, min_ver, max_ver = -p["elevation"], -p["elevation_max"], -p["elevation_min"]
+    lo = max(min(min_ver, min_ver - el), -80.0 - el)
+    hi = min(max(max_ver, max_ver - el), 80.0 - el)
+    return -(el + hi), -(el + lo)
+
+
+#: Opacity after a reset (``gs_renderer.py`` line 418, ``reset_opacity``: min(opacity, 0.01)).
+OPACITY_RESET_VALUE = 0.01
 
 
 class DreamGaussianPipeline(DreamGaussianSpec):
@@ -127,12 +148,15 @@ class DreamGaussianPipeline(DreamGaussianSpec):
             "means": p["lr_means"], "sh0": p["lr_colors"], "shN": p["lr_colors"] / 20.0, "opacities": p["lr_opacities"],
             "scales": p["lr_scales"], "quats": p["lr_quats"]})
         densify = Densification(
-            prune_opacity=p["prune_opacity"], grad_threshold=p["densify_grad"], prune_scale3d=0.5,
-            start=p["densify_from"], every=p["densify_every"],
-            stop=p["densify_until"], reset_every=p["opacity_reset_every"])
+            prune_opacity=p["prune_opacity"], grad_threshold=p["densify_grad"], scene_scale=p["scene_extent"],
+            grow_scale3d=p["grow_scale3d"], prune_scale3d=p["prune_scale3d"], start=p["densify_from"],
+            every=p["densify_every"], stop=p["densify_until"], reset_every=p["opacity_reset_every"],
+            reset_value=OPACITY_RESET_VALUE)
         schedule = make_schedule(p["timestep_schedule"], p["t_min"], p["t_max"])
-        # The reference losses ramp up linearly over training (main.py: ``step_ratio * lambda``).
-        lambda_rgb, lambda_mask = Ramp.linear(0.0, p["lambda_rgb"]), Ramp.linear(0.0, p["lambda_mask"])
+        # The reference losses ramp up linearly over training (main.py lines 204-208: ``step_ratio *
+        # lambda`` when warmup_rgb_loss, constant with stable-zero123's image_sai.yaml).
+        ramp = Ramp.linear if p["reference_warmup"] else (lambda start, end: Ramp.constant(end))
+        lambda_rgb, lambda_mask = ramp(0.0, p["lambda_rgb"]), ramp(0.0, p["lambda_mask"])
         sizes = [int(x) for x in p["resolutions"].split(",")]
         previews = PreviewThrottle()
         clock = self.timings = {"render": 0.0, "teacher": 0.0, "backward": 0.0, "densify": 0.0, "steps": 0}
@@ -145,7 +169,7 @@ class DreamGaussianPipeline(DreamGaussianSpec):
             return now
         for step in range(1, iters + 1):
             cancel.check()
-            set_lr(optimizers["means"], expon_lr(step, iters, p["lr_means"], max(p["lr_means_final"], 1e-12)))
+            set_lr(optimizers["means"], expon_lr(step, p["lr_means_steps"], p["lr_means"], max(p["lr_means_final"], 1e-12)))
             size = step_levels(sizes, [0.3, 0.6], step, iters)
             loss = torch.zeros((), device=device)
             mark = time.perf_counter()
@@ -185,4 +209,5 @@ class DreamGaussianPipeline(DreamGaussianSpec):
 
         return optimise_texture(mesh, texture, teacher, sample_cameras, p["texture_iters"], lr=p["texture_lr"],
                                 strength_start=p["refine_strength_start"], strength_end=p["refine_strength_end"],
-                                refine_steps=p["refine_steps"], ref=ref, emit=emit, cancel=cancel, generator=gen)
+                                refine_steps=p["refine_steps"], ref=ref, emit=emit, cancel=cancel, generator=gen,
+                                supersample=p["texture_supersample"])

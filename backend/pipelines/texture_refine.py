@@ -102,7 +102,8 @@ class TextureRefinePipeline(TextureRefineSpec):
                                    strength_start=p["refine_strength_start"], strength_end=p["refine_strength_end"],
                                    refine_steps=p["refine_steps"], ref=ref, emit=emit, cancel=cancel, generator=gen,
                                    lambda_ref=p["lambda_ref"], lambda_sds=p["lambda_sds"],
-                                   timestep_schedule=p["timestep_schedule"])
+                                   timestep_schedule=p["timestep_schedule"], supersample=p["texture_supersample"],
+                                   reference_mask="render+reference")
         tex8 = texture_to_uint8(texture)
         Image.fromarray(tex8).save(request.job_dir / "texture.png")
         split = corner_uv_mesh(vertices, faces, corner_uv)

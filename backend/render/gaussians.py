@@ -88,14 +88,24 @@ class GaussianModel:
     @classmethod
     def init_sphere(cls, n: int, radius: float = 0.5, opacity: float = 0.1, sh_degree: int = 0,
                     generator: torch.Generator | None = None, center=(0.0, 0.0, 0.0)) -> "GaussianModel":
-        """``n`` Gaussians uniform in a ball of ``radius`` metres (DreamGaussian's initialisation:
-        random colours, isotropic scale from the mean spacing of the points)."""
+        """DreamGaussian's initialisation (``gs_renderer.py`` ``Renderer.initialize`` and
+        ``GaussianModel.create_from_pcd``): ``n`` points uniform in a ball of ``radius`` metres;
+        colour SH coefficients ``U(0, 1) / 255`` (so about 0.5 grey); opacity ``opacity``;
+        isotropic scale ``sqrt`` of the mean squared distance to the 3 nearest neighbours
+        (``simple_knn.distCUDA2``, clamped at 1e-7), computed here with scipy's k-d tree."""
+        from scipy.spatial import cKDTree
+
         direction = torch.nn.functional.normalize(torch.randn(n, 3, generator=generator), dim=-1)
         r = radius * torch.rand(n, 1, generator=generator) ** (1.0 / 3.0)
         points = direction * r + torch.as_tensor(center, dtype=torch.float32)
-        colors = torch.rand(n, 3, generator=generator)
-        spacing = radius * (4.0 / 3.0 * math.pi / n) ** (1.0 / 3.0)
-        return cls.from_points(points, colors, scale=0.5 * spacing, opacity=opacity, sh_degree=sh_degree)
+        sh0 = torch.rand(n, 3, generator=generator) / 255.0
+        if n > 1:
+            k = min(4, n)  # the point itself and its 3 nearest neighbours
+            dist, _ = cKDTree(points.numpy()).query(points.numpy(), k=k)
+            dist2 = torch.from_numpy((dist[:, 1:] ** 2).mean(1)).float().clamp_min(1e-7)
+        else:
+            dist2 = torch.full((n,), 1e-4)
+        return cls.from_points(points, sh0_to_rgb(sh0), scale=dist2.sqrt(), opacity=opacity, sh_degree=sh_degree)
 
     def __len__(self) -> int:
         return self.params["means"].shape[0]
@@ -397,9 +407,68 @@ class RenderOutput:
     info: dict[str, Any]
 
 
+#: Outcome of :func:`probe_gsplat` per device: None when gsplat renders there, else why not.
+_GSPLAT_PROBES: dict[str, str | None] = {}
+
+
+def _gsplat_probe_render(device: torch.device) -> None:
+    """One 16 x 16 render of 8 Gaussians through gsplat and its backward."""
+    from gsplat import rasterization
+
+    gen = torch.Generator().manual_seed(0)
+    means = (torch.rand(8, 3, generator=gen) - 0.5).to(device).requires_grad_(True)
+    quats = torch.tensor([[1.0, 0.0, 0.0, 0.0]], device=device).expand(8, 4)
+    scales = torch.full((8, 3), 0.1, device=device)
+    opacities = torch.full((8,), 0.5, device=device)
+    colors = torch.rand(8, 3, generator=gen).to(device)
+    viewmat = torch.eye(4, device=device)[None]
+    viewmat[0, 2, 3] = 2.0
+    K = torch.tensor([[[16.0, 0.0, 8.0], [0.0, 16.0, 8.0], [0.0, 0.0, 1.0]]], device=device)
+    image, _, _ = rasterization(means, quats, scales, opacities, colors, viewmat, K, 16, 16)
+    image.sum().backward()
+    if means.grad is None or not torch.isfinite(means.grad).all():
+        raise RuntimeError("gsplat's backward gave no finite gradient")
+
+
+def probe_gsplat(device: torch.device | str, render_once=_gsplat_probe_render) -> str | None:
+    """Try gsplat for real on a CUDA ``device`` (once per device; the first call compiles
+    gsplat's kernels when the wheel has none, which takes minutes). gsplat from PyPI builds its
+    CUDA extension on first use; without a CUDA compiler its ``_C`` is None and
+    ``rasterization`` raises ``AttributeError``: then every render falls back to this
+    project's torch rasteriser, which runs on CUDA tensors too.
+
+    Args:
+        device: the device to probe; not CUDA, or gsplat not importable: reported as such.
+        render_once: ``render_once(torch.device)`` raises when gsplat cannot render (the test
+            suite passes a failing one to simulate a missing compiler).
+    Returns:
+        None when gsplat renders on ``device``, else one sentence saying why not (also what
+        :func:`gsplat_available` answers from then on).
+    """
+    key = str(torch.device(device))
+    if key in _GSPLAT_PROBES:
+        return _GSPLAT_PROBES[key]
+    if not cuda_module_available(device, "gsplat"):
+        return "gsplat needs a CUDA device and the gsplat package"
+    try:
+        render_once(torch.device(device))
+        reason = None
+    except Exception as exc:  # noqa: BLE001 - any failure means: use the torch rasteriser
+        reason = (f"gsplat cannot render on {key} ({type(exc).__name__}: {str(exc)[:200]}); rendering with the "
+                  "torch rasteriser instead (slower). Install a CUDA toolkit matching torch so gsplat can build its "
+                  "kernels, or a gsplat wheel built for this torch and CUDA")
+    _GSPLAT_PROBES[key] = reason
+    return reason
+
+
+def gsplat_probed(device: torch.device | str) -> bool:
+    """Whether :func:`probe_gsplat` already ran for ``device``."""
+    return str(torch.device(device)) in _GSPLAT_PROBES
+
+
 def gsplat_available(device: torch.device | str) -> bool:
-    """Whether gsplat's CUDA rasteriser can be used on ``device``."""
-    return cuda_module_available(device, "gsplat")
+    """Whether gsplat's CUDA rasteriser renders on ``device`` (probed once, :func:`probe_gsplat`)."""
+    return cuda_module_available(device, "gsplat") and probe_gsplat(device) is None
 
 
 def render(model: GaussianModel, cameras: Cameras, background: torch.Tensor | tuple | float = 1.0,
@@ -413,7 +482,8 @@ def render(model: GaussianModel, cameras: Cameras, background: torch.Tensor | tu
         sh_degree: SH degree to evaluate (default: the model's).
         backend: ``"auto"`` (gsplat on CUDA, else torch), ``"gsplat"`` or ``"torch"``.
     Returns:
-        :class:`RenderOutput`.
+        :class:`RenderOutput`; RGB composited over ``background`` and clamped to [0, 1] (as
+        DreamGaussian's renderer, ``gs_renderer.py`` line 811).
     Raises:
         RuntimeError: ``backend="gsplat"`` without CUDA and gsplat.
     """
@@ -435,7 +505,7 @@ def render(model: GaussianModel, cameras: Cameras, background: torch.Tensor | tu
             sh_degree=degree, render_mode="RGB+ED", packed=False,
         )
         rgb, depth = colors[..., :3], colors[..., 3:4]
-        rgb = rgb + (1.0 - alphas) * bg[:, None, None, :]
+        rgb = (rgb + (1.0 - alphas) * bg[:, None, None, :]).clamp(0.0, 1.0)  # gs_renderer.py line 811
         return RenderOutput(rgb, alphas, depth, info)
     viewmats, Ks = cams.viewmats, cams.Ks
     opac = model.opacities
@@ -453,7 +523,7 @@ def render(model: GaussianModel, cameras: Cameras, background: torch.Tensor | tu
     image = torch.stack(images)
     rgb, alpha, dep = image[..., :3], image[..., 3:4], image[..., 4:5]
     depth = torch.where(alpha > 0, dep / alpha.clamp_min(1e-10), torch.zeros_like(dep))
-    rgb = rgb + (1.0 - alpha) * bg[:, None, None, :]
+    rgb = (rgb + (1.0 - alpha) * bg[:, None, None, :]).clamp(0.0, 1.0)  # as the CUDA path
     info = {"means2d": proj.means2d, "radii": proj.radii, "width": W, "height": H, "n_cameras": C,
             "gaussian_ids": None, "depths": proj.depths, "conics": proj.conics}
     return RenderOutput(rgb, alpha, depth, info)

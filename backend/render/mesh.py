@@ -268,6 +268,61 @@ def sample_texture(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     return out[0, :, :, 0].T.reshape(*shape, texture.shape[-1])
 
 
+def mip_pyramid(texture: torch.Tensor) -> list[torch.Tensor]:
+    """Mip levels of ``texture`` float [Ht, Wt, D]: level 0 is the texture, each next one a 2x2
+    box-filtered half (rounding up), down to one texel; differentiable. Channels-first [1, D, h, w]."""
+    levels = [texture.permute(2, 0, 1)[None]]
+    while min(levels[-1].shape[-2:]) > 1:
+        levels.append(F.avg_pool2d(levels[-1], 2, ceil_mode=True))
+    return levels
+
+
+def uv_footprint(uv: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Texels covered by one pixel: the longer of the UV image's steps to the neighbouring
+    pixels in x and y (finite differences of the interpolated UVs where both pixels are
+    covered), in texels of a ``size`` = (Ht, Wt) texture. ``uv`` float [C, H, W, 2], ``mask``
+    bool [C, H, W]. Returns float [C, H, W] (0 where no neighbour is covered); no gradient."""
+    scale = uv.new_tensor([size[1], size[0]])
+    uv, m = uv.detach() * scale, mask
+
+    def steps(axis: int) -> torch.Tensor:
+        d = (uv.narrow(axis, 1, uv.shape[axis] - 1) - uv.narrow(axis, 0, uv.shape[axis] - 1)).norm(dim=-1)
+        ok = m.narrow(axis, 1, m.shape[axis] - 1) & m.narrow(axis, 0, m.shape[axis] - 1)
+        d = torch.where(ok, d, torch.zeros_like(d))
+        pad_lo, pad_hi = [0, 0] * 2, [0, 0] * 2
+        pad_lo[2 * (2 - axis) + 0], pad_hi[2 * (2 - axis) + 1] = 1, 1
+        return torch.maximum(F.pad(d, pad_lo), F.pad(d, pad_hi))  # the step to either neighbour
+
+    return torch.maximum(steps(1), steps(2))
+
+
+def sample_texture_mipmap(texture: torch.Tensor, uv: torch.Tensor, footprint: torch.Tensor) -> torch.Tensor:
+    """Trilinear ("linear-mipmap-linear") sampling: bilinear in the two mip levels around
+    ``log2(footprint)``, blended linearly (nvdiffrast's ``dr.texture`` filter of that name,
+    which DreamGaussian's stage 2 uses, ``mesh_renderer.py`` line 110; here the footprint is a
+    finite difference of neighbouring pixels' UVs instead of nvdiffrast's analytic
+    derivatives, so that one implementation runs on the CPU and on CUDA tensors).
+
+    Args:
+        texture: float [Ht, Wt, D], row 0 at the top.
+        uv: float [C, H, W, 2], origin bottom-left.
+        footprint: float [C, H, W], texels per pixel (:func:`uv_footprint`).
+    Returns:
+        float [C, H, W, D]; differentiable w.r.t. ``texture``.
+    """
+    levels = mip_pyramid(texture)
+    lod = torch.log2(footprint.clamp_min(1.0)).clamp(max=len(levels) - 1)
+    out = None
+    for k in range(int(torch.ceil(lod.max()).item()) + 1 if lod.numel() else 1):
+        weight = (1.0 - (lod - k).abs()).clamp_min(0.0)
+        if k > 0 and not bool((weight > 0).any()):
+            continue
+        level = levels[k][0].permute(1, 2, 0)
+        term = sample_texture(level, uv) * weight[..., None]
+        out = term if out is None else out + term
+    return out
+
+
 @dataclass
 class MeshRender:
     """Rendered images: ``rgb`` float [C,H,W,3] over the background, ``alpha`` float
@@ -279,7 +334,8 @@ class MeshRender:
     rast: Rasterization
 
 
-def render_mesh(mesh: TexturedMesh, cameras: Cameras, background=1.0, backend: str = "auto") -> MeshRender:
+def render_mesh(mesh: TexturedMesh, cameras: Cameras, background=1.0, backend: str = "auto",
+                texture_filter: str = "linear") -> MeshRender:
     """Render a mesh's base colour (texture, else vertex colours, else grey), unlit.
 
     Args:
@@ -287,11 +343,20 @@ def render_mesh(mesh: TexturedMesh, cameras: Cameras, background=1.0, backend: s
         cameras: C cameras.
         background: RGB in [0, 1] (float, (3,) or tensor [C, 3]).
         backend: see :func:`rasterize`.
+        texture_filter: ``"linear"`` (bilinear) or ``"linear-mipmap-linear"`` (trilinear,
+            :func:`sample_texture_mipmap`).
+    Raises:
+        ValueError: an unknown ``texture_filter``.
     """
+    if texture_filter not in ("linear", "linear-mipmap-linear"):
+        raise ValueError(f"unknown texture filter {texture_filter!r}; use linear or linear-mipmap-linear")
     rast = rasterize(mesh.vertices, mesh.faces, cameras, backend=backend)
     if mesh.texture is not None and mesh.uv is not None:
         uv = interpolate(mesh.uv, mesh.faces, rast)
-        color = sample_texture(mesh.texture, uv)
+        if texture_filter == "linear":
+            color = sample_texture(mesh.texture, uv)
+        else:
+            color = sample_texture_mipmap(mesh.texture, uv, uv_footprint(uv, rast.mask, tuple(mesh.texture.shape[:2])))
     elif mesh.vertex_colors is not None:
         color = interpolate(mesh.vertex_colors, mesh.faces, rast)
     else:

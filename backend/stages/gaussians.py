@@ -47,48 +47,75 @@ def step_optimizers(optimizers: dict[str, torch.optim.Optimizer]) -> None:
 
 class Densification:
     """Clone, split and prune Gaussians (3DGS, Kerbl et al. 2023, section 5.2) with gsplat's
-    ``DefaultStrategy``, and reset opacities every ``reset_every`` steps before ``stop``.
+    ``DefaultStrategy`` for growing, as the original ``densify_and_prune`` does it:
 
-    gsplat 1.5.3 cannot run its own reset (``reset_every`` is set out of reach and the reset
-    is called here, to ``2 x prune_opacity`` as gsplat's would).
+    - statistics (image-plane gradients, gsplat scaling them by ``width/2 * n_cameras``, the
+      original rasteriser's units) are gathered from step ``start`` to ``stop`` and the
+      Gaussians are grown at every step in that range divisible by ``every`` (the original's
+      ``step >= start``; gsplat's own test is ``step > start``, so it is given ``start - 1``);
+    - at each densification, Gaussians below ``prune_opacity`` or larger than ``prune_scale3d
+      x scene_scale`` are pruned (``densify_and_prune``'s ``big_points_ws``; gsplat 1.5.3 prunes
+      large ones only after its first opacity reset, which it never performs). The original's
+      screen-size test is a no-op there (``densification_postfix`` zeroes ``max_radii2D``
+      before it), so there is none here;
+    - opacities are reset to ``min(opacity, reset_value)`` every ``reset_every`` steps from
+      ``start`` to ``stop`` (gsplat 1.5.3's reset condition ``step % reset_every == 0 & step >
+      0`` is always false, so the reset is called here).
 
     Args:
         prune_opacity: Gaussians below this opacity are pruned.
-        grad_threshold: image-plane gradient threshold (gsplat units).
+        grad_threshold: image-plane gradient threshold (gsplat units = the original's).
         start, stop, every: densification from step ``start`` to ``stop``, every ``every`` steps.
         reset_every: steps between opacity resets (0: never).
-        scene_scale: the scene's extent (gsplat scales its size thresholds by it).
-        grow_scale3d: clone/split boundary, as a fraction of ``scene_scale``.
-        prune_scale3d: Gaussians larger than this fraction of ``scene_scale`` are pruned.
+        reset_value: the opacity cap of a reset (default ``2 x prune_opacity``, gsplat's).
+        scene_scale: the scene's extent; the two size thresholds are fractions of it.
+        grow_scale3d: clone below / split above this fraction (3DGS ``percent_dense``).
+        prune_scale3d: Gaussians larger than this fraction are pruned.
         verbose: gsplat's own logging.
     """
 
     def __init__(self, *, prune_opacity: float, grad_threshold: float, start: int, stop: int, every: int,
-                 reset_every: int = 0, scene_scale: float = 1.0, grow_scale3d: float = 0.01,
-                 prune_scale3d: float = 0.5, verbose: bool = False):
+                 reset_every: int = 0, reset_value: float | None = None, scene_scale: float = 1.0,
+                 grow_scale3d: float = 0.01, prune_scale3d: float = 0.5, verbose: bool = False):
         from gsplat.strategy import DefaultStrategy
 
         self.strategy = DefaultStrategy(prune_opa=prune_opacity, grow_grad2d=grad_threshold, grow_scale3d=grow_scale3d,
-                                        prune_scale3d=prune_scale3d, refine_start_iter=start, refine_stop_iter=stop,
-                                        refine_every=every, reset_every=10**9, verbose=verbose)
+                                        prune_scale3d=prune_scale3d, refine_start_iter=start - 1,
+                                        refine_stop_iter=stop + 1, refine_every=every, reset_every=10**9,
+                                        verbose=verbose)
         self.state = self.strategy.initialize_state(scene_scale=scene_scale)
-        self.prune_opacity, self.reset_every, self.stop = prune_opacity, reset_every, stop
+        self.start, self.stop, self.every = start, stop, every
+        self.reset_every = reset_every
+        self.reset_value = 2.0 * prune_opacity if reset_value is None else reset_value
+        self.max_scale = prune_scale3d * scene_scale
 
     def check(self, model: GaussianModel, optimizers: dict[str, torch.optim.Optimizer]) -> None:
         """gsplat's sanity check of the parameter and optimiser layout."""
         self.strategy.check_sanity(model.params, optimizers)
 
+    def active(self, step: int) -> bool:
+        """Whether statistics are gathered at ``step``."""
+        return self.start <= step <= self.stop
+
     def before_backward(self, model: GaussianModel, optimizers: dict, step: int, info: dict) -> None:
         """Call after rendering, before ``loss.backward()`` (keeps the 2D means' gradients)."""
-        self.strategy.step_pre_backward(model.params, optimizers, self.state, step, info)
+        if self.active(step):
+            self.strategy.step_pre_backward(model.params, optimizers, self.state, step, info)
 
     def after_backward(self, model: GaussianModel, optimizers: dict, step: int, info: dict) -> None:
-        """Call after the optimiser step: densify/prune, and reset opacities when due."""
-        from gsplat.strategy.ops import reset_opa
+        """Call after the optimiser step: densify and prune when due, reset opacities when due."""
+        from gsplat.strategy.ops import remove, reset_opa
 
+        if not self.active(step):
+            return
         self.strategy.step_post_backward(model.params, optimizers, self.state, step, info)
-        if self.reset_every and step % self.reset_every == 0 and step < self.stop:
-            reset_opa(model.params, optimizers, self.state, value=self.prune_opacity * 2.0)
+        if step % self.every == 0 and step > self.start - 1:
+            with torch.no_grad():
+                too_big = torch.exp(model.params["scales"]).max(dim=-1).values > self.max_scale
+            if too_big.any():
+                remove(params=model.params, optimizers=optimizers, state=self.state, mask=too_big)
+        if self.reset_every and step % self.reset_every == 0:
+            reset_opa(model.params, optimizers, self.state, value=self.reset_value)
 
 
 def image_loss(pred: torch.Tensor, target: torch.Tensor, w_ssim: float) -> torch.Tensor:

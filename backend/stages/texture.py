@@ -6,6 +6,8 @@ and by texture refinement; the geometry is never changed.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -20,7 +22,8 @@ def optimise_texture(mesh: TexturedMesh, texture: torch.Tensor, teacher, sample_
                      strength_start: float, strength_end: float, refine_steps: int, ref: dict | None, emit: Emitter,
                      cancel: CancelToken, generator: torch.Generator, lambda_ref: float = 1.0, lambda_sds: float = 0.0,
                      sds_t_range: tuple[int, int] = (20, 500), timestep_schedule: str = "dreamgaussian",
-                     stage: str = "texture") -> torch.Tensor:
+                     stage: str = "texture", supersample: bool = True,
+                     texture_filter: str = "linear-mipmap-linear", reference_mask: str = "render") -> torch.Tensor:
     """DreamGaussian stage 2: optimise a UV texture against the teacher's refined views.
 
     Args:
@@ -33,25 +36,51 @@ def optimise_texture(mesh: TexturedMesh, texture: torch.Tensor, teacher, sample_
         strength_start, strength_end: SDEdit noise strength, linear over the steps, in [0, 1].
         refine_steps: DDIM steps of the teacher's full schedule.
         ref: optional reference view ``{"rgb": [1, 3, h, w], "alpha": [1, 1, h, w], "camera"}``;
-            its MSE under the mask is added with weight ``lambda_ref``.
+            its MSE is added with weight ``lambda_ref`` where the rendered mesh covers the pixel
+            and faces the camera (``main2.py`` line 187: alpha > 0 and the normal's cosine to the
+            view direction > 0.5); ``reference_mask="render+reference"`` also requires the
+            reference's own alpha (a photo that does not match the mesh's silhouette exactly).
         lambda_sds: weight of an added SDS term (0: off), its timesteps from ``timestep_schedule``
             (``schedules.make_schedule``) over ``sds_t_range``.
+        supersample: render each view at a random scale ``clamp(2 U(0,1), 0.125, 2)`` of its
+            size (rounded up to a multiple of 8) and resize it back bilinearly (``main2.py``
+            lines 182 and 213, ``mesh_renderer.py`` ``ssaa``).
+        texture_filter: the renders' texture filter (``render_mesh``; the public code samples
+            ``linear-mipmap-linear``).
+
+    The optimiser is Adam with torch's defaults (betas 0.9/0.999, eps 1e-8) at ``lr``, as
+    ``main2.py`` line 104 builds it.
+
     Returns:
         The optimised texture, float [H, W, 3] in [0, 1] (detached).
     """
     if iters == 0:
         return texture
     raw = torch.nn.Parameter(torch.logit(texture.clamp(1e-3, 1 - 1e-3)))
-    opt = torch.optim.Adam([raw], lr=lr, betas=(0.9, 0.99), eps=1e-15)
+    opt = torch.optim.Adam([raw], lr=lr)
     schedule = make_schedule(timestep_schedule, *sds_t_range)
     previews = PreviewThrottle(first=False)
+
+    def draw(textured: TexturedMesh, cams, bg: torch.Tensor, with_facing: bool = False):
+        scale = min(2.0, max(0.125, 2.0 * torch.rand((), generator=generator).item())) if supersample else 1.0
+        w, h = cams.width, cams.height
+        big = cams.resized(_divisible(w * scale), _divisible(h * scale)) if scale != 1.0 else cams
+        out = render_mesh(textured, big, background=bg, texture_filter=texture_filter)
+        rgb = out.rgb.permute(0, 3, 1, 2)
+        facing = facing_mask(textured, big, out) if with_facing else None
+        if scale != 1.0:
+            rgb = _resize(rgb, h, w)
+            if facing is not None:
+                facing = _resize(facing.float(), h, w) > 0.5
+        return rgb, facing
+
     for step in range(1, iters + 1):
         cancel.check()
         strength = strength_start + (strength_end - strength_start) * step / iters
         cams = sample_cameras(step)
         bg = torch.ones(3, device=raw.device)
         textured = TexturedMesh(mesh.vertices, mesh.faces, mesh.uv, torch.sigmoid(raw))
-        image = render_mesh(textured, cams, background=bg).rgb.permute(0, 3, 1, 2)
+        image, _ = draw(textured, cams, bg)
         with torch.no_grad():
             target = teacher.refine(image.detach(), cams, strength, refine_steps, background=bg, generator=generator,
                                     check=cancel.check)
@@ -60,9 +89,11 @@ def optimise_texture(mesh: TexturedMesh, texture: torch.Tensor, teacher, sample_
             t = schedule(step, iters, generator)
             loss = loss + lambda_sds * teacher.sds(image, cams, t, background=bg, generator=generator).loss
         if ref is not None and lambda_ref > 0:
-            rout = render_mesh(textured, ref["camera"], background=bg)
-            mask = ref["alpha"]
-            loss = loss + lambda_ref * F.mse_loss(rout.rgb.permute(0, 3, 1, 2) * mask, ref["rgb"] * mask)
+            rimage, facing = draw(textured, ref["camera"], bg, with_facing=True)
+            mask = facing.detach().float()
+            if reference_mask == "render+reference":
+                mask = mask * (ref["alpha"] > 0.5).float()
+            loss = loss + lambda_ref * F.mse_loss(rimage * mask, ref["rgb"] * mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -70,3 +101,27 @@ def optimise_texture(mesh: TexturedMesh, texture: torch.Tensor, teacher, sample_
         if previews.due(step, iters):
             emit.preview("texture", {"rgba": rgba_preview(torch.sigmoid(raw.detach()))}, {"step": step})
     return torch.sigmoid(raw.detach())
+
+
+def _divisible(x: float, m: int = 8) -> int:
+    """``x`` rounded up to a multiple of ``m`` (``mesh_renderer.py`` ``make_divisible``)."""
+    return int(math.ceil(x / m) * m)
+
+
+def _resize(image: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """[B, C, H, W] to h x w: bilinear, ``align_corners=True`` when magnifying (``mesh_renderer.py``
+    ``scale_img_nhwc``)."""
+    if image.shape[-2] > h and image.shape[-1] > w:
+        return F.interpolate(image, (h, w), mode="bilinear")
+    return F.interpolate(image, (h, w), mode="bilinear", align_corners=True)
+
+
+def facing_mask(mesh: TexturedMesh, cameras, out) -> torch.Tensor:
+    """bool [C, 1, H, W]: pixels where the mesh is drawn and its normal turns towards the
+    camera: the normal's z in camera space (OpenGL axes, +z towards the viewer) above 0.5
+    (``main2.py`` line 187's ``viewcos``; face normals here, counter-clockwise winding)."""
+    normals = mesh.face_normals()  # [F, 3]
+    n = normals[out.rast.tri_id.clamp_min(0)]  # [C, H, W, 3]
+    backward = cameras.c2w[:, :3, 2].to(n.device)  # the camera's +z axis in world space, [C, 3]
+    cos = (n * backward[:, None, None, :]).sum(-1)
+    return ((cos > 0.5) & out.rast.mask)[:, None]

@@ -33,8 +33,12 @@ class DreamGaussianSpec(Pipeline):
         "init_radius": Param("float", 0.5, "radius of the initial ball, metres", min=0.01, max=10),
         "init_opacity": Param("float", 0.1, "initial opacity", min=0.001, max=0.999),
         "sh_degree": Param("int", 0, "SH degree of the colour", min=0, max=3),
-        "lr_means": Param("float", 1e-3, "position learning rate at the start, in object sizes (the object spans about 1)", min=0, max=1),
-        "lr_means_final": Param("float", 2e-5, "position learning rate at the end (exponential decay)", min=0, max=1),
+        "lr_means": Param("float", 0.01, "position learning rate at the start, metres (the public code's 0.001 times "
+                          "spatial_lr_scale 10)", min=0, max=1),
+        "lr_means_final": Param("float", 2e-4, "position learning rate at the end of its decay (0.00002 x 10)", min=0, max=1),
+        "lr_means_steps": Param("int", None, "steps of the position learning rate's exponential decay, constant after "
+                                "(position_lr_max_steps: image 500, text 300)", min=1, max=100_000,
+                                default_by=("mode", {"image": 500, "text": 300})),
         "lr_colors": Param("float", 0.01, "colour learning rate", min=0, max=1),
         "lr_opacities": Param("float", 0.05, "opacity learning rate", min=0, max=1),
         "lr_scales": Param("float", 0.005, "scale learning rate", min=0, max=1),
@@ -44,8 +48,15 @@ class DreamGaussianSpec(Pipeline):
         "densify_every": Param("int", None, "steps between densifications (image: 100, text: 50)", min=1, max=100_000,
                                default_by=("mode", {"image": 100, "text": 50})),
         "densify_until": Param("int", 3000, "last densification step", min=0, max=100_000),
-        "densify_grad": Param("float", 2e-4, "image-plane gradient threshold, gsplat units (see note in the docs)", min=0, max=10),
-        "prune_opacity": Param("float", 0.01, "Gaussians below this opacity are pruned", min=0, max=1),
+        "densify_grad": Param("float", 0.01, "image-plane gradient threshold (densify_grad_threshold; gsplat's units are "
+                              "the original rasteriser's)", min=0, max=10),
+        "prune_opacity": Param("float", 0.01, "Gaussians below this opacity are pruned (min_opacity)", min=0, max=1),
+        "scene_extent": Param("float", 4.0, "the extent that size thresholds are fractions of (densify_and_prune extent=4)",
+                              min=0.01, max=100),
+        "grow_scale3d": Param("float", 0.01, "clone below / split above this size, fraction of scene_extent (percent_dense)",
+                              min=0, max=1),
+        "prune_scale3d": Param("float", 0.1, "Gaussians larger than this fraction of scene_extent are pruned at each "
+                               "densification", min=0, max=10),
         "opacity_reset_every": Param("int", 700, "steps between opacity resets (0: never)", min=0, max=100_000),
         "resolutions": Param("str", "128,256,512", "stage 1 render sizes, switched at 30% and 60% of training", max_len=40),
         "batch_size": Param("int", 1, "views per SDS step", min=1, max=16),
@@ -54,12 +65,21 @@ class DreamGaussianSpec(Pipeline):
         "timestep_schedule": timestep_schedule_param("dreamgaussian"),
         "t_min": Param("int", 20, "smallest timestep", min=1, max=999),
         "t_max": Param("int", 980, "largest timestep", min=1, max=999),
-        "elevation": Param("float", 0.0, "elevation of the reference view, degrees", min=-89, max=89),
+        "elevation": Param("float", 0.0, "elevation of the reference view, degrees, positive when the camera is above "
+                           "the object (DreamGaussian's --elevation has the opposite sign: its -30 is 30 here)", min=-89, max=89),
         "ref_size": Param("int", 256, "side of the recentred reference view, pixels", min=32, max=1024),
         "radius": Param("float", None, "camera distance, metres (image: 2, text: 2.5)", min=0.1, max=100,
                         default_by=("mode", {"image": 2.0, "text": 2.5})),
         "fovy": Param("float", 49.1, "vertical field of view, degrees", min=5, max=120),
-        "elevation_range": Param("float", 30.0, "random cameras within +- this of the reference elevation", min=0, max=89),
+        "elevation_min": Param("float", -30.0, "random cameras cover at least this absolute elevation, degrees (min_ver)",
+                               min=-80, max=80),
+        "elevation_max": Param("float", 30.0, "random cameras cover at least up to this absolute elevation, degrees "
+                               "(max_ver)", min=-80, max=80),
+        "view_prompts": Param("bool", False, "append 'front/side/back/overhead view' to the prompt per camera (text mode; "
+                              "the public code conditions on the plain prompt)"),
+        "reference_warmup": Param("bool", None, "ramp the reference losses up over training (warmup_rgb_loss: on, "
+                                  "off for stable-zero123)", default_by=("weights", {"default": True, "stable": False,
+                                                                                     "tiny": True})),
         "lambda_rgb": Param("float", 10000.0, "reference-view RGB loss weight (ramped linearly)", min=0, max=1e6),
         "lambda_mask": Param("float", 1000.0, "reference-view mask loss weight (ramped linearly)", min=0, max=1e6),
         "invert_bg_prob": Param("float", 0.5, "probability of a black background", min=0, max=1),
@@ -71,6 +91,8 @@ class DreamGaussianSpec(Pipeline):
         "texture_iters": Param("int", 50, "stage 2 (texture) steps", min=0, max=10_000),
         "texture_lr": Param("float", 0.2, "texture learning rate", min=0, max=10),
         "texture_render_size": Param("int", 512, "stage 2 render size", min=32, max=2048),
+        "texture_supersample": Param("bool", True, "render stage 2 views at a random scale of 0.125-2x and resize "
+                                     "(main2.py ssaa)"),
         "refine_steps": Param("int", 50, "DDIM steps of the teacher's refine", min=1, max=1000),
         "refine_strength_start": Param("float", 0.2, "SDEdit noise strength at the start of stage 2", min=0, max=1),
         "refine_strength_end": Param("float", 0.05, "SDEdit noise strength at the end of stage 2", min=0, max=1),
@@ -78,27 +100,29 @@ class DreamGaussianSpec(Pipeline):
     }
     params = grouped(params, groups={
         "input": ("mode", "prompt", "negative_prompt", "elevation", "ref_size"),
-        "teacher": ("teacher", "oracle_mesh", "weights", "guidance_scale", "batch_size"),
+        "teacher": ("teacher", "oracle_mesh", "weights", "guidance_scale", "batch_size", "view_prompts"),
         "schedule": ("t_min", "t_max", "resolutions"),
         "gaussians": ("iters", "init_points", "init_radius", "init_opacity", "sh_degree", "lr_means",
-                      "lr_means_final", "lr_colors", "lr_opacities", "lr_scales", "lr_quats", "radius", "fovy",
-                      "elevation_range", "lambda_rgb", "lambda_mask", "invert_bg_prob"),
+                      "lr_means_final", "lr_means_steps", "lr_colors", "lr_opacities", "lr_scales", "lr_quats", "radius",
+                      "fovy", "elevation_min", "elevation_max", "lambda_rgb", "lambda_mask", "reference_warmup",
+                      "invert_bg_prob"),
         "densification": ("densify_from", "densify_every", "densify_until", "densify_grad", "prune_opacity",
-                          "opacity_reset_every"),
+                          "scene_extent", "grow_scale3d", "prune_scale3d", "opacity_reset_every"),
         "mesh": ("mesh_resolution", "density_threshold", "max_faces", "bake_size", "unwrap_time_limit"),
-        "texture": ("texture_size", "texture_iters", "texture_lr", "texture_render_size", "refine_steps", "refine_strength_start",
+        "texture": ("texture_size", "texture_iters", "texture_lr", "texture_render_size", "texture_supersample", "refine_steps",
+                    "refine_strength_start",
                     "refine_strength_end"),
     }, basic=("mode", "prompt", "negative_prompt", "elevation", "iters", "guidance_scale", "texture_size",
               "timestep_schedule"),
-       when={name: ("mode", ("image",)) for name in ("elevation", "ref_size", "lambda_rgb", "lambda_mask")}
-       | {"negative_prompt": ("mode", ("text",))})
+       when={name: ("mode", ("image",)) for name in ("elevation", "ref_size", "lambda_rgb", "lambda_mask", "reference_warmup")}
+       | {name: ("mode", ("text",)) for name in ("negative_prompt", "view_prompts")})
     works_on = ("prompt", "image")
     presets = {
         "default": {},
         "fast": {"ref_size": 128, "iters": 400, "init_points": 3000, "resolutions": "64,96,128", "mesh_resolution": 96, "max_faces": 20_000,
                  "texture_size": 512, "bake_size": 192, "texture_iters": 30, "texture_render_size": 128, "refine_steps": 20,
                  "densify_until": 300, "opacity_reset_every": 0},
-        "tiny": {"weights": "tiny", "ref_size": 64, "iters": 60, "init_points": 1500, "resolutions": "32,48,64", "mesh_resolution": 48,
+        "tiny": {"weights": "tiny", "ref_size": 64, "iters": 60, "lr_means_steps": 60, "init_points": 1500, "resolutions": "32,48,64", "mesh_resolution": 48,
                  "max_faces": 4000, "texture_size": 128, "bake_size": 64, "texture_iters": 8, "texture_render_size": 64,
                  "refine_steps": 4, "densify_until": 60, "opacity_reset_every": 0},
     }
@@ -123,6 +147,8 @@ class DreamGaussianSpec(Pipeline):
             sizes = []
         if len(sizes) != 3 or min(sizes) < 16 or max(sizes) > MAX_RENDER_SIZE:
             raise ParamError(f"'resolutions' must be three sizes from 16 to {MAX_RENDER_SIZE}, e.g. 128,256,512")
+        if params["elevation_min"] > params["elevation_max"]:
+            raise ParamError("'elevation_min' must not exceed 'elevation_max'")
         if params["t_min"] >= params["t_max"]:
             raise ParamError("'t_min' must be below 't_max'")
 

@@ -49,6 +49,8 @@ class TextureRefineSpec(Pipeline):
         "views": Param("int", 1, "views rendered per step", min=1, max=16),
         "texture_render_size": Param("int", 512, "side of the rendered views, pixels", min=32, max=2048),
         "texture_lr": Param("float", 0.2, "Adam learning rate on the texture logits", min=0.0, max=10.0),
+        "texture_supersample": Param("bool", True, "render views at a random scale of 0.125-2x and resize (DreamGaussian "
+                                     "main2.py ssaa)"),
         "lambda_ref": Param("float", 1.0, "weight of the reference view's masked MSE", min=0.0, max=1e6),
         "lambda_sds": Param("float", 0.0, "weight of an added SDS term (0: off)", min=0.0, max=1e6),
         "timestep_schedule": timestep_schedule_param("dreamgaussian"),
@@ -63,7 +65,7 @@ class TextureRefineSpec(Pipeline):
     params = grouped(params, groups={
         "input": ("prompt", "negative_prompt", "use_existing_texture"),
         "teacher": ("teacher", "oracle_mesh", "weights", "guidance_scale", "refine_strength_start", "refine_strength_end", "refine_steps", "lambda_sds"),
-        "texture": ("texture_iters", "texture_size", "views", "texture_render_size", "texture_lr", "lambda_ref", "elevation_min", "elevation_max",
+        "texture": ("texture_iters", "texture_size", "views", "texture_render_size", "texture_supersample", "texture_lr", "lambda_ref", "elevation_min", "elevation_max",
                     "radius", "fovy"),
         "mesh": ("unwrap_time_limit",),
     }, basic=("prompt", "negative_prompt", "texture_iters", "texture_size", "use_existing_texture",
