@@ -22,6 +22,7 @@ from rich.table import Table
 
 from shared_protocol.client import DEFAULT_ADDRESS, Client, ClientError, load_curve_keys
 
+from .images import demo_photo  # noqa: F401 - the demo's photo, also used by tests and benchmarks
 from .pipelines.base import Emitter
 from .text import printable
 
@@ -492,18 +493,6 @@ def refine_texture(
     out.with_suffix(".png").write_bytes(files["texture.png"])
     console.print(f"wrote {out} and {out.with_suffix('.png')} ({meta['faces']} faces, texture {meta['texture_size']}², "
                   f"{meta['total_seconds']:.0f} s); {where}")
-
-
-def demo_photo():
-    """scikit-image's cat photo (Chelsea) with a hand-set elliptical foreground mask around it
-    (the demo must run with nothing downloaded, so no segmentation model is used)."""
-    import numpy as np
-    from skimage import data
-
-    rgb = data.chelsea()
-    yy, xx = np.mgrid[: rgb.shape[0], : rgb.shape[1]]
-    mask = ((((yy - 150) / 135) ** 2 + ((xx - 230) / 160) ** 2) < 1).astype(np.uint8) * 255
-    return rgb, mask
 
 
 @app.command()

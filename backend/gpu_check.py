@@ -92,7 +92,7 @@ def _sds(kind: str, size: int) -> Callable[[], str]:
 
 
 def _dreamgaussian() -> str:
-    from .cli import demo_photo
+    from .images import demo_photo
     from .jobs import JobStore
     from .pipelines.base import Emitter
     from .pipelines.dreamgaussian import DreamGaussianPipeline

@@ -94,3 +94,15 @@ def to_white_background(rgba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     f = rgba.astype(np.float32) / 255.0
     a = f[..., 3:]
     return f[..., :3] * a + (1.0 - a), a[..., 0]
+
+
+def demo_photo():
+    """scikit-image's cat photo (Chelsea) with a hand-set elliptical foreground mask around it
+    (the demo must run with nothing downloaded, so no segmentation model is used).
+    Returns (rgb uint8 [300, 451, 3], mask uint8 [300, 451], 255 = object)."""
+    from skimage import data
+
+    rgb = data.chelsea()
+    yy, xx = np.mgrid[: rgb.shape[0], : rgb.shape[1]]
+    mask = ((((yy - 150) / 135) ** 2 + ((xx - 230) / 160) ** 2) < 1).astype(np.uint8) * 255
+    return rgb, mask
