@@ -139,7 +139,9 @@ def test_cli_reconstruct_writes_glb_and_ply(scene, tmp_path):
 
 
 def test_opacity_reset_works_around_gsplat_1_5_3(scene):
-    """gsplat 1.5.3's DefaultStrategy never resets opacity; the pipeline does it itself."""
+    """gsplat 1.5.3's DefaultStrategy never resets opacity; the pipeline does it itself, within
+    the densification window (as 3DGS and DreamGaussian: from densify_from to densify_until;
+    densify_every 100 means no Gaussian is added in these 8 steps)."""
     from backend.pipelines.base import CancelToken
     from backend.pipelines.reconstruct import fit_gaussians, views_from_arrays
 
@@ -147,7 +149,7 @@ def test_opacity_reset_works_around_gsplat_1_5_3(scene):
     images, transforms, cax = load_dataset(root, 48)
     views = views_from_arrays(images, transforms, cax, 48)
     _, p = ReconstructPipeline.merge_params("fast", {"iters": 8, "init_points": 300, "opacity_reset_every": 4, "densify_until": 8,
-                                                     "densify_from": 1000})
+                                                     "densify_from": 0, "densify_every": 100})
     g = torch.Generator().manual_seed(0)
     model = fit_gaussians(views, p, Emitter(), CancelToken(), g)
     assert model.opacities.max() < 0.05  # reset to 2 x prune_opacity at step 4, barely moved since

@@ -81,5 +81,5 @@ def test_many_bad_clients_then_a_good_one(make_server, make_client):
         sock.send_multipart([os.urandom(i + 1) for _ in range(i % 3 + 1)])
         sock.close(0)
     client = make_client(server.endpoint)
-    assert client.hello()["pipelines"].keys() == {"boom", "cached", "crash", "fit", "hog", "mesh"}
+    assert client.hello()["pipelines"].keys() == {"boom", "cached", "crash", "fit", "hog", "mesh", "oom"}
     assert client.ping() < 1.0
