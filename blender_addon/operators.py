@@ -150,7 +150,7 @@ class MethodRequest:
 
 
     def method(self, context, from_scene: bool) -> tuple[dict, dict]:
-        """Connect, then (description, parameters) of the request, from the panel when
+        """Connect, then (description, request) of the job, its parameters from the panel when
         ``from_scene``; the image source is dropped when the method does not take an image
         with these parameters, and a random seed drawn when asked for.
 
@@ -181,15 +181,11 @@ class MethodRequest:
         values = {**params.preset_values(info, self.preset), **chosen}
         if not params.input_applies(info, "image", values):
             self.image_path = self.image_name = ""
-        return info, chosen
-
-    def request(self, info: dict, chosen: dict) -> dict:
-        values = {**params.preset_values(info, self.preset), **chosen}
         image_label = self.image_name or (os.path.splitext(os.path.basename(bpy.path.abspath(self.image_path)))[0]
                                           if self.image_path else "")
-        return {"pipeline": self.pipeline, "preset": self.preset, "seed": self.seed, "params": chosen,
-                "label": params.label_for(info, values, image_label), "image_path": self.image_path,
-                "image_name": self.image_name}
+        return info, {"pipeline": self.pipeline, "preset": self.preset, "seed": self.seed, "params": chosen,
+                      "label": params.label_for(info, values, image_label), "image_path": self.image_path,
+                      "image_name": self.image_name}
 
 
 class SPLATSMITH_OT_generate(MethodRequest, bpy.types.Operator):
@@ -202,10 +198,10 @@ class SPLATSMITH_OT_generate(MethodRequest, bpy.types.Operator):
 
     def execute(self, context):
         try:
-            info, chosen = self.method(context, self.use_scene_settings)
+            _, request = self.method(context, self.use_scene_settings)
         except ClientError as exc:
             return _fail(self, f"Splatsmith: {exc.message}")
-        return run_request(self, self.request(info, chosen), self.wait, self.timeout)
+        return run_request(self, request, self.wait, self.timeout)
 
 
 def _result_request(context) -> dict | None:

@@ -144,7 +144,7 @@ class SPLATSMITH_OT_refine_texture(MethodRequest, bpy.types.Operator):
         if obj is None or obj.type != "MESH":
             return _fail(self, "Splatsmith: select a mesh object to refine")
         try:
-            info, chosen = self.method(context, self.use_scene_settings)
+            info, request = self.method(context, self.use_scene_settings)
         except ClientError as exc:
             return _fail(self, f"Splatsmith: {exc.message}")
         if "mesh" not in info.get("works_on", ()):
@@ -177,7 +177,7 @@ class SPLATSMITH_OT_refine_texture(MethodRequest, bpy.types.Operator):
             target = _Target(obj, arrays, self.update_in_place, existing)
             state.on_preview, state.on_result, state.on_failure = target.on_preview, target.on_result, target.on_failure
 
-        request = dict(self.request(info, chosen), label=f"{obj.name} texture", image_path="", image_name="")
+        request = dict(request, label=f"{obj.name} texture", image_path="", image_name="")
         return run_request(self, request, self.wait, self.timeout, inputs, attach, what="texture job",
                            done=f"refined {obj.name}")
 

@@ -109,7 +109,7 @@ class Densification:
         if not self.active(step):
             return
         self.strategy.step_post_backward(model.params, optimizers, self.state, step, info)
-        if step % self.every == 0 and step > self.start - 1:
+        if step % self.every == 0:  # a densification step (active() already holds)
             with torch.no_grad():
                 too_big = torch.exp(model.params["scales"]).max(dim=-1).values > self.max_scale
             if too_big.any():
