@@ -13,6 +13,19 @@ from backend.server import Server  # noqa: E402
 from shared_protocol.client import Client, Timeouts  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run on a CUDA GPU and are skipped, saying why, everywhere else
+    (``pytest -m cuda`` selects them all on a GPU machine)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def make_server(tmp_path):
     """Start real servers on loopback ephemeral ports; all are stopped at teardown."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -255,7 +254,6 @@ def test_the_welcome_carries_backend_warnings(make_server, make_client):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_gpu_check_passes_on_a_gpu():
     reports = []
     from backend.gpu_check import run_gpu_check
@@ -266,7 +264,6 @@ def test_the_gpu_check_passes_on_a_gpu():
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_mipmapped_sampling_matches_on_cuda():
     from backend.render.mesh import sample_texture_mipmap, uv_footprint
 

@@ -21,7 +21,6 @@ from backend.pipelines.reconstruct import psnr
 from backend.schedules import Uniform
 from scenes import make_test_object
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +205,7 @@ def test_model_cache_capacity_evicts_least_recently_used(tiny_cache):
     assert len(cache.keys()) == 1 and "zero123" in cache.keys()[0]
 
 
-@cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("kind", ["stable-diffusion", "zero123"])
 def test_fp16_path_on_cuda(tiny_cache, kind):
     teacher = load_teacher(kind, "tiny", device="cuda")

@@ -9,7 +9,6 @@ import torch
 from backend.cameras import focal_from_fovy, orbit_cameras
 from backend.render.gaussians import GaussianModel, eval_sh, render
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def _single(sigma_px: float, opacity: float, size: int = 65, fovy: float = 40.0, dist: float = 2.0):
@@ -141,7 +140,7 @@ def test_ply_round_trip_in_the_standard_layout(tmp_path):
     assert torch.equal(render(back, cams).rgb, render(model, cams).rgb)
 
 
-@cuda
+@pytest.mark.cuda
 def test_cpu_and_gsplat_paths_agree():
     g = torch.Generator().manual_seed(0)
     model = GaussianModel.init_sphere(3000, radius=0.5, opacity=0.3, sh_degree=1, generator=g)

@@ -9,7 +9,6 @@ from backend.cameras import Cameras, look_at, orbit_cameras
 from backend.render.mesh import (TexturedMesh, _rasterize_screen, interpolate, rasterize, rasterize_uv, render_mesh,
                                  sample_texture)
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def test_hand_computed_triangle():
@@ -105,7 +104,7 @@ def test_look_at_from_straight_above_is_well_defined():
     assert rasterize(torch.tensor([[-1.0, 0, -1], [1, 0, -1], [0, 0, 1.0]]), torch.tensor([[0, 1, 2]]), cam).mask.any()
 
 
-@cuda
+@pytest.mark.cuda
 def test_cpu_and_nvdiffrast_paths_agree():
     pytest.importorskip("nvdiffrast")
     import trimesh
