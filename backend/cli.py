@@ -531,6 +531,80 @@ def demo(
                   f"job folder {Path(output_dir).expanduser().resolve() / result['job_id']}")
 
 
+schedules_app = typer.Typer(no_args_is_help=True, help="Inspect the diffusion timestep schedules of score distillation.")
+app.add_typer(schedules_app, name="schedules")
+
+
+@schedules_app.command("show")
+def schedules_show(
+    names: list[str] = typer.Argument(..., help="Schedule name(s): dreamgaussian, uniform, dreamtime, dtc (several for a plot)."),
+    steps: int = typer.Option(..., "--steps", min=1, max=1_000_000, help="Iterations N; the timestep of each of 1..N is printed."),
+    t_min: int = typer.Option(20, "--t-min", help="Smallest timestep."),
+    t_max: int = typer.Option(980, "--t-max", help="Largest timestep."),
+    m1: float = typer.Option(800.0, help="DreamTime prior: upper end of the plateau."),
+    m2: float = typer.Option(500.0, help="DreamTime prior: lower end of the plateau."),
+    s1: float = typer.Option(300.0, help="DreamTime prior: spread above m1."),
+    s2: float = typer.Option(100.0, help="DreamTime prior: spread below m2."),
+    seed: int = typer.Option(0, min=0, help="Seed of the random schedules (uniform, dtc)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON list of the N timesteps on the last line (one name only)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw t against iteration and the sampling density of each schedule to this PNG."),
+) -> None:
+    """The timestep t(i) of every iteration i = 1..N of one or more named schedules, as the
+    methods draw them (DreamTime's W_d uses Stable Diffusion's noise schedule, also Zero-1-to-3's)."""
+    import json
+
+    import torch
+
+    from .pipelines.base import TIMESTEP_SCHEDULES
+    from .schedules import make_schedule, timesteps
+
+    unknown = [n for n in names if n not in TIMESTEP_SCHEDULES]
+    if unknown:
+        _fail(f"unknown schedule {unknown[0]!r}; use one of {', '.join(TIMESTEP_SCHEDULES)}")
+    if as_json and len(names) != 1:
+        _fail("--json prints one schedule: give exactly one name")
+    series = {}
+    for name in names:
+        try:
+            schedule = make_schedule(name, t_min, t_max, m1=m1, m2=m2, s1=s1, s2=s2)
+        except ValueError as exc:
+            _fail(str(exc))
+        series[name] = timesteps(schedule, steps, torch.Generator().manual_seed(seed))
+    if plot is not None:
+        _plot_schedules(series, t_min, t_max, plot)
+        console.print(f"wrote {plot}")
+    if as_json:
+        out.print(json.dumps(series[names[0]]), soft_wrap=True, highlight=False)
+        return
+    out.print("iteration\t" + "\t".join(names), highlight=False)
+    for i in range(steps):
+        out.print(f"{i + 1}\t" + "\t".join(str(series[n][i]) for n in names), highlight=False)
+
+
+def _plot_schedules(series: dict[str, list[int]], t_min: int, t_max: int, path: Path) -> None:
+    """t against iteration (left) and the share of iterations spent at each timestep (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    bins = np.linspace(t_min, t_max + 1, 41)
+    for name, ts in series.items():
+        n = len(ts)
+        left.plot(np.arange(1, n + 1), ts, label=name, lw=1.2)
+        right.hist(ts, bins=bins, histtype="step", density=True, label=name, lw=1.2)
+    left.set(xlabel="iteration", ylabel="timestep t", title="t(i)", ylim=(0, 1000))
+    right.set(xlabel="timestep t", ylabel="density", title="where the iterations go")
+    left.legend()
+    right.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 models_app = typer.Typer(no_args_is_help=True, help="List and download the diffusion models the pipelines use.")
 app.add_typer(models_app, name="models")
 

@@ -27,6 +27,8 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 
+from .pipelines.base import TIMESTEP_SCHEDULES
+
 NUM_TRAIN_TIMESTEPS = 1000
 
 
@@ -71,41 +73,86 @@ class DreamGaussianAnneal:
         return int(np.clip(round((1.0 - _progress(step, total)) * self.T), self.t_min, self.t_max))
 
 
+#: DreamTime's prior W_p(t) defaults (Huang et al. 2023, section 4; DreamWaltz-G
+#: ``core/guidance/time_prior.py``, ``normal_weights``): plateau [m2, m1], Gaussian tails.
+DREAMTIME_PRIOR = {"m1": 800.0, "m2": 500.0, "s1": 300.0, "s2": 100.0}
+
+
 def dreamtime_prior_weight(t: np.ndarray, m1: float = 800.0, m2: float = 500.0, s1: float = 300.0,
                            s2: float = 100.0) -> np.ndarray:
-    """DreamTime's prior weight W_p(t) (Huang et al. 2023, eq. 7): exp(-(t-m1)^2 / 2 s1^2) for
-    t > m1; 1 for m2 <= t <= m1; exp(-(t-m2)^2 / 2 s2^2) for t < m2."""
+    """DreamTime's prior weight W_p(t) (Huang et al. 2023, section 4): exp(-(t-m1)^2 / 2 s1^2)
+    for t > m1; 1 for m2 <= t <= m1; exp(-(t-m2)^2 / 2 s2^2) for t < m2.
+
+    Args:
+        t: timesteps, any shape (int or float).
+        m1, m2: the plateau's upper and lower end, m2 <= m1.
+        s1, s2: the upper and lower tail's standard deviation, > 0.
+    Returns:
+        float64 array of ``t``'s shape, values in (0, 1].
+    """
     t = np.asarray(t, dtype=np.float64)
     return np.where(t > m1, np.exp(-((t - m1) ** 2) / (2 * s1**2)),
                     np.where(t >= m2, 1.0, np.exp(-((t - m2) ** 2) / (2 * s2**2))))
 
 
+def sds_diffusion_weight(alphas_cumprod: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """W_d(t) = sqrt((1 - alpha_bar_t) / alpha_bar_t), DreamTime's diffusion term (section 4;
+    DreamWaltz-G ``ddpm_weights``), from the teacher's own noise schedule. float64."""
+    ab = np.asarray(alphas_cumprod, dtype=np.float64)[np.asarray(t)]
+    return np.sqrt((1.0 - ab) / ab)
+
+
 @dataclass
 class DreamTime:
-    """Time-prioritised SDS (Huang et al. 2023, eq. 8).
+    """Time-prioritised SDS, TP-SDS (Huang et al. 2023, "DreamTime", section 4, Algorithm 1).
 
-    The weight W(t) = W_p(t) (x W_d(t) = sqrt((1 - alpha_bar_t) / alpha_bar_t) when
-    ``diffusion_term``) is normalised to p(t) over t in [t_min, t_max], and step i of N gets
-    t(i) = argmin_t | sum_{t' >= t} p(t') - i/N |, a non-increasing function of i.
+    W(t) = W_d(t) W_p(t) (:func:`sds_diffusion_weight` x :func:`dreamtime_prior_weight`) is
+    restricted to [t_min, t_max] and normalised to p(t); iteration i of N gets
+
+        t(i) = argmin_t | sum_{t'=t}^{t_max} p(t') - i/N |,
+
+    clamped to [t_min, t_max]: deterministic and non-increasing in i (ties go to the smaller t).
+    The author's public implementation (DreamWaltz-G ``core/guidance/time_prior.py``,
+    ``PriorFunction('dreamtime')``) takes the first t, from t_max down, whose cumulative mass
+    reaches i/N (a bisection); the two differ by at most one timestep.
+
+    Because the prior (W_d included) is carried by how often each t is visited, the SDS
+    gradient itself is taken with w(t) = 1 (section 4: the weight moves from the loss into the
+    schedule): :attr:`sds_weighting` is ``"uniform"``, and every stage that distils uses it.
+
+    Attributes:
+        m1, m2, s1, s2: the prior's plateau and tails (:data:`DREAMTIME_PRIOR`).
+        diffusion_term: include W_d (the paper's TP-SDS); False gives W = W_p alone.
+        t_min, t_max: the timestep range, 0 <= t_min < t_max < len(alphas_cumprod).
+        alphas_cumprod: the teacher's alpha_bar_t, float [T]; None: Stable Diffusion's
+            ``scaled_linear`` schedule (also Zero-1-to-3's).
     """
 
-    m1: float = 800.0
-    m2: float = 500.0
-    s1: float = 300.0
-    s2: float = 100.0
-    diffusion_term: bool = False
-    t_min: int = 1
-    t_max: int = NUM_TRAIN_TIMESTEPS - 1
+    m1: float = DREAMTIME_PRIOR["m1"]
+    m2: float = DREAMTIME_PRIOR["m2"]
+    s1: float = DREAMTIME_PRIOR["s1"]
+    s2: float = DREAMTIME_PRIOR["s2"]
+    diffusion_term: bool = True
+    t_min: int = 20
+    t_max: int = 980
     alphas_cumprod: np.ndarray | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
+    sds_weighting = "uniform"
+
+    def __post_init__(self) -> None:
+        if not self.m2 <= self.m1:
+            raise ValueError(f"DreamTime needs m2 <= m1 (the prior's plateau is [m2, m1]); got m1={self.m1}, m2={self.m2}")
+        if self.s1 <= 0 or self.s2 <= 0:
+            raise ValueError(f"DreamTime's s1 and s2 must be positive; got s1={self.s1}, s2={self.s2}")
+
     def density(self) -> tuple[np.ndarray, np.ndarray]:
-        """(t values, p(t)) over [t_min, t_max]."""
+        """(t, p(t)): int64 [t_max - t_min + 1] ascending, and float64 probabilities summing to 1."""
         t = np.arange(self.t_min, self.t_max + 1)
         w = dreamtime_prior_weight(t, self.m1, self.m2, self.s1, self.s2)
         if self.diffusion_term:
             ab = self.alphas_cumprod if self.alphas_cumprod is not None else scaled_linear_alphas_cumprod()
-            w = w * np.sqrt((1.0 - ab[t]) / ab[t])
+            w = w * sds_diffusion_weight(ab, t)
         return t, w / w.sum()
 
     def table(self, total: int) -> np.ndarray:
@@ -115,7 +162,7 @@ class DreamTime:
             tail = np.cumsum(p[::-1])[::-1]  # sum_{t' >= t} p(t')
             targets = np.arange(total + 1) / max(total, 1)
             idx = np.abs(tail[None, :] - targets[:, None]).argmin(1)
-            self._cache[total] = t[idx]
+            self._cache[total] = np.clip(t[idx], self.t_min, self.t_max)
         return self._cache[total]
 
     def __call__(self, step: int, total: int, generator: torch.Generator | None = None) -> int:
@@ -225,26 +272,25 @@ def step_levels(values: Sequence[int], fractions: Sequence[float], step: int, to
     return int(values[sum(r >= f for f in fractions)])
 
 
-#: One line for people per schedule name (the CLI's and the panel's help).
-SCHEDULE_HELP: dict[str, str] = {
-    "dreamgaussian": "DreamGaussian: t falls linearly from t_max to t_min over training (deterministic)",
-    "uniform": "DreamFusion: t drawn uniformly from [t_min, t_max] at every step",
-    "dreamtime": "DreamTime TP-SDS: a non-increasing t that lingers where the prior weight is high",
-    "dtc": "DTC123 curriculum: a random t in a window that moves from coarse (large t) to fine (small t)",
-}
-
-
-def make_schedule(name: str, t_min: int = 20, t_max: int = 980) -> TimestepSchedule:
+def make_schedule(name: str, t_min: int = 20, t_max: int = 980, *, m1: float = DREAMTIME_PRIOR["m1"],
+                  m2: float = DREAMTIME_PRIOR["m2"], s1: float = DREAMTIME_PRIOR["s1"], s2: float = DREAMTIME_PRIOR["s2"],
+                  alphas_cumprod: np.ndarray | torch.Tensor | None = None) -> TimestepSchedule:
     """The timestep schedule called ``name`` (the ``timestep_schedule`` parameter of every stage
     that distils from a teacher), restricted to [t_min, t_max].
 
     Args:
         name: ``"dreamgaussian"`` (:class:`DreamGaussianAnneal`), ``"uniform"``
-            (:class:`Uniform`), ``"dreamtime"`` (:class:`DreamTime`, its paper's m1, m2, s1, s2)
-            or ``"dtc"`` (:class:`DTCCurriculum`'s default stages, clipped to the range).
+            (:class:`Uniform`), ``"dreamtime"`` (:class:`DreamTime`, TP-SDS with W_d x W_p) or
+            ``"dtc"`` (:class:`DTCCurriculum`'s default stages, clipped to the range).
         t_min, t_max: the timestep range, 0 <= t_min < t_max < 1000.
+        m1, m2, s1, s2: DreamTime's prior (used by ``"dreamtime"`` only).
+        alphas_cumprod: the teacher's alpha_bar_t [T] for DreamTime's W_d (None: Stable
+            Diffusion's schedule).
+    Returns:
+        A callable ``schedule(step, total, generator) -> int``; its ``sds_weighting``
+        attribute (see :func:`sds_weighting`) is the w(t) its method prescribes.
     Raises:
-        ValueError: an unknown name or an empty range.
+        ValueError: an unknown name, an empty range or an invalid DreamTime prior.
     """
     if not 0 <= t_min < t_max < NUM_TRAIN_TIMESTEPS:
         raise ValueError(f"timestep range [{t_min}, {t_max}] must satisfy 0 <= t_min < t_max < {NUM_TRAIN_TIMESTEPS}")
@@ -253,8 +299,35 @@ def make_schedule(name: str, t_min: int = 20, t_max: int = 980) -> TimestepSched
     if name == "uniform":
         return Uniform(t_min, t_max)
     if name == "dreamtime":
-        return DreamTime(t_min=t_min, t_max=t_max)
+        ab = None if alphas_cumprod is None else np.asarray(torch.as_tensor(alphas_cumprod).detach().cpu(), np.float64)
+        return DreamTime(m1, m2, s1, s2, t_min=t_min, t_max=t_max, alphas_cumprod=ab)
     if name == "dtc":
-        curriculum = DTCCurriculum()
-        return lambda step, total, generator=None: int(np.clip(curriculum(step, total, generator), t_min, t_max))
+        return ClippedSchedule(DTCCurriculum(), t_min, t_max)
     raise ValueError(f"unknown timestep schedule {name!r}; use one of {', '.join(SCHEDULE_HELP)}")
+
+
+@dataclass(frozen=True)
+class ClippedSchedule:
+    """A schedule whose timesteps are clipped to [t_min, t_max]."""
+
+    inner: TimestepSchedule
+    t_min: int
+    t_max: int
+
+    def __call__(self, step: int, total: int, generator: torch.Generator | None = None) -> int:
+        return int(np.clip(self.inner(step, total, generator), self.t_min, self.t_max))
+
+
+def sds_weighting(schedule: TimestepSchedule, default: str = "sds") -> str:
+    """The SDS weighting w(t) a schedule prescribes (``"uniform"`` for DreamTime, whose prior
+    is in the schedule), else ``default`` (DreamFusion's w = 1 - alpha_bar_t)."""
+    return getattr(schedule, "sds_weighting", default)
+
+
+def timesteps(schedule: TimestepSchedule, total: int, generator: torch.Generator | None = None) -> list[int]:
+    """The timestep of every iteration i = 1..total, as a training loop draws them. int list."""
+    return [int(schedule(i, total, generator)) for i in range(1, total + 1)]
+
+
+#: One line for people per schedule name (the CLI's and the panel's help).
+SCHEDULE_HELP = TIMESTEP_SCHEDULES

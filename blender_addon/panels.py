@@ -118,6 +118,8 @@ def draw_rows(layout, settings, rows: list, by_group: bool = False) -> None:
             line.prop(settings, r.path, expand=True)
         else:
             layout.prop(settings, r.path, text=r.label)
+        if r.note:
+            layout.label(text=r.note, icon="INFO")
 
 
 class VIEW3D_PT_splatsmith_jobs(bpy.types.Panel):

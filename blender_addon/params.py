@@ -78,7 +78,8 @@ def _ui(settings, pipeline: str, name: str, spec: dict) -> None:
     help_text = spec.get("help", "")
     kind = spec["kind"]
     if kind == "choice":
-        ui.update(description=help_text, items=[(c, c.replace("_", " ").capitalize(), help_text, i)
+        described = spec.get("choice_help") or {}
+        ui.update(description=help_text, items=[(c, c.replace("_", " ").capitalize(), described.get(c, help_text), i)
                                                for i, c in enumerate(spec.get("choices") or [])])
     elif kind in ("int", "float"):
         cast = int if kind == "int" else float
@@ -166,7 +167,9 @@ class Row:
         name: the parameter; path: its value's property path on the settings (``'["k"]'``);
         set_path: the "set" mark's path for an optional parameter ("" otherwise);
         is_set: whether that mark is ticked; hint: what the server uses while it is not;
-        group: the parameter's group; expand: draw a choice as buttons.
+        group: the parameter's group; expand: draw a choice as buttons;
+        note: one line describing the chosen value of a choice whose values the server
+            describes (``choice_help``), e.g. what a timestep schedule does ("" otherwise).
     """
 
     name: str
@@ -177,6 +180,7 @@ class Row:
     hint: str
     group: str
     expand: bool
+    note: str = ""
 
 
 def rows(settings, pipeline: str, info: dict, preset: str, advanced: bool) -> list[Row]:
@@ -197,8 +201,9 @@ def rows(settings, pipeline: str, info: dict, preset: str, advanced: bool) -> li
             if spec.get("default_by"):
                 hint += f" (for {spec['default_by']['param']})"
         expand = spec["kind"] == "choice" and len(spec.get("choices") or ()) <= 3
+        note = (spec.get("choice_help") or {}).get(values[name], "") if spec["kind"] == "choice" else ""
         out.append(Row(name, label_text(name), f'["{key(pipeline, name)}"]', set_path, is_set, hint,
-                       spec.get("group", "general"), expand))
+                       spec.get("group", "general"), expand, note))
     return out
 
 

@@ -90,3 +90,33 @@ def write_dataset(root: Path, mesh: TexturedMesh, cameras: Cameras, indices) -> 
 
 def write_object_glb(path: Path, raw: dict) -> Path:
     return write_glb(path, raw["vertices"], raw["faces"], raw["uv"], raw["texture"], name="test_object")
+
+
+def held_out_scores(mesh: TexturedMesh, radius: float, gaussians=None, textured: TexturedMesh | None = None,
+                    views: int = 8, size: int = 128) -> dict:
+    """Mask IoU and PSNR (over white) of Gaussians and/or a textured mesh against ``mesh`` from
+    ``views`` held-out cameras (elevations in [-25, 25], any azimuth, seed 5, fovy 49.1) at
+    ``radius``. Keys: ``gaussian_iou``, ``gaussian_psnr``, ``mesh_iou``, ``mesh_psnr`` (those
+    given)."""
+    from backend.pipelines.reconstruct import psnr
+    from backend.render.gaussians import render
+
+    g = torch.Generator().manual_seed(5)
+    el = torch.empty(views).uniform_(-25, 25, generator=g)
+    az = torch.empty(views).uniform_(-180, 180, generator=g)
+    cams = orbit_cameras(el, az, radius, 49.1, size, size)
+    gt = torch.from_numpy(render_rgba(mesh, cams)).float() / 255.0
+    gt_rgb = gt[..., :3] * gt[..., 3:] + (1.0 - gt[..., 3:])
+
+    def iou(a, b):
+        return float((a & b).sum()) / float((a | b).sum())
+    scores = {}
+    with torch.no_grad():
+        if gaussians is not None:
+            splats = render(gaussians, cams.to(gaussians.device), background=1.0)
+            alpha, rgb = splats.alpha.cpu(), splats.rgb.cpu()
+            scores.update(gaussian_iou=iou(alpha[..., 0] > 0.5, gt[..., 3] > 0.5), gaussian_psnr=psnr(rgb, gt_rgb))
+        if textured is not None:
+            out = render_mesh(textured, cams, background=1.0)
+            scores.update(mesh_iou=iou(out.alpha[..., 0] > 0.5, gt[..., 3] > 0.5), mesh_psnr=psnr(out.rgb, gt_rgb))
+    return scores

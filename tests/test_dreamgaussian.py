@@ -9,10 +9,8 @@ import time
 
 import numpy as np
 import pytest
-import torch
 import trimesh
 
-from backend.cameras import orbit_cameras
 from backend.cli import demo_photo
 from backend.geometry.export import load_glb
 from backend.jobs import JobStore
@@ -20,10 +18,8 @@ from backend.worker import run_local
 from backend.pipelines import load_builtin
 from backend.pipelines.base import CancelToken, Emitter, JobCancelled
 from backend.pipelines.dreamgaussian import DreamGaussianPipeline
-from backend.pipelines.reconstruct import psnr
-from backend.render.gaussians import GaussianModel, render
-from backend.render.mesh import render_mesh
-from scenes import make_test_object, render_rgba, write_object_glb
+from backend.render.gaussians import GaussianModel
+from scenes import held_out_scores, make_test_object, write_object_glb
 from shared_protocol.client import JobError
 
 
@@ -128,22 +124,7 @@ def test_cli_generate_text_tiny(tmp_path):
 
 
 def _held_out_scores(job_dir, mesh, radius):
-    g = torch.Generator().manual_seed(5)
-    el = torch.empty(8).uniform_(-25, 25, generator=g)
-    az = torch.empty(8).uniform_(-180, 180, generator=g)
-    cams = orbit_cameras(el, az, radius, 49.1, 128, 128)
-    gt = torch.from_numpy(render_rgba(mesh, cams)).float() / 255.0
-    gt_rgb = gt[..., :3] * gt[..., 3:] + (1.0 - gt[..., 3:])
-    with torch.no_grad():
-        splats = render(GaussianModel.load_ply(job_dir / "gaussians.ply"), cams, background=1.0)
-        textured = render_mesh(load_glb(job_dir / "asset.glb"), cams, background=1.0)
-
-    def iou(a, b):
-        return float((a & b).sum()) / float((a | b).sum())
-
-    return {"gaussian_iou": iou(splats.alpha[..., 0] > 0.5, gt[..., 3] > 0.5),
-            "mesh_iou": iou(textured.alpha[..., 0] > 0.5, gt[..., 3] > 0.5),
-            "mesh_psnr": psnr(textured.rgb, gt_rgb), "gaussian_psnr": psnr(splats.rgb, gt_rgb)}
+    return held_out_scores(mesh, radius, GaussianModel.load_ply(job_dir / "gaussians.ply"), load_glb(job_dir / "asset.glb"))
 
 
 @pytest.mark.slow

@@ -1,6 +1,9 @@
 """Timestep schedules and ramps: formulas, monotonicity, end points, and DreamTime's mass."""
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -25,42 +28,122 @@ def test_dreamgaussian_anneal_formula_and_end_points():
     assert all(a >= b for a, b in zip(ts, ts[1:]))
 
 
+def reference_tp_sds(N: int, t_min: int, t_max: int, m1=800.0, m2=500.0, s1=300.0, s2=100.0) -> list[int]:
+    """TP-SDS written out from its definition (issue 14, DreamTime section 4), in plain Python:
+    W(t) = W_d(t) W_p(t) with Stable Diffusion's alpha_bar, restricted to [t_min, t_max] and
+    normalised; t(i) = argmin_t |sum_{t'=t}^{t_max} p(t') - i/N| for i = 1..N."""
+    betas = [(0.00085 ** 0.5 + (0.012 ** 0.5 - 0.00085 ** 0.5) * k / 999) ** 2 for k in range(1000)]
+    alpha_bar, prod = [], 1.0
+    for b in betas:
+        prod *= 1.0 - b
+        alpha_bar.append(prod)
+    weights = []
+    for t in range(t_min, t_max + 1):
+        if t > m1:
+            w_p = math.exp(-((t - m1) ** 2) / (2 * s1 ** 2))
+        elif t >= m2:
+            w_p = 1.0
+        else:
+            w_p = math.exp(-((t - m2) ** 2) / (2 * s2 ** 2))
+        weights.append(math.sqrt((1 - alpha_bar[t]) / alpha_bar[t]) * w_p)
+    total = sum(weights)
+    tails, acc = [0.0] * len(weights), 0.0
+    for k in range(len(weights) - 1, -1, -1):
+        acc += weights[k] / total
+        tails[k] = acc
+    out = []
+    for i in range(1, N + 1):
+        best = min(range(len(tails)), key=lambda k: abs(tails[k] - i / N))
+        out.append(min(max(t_min + best, t_min), t_max))
+    return out
+
+
 def test_dreamtime_prior_weight_pieces():
-    t = np.array([100, 400, 500, 650, 800, 900, 999])
+    t = np.array([100, 300, 400, 500, 650, 800, 900, 1100])
     w = dreamtime_prior_weight(t)
-    assert w[2] == w[3] == w[4] == 1.0
-    assert w[1] == pytest.approx(np.exp(-(100**2) / (2 * 100**2)))
-    assert w[5] == pytest.approx(np.exp(-(100**2) / (2 * 300**2)))
-    assert w[0] < w[1] < 1 and 1 > w[5] > w[6]
+    assert w[3] == w[4] == w[5] == 1.0  # the plateau [m2, m1], both ends included
+    assert w[2] == pytest.approx(math.exp(-0.5)) and w[1] == pytest.approx(math.exp(-2.0))  # 1 and 2 s2 below m2
+    assert w[7] == pytest.approx(math.exp(-0.5))  # one s1 above m1
+    assert w[6] == pytest.approx(math.exp(-(100 ** 2) / (2 * 300 ** 2)))
+    assert w[0] < w[1] < w[2] < 1
+    other = dreamtime_prior_weight(np.array([550, 700, 760]), m1=700, m2=600, s1=50, s2=20)
+    assert other[0] == pytest.approx(math.exp(-(50 ** 2) / (2 * 20 ** 2))) and other[1] == 1.0
+    assert other[2] == pytest.approx(math.exp(-(60 ** 2) / (2 * 50 ** 2)))
 
 
-@pytest.mark.parametrize("diffusion_term", [False, True])
-def test_dreamtime_is_non_increasing_and_spends_steps_by_mass(diffusion_term):
-    s = DreamTime(diffusion_term=diffusion_term)
-    N = 2000
-    ts = s.table(N)
-    assert all(a >= b for a, b in zip(ts, ts[1:]))
-    assert ts[0] >= 990 and ts[-1] <= 10  # starts coarse, ends fine
-    t, p = s.density()
-    flat_mass = p[(t >= 500) & (t <= 800)].sum()
-    flat_steps = np.mean((ts >= 500) & (ts <= 800))
-    assert flat_steps == pytest.approx(flat_mass, abs=0.01)
-    if not diffusion_term:
-        assert flat_mass > 0.45  # most steps where W_p is flat
-    # Each timestep's share of the steps matches p(t) (histogram in 10 bins).
-    bins = np.linspace(0, 1000, 11)
-    hist = np.histogram(ts[1:], bins=bins)[0] / N
-    mass = np.array([p[(t >= lo) & (t < hi)].sum() for lo, hi in zip(bins, bins[1:])])
-    assert np.abs(hist - mass).max() < 0.01
-
-
-def test_dreamtime_diffusion_term_uses_alpha_bar():
+def test_dreamtime_density_is_w_d_times_w_p_normalised():
     ab = scaled_linear_alphas_cumprod()
     assert ab[0] == pytest.approx(1 - 0.00085) and np.all(np.diff(ab) < 0) and ab[-1] < 0.01
-    plain, weighted = DreamTime().density()[1], DreamTime(diffusion_term=True).density()[1]
-    # W_d grows with t, so the weighted schedule puts more mass at large t.
-    t = DreamTime().density()[0]
-    assert weighted[t > 800].sum() > plain[t > 800].sum()
+    s = DreamTime(t_min=50, t_max=950)
+    t, p = s.density()
+    assert t[0] == 50 and t[-1] == 950 and len(t) == 901
+    assert p.sum() == pytest.approx(1.0, abs=1e-12) and (p > 0).all()
+    w = dreamtime_prior_weight(t) * np.sqrt((1 - ab[t]) / ab[t])
+    assert np.allclose(p, w / w.sum(), rtol=1e-12)
+    # The plateau's ratios are W_d's alone; W_d grows with t.
+    k600, k700 = 600 - 50, 700 - 50
+    assert p[k700] / p[k600] == pytest.approx(math.sqrt((1 - ab[700]) / ab[700]) / math.sqrt((1 - ab[600]) / ab[600]))
+    plain = DreamTime(t_min=50, t_max=950, diffusion_term=False).density()[1]
+    assert np.allclose(plain, dreamtime_prior_weight(t) / dreamtime_prior_weight(t).sum())
+    # A teacher's own alpha_bar is used when given.
+    flat = np.full(1000, 0.5)
+    assert np.allclose(DreamTime(t_min=50, t_max=950, alphas_cumprod=flat).density()[1], plain)
+
+
+@pytest.mark.parametrize("N", [300, 500, 1000, 2000])
+@pytest.mark.parametrize("t_range", [(20, 980), (50, 950)])
+def test_schedules_show_dreamtime_json_matches_the_definition(N, t_range):
+    """The acceptance check: the CLI's JSON equals the definition within one timestep for at
+    least 99% of the iterations, non-increasing, from near t_max to t_min."""
+    from typer.testing import CliRunner
+
+    from backend.cli import app
+
+    done = CliRunner().invoke(app, ["schedules", "show", "dreamtime", "--steps", str(N), "--t-min", str(t_range[0]),
+                                    "--t-max", str(t_range[1]), "--json"])
+    assert done.exit_code == 0, done.output
+    ts = json.loads(done.output.strip().splitlines()[-1])
+    ref = reference_tp_sds(N, *t_range)
+    assert len(ts) == N and all(isinstance(t, int) for t in ts)
+    assert np.mean(np.abs(np.array(ts) - np.array(ref)) <= 1) >= 0.99
+    assert all(a >= b for a, b in zip(ts, ts[1:]))
+    assert ts[-1] == t_range[0]  # the whole mass is above t_min: the last iteration ends there
+    assert all(t_range[0] <= t <= t_range[1] for t in ts)
+    assert ts[0] >= t_range[1] - 20  # starts coarse (most of W_d W_p's mass is at large t)
+
+
+def test_dreamtime_spends_iterations_by_mass():
+    s = DreamTime(t_min=20, t_max=980)
+    N = 2000
+    ts = s.table(N)[1:]
+    t, p = s.density()
+    bins = np.linspace(20, 981, 11)
+    hist = np.histogram(ts, bins=bins)[0] / N
+    mass = np.array([p[(t >= lo) & (t < hi)].sum() for lo, hi in zip(bins, bins[1:])])
+    assert np.abs(hist - mass).max() < 0.01
+    assert DreamTime.sds_weighting == "uniform"  # the weight is in the schedule: w(t) = 1 in the gradient
+
+
+def test_schedules_show_prints_every_iteration_and_plots(tmp_path):
+    from typer.testing import CliRunner
+
+    from backend.cli import app
+
+    runner = CliRunner()
+    done = runner.invoke(app, ["schedules", "show", "dreamgaussian", "uniform", "--steps", "50", "--plot",
+                               str(tmp_path / "s.png")])
+    assert done.exit_code == 0, done.output
+    lines = [ln for ln in done.output.splitlines() if ln and ln[0].isdigit()]
+    assert len(lines) == 50 and lines[0].split()[:2] == ["1", str(DreamGaussianAnneal()(1, 50))]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "s.png").size[0] > 500
+    bad = runner.invoke(app, ["schedules", "show", "cosine", "--steps", "5"])
+    assert bad.exit_code == 1 and "unknown schedule 'cosine'" in bad.output
+    two = runner.invoke(app, ["schedules", "show", "uniform", "dtc", "--steps", "5", "--json"])
+    assert two.exit_code == 1 and "exactly one name" in two.output
+    prior = runner.invoke(app, ["schedules", "show", "dreamtime", "--steps", "5", "--m1", "400", "--m2", "600"])
+    assert prior.exit_code == 1 and "m2 <= m1" in prior.output
 
 
 def test_dtc_curriculum_window_anneals_with_floor_and_jitter():

@@ -89,12 +89,15 @@ class Guidance(abc.ABC):
     def num_train_timesteps(self) -> int:
         return int(self.alphas_cumprod.shape[0])
 
-    def weight(self, t: torch.Tensor) -> torch.Tensor:
-        """w(t) for integer timesteps [B] -> [B]."""
+    def weight(self, t: torch.Tensor, weighting: str | None = None) -> torch.Tensor:
+        """w(t) for integer timesteps [B] -> [B], by ``weighting`` (None: the teacher's own)."""
+        weighting = weighting or self.weighting
+        if weighting not in ("sds", "uniform", "snr"):
+            raise ValueError(f"unknown SDS weighting {weighting!r}; use sds, uniform or snr")
         ab = self.alphas_cumprod[t]
-        if self.weighting == "sds":
+        if weighting == "sds":
             return 1.0 - ab
-        if self.weighting == "snr":
+        if weighting == "snr":
             return torch.sqrt(ab * (1.0 - ab))
         return torch.ones_like(ab)
 
@@ -103,7 +106,7 @@ class Guidance(abc.ABC):
             raise RuntimeError(f"{type(self).__name__}.encode_condition() must be called before sds() or refine()")
 
     def sds(self, images: torch.Tensor, cameras: Cameras, t: int | torch.Tensor, background: torch.Tensor | None = None,
-            generator: torch.Generator | None = None) -> SDSOutput:
+            generator: torch.Generator | None = None, weighting: str | None = None) -> SDSOutput:
         """Score distillation on rendered views.
 
         Args:
@@ -113,6 +116,9 @@ class Guidance(abc.ABC):
             background: float [B, 3] or [3], the background colour the student rendered
                 over (used by teachers that render, e.g. the oracle).
             generator: for the noise eps.
+            weighting: w(t) for this call (``"sds"``, ``"uniform"``, ``"snr"``; None: the
+                teacher's own), e.g. ``"uniform"`` under DreamTime's schedule
+                (``schedules.sds_weighting``).
         Returns:
             :class:`SDSOutput`.
         """
@@ -125,7 +131,7 @@ class Guidance(abc.ABC):
         with torch.no_grad():
             x_t = ab.sqrt() * x0.detach() + (1.0 - ab).sqrt() * noise
             eps_hat = self.predict_noise(x_t, t, cameras, background)
-        grad = self.weight(t).to(x0.dtype).view(B, 1, 1, 1) * (eps_hat - noise)
+        grad = self.weight(t, weighting).to(x0.dtype).view(B, 1, 1, 1) * (eps_hat - noise)
         grad = torch.nan_to_num(grad)
         target = (x0 - grad).detach()
         loss = 0.5 * F.mse_loss(x0.float(), target.float(), reduction="sum") / B

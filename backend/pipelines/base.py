@@ -73,6 +73,8 @@ class Param:
             unset resolves from the other parameter's value (no sentinel values).
         when: the parameter matters only while another one has one of some values, as data:
             ``("mode", ("text",))``; clients hide it (and do not send it) otherwise.
+        choice_help: one line for people per choice of a ``"choice"`` (clients show the chosen
+            one's beside the field).
     """
 
     kind: str
@@ -87,6 +89,7 @@ class Param:
     advanced: bool = True
     default_by: tuple[str, dict] | None = None
     when: tuple[str, tuple] | None = None
+    choice_help: dict[str, str] | None = None
 
     def coerce(self, name: str, value: Any) -> Any:
         """Return ``value`` checked and converted to this parameter's kind.
@@ -130,7 +133,8 @@ class Param:
         return cls(d["kind"], d.get("default"), d.get("help", ""), d.get("min"), d.get("max"),
                    tuple(d["choices"]) if d.get("choices") is not None else None, path=bool(d.get("path")),
                    group=d.get("group", "general"), advanced=bool(d.get("advanced", True)),
-                   default_by=(by["param"], dict(by["values"])) if by else None, when=_when_from(d.get("when")))
+                   default_by=(by["param"], dict(by["values"])) if by else None, when=_when_from(d.get("when")),
+                   choice_help=dict(d["choice_help"]) if d.get("choice_help") else None)
 
     def parse(self, name: str, text: str) -> Any:
         """The value of ``text`` as typed on a command line (``--param name=text``), checked.
@@ -162,6 +166,8 @@ class Param:
             d["max"] = self.max
         if self.choices is not None:
             d["choices"] = list(self.choices)
+        if self.choice_help:
+            d["choice_help"] = dict(self.choice_help)
         if self.path:
             d["path"] = True
         d["group"], d["advanced"] = self.group, self.advanced
@@ -513,16 +519,62 @@ def grouped(params: dict[str, Param], groups: dict[str, tuple[str, ...]], basic:
     return out
 
 
-#: The ``timestep_schedule`` choices of every stage that distils from a teacher (built by
-#: ``backend.schedules.make_schedule``; listed here so that specifications stay torch-free).
-TIMESTEP_SCHEDULES = ("dreamgaussian", "uniform", "dreamtime", "dtc")
+#: The ``timestep_schedule`` choices of every stage that distils from a teacher, each with one
+#: line for people (built by ``backend.schedules.make_schedule``; listed here so that
+#: specifications stay torch-free).
+TIMESTEP_SCHEDULES: dict[str, str] = {
+    "dreamgaussian": "DreamGaussian: t falls linearly from t_max to t_min over training (deterministic)",
+    "uniform": "DreamFusion: t drawn uniformly from [t_min, t_max] at every step",
+    "dreamtime": "DreamTime TP-SDS: t falls monotonically, lingering where the prior weight is high (m1, m2, s1, s2)",
+    "dtc": "DTC123 curriculum: a random t in a window moving from coarse (large t) to fine (small t)",
+}
 
 
 def timestep_schedule_param(default: str = "dreamgaussian") -> Param:
     """The ``timestep_schedule`` parameter, the same in every method."""
     return Param("choice", default, "diffusion timestep schedule of score distillation: dreamgaussian (linear "
                  "anneal), uniform (DreamFusion), dreamtime (TP-SDS), dtc (DTC123 curriculum)",
-                 choices=TIMESTEP_SCHEDULES, group="schedule")
+                 choices=tuple(TIMESTEP_SCHEDULES), group="schedule", choice_help=dict(TIMESTEP_SCHEDULES))
+
+
+def schedule_params(default: str = "dreamgaussian", t_min: int = 20, t_max: int = 980) -> dict[str, Param]:
+    """The parameters of every stage that distils from a teacher: ``timestep_schedule``, the
+    range ``t_min``/``t_max`` and DreamTime's prior ``m1``, ``m2``, ``s1``, ``s2`` (Huang et al.
+    2023, section 4; they apply only while ``timestep_schedule`` is ``dreamtime``). A method
+    checks them with :func:`check_schedule_params`."""
+    dreamtime = ("timestep_schedule", ("dreamtime",))
+    return {
+        "timestep_schedule": timestep_schedule_param(default),
+        "t_min": Param("int", t_min, "smallest timestep", min=1, max=999, group="schedule"),
+        "t_max": Param("int", t_max, "largest timestep", min=1, max=999, group="schedule"),
+        "m1": Param("float", 800.0, "DreamTime prior: upper end of the plateau of full weight (timesteps)", min=0,
+                    max=1000, group="schedule", when=dreamtime),
+        "m2": Param("float", 500.0, "DreamTime prior: lower end of the plateau (timesteps, at most m1)", min=0, max=1000,
+                    group="schedule", when=dreamtime),
+        "s1": Param("float", 300.0, "DreamTime prior: spread of the Gaussian tail above m1 (timesteps)", min=1, max=1000,
+                    group="schedule", when=dreamtime),
+        "s2": Param("float", 100.0, "DreamTime prior: spread of the Gaussian tail below m2 (timesteps)", min=1, max=1000,
+                    group="schedule", when=dreamtime),
+    }
+
+
+def check_schedule_params(params: dict, t_min: str = "t_min", t_max: str = "t_max") -> None:
+    """Checks of :func:`schedule_params`' values.
+
+    Raises:
+        ParamError: the range is empty, or DreamTime's plateau is upside down (m2 > m1).
+    """
+    if params[t_min] >= params[t_max]:
+        raise ParamError(f"'{t_min}' must be below '{t_max}'")
+    if params.get("timestep_schedule") == "dreamtime" and params["m2"] > params["m1"]:
+        raise ParamError(f"DreamTime's 'm2' ({params['m2']:g}) must not exceed 'm1' ({params['m1']:g}): the prior's "
+                         "plateau is [m2, m1]")
+
+
+def schedule_kwargs(params: dict) -> dict:
+    """The :func:`backend.schedules.make_schedule` keyword arguments of :func:`schedule_params`'
+    values (DreamTime's prior)."""
+    return {k: params[k] for k in ("m1", "m2", "s1", "s2") if k in params}
 
 
 #: Bytes per unit in the memory estimates of :meth:`Pipeline.estimate_memory` (rough upper

@@ -29,9 +29,10 @@ from ..geometry.uv import UVMesh, bake_texture, fill_empty_texels, unwrap
 from ..guidance import load_job_teacher
 from ..images import load_rgba, recenter, to_white_background
 from ..render.mesh import TexturedMesh, render_mesh
+from ..schedules import make_schedule
 from ..stages.mesh_export import rgba_preview
 from ..stages.texture import optimise_texture
-from .base import CancelToken, Emitter, JobRequest, Result
+from .base import CancelToken, Emitter, JobRequest, Result, schedule_kwargs
 from .specs.texture_refine import DEFAULT_REF_FOVY, MAX_TRIANGLES, TextureRefineSpec, non_manifold_edges  # noqa: F401 (re-exported)
 
 
@@ -102,7 +103,9 @@ class TextureRefinePipeline(TextureRefineSpec):
                                    strength_start=p["refine_strength_start"], strength_end=p["refine_strength_end"],
                                    refine_steps=p["refine_steps"], ref=ref, emit=emit, cancel=cancel, generator=gen,
                                    lambda_ref=p["lambda_ref"], lambda_sds=p["lambda_sds"],
-                                   timestep_schedule=p["timestep_schedule"], supersample=p["texture_supersample"],
+                                   sds_schedule=make_schedule(p["timestep_schedule"], p["t_min"], p["t_max"],
+                                                              alphas_cumprod=teacher.alphas_cumprod, **schedule_kwargs(p)),
+                                   supersample=p["texture_supersample"],
                                    reference_mask="render+reference")
         tex8 = texture_to_uint8(texture)
         Image.fromarray(tex8).save(request.job_dir / "texture.png")

@@ -149,14 +149,16 @@ def reference_view_loss(out: RenderOutput, ref: dict, w_rgb: float, w_mask: floa
 
 
 def sds_terms(terms: Sequence[tuple[Any, float]], images: torch.Tensor, cameras, t: int, *, background: torch.Tensor,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+              generator: torch.Generator | None = None, weighting: str | None = None) -> torch.Tensor:
     """sum_k weight_k * SDS_k (Poole et al. 2022, eq. 3) over ``terms`` = [(teacher, weight), ...]
     (several teachers: DTC123's hand-over, DreamCraft3D's hybrid SDS). Terms of weight 0 are
-    skipped. ``images``: float [B, 3, H, W] in [0, 1]."""
+    skipped. ``images``: float [B, 3, H, W] in [0, 1]; ``weighting``: the w(t) the timestep
+    schedule prescribes (``schedules.sds_weighting``; None: each teacher's own)."""
     loss = torch.zeros((), device=images.device)
     for teacher, weight in terms:
         if weight:
-            loss = loss + weight * teacher.sds(images, cameras, t, background=background, generator=generator).loss
+            loss = loss + weight * teacher.sds(images, cameras, t, background=background, generator=generator,
+                                                   weighting=weighting).loss
     return loss
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..pipelines.base import CancelToken, Emitter
 from ..render.mesh import TexturedMesh, render_mesh
-from ..schedules import make_schedule
+from ..schedules import TimestepSchedule, make_schedule, sds_weighting
 from .mesh_export import rgba_preview
 from .progress import PreviewThrottle
 
@@ -21,7 +21,7 @@ from .progress import PreviewThrottle
 def optimise_texture(mesh: TexturedMesh, texture: torch.Tensor, teacher, sample_cameras, iters: int, *, lr: float,
                      strength_start: float, strength_end: float, refine_steps: int, ref: dict | None, emit: Emitter,
                      cancel: CancelToken, generator: torch.Generator, lambda_ref: float = 1.0, lambda_sds: float = 0.0,
-                     sds_t_range: tuple[int, int] = (20, 500), timestep_schedule: str = "dreamgaussian",
+                     sds_schedule: TimestepSchedule | None = None,
                      stage: str = "texture", supersample: bool = True,
                      texture_filter: str = "linear-mipmap-linear", reference_mask: str = "render") -> torch.Tensor:
     """DreamGaussian stage 2: optimise a UV texture against the teacher's refined views.
@@ -40,8 +40,9 @@ def optimise_texture(mesh: TexturedMesh, texture: torch.Tensor, teacher, sample_
             and faces the camera (``main2.py`` line 187: alpha > 0 and the normal's cosine to the
             view direction > 0.5); ``reference_mask="render+reference"`` also requires the
             reference's own alpha (a photo that does not match the mesh's silhouette exactly).
-        lambda_sds: weight of an added SDS term (0: off), its timesteps from ``timestep_schedule``
-            (``schedules.make_schedule``) over ``sds_t_range``.
+        lambda_sds: weight of an added SDS term (0: off), its timesteps from ``sds_schedule``
+            (``schedules.make_schedule``; None: DreamGaussian's anneal over [20, 500]) with the
+            weighting w(t) that schedule prescribes (``schedules.sds_weighting``).
         supersample: render each view at a random scale ``clamp(2 U(0,1), 0.125, 2)`` of its
             size (rounded up to a multiple of 8) and resize it back bilinearly (``main2.py``
             lines 182 and 213, ``mesh_renderer.py`` ``ssaa``).
@@ -58,7 +59,8 @@ def optimise_texture(mesh: TexturedMesh, texture: torch.Tensor, teacher, sample_
         return texture
     raw = torch.nn.Parameter(torch.logit(texture.clamp(1e-3, 1 - 1e-3)))
     opt = torch.optim.Adam([raw], lr=lr)
-    schedule = make_schedule(timestep_schedule, *sds_t_range)
+    schedule = sds_schedule if sds_schedule is not None else make_schedule("dreamgaussian", 20, 500)
+    weighting = sds_weighting(schedule, None)
     previews = PreviewThrottle(first=False)
 
     def draw(textured: TexturedMesh, cams, bg: torch.Tensor, with_facing: bool = False):
@@ -87,7 +89,8 @@ def optimise_texture(mesh: TexturedMesh, texture: torch.Tensor, teacher, sample_
         loss = F.mse_loss(image, target)
         if lambda_sds > 0:
             t = schedule(step, iters, generator)
-            loss = loss + lambda_sds * teacher.sds(image, cams, t, background=bg, generator=generator).loss
+            loss = loss + lambda_sds * teacher.sds(image, cams, t, background=bg, generator=generator,
+                                                  weighting=weighting).loss
         if ref is not None and lambda_ref > 0:
             rimage, facing = draw(textured, ref["camera"], bg, with_facing=True)
             mask = facing.detach().float()

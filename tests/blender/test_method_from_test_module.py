@@ -283,3 +283,38 @@ def test_the_panel_follows_each_methods_description(blender_addon_connected, tmp
     bpy.ops.wm.open_mainfile(filepath=path)
     settings = bpy.context.scene.splatsmith
     assert settings["dreamgaussian.mode"] == 1 and settings["dreamgaussian.guidance_scale:set"]
+
+
+def test_dreamtime_is_in_the_panel_with_its_schedule_described_and_runs(blender_addon_connected):
+    """DreamTime's method: listed, its schedule choice drawn with the chosen schedule's one-line
+    description (and each choice's description in the menu), run from the panel to an object."""
+    bpy, client_glue = blender_addon_connected
+    from blender_addon import panels, properties
+
+    settings = bpy.context.scene.splatsmith
+    assert "dreamtime" in {item[0] for item in properties._pipeline_items(settings, bpy.context)}
+    settings.pipeline = "dreamtime"
+    settings.preset = "tiny"
+    items = settings.id_properties_ui("dreamtime.timestep_schedule").as_dict()["items"]
+    assert [i[0] for i in items] == ["dreamgaussian", "uniform", "dreamtime", "dtc"]
+    assert items[2][2].startswith("DreamTime TP-SDS") and items[1][2].startswith("DreamFusion")
+    assert items[settings["dreamtime.timestep_schedule"]][0] == "dreamtime"  # the method's default
+    log: list = []
+    settings.show_advanced = True
+    panels.draw_method(_Layout(log), settings, None)
+    assert ("prop", '["dreamtime.timestep_schedule"]', "Timestep schedule") in log
+    assert any(e[0] == "label" and e[1].startswith("DreamTime TP-SDS") for e in log)
+    assert ("prop", '["dreamtime.m1"]', "M1") in log  # the prior applies while the schedule is dreamtime
+    settings["dreamtime.timestep_schedule"] = 1  # uniform: the prior's parameters are not drawn
+    log.clear()
+    panels.draw_method(_Layout(log), settings, None)
+    assert not any(e[0] == "prop" and e[1] == '["dreamtime.m1"]' for e in log)
+    assert any(e[0] == "label" and e[1].startswith("DreamFusion") for e in log)
+    settings["dreamtime.timestep_schedule"] = 2
+    settings["dreamtime.prompt"] = "a blue teapot"
+    assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=600) == {"FINISHED"}
+    state = client_glue.session.jobs[-1]
+    obj = bpy.data.objects[state.result_object]
+    assert obj.name == "a blue teapot" and obj["splatsmith_pipeline"] == "dreamtime"
+    assert len(obj.data.polygons) > 100 and "UVMap" in obj.data.uv_layers
+    assert state.handle.result["meta"]["timestep_schedule"] == "dreamtime"

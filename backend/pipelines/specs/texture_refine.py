@@ -7,7 +7,7 @@ import numpy as np
 from ...guidance.registry import STABLE_DIFFUSION, ZERO123
 from ..base import (BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, TEACHER_BYTES, InputSpec, Param, ParamError, Pipeline,
                     check_teacher_inputs, grouped, register,
-                    timestep_schedule_param)
+                    schedule_params, check_schedule_params)
 
 #: The largest mesh texture refinement accepts (it never decimates).
 MAX_TRIANGLES = 200_000
@@ -53,7 +53,9 @@ class TextureRefineSpec(Pipeline):
                                      "main2.py ssaa)"),
         "lambda_ref": Param("float", 1.0, "weight of the reference view's masked MSE", min=0.0, max=1e6),
         "lambda_sds": Param("float", 0.0, "weight of an added SDS term (0: off)", min=0.0, max=1e6),
-        "timestep_schedule": timestep_schedule_param("dreamgaussian"),
+        # The SDS option's timesteps: fine detail only (DreamGaussian's stage 2 refines texture at
+        # small noise levels), t in [20, 500] by default.
+        **schedule_params("dreamgaussian", 20, 500),
         "guidance_scale": Param("float", None, "classifier-free guidance scale (unset: the teacher's own, 5 for "
                                 "Zero-1-to-3 with an image, 100 for Stable Diffusion with a prompt)", min=0, max=1000),
         "elevation_min": Param("float", -20.0, "lowest elevation of the random views, degrees", min=-89, max=89),
@@ -94,6 +96,7 @@ class TextureRefineSpec(Pipeline):
 
     @classmethod
     def check_request(cls, params, inputs):
+        check_schedule_params(params)
         verts, faces = inputs["vertices"], inputs["faces"]
         if len(faces) > MAX_TRIANGLES:
             raise ParamError(f"the mesh has {len(faces)} triangles; texture refinement takes at most {MAX_TRIANGLES}. "

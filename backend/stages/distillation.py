@@ -1,0 +1,256 @@
+"""Gaussians distilled from a diffusion teacher, then meshed and textured: the stages that
+DreamGaussian (Tang et al. 2023) introduced and that DreamTime's method reuses with its own
+timestep schedule. Every number comes from the caller's parameters (one vocabulary, see
+``backend.pipelines.specs.dreamgaussian`` for the public code's values and sources):
+
+- :func:`reference_view`: the recentred input image (or the oracle's render) as the reference
+  view;
+- :func:`elevation_window`: the random cameras' elevation range around the reference view;
+- :func:`distil_gaussians`: stage 1, SDS on Gaussians with any timestep schedule, the reference
+  losses in image mode, densification (``stages.gaussians``);
+- :func:`mesh_and_texture`: density-field mesh, UV atlas, baked texture and stage 2 (texture
+  refinement by the teacher), written as GLB/PNG/PLY;
+- :func:`run_distillation`: the whole job (teacher, reference, stage 1 with the parameters'
+  timestep schedule, mesh, texture), which a method with these stages runs from its ``run``.
+
+The loop of stage 1 lives here, not in a method module, so that methods compose it instead of
+importing each other.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..cameras import Cameras, orbit_cameras, sample_orbit_cameras
+from ..geometry.export import texture_to_uint8, write_ply
+from ..geometry.uv import bake_texture
+from ..images import load_rgba, recenter, to_white_background
+from ..guidance import load_job_teacher
+from ..pipelines.base import CancelToken, Emitter, JobRequest, Result, schedule_kwargs
+from ..render.gaussians import GaussianModel, render
+from ..render.mesh import TexturedMesh, render_mesh
+from ..schedules import Ramp, TimestepSchedule, make_schedule, sds_weighting, step_levels
+from .gaussians import Densification, expon_lr, preview_gaussians, reference_view_loss, sds_terms, set_lr, step_optimizers
+from .mesh_export import export_mesh, orbit_bake_cameras, render_bake_views, write_textured_asset
+from .progress import PreviewThrottle
+from .texture import optimise_texture
+
+#: Opacity after a reset (DreamGaussian ``gs_renderer.py`` line 418, ``reset_opacity``:
+#: min(opacity, 0.01)).
+OPACITY_RESET_VALUE = 0.01
+
+
+def elevation_window(p: dict) -> tuple[float, float]:
+    """Random cameras' absolute elevation range, degrees (positive: camera above).
+
+    DreamGaussian's public code (``main.py`` lines 215-217, its elevation negative from above)
+    draws an offset ``ver`` from ``[max(min(min_ver, min_ver - el), -80 - el), min(max(max_ver,
+    max_ver - el), 80 - el)]`` around its reference elevation ``el``: the views always cover the
+    absolute ``[min_ver, max_ver]``, extend to the reference view, and stay within +-80. Here
+    ``el = -elevation``, ``min_ver = -elevation_max``, ``max_ver = -elevation_min``, and the
+    window is returned in this project's sign convention. In text mode ``elevation`` is 0."""
+    el, min_ver, max_ver = -p.get("elevation", 0.0), -p["elevation_max"], -p["elevation_min"]
+    lo = max(min(min_ver, min_ver - el), -80.0 - el)
+    hi = min(max(max_ver, max_ver - el), 80.0 - el)
+    return -(el + hi), -(el + lo)
+
+
+def reference_view(inputs: dict, p: dict, teacher, radius: float, job_dir: Path, device: str) -> dict:
+    """The reference view: the input image recentred (or, with the oracle, the oracle's own
+    render), as ``{"rgb": float [1, 3, S, S] over white, "alpha": float [1, 1, S, S],
+    "camera": Cameras}`` with S = ``p["ref_size"]``; ``reference.png`` (RGBA) is written to
+    ``job_dir``."""
+    size = p["ref_size"]
+    camera = orbit_cameras(p["elevation"], 0.0, radius, p["fovy"], size, size)
+    if p["teacher"] == "oracle":
+        from ..guidance.oracle import render_target
+
+        rgb_t = render_target(teacher, camera, 1.0).to(device)
+        with torch.no_grad():
+            alpha_t = render_mesh(teacher.mesh, camera).alpha.permute(0, 3, 1, 2).to(device)
+        rgba = np.concatenate([texture_to_uint8(rgb_t[0].permute(1, 2, 0)), texture_to_uint8(alpha_t[0, 0])[..., None]], -1)
+    else:
+        rgba = recenter(load_rgba(np.asarray(inputs["image"]), inputs.get("mask")), size)
+        rgb, alpha = to_white_background(rgba)
+        rgb_t = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device)
+        alpha_t = torch.from_numpy(alpha)[None, None].to(device)
+    Image.fromarray(rgba).save(job_dir / "reference.png")
+    return {"rgb": rgb_t, "alpha": alpha_t, "camera": camera}
+
+
+def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule: TimestepSchedule, emit: Emitter,
+                     cancel: CancelToken, gen: torch.Generator, device: str, timings: dict | None = None,
+                     on_step=None) -> GaussianModel:
+    """Stage 1: Gaussians optimised by score distillation from ``teacher`` (DreamGaussian
+    section 3.1; ``main.py`` ``train_step``).
+
+    Each step: the reference view's RGB and mask MSE (image mode, ``ref`` given; weights
+    ``lambda_rgb``/``lambda_mask``, ramped up over training when ``reference_warmup``), then
+    ``batch_size`` random orbit views (elevations :func:`elevation_window`, any azimuth) over a
+    white or (probability ``invert_bg_prob``) black background, SDS at the timestep
+    ``schedule(step, iters)`` with the weighting w(t) the schedule prescribes
+    (``schedules.sds_weighting``), Adam per parameter group with the position learning rate
+    decaying log-linearly, densification (:class:`~backend.stages.gaussians.Densification`).
+    Render size switches through ``resolutions`` at 30% and 60% of training.
+
+    Args:
+        p: the method's resolved parameters (DreamGaussian's vocabulary: ``iters``,
+            ``init_points``, ``lr_*``, ``densify_*``, ``resolutions``, ...).
+        teacher: a guidance with its condition encoded.
+        ref: :func:`reference_view`'s dict, or None in text mode.
+        radius: camera distance, metres.
+        schedule: the timestep schedule (``schedules.make_schedule``).
+        timings: filled with seconds spent in render/teacher/backward/densify and ``steps``.
+        on_step: optional ``callable(step, model)`` after each step (benchmarks evaluate
+            intermediate models with it).
+    Returns:
+        The optimised :class:`GaussianModel` on ``device``.
+    """
+    iters = p["iters"]
+    model = GaussianModel.init_sphere(p["init_points"], p["init_radius"], p["init_opacity"], p["sh_degree"], gen).to(device)
+    optimizers = model.parameter_groups({
+        "means": p["lr_means"], "sh0": p["lr_colors"], "shN": p["lr_colors"] / 20.0, "opacities": p["lr_opacities"],
+        "scales": p["lr_scales"], "quats": p["lr_quats"]})
+    densify = Densification(
+        prune_opacity=p["prune_opacity"], grad_threshold=p["densify_grad"], scene_scale=p["scene_extent"],
+        grow_scale3d=p["grow_scale3d"], prune_scale3d=p["prune_scale3d"], start=p["densify_from"],
+        every=p["densify_every"], stop=p["densify_until"], reset_every=p["opacity_reset_every"],
+        reset_value=OPACITY_RESET_VALUE)
+    weighting = sds_weighting(schedule, None)
+    # The reference losses ramp up linearly over training (main.py lines 204-208: ``step_ratio *
+    # lambda`` when warmup_rgb_loss, constant with stable-zero123's image_sai.yaml).
+    if ref is not None:
+        ramp = Ramp.linear if p["reference_warmup"] else (lambda start, end: Ramp.constant(end))
+        lambda_rgb, lambda_mask = ramp(0.0, p["lambda_rgb"]), ramp(0.0, p["lambda_mask"])
+    sizes = [int(x) for x in p["resolutions"].split(",")]
+    window = elevation_window(p)
+    previews = PreviewThrottle()
+    clock = timings if timings is not None else {}
+    clock.update({"render": 0.0, "teacher": 0.0, "backward": 0.0, "densify": 0.0, "steps": 0})
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+    def lap(key: str, since: float) -> float:
+        sync()
+        now = time.perf_counter()
+        clock[key] += now - since
+        return now
+    for step in range(1, iters + 1):
+        cancel.check()
+        set_lr(optimizers["means"], expon_lr(step, p["lr_means_steps"], p["lr_means"], max(p["lr_means_final"], 1e-12)))
+        size = step_levels(sizes, [0.3, 0.6], step, iters)
+        loss = torch.zeros((), device=device)
+        mark = time.perf_counter()
+        if ref is not None:
+            out = render(model, ref["camera"], background=1.0)
+            loss = loss + reference_view_loss(out, ref, lambda_rgb.at(step, iters), lambda_mask.at(step, iters))
+        cams, _, _, _ = sample_orbit_cameras(p["batch_size"], window, (-180.0, 180.0), (radius, radius), p["fovy"], size,
+                                             size, generator=gen)
+        bg = torch.ones(3) if torch.rand(1, generator=gen).item() > p["invert_bg_prob"] else torch.zeros(3)
+        out = render(model, cams, background=bg.to(device))
+        densify.before_backward(model, optimizers, step, out.info)
+        mark = lap("render", mark)
+        t = schedule(step, iters, gen)
+        loss = loss + sds_terms([(teacher, 1.0)], out.rgb.permute(0, 3, 1, 2), cams, t, background=bg.to(device),
+                                generator=gen, weighting=weighting)
+        mark = lap("teacher", mark)
+        loss.backward()
+        step_optimizers(optimizers)
+        mark = lap("backward", mark)
+        densify.after_backward(model, optimizers, step, out.info)
+        lap("densify", mark)
+        clock["steps"] += 1
+        emit.progress("gaussians", step, iters, loss.item(), message=f"{len(model)} Gaussians, t={t}, {size}px")
+        if previews.due(step, iters):
+            emit.preview("gaussians", preview_gaussians(model, gen), {"step": step, "count": len(model)})
+        if on_step is not None:
+            on_step(step, model)
+    return model
+
+
+def mesh_and_texture(p: dict, model: GaussianModel, teacher, ref: dict | None, radius: float, job_dir: Path,
+                     emit: Emitter, cancel: CancelToken, gen: torch.Generator, device: str,
+                     name: str) -> tuple[dict, dict, int]:
+    """DreamGaussian sections 3.2-3.3: ``gaussians.ply``, then the mesh from the Gaussians'
+    density field with a UV atlas and a texture baked from 26 renders (``stages.mesh_export``),
+    then stage 2 (:func:`refine_texture`), written as ``<name>`` GLB/PNG.
+
+    Returns:
+        (files, arrays for the client, face count).
+    """
+    write_ply(job_dir / "gaussians.ply", model)
+    cancel.check()
+    bake_cams = orbit_bake_cameras(radius, p["fovy"], p["bake_size"])
+
+    def bake(uvm):
+        colour, alpha = render_bake_views(model, bake_cams, cancel)
+        return bake_texture(uvm, bake_cams, colour, alpha, size=p["texture_size"], cancel=cancel)[0]
+
+    exported = export_mesh(model, bake, resolution=p["mesh_resolution"], density_threshold=p["density_threshold"],
+                           max_faces=p["max_faces"], texture_size=p["texture_size"],
+                           calibration_cameras=orbit_bake_cameras(radius, p["fovy"], min(p["bake_size"], 128)),
+                           unwrap_time_limit=p["unwrap_time_limit"], emit=emit, cancel=cancel,
+                           bake_message="baking 26 views")
+    uvm = exported.uvm
+    texture = torch.from_numpy(exported.texture).to(device)
+    mesh = TexturedMesh(torch.from_numpy(uvm.vertices).to(device), torch.from_numpy(uvm.faces).to(device),
+                        torch.from_numpy(uvm.corner_uv).to(device), texture)
+    texture = refine_texture(p, teacher, ref, radius, mesh, texture, emit, cancel, gen)
+    files, arrays = write_textured_asset(job_dir, uvm, texture, name)
+    files["gaussians.ply"] = job_dir / "gaussians.ply"
+    if ref is not None:
+        files["reference.png"] = job_dir / "reference.png"
+    return files, arrays, int(len(uvm.faces))
+
+
+def refine_texture(p: dict, teacher, ref: dict | None, radius: float, mesh: TexturedMesh, texture: torch.Tensor,
+                   emit: Emitter, cancel: CancelToken, gen: torch.Generator) -> torch.Tensor:
+    """Stage 2 (DreamGaussian section 3.3): ``stages.texture.optimise_texture`` over random orbit
+    views of side ``texture_render_size`` in :func:`elevation_window`. Returns float [H, W, 3]."""
+    size = p["texture_render_size"]
+    window = elevation_window(p)
+
+    def sample_cameras(step: int) -> Cameras:
+        cams, _, _, _ = sample_orbit_cameras(1, window, (-180.0, 180.0), (radius, radius), p["fovy"], size, size,
+                                             generator=gen)
+        return cams.to(texture.device)
+
+    return optimise_texture(mesh, texture, teacher, sample_cameras, p["texture_iters"], lr=p["texture_lr"],
+                            strength_start=p["refine_strength_start"], strength_end=p["refine_strength_end"],
+                            refine_steps=p["refine_steps"], ref=ref, emit=emit, cancel=cancel, generator=gen,
+                            supersample=p["texture_supersample"])
+
+
+def run_distillation(request: JobRequest, emit: Emitter, cancel: CancelToken, asset_name: str,
+                     on_step=None) -> Result:
+    """A whole job of these stages: the teacher for ``mode`` (``guidance.load_job_teacher``), its
+    condition (the prompt, or the reference view in image mode), the parameters' timestep
+    schedule (``schedules.make_schedule`` with the teacher's alpha_bar_t and DreamTime's prior),
+    :func:`distil_gaussians`, :func:`mesh_and_texture`. Result meta: mode, schedule, Gaussian and
+    face counts, stage-1 timings (seconds), total seconds, camera radius. ``on_step``: see
+    :func:`distil_gaussians`."""
+    p = dict(request.params)
+    device = request.device
+    gen = torch.Generator().manual_seed(request.seed)
+    radius = p["radius"]
+    t0 = time.monotonic()
+    teacher = load_job_teacher(p, p["mode"] == "image", device, cache=request.models, models_dir=request.models_dir)
+    ref = None
+    if p["mode"] == "image":
+        ref = reference_view(request.inputs, p, teacher, radius, request.job_dir, device)
+        teacher.encode_condition(image=ref["rgb"], elevation=p["elevation"], azimuth=0.0, radius=radius)
+    else:
+        teacher.encode_condition(prompt=p["prompt"], negative_prompt=p["negative_prompt"])
+    schedule = make_schedule(p["timestep_schedule"], p["t_min"], p["t_max"], alphas_cumprod=teacher.alphas_cumprod,
+                             **schedule_kwargs(p))
+    timings: dict = {}
+    model = distil_gaussians(p, teacher, ref, radius, schedule, emit, cancel, gen, device, timings, on_step)
+    files, arrays, faces = mesh_and_texture(p, model, teacher, ref, radius, request.job_dir, emit, cancel, gen, device,
+                                            asset_name)
+    return Result(files=files, arrays=arrays, meta={
+        "mode": p["mode"], "timestep_schedule": p["timestep_schedule"], "gaussians": len(model), "faces": faces,
+        "stage1_seconds": {k: round(v, 4) for k, v in timings.items()},
+        "total_seconds": round(time.monotonic() - t0, 2), "radius": radius})
