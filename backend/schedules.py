@@ -8,9 +8,9 @@ its source:
 - :class:`Uniform`: DreamFusion (Poole et al. 2022), t ~ U[t_min, t_max].
 - :class:`DreamGaussianAnneal`: DreamGaussian's public code (Tang et al. 2023),
   t = round((1 - step/total) * T) clipped to [t_min, t_max].
-- :class:`DreamTime`: time-prioritised SDS (Huang et al. 2023, TP-SDS, eqs. 7-8), a
-  deterministic non-increasing t(i) that spends optimisation steps in proportion to a prior
-  weight W_p(t) (optionally times the diffusion term W_d(t)).
+- :class:`DreamTime`: time-prioritised SDS (Huang et al. 2023, TP-SDS, section 4), a
+  deterministic non-increasing t(i) that spends optimisation steps in proportion to
+  W(t) = W_d(t) W_p(t), the SDS gradient then taken with w(t) = 1 (:func:`sds_weighting`).
 - :class:`DTCCurriculum`: DTC123's diffusion time-step curriculum (Yi et al. 2024): a sampling
   window that anneals monotonically from coarse (large t) to fine (small t), stage by stage,
   with a lower bound and local random jitter inside the window.

@@ -220,7 +220,7 @@ def fit_gaussians(views: Views, p: dict, emit: Emitter, cancel: CancelToken, gen
         densify.after_backward(model, optimizers, step, out.info)
         emit.progress(stage, step, iters, loss.item(), message=f"{len(model)} Gaussians")
         if previews.due(step, iters):
-            emit.preview("gaussians", preview_gaussians(model, generator), {"step": step, "count": len(model)})
+            emit.preview("gaussians", preview_gaussians(model), {"step": step, "count": len(model)})
     return model
 
 

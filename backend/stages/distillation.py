@@ -165,7 +165,7 @@ def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule
         clock["steps"] += 1
         emit.progress("gaussians", step, iters, loss.item(), message=f"{len(model)} Gaussians, t={t}, {size}px")
         if previews.due(step, iters):
-            emit.preview("gaussians", preview_gaussians(model, gen), {"step": step, "count": len(model)})
+            emit.preview("gaussians", preview_gaussians(model), {"step": step, "count": len(model)})
         if on_step is not None:
             on_step(step, model)
     return model

@@ -162,13 +162,16 @@ def sds_terms(terms: Sequence[tuple[Any, float]], images: torch.Tensor, cameras,
     return loss
 
 
-def preview_gaussians(model: GaussianModel, generator: torch.Generator | None = None) -> dict:
+def preview_gaussians(model: GaussianModel) -> dict:
     """A point-cloud preview: means float32 [M,3], rgb uint8 [M,3], opacity float32 [M],
-    M <= 50k (a random subset when there are more)."""
+    M <= 50k (a random subset when there are more, drawn from a generator of its own: previews
+    are paced by the clock, so drawing from the job's generator would make a run depend on the
+    machine's speed)."""
     with torch.no_grad():
         idx = torch.arange(len(model), device=model.device)
         if len(model) > MAX_PREVIEW_POINTS:
-            idx = torch.randperm(len(model), generator=generator)[:MAX_PREVIEW_POINTS].to(model.device)
+            subset = torch.Generator().manual_seed(len(model))
+            idx = torch.randperm(len(model), generator=subset)[:MAX_PREVIEW_POINTS].to(model.device)
         return {
             "means": model.means[idx].float(),
             "rgb": (model.base_colors[idx] * 255 + 0.5).to(torch.uint8),

@@ -74,7 +74,7 @@ class SwatchPipeline(Pipeline):
             step_optimizers(optimizers)
             emit.progress("gaussians", step, p["steps"], loss.item())
             if previews.due(step, p["steps"]):
-                emit.preview("gaussians", preview_gaussians(model, gen), {"step": step})
+                emit.preview("gaussians", preview_gaussians(model), {"step": step})
         bake_cams = orbit_bake_cameras(2.0, 49.1, 64)
 
         def bake(uvm):

@@ -4,8 +4,9 @@ from a teacher, then mesh and texture), without torch: DreamGaussian's public co
 specifications are built from this table."""
 from __future__ import annotations
 
+from ...guidance.registry import STABLE_DIFFUSION, ZERO123
 from ..base import (BYTES_PER_GAUSSIAN, BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, BYTES_PER_VOXEL, TEACHER_BYTES, InputSpec,
-                    Param, ParamError, check_schedule_params, check_teacher_inputs, grouped, schedule_params)
+                    Param, ParamError, Pipeline, check_schedule_params, check_teacher_inputs, grouped, schedule_params)
 
 #: Largest stage-1 render size accepted in 'resolutions' (the public code uses 512).
 MAX_RENDER_SIZE = 2048
@@ -149,3 +150,32 @@ def estimate_memory(params: dict, inputs: dict) -> dict:
         "texture_render_size": params["texture_render_size"] ** 2 * BYTES_PER_TEACHER_PIXEL,
         "weights": TEACHER_BYTES[params["weights"]],
     }
+
+
+#: The ``fast`` preset (CPUs, the oracle check: 400 steps at 64-128 px, a 20k-face mesh, a 512^2
+#: texture) and the ``tiny`` one (the tiny random teachers; seconds).
+FAST_PRESET = {"ref_size": 128, "iters": 400, "init_points": 3000, "resolutions": "64,96,128", "mesh_resolution": 96,
+               "max_faces": 20_000, "texture_size": 512, "bake_size": 192, "texture_iters": 30, "texture_render_size": 128,
+               "refine_steps": 20, "densify_until": 300, "opacity_reset_every": 0}
+TINY_PRESET = {"weights": "tiny", "ref_size": 64, "iters": 60, "lr_means_steps": 60, "init_points": 1500,
+               "resolutions": "32,48,64", "mesh_resolution": 48, "max_faces": 4000, "texture_size": 128, "bake_size": 64,
+               "texture_iters": 8, "texture_render_size": 64, "refine_steps": 4, "densify_until": 60, "opacity_reset_every": 0}
+
+
+class DistillationSpec(Pipeline):
+    """What methods built on these stages share (not registered itself): image or text input,
+    the teachers of both modes, the checks and the memory estimate. A subclass sets ``name``,
+    ``title``, ``params`` (from :data:`PARAMS`), ``presets`` and ``implementation``."""
+
+    works_on = ("prompt", "image")
+    params = PARAMS
+    inputs = INPUTS
+    models = {"default": [STABLE_DIFFUSION.model()[0], ZERO123.model()[0]], "stable": [ZERO123.model("stable")[0]]}
+
+    @classmethod
+    def check_request(cls, params, inputs):
+        check_request(params, inputs)
+
+    @classmethod
+    def estimate_memory(cls, params, inputs):
+        return estimate_memory(params, inputs)
