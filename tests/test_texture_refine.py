@@ -120,6 +120,26 @@ def test_bad_meshes_get_clear_messages(tmp_path):
     assert not any(store.root.iterdir())  # nothing was written for a refused job
 
 
+def test_the_sds_option_takes_dreamtimes_schedule_and_prior(tmp_path):
+    from backend.guidance import load_teacher
+    from backend.schedules import make_schedule
+
+    seen = []
+
+    class Record(Emitter):
+        def _on_progress(self, msg):
+            if msg["stage"] == "texture" and "t=" in (msg["message"] or ""):
+                seen.append(int(msg["message"].split("t=")[1]))
+
+    _, raw = make_test_object(texture_size=128)
+    params = {"prompt": "x", "texture_iters": 12, "lambda_sds": 0.1, "timestep_schedule": "dreamtime", "m1": 400.0,
+              "m2": 200.0, "s1": 100.0, "s2": 50.0}
+    run_local(JobStore(tmp_path / "jobs"), TextureRefinePipeline, "tiny", params, _student(raw, True), 0, Record())
+    teacher = load_teacher("stable-diffusion", "tiny", "cpu")
+    expected = make_schedule("dreamtime", 20, 500, m1=400, m2=200, s1=100, s2=50, alphas_cumprod=teacher.alphas_cumprod)
+    assert seen == [expected(step, 12) for step in range(1, 13)] and seen[-1] == 20
+
+
 def test_corner_uv_mesh_splits_only_at_seams():
     faces = np.array([[0, 1, 2], [0, 2, 3]])
     verts = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)

@@ -87,8 +87,10 @@ def optimise_texture(mesh: TexturedMesh, texture: torch.Tensor, teacher, sample_
             target = teacher.refine(image.detach(), cams, strength, refine_steps, background=bg, generator=generator,
                                     check=cancel.check)
         loss = F.mse_loss(image, target)
+        note = f"strength {strength:.2f}"
         if lambda_sds > 0:
             t = schedule(step, iters, generator)
+            note += f", t={t}"
             loss = loss + lambda_sds * teacher.sds(image, cams, t, background=bg, generator=generator,
                                                   weighting=weighting).loss
         if ref is not None and lambda_ref > 0:
@@ -100,7 +102,7 @@ def optimise_texture(mesh: TexturedMesh, texture: torch.Tensor, teacher, sample_
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        emit.progress(stage, step, iters, loss.item(), message=f"strength {strength:.2f}")
+        emit.progress(stage, step, iters, loss.item(), message=note)
         if previews.due(step, iters):
             emit.preview("texture", {"rgba": rgba_preview(torch.sigmoid(raw.detach()))}, {"step": step})
     return torch.sigmoid(raw.detach())
