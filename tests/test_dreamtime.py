@@ -47,6 +47,9 @@ def test_the_method_runs_tp_sds_with_its_prior_and_the_teachers_noise_schedule(t
     assert list(ts) != [make_schedule("dreamtime", 20, 980)(s, 50) for s in steps]  # the prior changed the schedule
     assert all(a >= b for a, b in zip(ts, ts[1:])) and ts[-1] == 20
     assert result.meta["mode"] == "text" and (job.dir / "asset.glb").is_file() and (job.dir / "gaussians.ply").is_file()
+    # One SDS evaluation per stage-1 step, then the one texture step's SDEdit: strength 0.05 of a
+    # 4-step schedule is one denoiser evaluation.
+    assert result.meta["denoiser_evaluations"] == 50 + 1
 
 
 def test_tp_sds_takes_the_gradient_at_unit_weight():

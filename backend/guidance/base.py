@@ -12,7 +12,8 @@ of a view, given a camera (and its cached condition: text or image embeddings). 
 - :meth:`Guidance.refine`: SDEdit (Meng et al. 2022): noise the view to the timestep of
   ``strength`` on a DDIM schedule of ``steps`` steps, then denoise it with DDIM (Song et al.
   2021). ``strength`` in [0, 1] is the fraction of the schedule re-run: 0 returns the input,
-  1 starts from pure noise. (DreamGaussian's code passes 1 - strength under that name.)
+  1 samples from pure noise (the input only gives the shape). (DreamGaussian's code passes
+  1 - strength under that name.)
 - :meth:`Guidance.encode_condition`: done once per job; the result is cached on the teacher.
 """
 from __future__ import annotations
@@ -58,6 +59,9 @@ class Guidance(abc.ABC):
         self.weighting = weighting
         self.device = torch.device(device)
         self.condition: Any = None
+        #: Denoiser (UNet) evaluations so far: one per batched ``predict_noise`` call, whatever
+        #: the batch (every view of a step, CFG's two branches), as IM-3D counts them.
+        self.evaluations = 0
 
     # ------------------------------------------------------------------ to implement
     @property
@@ -131,6 +135,7 @@ class Guidance(abc.ABC):
         with torch.no_grad():
             x_t = ab.sqrt() * x0.detach() + (1.0 - ab).sqrt() * noise
             eps_hat = self.predict_noise(x_t, t, cameras, background)
+            self.evaluations += 1
         grad = self.weight(t, weighting).to(x0.dtype).view(B, 1, 1, 1) * (eps_hat - noise)
         grad = torch.nan_to_num(grad)
         target = (x0 - grad).detach()
@@ -140,11 +145,13 @@ class Guidance(abc.ABC):
     @torch.no_grad()
     def refine(self, images: torch.Tensor, cameras: Cameras, strength: float, steps: int = 50,
                background: torch.Tensor | None = None, generator: torch.Generator | None = None,
-               check=None) -> torch.Tensor:
+               check=None, scheduler=None) -> torch.Tensor:
         """SDEdit with DDIM: returns refined images float [B, 3, H, W] in [0, 1] (resized back to
-        the input size).
+        the input size). All B views go through one batched denoiser call per solver step.
 
         ``check`` (e.g. a job's ``CancelToken.check``) is called before every DDIM step.
+        ``scheduler``: another diffusers solver built from this teacher's scheduler config (e.g.
+        ``DPMSolverMultistepScheduler``; default: the teacher's DDIM).
 
         Raises:
             ValueError: ``strength`` outside [0, 1] or ``steps`` < 1.
@@ -155,17 +162,23 @@ class Guidance(abc.ABC):
         if strength == 0.0:
             return images.clone()
         B, _, H, W = images.shape
-        sched = self.scheduler
+        sched = scheduler if scheduler is not None else self.scheduler
         sched.set_timesteps(steps, device=self.device)
         timesteps = sched.timesteps
         start = min(int(round(steps * (1.0 - strength))), steps - 1)
         x0 = self.encode(images)
         noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
-        x = sched.add_noise(x0, noise, timesteps[start:start + 1].expand(B))
+        if strength == 1.0:  # a sample from noise alone (the input only gives the shape)
+            x = noise * sched.init_noise_sigma
+        else:
+            x = sched.add_noise(x0, noise, timesteps[start:start + 1].expand(B))
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(start)
         for t in timesteps[start:]:
             if check is not None:
                 check()
             eps = self.predict_noise(x, t.expand(B).long(), cameras, background)
+            self.evaluations += 1
             x = sched.step(eps, t, x).prev_sample
         out = self.decode(x).float()
         if out.shape[-2:] != (H, W):
