@@ -155,3 +155,49 @@ def test_opacity_reset_works_around_gsplat_1_5_3(scene):
     assert model.opacities.max() < 0.05  # reset to 2 x prune_opacity at step 4, barely moved since
     _, p_no = ReconstructPipeline.merge_params("fast", {"iters": 8, "init_points": 300, "opacity_reset_every": 0})
     assert fit_gaussians(views, p_no, Emitter(), CancelToken(), torch.Generator().manual_seed(0)).opacities.max() > 0.3
+
+
+def test_the_im3d_loss_and_its_fallback_without_lpips_weights():
+    """IM-3D's robust loss (appendix A.1): w_lpips LPIPS + w_ssim (1 - MS-SSIM) + w_mask mask;
+    without LPIPS's weights (none here) L1 takes LPIPS's place."""
+    from backend.stages.gaussians import image_loss
+    from backend.stages.reconstruction import robust_image_loss
+
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.rand(2, 120, 120, 3, generator=g), torch.rand(2, 120, 120, 3, generator=g)
+    alpha, mask = torch.rand(2, 120, 120, generator=g), (torch.rand(2, 120, 120, generator=g) > 0.5).float()
+    mse = torch.nn.functional.mse_loss(alpha, mask)
+    im3d = robust_image_loss(pred, target, alpha, mask, "im3d", w_ssim=0.2, w_mask=1.0, w_lpips=10.0)
+    one_minus_msssim = image_loss(pred, target, 1.0)
+    assert torch.allclose(im3d, 10.0 * (pred - target).abs().mean() + 0.2 * one_minus_msssim + mse)
+    plain = robust_image_loss(pred, target, alpha, mask, "l1_ssim", w_ssim=0.2, w_mask=0.5, w_lpips=0.1)
+    assert torch.allclose(plain, image_loss(pred, target, 0.2) + 0.5 * mse)
+    with pytest.raises(ValueError, match="unknown reconstruction loss 'l2'"):
+        robust_image_loss(pred, target, alpha, mask, "l2", w_ssim=0.2, w_mask=1.0, w_lpips=1.0)
+
+
+def test_fitting_with_the_im3d_loss_says_what_it_uses_and_fits(scene):
+    from backend.pipelines.base import CancelToken
+    from backend.pipelines.reconstruct import fit_gaussians, views_from_arrays
+
+    class Log(Emitter):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def _on_log(self, line):
+            self.lines.append(line)
+
+    root, _, _ = scene
+    images, transforms, cax = load_dataset(root, 64)
+    views = views_from_arrays(images, transforms, cax, 64)
+    _, p = ReconstructPipeline.merge_params("fast", {"iters": 150, "init_points": 1500, "loss": "im3d", "w_lpips": 10.0,
+                                                     "w_mask": 1.0, "densify_until": 120})
+    log = Log()
+    model = fit_gaussians(views, p, log, CancelToken(), torch.Generator().manual_seed(0))
+    assert any("LPIPS off" in line and "vgg16" in line and "L1 takes its place" in line for line in log.lines)
+    with torch.no_grad():
+        out = render(model, views.cameras, background=1.0)
+    gt = views.images
+    target = gt[..., :3] * gt[..., 3:] + (1 - gt[..., 3:])
+    assert psnr(out.rgb, target) > 20.0 and _masks_iou(out.alpha[..., 0] > 0.5, gt[..., 3] > 0.5) > 0.85

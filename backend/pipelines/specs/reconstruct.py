@@ -25,10 +25,13 @@ class ReconstructSpec(Pipeline):
         "lr_quats": Param("float", 1e-3, "rotation learning rate", min=0, max=1),
         "lr_opacities": Param("float", 5e-2, "opacity learning rate", min=0, max=1),
         "lr_colors": Param("float", 1e-2, "colour learning rate", min=0, max=1),
-        "w_ssim": Param("float", 0.2, "weight of (1 - MS-SSIM) against L1", min=0, max=1),
+        "loss": Param("choice", "l1_ssim", "image loss: l1_ssim ((1 - w_ssim) L1 + w_ssim (1 - MS-SSIM) + w_lpips "
+                      "LPIPS-AlexNet) or im3d (w_lpips LPIPS-VGG + w_ssim (1 - MS-SSIM), IM-3D's robust loss; L1 in "
+                      "LPIPS's place without its weights); both add the mask loss", choices=("l1_ssim", "im3d")),
+        "w_ssim": Param("float", 0.2, "weight of (1 - MS-SSIM) (against L1 for l1_ssim)", min=0, max=1),
         "w_mask": Param("float", 0.5, "weight of the mask loss", min=0, max=100),
-        "w_lpips": Param("float", 0.1, "weight of LPIPS, used when the lpips package and its weights are present locally",
-                         min=0, max=10),
+        "w_lpips": Param("float", 0.1, "weight of LPIPS (im3d: 10 in the paper), used when the lpips package and its "
+                         "weights are present locally", min=0, max=100),
         "densify_from": Param("int", 100, "first densification step", min=0, max=100_000),
         "densify_every": Param("int", 100, "steps between densifications", min=1, max=100_000),
         "densify_until": Param("int", 1800, "last densification step (60% of the default iters, as 3DGS's 15k of 30k)",
@@ -45,7 +48,7 @@ class ReconstructSpec(Pipeline):
     params = grouped(params, groups={
         "input": ("camera_angle_x", "resolution"),
         "gaussians": ("iters", "init_points", "sh_degree", "lr_means", "lr_scales", "lr_quats", "lr_opacities", "lr_colors",
-                      "w_ssim", "w_mask", "w_lpips"),
+                      "loss", "w_ssim", "w_mask", "w_lpips"),
         "densification": ("densify_from", "densify_every", "densify_until", "densify_grad", "prune_opacity", "opacity_reset_every"),
         "mesh": ("mesh_resolution", "density_threshold", "max_faces", "unwrap_time_limit"),
         "texture": ("texture_size",),
