@@ -301,7 +301,7 @@ def _apply_previews(state: JobState, interval: float) -> None:
     now = time.monotonic()
     if now - state.last_update < interval and not state.handle.finished:
         return
-    for kind in ("gaussians", "mesh", "texture"):
+    for kind in ("gaussians", "mesh", "texture", "views"):
         message = state.handle.previews.get(kind)
         if message is None or state.applied.get(kind) == message["seq"]:
             continue
@@ -321,6 +321,8 @@ def _apply_preview(state: JobState, kind: str, data: dict) -> None:
         scene_io.apply_gaussian_preview(state.preview_name, data["means"], data["rgb"], data["opacity"])
     elif kind == "mesh":
         scene_io.apply_mesh(state.preview_name, data["vertices"], data["faces"])
+    elif kind == "views":  # a method's generated views (IM-3D), as one contact-sheet image
+        scene_io.show_in_image_editors(scene_io.image_from_rgba(f"{state.preview_name} views", data["rgba"]))
     elif kind == "texture" and bpy.data.objects.get(state.preview_name) is not None:
         obj = bpy.data.objects[state.preview_name]
         if len(obj.data.polygons):

@@ -192,6 +192,24 @@ def image_from_rgba(name: str, rgba: np.ndarray) -> bpy.types.Image:
     return image
 
 
+def show_in_image_editors(image: bpy.types.Image) -> int:
+    """Show ``image`` in every open Image Editor that is not pinned to another image (an artist's
+    pinned editor keeps its image); returns how many editors show it. Without an open editor
+    (or headless) the image is still in ``bpy.data.images`` to pick."""
+    shown = 0
+    for window in getattr(bpy.context.window_manager, "windows", ()):
+        for area in window.screen.areas:
+            if area.type != "IMAGE_EDITOR":
+                continue
+            space = area.spaces.active
+            if space.use_image_pin and space.image is not None and space.image != image:
+                continue
+            space.image = image
+            area.tag_redraw()
+            shown += 1
+    return shown
+
+
 def packed_image_from_png(name: str, png: bytes) -> bpy.types.Image:
     """A Blender image packed into the .blend from PNG bytes received from the backend (packed
     from memory, as Blender's glTF importer does: no temporary file). Raises SceneDataError

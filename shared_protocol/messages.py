@@ -58,7 +58,7 @@ ERROR_CODES: dict[str, str] = {
 }
 
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
-PREVIEW_KINDS = ("gaussians", "mesh", "texture")
+PREVIEW_KINDS = ("gaussians", "mesh", "texture", "views")
 
 REQUEST_TYPES = ("hello", "submit", "cancel", "status", "fetch", "chunk", "release", "ping")
 REPLY_TYPES = ("welcome", "accepted", "progress", "preview", "result", "chunk", "error", "status", "pong")

@@ -329,7 +329,8 @@ class Emitter:
     def preview(self, kind: str, data: dict[str, Any], meta: dict | None = None) -> None:
         """Stream an intermediate result. ``kind``: ``"gaussians"`` (means float32 [N, 3],
         rgb uint8 [N, 3], opacity float32 [N]), ``"mesh"`` (vertices float32 [V, 3], faces
-        int32 [F, 3], optional uv float32 [F*3, 2]) or ``"texture"`` (rgba uint8 [H, W, 4]).
+        int32 [F, 3], optional uv float32 [F*3, 2]), ``"texture"`` (rgba uint8 [H, W, 4]) or
+        ``"views"`` (a method's generated views as one contact sheet, rgba uint8 [H, W, 4]).
         Tensors are copied to host numpy arrays, so the caller may keep changing them."""
         arrays = {k: _to_numpy(v) for k, v in data.items()}
         msg = {"kind": kind, "data": arrays, "meta": meta or {}}

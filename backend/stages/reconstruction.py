@@ -47,8 +47,10 @@ def visual_hull_points(views: Views, n: int, generator: torch.Generator, candida
     """Points inside every view's silhouette (space carving), with mean observed colours.
 
     Samples ``candidates`` points uniformly in the box that the cameras look at, keeps those
-    that project inside every mask in whose frame they fall (and into at least two frames),
-    and returns up to ``n`` of them: (points [M, 3], colours [M, 3]).
+    that project inside every mask in whose frame they fall and into the frames of at least
+    half of the views (and two), and returns up to ``n`` of them: (points [M, 3], colours
+    [M, 3]). The half matters for one orbit (IM-3D's views): the box's corners fall outside
+    most frames, and a point no view can carve must not count as inside.
 
     Raises:
         ParamError: no point survives (masks and poses disagree).
@@ -75,7 +77,7 @@ def visual_hull_points(views: Views, n: int, generator: torch.Generator, candida
         inside &= ~in_frame | (pix[:, 3] > mask_threshold)
         seen += in_frame.float()
         colour += pix[:, :3] * in_frame[:, None]
-    keep = torch.nonzero(inside & (seen >= 2)).squeeze(1)
+    keep = torch.nonzero(inside & (seen >= max(2, math.ceil(len(cams) / 2)))).squeeze(1)
     if keep.numel() == 0:
         raise ParamError("no point lies inside every silhouette: the masks and camera poses do not agree")
     keep = keep[torch.randperm(keep.numel(), generator=generator)[:n].to(device)]
@@ -145,49 +147,97 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float("inf") if mse == 0 else -10.0 * math.log10(mse)
 
 
+class GaussianFit:
+    """Gaussians being fitted to posed RGBA views (module doc): the model, its optimisers and
+    densification, advanced one step at a time by :meth:`step` so that a method can change the
+    views between steps (IM-3D's loop regenerates them).
+
+    Args:
+        views: the training views (:class:`Views`; :attr:`views` may be replaced later).
+        p: the parameters: iters, init_points, lr_*, loss, w_ssim, w_mask, w_lpips, densify_*,
+            prune_opacity, opacity_reset_every, sh_degree; optional ``views_per_step`` (1: one
+            random view per step; K: every view, full-image renders as IM-3D) and
+            ``init_radius`` (with ``init="centre"``).
+        generator: for the initialisation, view choice and backgrounds.
+        emit: where LPIPS's absence is logged.
+        init: ``"hull"`` (points inside every silhouette, coloured by the views) or
+            ``"centre"`` (IM-3D: ``init_points`` grey points uniform in a ball of
+            ``init_radius`` metres at the origin).
+    """
+
+    def __init__(self, views: Views, p: dict, generator: torch.Generator, emit: Emitter, init: str = "hull"):
+        self.views, self.p, self.generator = views, p, generator
+        device = views.images.device
+        if init == "hull":
+            points, colours = visual_hull_points(views, p["init_points"], generator)
+            extent = float((points.max(0).values - points.min(0).values).max())
+            model = GaussianModel.from_points(points, colours, scale=knn_scale(points), opacity=0.5,
+                                              sh_degree=p["sh_degree"])
+        elif init == "centre":
+            model = GaussianModel.init_sphere(p["init_points"], p["init_radius"], 0.1, p["sh_degree"], generator)
+            extent = 2.0 * p["init_radius"]
+        else:
+            raise ValueError(f"unknown initialisation {init!r}; use hull or centre")
+        self.model = model.to(device)
+        self.lrs = {"means": p["lr_means"] * extent, "scales": p["lr_scales"], "quats": p["lr_quats"],
+                    "opacities": p["lr_opacities"], "sh0": p["lr_colors"], "shN": p["lr_colors"] / 20.0}
+        self.optimizers = self.model.parameter_groups(self.lrs)
+        self.densify = Densification(prune_opacity=p["prune_opacity"], grad_threshold=p["densify_grad"], prune_scale3d=0.2,
+                                     start=p["densify_from"], stop=p["densify_until"], every=p["densify_every"],
+                                     reset_every=p["opacity_reset_every"], scene_scale=max(extent, 1e-3))
+        self.densify.check(self.model, self.optimizers)
+        self.kind = p.get("loss", "l1_ssim")
+        # Adam ignores a constant factor of the loss but densification's image-plane gradient
+        # threshold does not: IM-3D's weights (10 + 0.2) would densify as if densify_grad were
+        # ten times lower. The gradient is taken of the loss over its image terms' total weight,
+        # so densify_grad means what it means with l1_ssim (whose weights sum to 1).
+        self.grad_scale = 1.0 / max(p["w_lpips"] + p["w_ssim"], 1.0) if self.kind == "im3d" else 1.0
+        backbone = "vgg" if self.kind == "im3d" else "alex"
+        self.lpips_net = load_lpips(device, backbone) if p["w_lpips"] > 0 else None
+        if p["w_lpips"] > 0 and self.lpips_net is None:
+            emit.log(f"LPIPS off: the lpips package or its {backbone} weights ({LPIPS_BACKBONES[backbone]} in the torch hub "
+                     "cache) are not present locally" + ("; L1 takes its place" if self.kind == "im3d" else ""))
+
+    def step(self, step: int, total: int) -> float:
+        """One optimisation step (1-based ``step`` of ``total``); returns the loss."""
+        p, model, device = self.p, self.model, self.views.images.device
+        set_lr(self.optimizers["means"], expon_lr(step, total, self.lrs["means"], self.lrs["means"] * 0.01))
+        n_views = len(self.views.cameras)
+        k = min(int(p.get("views_per_step", 1)), n_views)
+        if k <= 1:
+            idx = torch.randint(n_views, (1,), generator=self.generator)
+        elif k >= n_views:
+            idx = torch.arange(n_views)
+        else:
+            idx = torch.randperm(n_views, generator=self.generator)[:k]
+        cams = self.views.cameras[idx]
+        gt = self.views.images[idx.to(device)]
+        bg = torch.rand(3, generator=self.generator).to(device)
+        target = gt[..., :3] * gt[..., 3:] + (1 - gt[..., 3:]) * bg
+        out = render(model, cams, background=bg)
+        self.densify.before_backward(model, self.optimizers, step, out.info)
+        loss = robust_image_loss(out.rgb, target, out.alpha[..., 0], gt[..., 3], self.kind, w_ssim=p["w_ssim"],
+                                 w_mask=p["w_mask"], w_lpips=p["w_lpips"], lpips_net=self.lpips_net)
+        (loss * self.grad_scale).backward()
+        step_optimizers(self.optimizers)
+        self.densify.after_backward(model, self.optimizers, step, out.info)
+        return float(loss.item())
+
+
 def fit_gaussians(views: Views, p: dict, emit: Emitter, cancel: CancelToken, generator: torch.Generator,
                   stage: str = "fit") -> GaussianModel:
-    """Fit Gaussians to posed RGBA views (module doc, steps 1-3). ``p`` holds the pipeline's
-    parameters (iters, init_points, lr_*, w_ssim, w_mask, densify_*, opacity_reset_every, sh_degree)."""
-    device = views.images.device
-    points, colours = visual_hull_points(views, p["init_points"], generator)
-    extent = float((points.max(0).values - points.min(0).values).max())
-    model = GaussianModel.from_points(points, colours, scale=knn_scale(points), opacity=0.5, sh_degree=p["sh_degree"]).to(device)
-    lrs = {"means": p["lr_means"] * extent, "scales": p["lr_scales"], "quats": p["lr_quats"],
-           "opacities": p["lr_opacities"], "sh0": p["lr_colors"], "shN": p["lr_colors"] / 20.0}
-    optimizers = model.parameter_groups(lrs)
-    iters = p["iters"]
-    densify = Densification(prune_opacity=p["prune_opacity"], grad_threshold=p["densify_grad"], prune_scale3d=0.2,
-                            start=p["densify_from"], stop=p["densify_until"], every=p["densify_every"],
-                            reset_every=p["opacity_reset_every"], scene_scale=extent)
-    densify.check(model, optimizers)
-    n_views = len(views.cameras)
+    """Fit Gaussians to posed RGBA views (:class:`GaussianFit` from the visual hull, ``iters``
+    steps), reporting progress as ``stage`` and point-cloud previews."""
+    fit = GaussianFit(views, p, generator, emit)
     previews = PreviewThrottle()
-    kind = p.get("loss", "l1_ssim")
-    backbone = "vgg" if kind == "im3d" else "alex"
-    lpips_net = load_lpips(device, backbone) if p["w_lpips"] > 0 else None
-    if p["w_lpips"] > 0 and lpips_net is None:
-        emit.log(f"LPIPS off: the lpips package or its {backbone} weights ({LPIPS_BACKBONES[backbone]} in the torch hub "
-                 "cache) are not present locally" + ("; L1 takes its place" if kind == "im3d" else ""))
+    iters = p["iters"]
     for step in range(1, iters + 1):
         cancel.check()
-        set_lr(optimizers["means"], expon_lr(step, iters, lrs["means"], lrs["means"] * 0.01))
-        i = int(torch.randint(n_views, (1,), generator=generator))
-        cam = views.cameras[i]
-        gt = views.images[i:i + 1]
-        bg = torch.rand(3, generator=generator).to(device)
-        target = gt[..., :3] * gt[..., 3:] + (1 - gt[..., 3:]) * bg
-        out = render(model, cam, background=bg)
-        densify.before_backward(model, optimizers, step, out.info)
-        loss = robust_image_loss(out.rgb, target, out.alpha[..., 0], gt[..., 3], kind, w_ssim=p["w_ssim"],
-                                 w_mask=p["w_mask"], w_lpips=p["w_lpips"], lpips_net=lpips_net)
-        loss.backward()
-        step_optimizers(optimizers)
-        densify.after_backward(model, optimizers, step, out.info)
-        emit.progress(stage, step, iters, loss.item(), message=f"{len(model)} Gaussians")
+        loss = fit.step(step, iters)
+        emit.progress(stage, step, iters, loss, message=f"{len(fit.model)} Gaussians")
         if previews.due(step, iters):
-            emit.preview("gaussians", preview_gaussians(model), {"step": step, "count": len(model)})
-    return model
+            emit.preview("gaussians", preview_gaussians(fit.model), {"step": step, "count": len(fit.model)})
+    return fit.model
 
 
 def calibration_cameras(cameras: Cameras, n: int = 8) -> Cameras:

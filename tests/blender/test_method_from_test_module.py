@@ -318,3 +318,29 @@ def test_dreamtime_is_in_the_panel_with_its_schedule_described_and_runs(blender_
     assert obj.name == "a blue teapot" and obj["splatsmith_pipeline"] == "dreamtime"
     assert len(obj.data.polygons) > 100 and "UVMap" in obj.data.uv_layers
     assert state.handle.result["meta"]["timestep_schedule"] == "dreamtime"
+
+
+def test_im3d_from_the_panel_shows_its_generated_views_as_an_image(blender_addon_connected):
+    """IM-3D in the panel (text mode, tiny): the run lands as an object and the generated views
+    arrive as the image '<preview> views' (a contact sheet, 2 x 2 tiles of the tiny preset's 4
+    views of 64 px), which the add-on shows in any open Image Editor."""
+    bpy, client_glue = blender_addon_connected
+    from blender_addon import properties, scene_io
+
+    settings = bpy.context.scene.splatsmith
+    assert "im3d" in {item[0] for item in properties._pipeline_items(settings, bpy.context)}
+    settings.pipeline = "im3d"
+    settings.preset = "tiny"
+    settings["im3d.mode"] = 1  # text
+    settings["im3d.prompt"] = "a red chair"
+    assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=600) == {"FINISHED"}
+    state = client_glue.session.jobs[-1]
+    obj = bpy.data.objects[state.result_object]
+    assert obj["splatsmith_pipeline"] == "im3d" and len(obj.data.polygons) > 50
+    meta = state.handle.result["meta"]
+    assert meta["mode"] == "text" and meta["loops"] == 2 and meta["denoiser_evaluations"] > 0
+    views = bpy.data.images[f"{state.preview_name} views"]
+    assert tuple(views.size) == (128, 128)
+    pixels = np.asarray(views.pixels[:]).reshape(128, 128, 4)
+    assert pixels[..., :3].std() > 0.01  # drawn, not blank
+    assert scene_io.show_in_image_editors(views) == 0  # headless: no editor open, and no error

@@ -2,6 +2,7 @@
 presets, inputs and checks (the method is ``backend.pipelines.reconstruct``)."""
 from __future__ import annotations
 
+from .fitting import fit_params
 from ..base import (BYTES_PER_GAUSSIAN, BYTES_PER_TEXEL, BYTES_PER_VOXEL, InputSpec, Param, ParamError, Pipeline,
                     grouped, register)
 
@@ -19,12 +20,7 @@ class ReconstructSpec(Pipeline):
         "resolution": Param("int", 256, "training resolution (longer image side), pixels", min=32, max=1024),
         "iters": Param("int", 3000, "optimisation steps", min=1, max=100_000),
         "init_points": Param("int", 10_000, "initial Gaussians (from the visual hull)", min=100, max=500_000),
-        "sh_degree": Param("int", 0, "spherical-harmonics degree of the colour", min=0, max=3),
         "lr_means": Param("float", 1.6e-3, "position learning rate at the start, in object sizes (the fitted object's extent; decays to 1%)", min=0, max=1),
-        "lr_scales": Param("float", 5e-3, "log-scale learning rate", min=0, max=1),
-        "lr_quats": Param("float", 1e-3, "rotation learning rate", min=0, max=1),
-        "lr_opacities": Param("float", 5e-2, "opacity learning rate", min=0, max=1),
-        "lr_colors": Param("float", 1e-2, "colour learning rate", min=0, max=1),
         "loss": Param("choice", "l1_ssim", "image loss: l1_ssim ((1 - w_ssim) L1 + w_ssim (1 - MS-SSIM) + w_lpips "
                       "LPIPS-AlexNet) or im3d (w_lpips LPIPS-VGG + w_ssim (1 - MS-SSIM), IM-3D's robust loss; L1 in "
                       "LPIPS's place without its weights); both add the mask loss", choices=("l1_ssim", "im3d")),
@@ -36,14 +32,7 @@ class ReconstructSpec(Pipeline):
         "densify_every": Param("int", 100, "steps between densifications", min=1, max=100_000),
         "densify_until": Param("int", 1800, "last densification step (60% of the default iters, as 3DGS's 15k of 30k)",
                                min=0, max=100_000),
-        "densify_grad": Param("float", 2e-4, "image-plane gradient threshold (gsplat units)", min=0, max=1),
-        "prune_opacity": Param("float", 0.01, "Gaussians below this opacity are pruned", min=0, max=1),
-        "opacity_reset_every": Param("int", 0, "steps between opacity resets (0: never)", min=0, max=100_000),
-        "mesh_resolution": Param("int", 128, "density grid resolution for marching cubes", min=16, max=512),
-        "density_threshold": Param("float", 1.0, "iso-level of the density field", min=1e-4, max=100),
-        "max_faces": Param("int", 50_000, "face budget of the mesh", min=100, max=1_000_000),
-        "texture_size": Param("int", 1024, "texture side, texels", min=64, max=4096),
-        "unwrap_time_limit": Param("float", 180.0, "seconds allowed for UV unwrapping", min=1, max=3600),
+        **fit_params(),
     }
     params = grouped(params, groups={
         "input": ("camera_angle_x", "resolution"),
