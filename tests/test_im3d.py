@@ -125,13 +125,11 @@ def test_cli_generate_im3d_image_text_and_oracle(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_oracle_image_run_recovers_the_object_and_the_loop_repairs_jittered_views(tmp_path):
+def test_oracle_image_run_recovers_the_object(tmp_path):
     """Image mode, the oracle, the ``fast`` preset: held-out mask IoU >= 0.95 (measured 0.964)
     and textured-mesh PSNR above 21 dB (measured 23.0: below the issue's 25 dB, the held-out
-    views' tops and bottoms being seen by no view of the one orbit). With the first
-    generation's cameras jittered by up to 10 degrees (inconsistent views), each loop's
-    Gaussians beat those before any loop (measured IoU / PSNR 0.923 / 21.2 dB before,
-    0.966 / 23.3 after loop 1, 0.970 / 22.8 after loop 2)."""
+    views' tops and bottoms being seen by no view of the one orbit). What each loop gains on
+    a jittered first generation is measured by ``bench/im3d.py --loop-check``."""
     from backend.geometry.export import load_glb
     from backend.render.gaussians import GaussianModel
     from scenes import held_out_scores
@@ -145,12 +143,3 @@ def test_oracle_image_run_recovers_the_object_and_the_loop_repairs_jittered_view
     print("im3d oracle fast:", scores, result.meta)
     assert scores["mesh_iou"] >= 0.95 and scores["mesh_psnr"] >= 21.0, scores
 
-    job, result = run_local(JobStore(tmp_path / "jittered"), IM3DPipeline, "fast", dict(params, oracle_jitter=10.0), {}, 0,
-                            Emitter())
-    per_loop = [held_out_scores(mesh, 2.0, GaussianModel.load_ply(job.dir / name))
-                for name in ("gaussians_fit1.ply", "gaussians_fit2.ply", "gaussians.ply")]
-    print("im3d jittered, before / after loop 1 / after loop 2:", per_loop)
-    before, loop1, loop2 = per_loop
-    for after in (loop1, loop2):
-        assert after["gaussian_iou"] > before["gaussian_iou"] + 0.02, per_loop
-        assert after["gaussian_psnr"] > before["gaussian_psnr"] + 1.0, per_loop
