@@ -149,7 +149,7 @@ class IM3DPipeline(IM3DSpec):
                 with torch.no_grad():
                     renders = render(fit.model, cams, background=1.0).rgb.permute(0, 3, 1, 2)
                 strength = strengths[loop]
-                schedule = max(p["regen_steps"], math.ceil(p["regen_steps"] / strength))
+                schedule = math.ceil(p["regen_steps"] / strength)  # strength <= 1: never fewer steps than regen_steps
                 images = generator.regenerate(renders.clamp(0, 1), cams, strength, schedule, generator=gen,
                                               check=cancel.check)
                 fit.views = Views(cams, masked_views(images, p["mask_threshold"]))
