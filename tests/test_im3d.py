@@ -3,19 +3,22 @@ parameters, previews and meta, the CLI in image, text and oracle forms, and an o
 that proves it."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import trimesh
 
+from backend.cameras import orbit_cameras
 from backend.jobs import JobStore
 from backend.pipelines import load_builtin
 from backend.pipelines.base import Emitter, ParamError
 from backend.pipelines.im3d import IM3DPipeline, contact_sheet, masked_views
 from backend.worker import run_local
-from scenes import make_test_object, write_object_glb
+from scenes import make_test_object, render_rgba, write_object_glb
 
 
 class Record(Emitter):
@@ -68,6 +71,9 @@ def test_loops_follow_the_strengths_and_no_loop_means_one_fit(tmp_path):
     ({"loops": 2, "regen_strength": "0.5"}, True, "one per loop"),
     ({"regen_strength": "0.5,lots"}, True, "numbers in (0, 1]"),
     ({"regen_strength": "0.5,1.5"}, True, "numbers in (0, 1]"),
+    ({"view_elevations": "20,up"}, True, "numbers in [-80, 80]"),
+    ({"view_elevations": " "}, True, "'view_elevations' is empty"),
+    ({"elevation": 60, "view_elevations": "0,30"}, True, "leaves [-80, 80] degrees"),
     ({}, False, "needs the input 'image'"),
     ({"mode": "text"}, False, "needs a 'prompt'"),
 ])
@@ -76,8 +82,30 @@ def test_bad_requests_are_refused_in_one_sentence(params, inputs, words):
 
     spec = load_builtin()["im3d"]
     rgb, mask = demo_photo()
-    with pytest.raises(ParamError, match=words.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ParamError, match=re.escape(words)):
         spec.resolve("tiny", params, {"image": rgb, "mask": mask} if inputs else {})
+
+
+def test_view_elevations_cycle_over_the_orbit(tmp_path):
+    """The K cameras' elevations are the orbit's plus ``view_elevations`` cycled in azimuth order,
+    and the oracle's views are the object seen from them (its top from above)."""
+    gt = write_object_glb(tmp_path / "gt.glb", make_test_object(texture_size=64)[1])
+    params = {"teacher": "oracle", "oracle_mesh": str(gt), "views": 5, "elevation": 10, "view_elevations": "30,-40",
+              "loops": 0, "regen_strength": "", "iters": 4}
+    record = Record()
+    _, result = run_local(JobStore(tmp_path / "jobs"), IM3DPipeline, "tiny", params, {}, 0, record)
+    assert result.meta["view_elevations"] == [40.0, -30.0, 40.0, -30.0, 40.0]
+    sheet = record.previews["views"]["data"]["rgba"][..., :3].astype(np.float32)  # the generated views, 3 per row
+    mesh = make_test_object(texture_size=64)[0]
+
+    def orbit_sheet(elevations):
+        rgba = render_rgba(mesh, orbit_cameras(torch.tensor(elevations), torch.arange(5) * 72.0, 2.0, 49.1, 64, 64))
+        on_white = rgba[..., :3] * (rgba[..., 3:] / 255.0) + 255.0 * (1.0 - rgba[..., 3:] / 255.0)
+        return contact_sheet(torch.from_numpy(on_white / 255.0).permute(0, 3, 1, 2).float())[..., :3].astype(np.float32)
+
+    wavy = np.abs(sheet - orbit_sheet([40.0, -30.0, 40.0, -30.0, 40.0])).mean()
+    flat = np.abs(sheet - orbit_sheet([10.0] * 5)).mean()
+    assert wavy < 2.0 and flat > 4 * wavy, (wavy, flat)
 
 
 def test_views_are_masked_against_white_and_tiled():
@@ -126,10 +154,10 @@ def test_cli_generate_im3d_image_text_and_oracle(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_oracle_image_run_recovers_the_object(tmp_path):
-    """Image mode, the oracle, the ``fast`` preset: held-out mask IoU >= 0.95 (measured 0.964)
-    and textured-mesh PSNR above 21 dB (measured 23.0: below the issue's 25 dB, the held-out
-    views' tops and bottoms being seen by no view of the one orbit). What each loop gains on
-    a jittered first generation is measured by ``bench/im3d.py --loop-check``."""
+    """Image mode, the oracle, the ``fast`` preset (16 views on the wavy orbit): held-out mask
+    IoU >= 0.95 and textured-mesh PSNR >= 25 dB, the issue's figures (measured 0.980 / 26.8).
+    What each loop gains on a jittered first generation is measured by ``bench/im3d.py
+    --loop-check``."""
     from backend.geometry.export import load_glb
     from backend.render.gaussians import GaussianModel
     from scenes import held_out_scores
@@ -141,5 +169,5 @@ def test_oracle_image_run_recovers_the_object(tmp_path):
     scores = held_out_scores(mesh, result.meta["radius"], GaussianModel.load_ply(job.dir / "gaussians.ply"),
                              load_glb(job.dir / "asset.glb"))
     print("im3d oracle fast:", scores, result.meta)
-    assert scores["mesh_iou"] >= 0.95 and scores["mesh_psnr"] >= 21.0, scores
+    assert scores["mesh_iou"] >= 0.95 and scores["mesh_psnr"] >= 25.0, scores
 

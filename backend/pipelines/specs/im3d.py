@@ -34,6 +34,9 @@ class IM3DSpec(Pipeline):
         "reference_seed": Param("int", None, "text mode: seed of the reference image (unset: the job's seed)", min=0,
                                 max=2**31 - 1),
         "views": Param("int", 16, "K, views generated per orbit (uniform azimuth steps of 360/K)", min=2, max=64),
+        "view_elevations": Param("str", "0", "elevation offsets of the views from the orbit's, degrees, cycled over the K "
+                                 "views in azimuth order: 0 is the paper's flat orbit; e.g. 20,-20 a wavy orbit that also "
+                                 "sees the top and the bottom", max_len=200),
         "view_size": Param("int", 512, "side of the generated views, pixels", min=32, max=1024),
         "elevation": Param("float", 0.0, "elevation of the orbit and of the reference view, degrees, positive when the "
                            "camera is above the object", min=-80, max=80),
@@ -75,7 +78,7 @@ class IM3DSpec(Pipeline):
     params = grouped(params, groups={
         "input": ("mode", "prompt", "negative_prompt", "elevation", "ref_size", "reference_steps", "reference_seed"),
         "teacher": ("teacher", "oracle_mesh", "oracle_jitter", "weights", "guidance_scale", "solver", "gen_steps", "loops", "regen_strength",
-                    "regen_steps", "views", "view_size", "radius", "fovy", "mask_threshold"),
+                    "regen_steps", "views", "view_elevations", "view_size", "radius", "fovy", "mask_threshold"),
         "gaussians": ("iters", "regen_every", "views_per_step", "init", "init_points", "init_radius", "sh_degree", "lr_means",
                       "lr_scales", "lr_quats", "lr_opacities", "lr_colors", "loss", "w_lpips", "w_ssim", "w_mask"),
         "densification": ("densify_from", "densify_every", "densify_until", "densify_grad", "prune_opacity",
@@ -88,7 +91,7 @@ class IM3DSpec(Pipeline):
     works_on = ("prompt", "image")
     presets = {
         "default": {},
-        "fast": {"views": 8, "view_size": 128, "ref_size": 128, "gen_steps": 20, "regen_steps": 6, "iters": 600,
+        "fast": {"views": 16, "view_elevations": "0,25,0,-25", "view_size": 128, "ref_size": 128, "gen_steps": 20, "regen_steps": 6, "iters": 600,
                  "regen_every": 200, "views_per_step": 1, "init": "hull", "init_points": 6000, "densify_from": 100,
                  "densify_every": 100, "densify_until": 420, "mesh_resolution": 128, "max_faces": 20_000,
                  "texture_size": 512},
@@ -111,6 +114,7 @@ class IM3DSpec(Pipeline):
         if params["mode"] == "text" and not params["prompt"].strip() and params["teacher"] != "oracle":
             raise ParamError("text mode needs a 'prompt'")
         check_teacher_inputs(params, inputs)
+        view_elevations(params)
         strengths = regen_strengths(params)
         if len(strengths) != params["loops"]:
             raise ParamError(f"'regen_strength' lists {len(strengths)} strengths for {params['loops']} loops: give one per "
@@ -127,17 +131,45 @@ class IM3DSpec(Pipeline):
         }
 
 
+def _numbers(params: dict, name: str, example: str, low: float, high: float, low_open: bool) -> list[float]:
+    """The comma-separated numbers of the string parameter ``name``, each in [low, high] ((low, high]
+    when ``low_open``). Raises ParamError naming the parameter, the range and an example."""
+    text = params[name].strip()
+    try:
+        values = [float(x) for x in text.split(",")] if text else []
+    except ValueError:
+        values = None
+    inside = (lambda v: low < v <= high) if low_open else (lambda v: low <= v <= high)
+    if values is None or not all(inside(v) for v in values):
+        bracket = "(" if low_open else "["
+        raise ParamError(f"'{name}' must be numbers in {bracket}{low:g}, {high:g}] separated by commas, e.g. {example}; "
+                         f"got {text!r}")
+    return values
+
+
+def view_elevations(params: dict) -> list[float]:
+    """Elevation offsets of the K views, degrees, one per view: ``view_elevations`` (``"20,-20"``)
+    cycled in azimuth order, each in [-80, 80] and the orbit's elevation plus it too.
+
+    Raises:
+        ParamError: not numbers, none given, or a view's elevation outside [-80, 80].
+    """
+    offsets = _numbers(params, "view_elevations", "0 or 20,-20", -80.0, 80.0, False)
+    if not offsets:
+        raise ParamError("'view_elevations' is empty: give at least one offset, e.g. 0 (the paper's flat orbit)")
+    k = params["views"]
+    out = [offsets[i % len(offsets)] for i in range(k)]
+    worst = max(out, key=lambda v: abs(params["elevation"] + v))
+    if abs(params["elevation"] + worst) > 80:
+        raise ParamError(f"elevation {params['elevation']:g} plus the view offset {worst:g} leaves [-80, 80] degrees: "
+                         "lower the offsets or the elevation")
+    return out
+
+
 def regen_strengths(params: dict) -> list[float]:
     """The regeneration strengths of ``regen_strength`` (``"0.5,0.3"`` -> [0.5, 0.3]).
 
     Raises:
         ParamError: not numbers in [0, 1].
     """
-    text = params["regen_strength"].strip()
-    try:
-        values = [float(x) for x in text.split(",")] if text else []
-    except ValueError:
-        values = None
-    if values is None or not all(0.0 < v <= 1.0 for v in values):
-        raise ParamError(f"'regen_strength' must be numbers in (0, 1] separated by commas, e.g. 0.5,0.3; got {text!r}")
-    return values
+    return _numbers(params, "regen_strength", "0.5,0.3", 0.0, 1.0, True)
