@@ -130,6 +130,19 @@ def test_default_preset_is_the_papers_and_within_the_evaluation_budget():
     assert p["gen_steps"] + p["loops"] * p["regen_steps"] <= 80
 
 
+def test_a_default_run_counts_60_denoiser_evaluations(tmp_path):
+    """A ``default`` run's schedule (40 generation steps, regenerations at strengths 0.5 and 0.3
+    of 10 steps each) with the sizes shrunk and the tiny models: the meta counts 40 + 10 + 10."""
+    from backend.images import demo_photo
+
+    rgb, mask = demo_photo()
+    small = {"weights": "tiny", "view_size": 64, "ref_size": 64, "iters": 3, "regen_every": 1, "init_points": 500,
+             "mesh_resolution": 32, "texture_size": 64}
+    _, result = run_local(JobStore(tmp_path / "jobs"), IM3DPipeline, "default", small, {"image": rgb, "mask": mask}, 0,
+                          Emitter())
+    assert result.meta["loops"] == 2 and result.meta["denoiser_evaluations"] == 60
+
+
 def test_cli_generate_im3d_image_text_and_oracle(tmp_path):
     """`splatsmith generate --pipeline im3d (--image | --prompt) [--teacher oracle --oracle-mesh]`."""
     from PIL import Image
