@@ -11,9 +11,10 @@ its source:
 - :class:`DreamTime`: time-prioritised SDS (Huang et al. 2023, TP-SDS, section 4), a
   deterministic non-increasing t(i) that spends optimisation steps in proportion to
   W(t) = W_d(t) W_p(t), the SDS gradient then taken with w(t) = 1 (:func:`sds_weighting`).
-- :class:`DTCCurriculum`: DTC123's diffusion time-step curriculum (Yi et al. 2024): a sampling
-  window that anneals monotonically from coarse (large t) to fine (small t), stage by stage,
-  with a lower bound and local random jitter inside the window.
+- :class:`DTCCurriculum`: DTC123's diffusion time-step curriculum (Yi et al. 2024): stages
+  (coarse, middle, fine) whose timestep bands move down, t annealed through each band with
+  local randomness and never below the band; :class:`TeacherHandover` gives each teacher's
+  weight per stage (Zero-1-to-3 -> Stable Diffusion).
 
 Ramps (:class:`Ramp`) give any scalar (loss weights, resolutions) as a piecewise-linear
 function of the training fraction.
@@ -171,44 +172,73 @@ class DreamTime:
 
 @dataclass(frozen=True)
 class CurriculumStage:
-    """One stage of :class:`DTCCurriculum`: until training fraction ``until``, the window's
-    upper end anneals linearly from ``t_start`` to ``t_end``; the window spans ``width``
-    timesteps below it, never below ``t_floor``."""
+    """One stage of :class:`DTCCurriculum`.
 
+    Attributes:
+        name: ``"coarse"``, ``"middle"``, ``"fine"`` or any label (the trace names it).
+        until: training fraction in (0, 1] at which the stage ends.
+        t_high, t_low: the stage's timestep band; the annealed value falls linearly from
+            ``t_high`` at the stage's start to ``t_low`` at its end, and no draw leaves the band
+            (``t_low`` is the stage's lower bound).
+        width: local randomness: a draw is uniform in the annealed value +- ``width`` / 2,
+            clipped to the band.
+    """
+
+    name: str
     until: float
-    t_start: int
-    t_end: int
-    width: int = 200
-    t_floor: int = 20
+    t_high: int
+    t_low: int
+    width: int = 100
+
+
+#: DTC123's stages as this project chose them (the paper publishes no band; see
+#: ``backend/pipelines/dtc123.py`` and ``docs/methods.md`` for the measurement behind them).
+DTC_STAGES: tuple[CurriculumStage, ...] = (
+    CurriculumStage("coarse", 0.4, 980, 650, 200),
+    CurriculumStage("middle", 0.75, 650, 300, 150),
+    CurriculumStage("fine", 1.0, 300, 20, 100),
+)
 
 
 @dataclass(frozen=True)
 class DTCCurriculum:
-    """DTC123's diffusion time-step curriculum (Yi et al. 2024, section 3): coarse-to-fine
-    annealing of the SDS timestep window. Each step samples t uniformly in the current window
-    [max(hi - width, t_floor), hi] (the local random jitter), where ``hi`` decreases
-    monotonically stage by stage. The default has two stages, matching DTC123's teacher
-    hand-over: a coarse one (Zero-1-to-3, large t) and a fine one (Stable Diffusion, small t).
+    """DTC123's diffusion time-step curriculum (Yi et al. 2024, section 3.2): training split
+    into stages whose timestep bands move down (coarse shape at large t, fine texture at small
+    t); within a stage t follows an annealed value from the band's top to its bottom, drawn with
+    local randomness around it and never outside the band (the stage's lower bound holds).
+
+    t(step) ~ U[max(a - width/2, t_low), min(a + width/2, t_high)] (integers), with
+    a = t_high + (t_low - t_high) u and u the progress through the current stage in [0, 1].
+
+    Args:
+        stages: the stages in training order: ``until`` increasing and ending at 1.0; bands
+            non-increasing from stage to stage (neither bound rises); ``t_low <= t_high`` and
+            ``width >= 0`` in each.
+    Raises:
+        ValueError: stages that break those rules (the message names the stage).
     """
 
-    stages: tuple[CurriculumStage, ...] = (
-        CurriculumStage(until=0.5, t_start=980, t_end=500, width=300, t_floor=200),
-        CurriculumStage(until=1.0, t_start=500, t_end=50, width=200, t_floor=20),
-    )
+    stages: tuple[CurriculumStage, ...] = DTC_STAGES
 
     def __post_init__(self) -> None:
-        prev_end, prev_until = math.inf, 0.0
+        if not self.stages:
+            raise ValueError("a curriculum needs at least one stage")
+        prev = None
         for s in self.stages:
-            if not (prev_until < s.until <= 1.0):
-                raise ValueError("curriculum stages must have increasing 'until' fractions ending at 1.0")
-            if s.t_start > prev_end or s.t_end > s.t_start or s.width < 0 or s.t_floor < 0:
-                raise ValueError(f"curriculum stage {s} is not monotone coarse-to-fine")
-            prev_end, prev_until = s.t_end, s.until
+            if not 0 <= s.t_low <= s.t_high < NUM_TRAIN_TIMESTEPS or s.width < 0:
+                raise ValueError(f"curriculum stage {s.name!r}: need 0 <= t_low <= t_high < {NUM_TRAIN_TIMESTEPS} and "
+                                 f"width >= 0, got band [{s.t_low}, {s.t_high}] width {s.width}")
+            if prev is not None and not prev.until < s.until:
+                raise ValueError(f"curriculum stage {s.name!r} must end after {prev.name!r} ('until' increasing)")
+            if prev is not None and (s.t_high > prev.t_high or s.t_low > prev.t_low):
+                raise ValueError(f"curriculum stage {s.name!r}'s band [{s.t_low}, {s.t_high}] rises above "
+                                 f"{prev.name!r}'s [{prev.t_low}, {prev.t_high}]: bands must move down")
+            prev = s
         if self.stages[-1].until != 1.0:
-            raise ValueError("the last curriculum stage must end at 1.0")
+            raise ValueError("the last curriculum stage must end at training fraction 1.0")
 
     def stage(self, step: int, total: int) -> tuple[int, CurriculumStage, float]:
-        """(stage index, stage, progress within the stage in [0, 1])."""
+        """(stage index, stage, progress within the stage in [0, 1]) at ``step`` of ``total``."""
         r = _progress(step, total)
         begin = 0.0
         for k, s in enumerate(self.stages):
@@ -217,20 +247,56 @@ class DTCCurriculum:
             begin = s.until
         raise AssertionError("unreachable")
 
+    def annealed(self, step: int, total: int) -> float:
+        """The annealed value a at this step (before the local randomness)."""
+        _, s, u = self.stage(step, total)
+        return s.t_high + (s.t_low - s.t_high) * u
+
     def window(self, step: int, total: int) -> tuple[int, int]:
-        """The sampling window (lo, hi) at this step; both non-increasing over training (a
-        stage's lower end never rises above where the previous stage's ended)."""
-        k, s, u = self.stage(step, total)
-        cap = math.inf
-        for prev in self.stages[:k]:
-            cap = min(cap, max(prev.t_end - prev.width, prev.t_floor))
-        hi = round(s.t_start + (s.t_end - s.t_start) * u)
-        lo = min(max(hi - s.width, s.t_floor), cap)
-        return int(min(lo, hi)), hi
+        """(lo, hi): the range a draw at this step can take (inclusive)."""
+        _, s, _ = self.stage(step, total)
+        a = self.annealed(step, total)
+        return (int(min(max(math.ceil(a - s.width / 2), s.t_low), s.t_high)),
+                int(max(min(math.floor(a + s.width / 2), s.t_high), s.t_low)))
 
     def __call__(self, step: int, total: int, generator: torch.Generator | None = None) -> int:
         lo, hi = self.window(step, total)
         return int(torch.randint(lo, hi + 1, (1,), generator=generator))
+
+
+@dataclass(frozen=True)
+class TeacherHandover:
+    """DTC123's teacher hand-over (Yi et al. 2024, section 3.3) as data: each teacher's SDS
+    weight per curriculum stage, linear from the stage's start to its end.
+
+    ``weights`` maps a teacher name (``"zero123"``, ``"stable-diffusion"``) to one
+    ``(start, end)`` pair per stage of ``curriculum``. The default: Zero-1-to-3 alone in the
+    coarse stage; both in the middle, Stable Diffusion's weight ramping 0 -> 1; Stable
+    Diffusion dominant in the fine stage with Zero-1-to-3 kept small (0.1) to hold the shape.
+    The paper publishes no weights; these are our choice (``docs/methods.md``).
+
+    Raises:
+        ValueError: a teacher without one pair per stage, or a negative weight.
+    """
+
+    curriculum: DTCCurriculum = field(default_factory=DTCCurriculum)
+    weights: dict = field(default_factory=lambda: {
+        "zero123": ((1.0, 1.0), (1.0, 1.0), (0.1, 0.1)),
+        "stable-diffusion": ((0.0, 0.0), (0.0, 1.0), (1.0, 1.0)),
+    })
+
+    def __post_init__(self) -> None:
+        n = len(self.curriculum.stages)
+        for name, pairs in self.weights.items():
+            if len(pairs) != n:
+                raise ValueError(f"teacher {name!r} has {len(pairs)} weight pairs for {n} curriculum stages")
+            if any(w < 0 for pair in pairs for w in pair):
+                raise ValueError(f"teacher {name!r} has a negative weight")
+
+    def at(self, step: int, total: int) -> dict[str, float]:
+        """Each teacher's weight at ``step`` of ``total``: {name: weight >= 0}."""
+        k, _, u = self.curriculum.stage(step, total)
+        return {name: pairs[k][0] + (pairs[k][1] - pairs[k][0]) * u for name, pairs in self.weights.items()}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend.schedules import (CurriculumStage, DreamGaussianAnneal, DreamTime, DTCCurriculum, Ramp, Uniform,
+from backend.schedules import (CurriculumStage, DreamGaussianAnneal, DreamTime, DTCCurriculum, Ramp, TeacherHandover, Uniform,
                                dreamtime_prior_weight, scaled_linear_alphas_cumprod, step_levels)
 
 
@@ -146,23 +146,45 @@ def test_schedules_show_prints_every_iteration_and_plots(tmp_path):
     assert prior.exit_code == 1 and "m2 <= m1" in prior.output
 
 
-def test_dtc_curriculum_window_anneals_with_floor_and_jitter():
+def test_dtc_curriculum_bands_move_down_with_local_randomness_and_a_floor():
+    """Issue 16 item 1: stages coarse/middle/fine with bands that move down; within a stage the
+    annealed value falls from the band's top to its bottom; draws are random around it, inside
+    the band, never below the stage's lower bound."""
     s = DTCCurriculum()
-    windows = [s.window(i, 1000) for i in range(1001)]
-    his = [w[1] for w in windows]
-    los = [w[0] for w in windows]
-    assert all(a >= b for a, b in zip(his, his[1:])) and all(a >= b for a, b in zip(los, los[1:]))
-    assert his[0] == 980 and his[-1] == 50 and min(los) >= 20
-    assert s.window(500, 1000) == (200, 500)  # end of the coarse stage: floor 200
+    assert [st.name for st in s.stages] == ["coarse", "middle", "fine"]
+    bands = [(st.t_high, st.t_low) for st in s.stages]
+    assert all(a[0] >= b[0] and a[1] >= b[1] for a, b in zip(bands, bands[1:]))
+    total = 1000
     g = torch.Generator().manual_seed(0)
-    draws = [s(100, 1000, g) for _ in range(500)]
-    lo, hi = s.window(100, 1000)
-    assert min(draws) >= lo and max(draws) <= hi and len(set(draws)) > 50  # jitter within the window
-    assert s.stage(300, 1000)[0] == 0 and s.stage(700, 1000)[0] == 1
-    with pytest.raises(ValueError):
-        DTCCurriculum((CurriculumStage(0.5, 500, 800),))
-    with pytest.raises(ValueError):
-        DTCCurriculum((CurriculumStage(0.5, 900, 500), CurriculumStage(1.0, 700, 100)))
+    annealed = [s.annealed(i, total) for i in range(total + 1)]
+    assert all(a >= b for a, b in zip(annealed, annealed[1:]))  # contiguous default bands: monotone overall
+    assert annealed[0] == 980 and annealed[-1] == 20
+    for i in range(0, total + 1, 7):
+        _, st, _ = s.stage(i, total)
+        draws = [s(i, total, g) for _ in range(40)]
+        assert all(st.t_low <= t <= st.t_high for t in draws), (i, st, draws)
+        assert all(abs(t - s.annealed(i, total)) <= st.width / 2 + 1 for t in draws)
+    middle = [s(550, total, g) for _ in range(400)]
+    assert len(set(middle)) > 60  # local randomness: about the whole +-75 window
+    with pytest.raises(ValueError, match="rises above"):
+        DTCCurriculum((CurriculumStage("a", 0.5, 700, 300), CurriculumStage("b", 1.0, 800, 100)))
+    with pytest.raises(ValueError, match="t_low <= t_high"):
+        DTCCurriculum((CurriculumStage("a", 1.0, 300, 500),))
+    with pytest.raises(ValueError, match="end at training fraction 1.0"):
+        DTCCurriculum((CurriculumStage("a", 0.5, 900, 500),))
+
+
+def test_teacher_handover_zero123_first_stable_diffusion_last():
+    """Issue 16 item 3: Zero-1-to-3 alone at the start, Stable Diffusion ramping up in the middle,
+    dominant at the end."""
+    h = TeacherHandover()
+    w = [h.at(i, 1000) for i in range(1001)]
+    assert w[0] == {"zero123": 1.0, "stable-diffusion": 0.0}
+    sd = [x["stable-diffusion"] for x in w]
+    assert all(a <= b for a, b in zip(sd, sd[1:]))
+    assert w[-1]["stable-diffusion"] > 5 * w[-1]["zero123"] > 0
+    with pytest.raises(ValueError, match="2 weight pairs for 3"):
+        TeacherHandover(weights={"zero123": ((1, 1), (1, 1))})
 
 
 def test_ramps_and_levels():
