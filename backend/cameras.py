@@ -176,6 +176,51 @@ def sample_orbit_cameras(
     return orbit_cameras(el, az, r, fovy, width, height), el, az, r
 
 
+class DebiasedAzimuths:
+    """Azimuths of SDS views with DTC123's camera de-biasing as this project reads it (Yi et al.
+    2024 name "camera pose de-biasing" without a formula; ``docs/methods.md``): the views widen
+    from the reference view to the whole orbit over the first ``widen_steps`` steps, and every
+    block of ``block`` consecutive steps visits each of ``block`` equal sectors of the current
+    range once, in a random order, at a uniform point inside it (stratified sampling: no side is
+    over- or under-visited, which plain uniform draws do over a few hundred steps).
+
+    Args:
+        block: steps per block (sectors of the circle), >= 1.
+        start_half_width: half the azimuth range at step 1, degrees in (0, 180].
+        widen_steps: steps over which the half-width grows linearly to 180 (0: the whole orbit
+            from the start).
+        generator: the job's generator (the sector order and the points in them).
+    Raises:
+        ValueError: ``block`` < 1 or ``start_half_width`` outside (0, 180].
+
+    Call with the 1-based step: returns the azimuth in degrees, in [-half, half] around the
+    reference view (azimuth 0).
+    """
+
+    def __init__(self, block: int = 8, start_half_width: float = 45.0, widen_steps: int = 0,
+                 generator: torch.Generator | None = None):
+        if block < 1 or not 0.0 < start_half_width <= 180.0:
+            raise ValueError(f"need block >= 1 and 0 < start_half_width <= 180, got {block} and {start_half_width}")
+        self.block, self.start, self.widen, self.generator = block, float(start_half_width), int(widen_steps), generator
+        self._order: list[int] = []
+        self._block_index = -1
+
+    def half_width(self, step: int) -> float:
+        """Half the azimuth range at ``step``, degrees."""
+        if self.widen <= 0:
+            return 180.0
+        return self.start + (180.0 - self.start) * min(max(step - 1, 0) / self.widen, 1.0)
+
+    def __call__(self, step: int) -> float:
+        index, slot = divmod(max(step - 1, 0), self.block)
+        if index != self._block_index:
+            self._order = torch.randperm(self.block, generator=self.generator).tolist()
+            self._block_index = index
+        half = self.half_width(step)
+        u = float(torch.rand((), generator=self.generator))
+        return -half + 2.0 * half * (self._order[slot] + u) / self.block
+
+
 def look_at_point(cameras: Cameras) -> torch.Tensor:
     """The point the cameras look at: the least-squares intersection of their optical axes,
     float32 [3] (for orbit rigs, the orbit centre)."""

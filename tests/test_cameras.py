@@ -129,3 +129,23 @@ def test_to_blender_camera_inverts_from_blender_camera(w, h):
         back = from_blender_camera(matrix_world, lens, 36.0, w, h)
         assert torch.allclose(back.c2w[0], cams.c2w[i], atol=1e-5)
         assert float(back.fovy[0]) == pytest.approx(float(cams.fovy[i]), rel=1e-5)
+
+
+def test_debiased_azimuths_widen_from_the_reference_and_cover_every_sector_evenly():
+    """Issue 16 item 5 (our reading of DTC123's camera de-biasing): the range widens from the
+    reference view to the whole orbit, and each block of steps visits every sector once."""
+    from backend.cameras import DebiasedAzimuths
+
+    g = torch.Generator().manual_seed(3)
+    widening = DebiasedAzimuths(block=8, start_half_width=30.0, widen_steps=200, generator=g)
+    early = [widening(s) for s in range(1, 9)]
+    assert all(abs(a) <= 30.0 + 150.0 * 8 / 200 for a in early)
+    assert widening.half_width(1) == 30.0 and widening.half_width(201) == 180.0 and widening.half_width(500) == 180.0
+    full = DebiasedAzimuths(block=8, generator=torch.Generator().manual_seed(4))
+    draws = torch.tensor([full(s) for s in range(1, 401)])
+    assert float(draws.min()) >= -180.0 and float(draws.max()) <= 180.0
+    for b in range(50):  # every block of 8 steps: one draw per 45-degree sector
+        sectors = ((draws[b * 8:(b + 1) * 8] + 180.0) // 45.0).clamp(max=7).long()
+        assert sorted(sectors.tolist()) == list(range(8)), (b, sectors)
+    with pytest.raises(ValueError, match="block >= 1"):
+        DebiasedAzimuths(block=0)
