@@ -37,6 +37,9 @@ class Rasterization:
     tri_id: torch.Tensor
     bary: torch.Tensor
     depth: torch.Tensor
+    #: nvdiffrast's own outputs (its ``rast`` [C, H, W, 4] and clip positions [C, V, 4], OpenGL row
+    #: order) for :func:`antialias` on CUDA; None on the torch path.
+    nvdiffrast: tuple | None = None
 
     @property
     def mask(self) -> torch.Tensor:
@@ -177,7 +180,10 @@ def rasterize(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, bac
             or ``"torch"``.
         near: faces with a corner closer than this (metres) are not drawn.
     Returns:
-        :class:`Rasterization`.
+        :class:`Rasterization`. When ``vertices`` requires grad, its barycentrics carry the
+        gradient with respect to the vertex positions inside each face (on both paths: nvdiffrast's
+        own backward, or :func:`_differentiable_bary`); which face covers a pixel, and so the
+        silhouette, is not differentiated here (:func:`soft_silhouette` gives that gradient).
     Raises:
         RuntimeError: ``backend="nvdiffrast"`` when it is not usable.
     """
@@ -200,10 +206,35 @@ def rasterize(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, bac
         xy = torch.stack([x, y], -1)[faces]
         zinv = torch.where(z > near, 1.0 / zs, torch.full_like(z, -1.0))[faces]
         t, b, d = _rasterize_screen(xy, zinv, W, H)
+        if vertices.requires_grad:
+            b = _differentiable_bary(vertices, faces, w2c[c], Ks[c], t, W, b)
         tri_ids.append(t.reshape(H, W))
         barys.append(b.reshape(H, W, 3))
         depths.append(d.reshape(H, W))
     return Rasterization(torch.stack(tri_ids), torch.stack(barys), torch.stack(depths))
+
+
+def _differentiable_bary(vertices: torch.Tensor, faces: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor,
+                         tri: torch.Tensor, width: int, bary: torch.Tensor) -> torch.Tensor:
+    """The perspective-correct barycentrics of the covered pixels recomputed from ``vertices``
+    [V, 3] with autograd (the edge functions at the pixel centres, as :func:`_rasterize_screen`
+    evaluates them): equal in value to ``bary`` [H*W, 3], differentiable with respect to the
+    vertex positions, which is what nvdiffrast's rasterize backward provides on CUDA.
+    ``tri`` int64 [H*W] (-1 empty); ``w2c`` [4, 4] OpenCV axes; ``K`` [3, 3]."""
+    covered = torch.nonzero(tri >= 0).squeeze(1)
+    if covered.numel() == 0:
+        return bary
+    pc = vertices @ w2c[:3, :3].T + w2c[:3, 3]
+    z = pc[:, 2]
+    xy = torch.stack([K[0, 0] * pc[:, 0] / z + K[0, 2], K[1, 1] * pc[:, 1] / z + K[1, 2]], -1)
+    f = faces[tri[covered]]  # [P, 3]
+    v = xy[f]  # [P, 3, 2]
+    p = torch.stack([(covered % width).float() + 0.5, torch.div(covered, width, rounding_mode="floor").float() + 0.5], -1)
+    lam = torch.stack([_edge(v[:, 1], v[:, 2], p), _edge(v[:, 2], v[:, 0], p), _edge(v[:, 0], v[:, 1], p)], -1)
+    lam = lam / _edge(v[:, 0], v[:, 1], v[:, 2])[:, None]
+    weighted = lam / z[f]
+    out = torch.zeros(bary.shape, dtype=vertices.dtype, device=vertices.device)
+    return out.index_put((covered,), weighted / weighted.sum(-1, keepdim=True))
 
 
 def _rasterize_nvdiffrast(vertices: torch.Tensor, faces: torch.Tensor, cams: Cameras, near: float) -> Rasterization:
@@ -214,10 +245,12 @@ def _rasterize_nvdiffrast(vertices: torch.Tensor, faces: torch.Tensor, cams: Cam
     if ctx is None:
         ctx = _GL_CONTEXTS[device] = dr.RasterizeCudaContext(device=device)
     mvp = mvp_gl(cams, near=near)
-    vh = torch.cat([vertices.detach(), torch.ones_like(vertices[:, :1])], -1)
+    # Positions keep their graph: nvdiffrast's backward turns barycentric gradients into
+    # position gradients.
+    vh = torch.cat([vertices, torch.ones_like(vertices[:, :1])], -1)
     clip = torch.einsum("cij,vj->cvi", mvp, vh).contiguous()
-    rast, _ = dr.rasterize(ctx, clip, faces.int().contiguous(), resolution=[cams.height, cams.width])
-    rast = torch.flip(rast, dims=[1])  # OpenGL row 0 is the bottom
+    raw, _ = dr.rasterize(ctx, clip, faces.int().contiguous(), resolution=[cams.height, cams.width])
+    rast = torch.flip(raw, dims=[1])  # OpenGL row 0 is the bottom
     tri = rast[..., 3].long() - 1
     u, v = rast[..., 0], rast[..., 1]
     bary = torch.stack([u, v, 1.0 - u - v], -1) * (tri >= 0)[..., None]
@@ -227,7 +260,7 @@ def _rasterize_nvdiffrast(vertices: torch.Tensor, faces: torch.Tensor, cams: Cam
     tri_c = tri.clamp_min(0)
     zf = torch.stack([z[c][faces[tri_c[c]]] for c in range(len(cams))])
     depth = torch.where(tri >= 0, (zf * bary).sum(-1), torch.zeros_like(u))
-    return Rasterization(tri, bary, depth)
+    return Rasterization(tri, bary, depth, nvdiffrast=(torch.flip(rast, dims=[1]), clip, faces.int().contiguous()))
 
 
 def rasterize_uv(uv: torch.Tensor, size: int, cancel: Any = None) -> Rasterization:
@@ -323,6 +356,86 @@ def sample_texture_mipmap(texture: torch.Tensor, uv: torch.Tensor, footprint: to
     return out
 
 
+def antialias(image: torch.Tensor, rast: Rasterization, vertices: torch.Tensor, faces: torch.Tensor,
+              cameras: Cameras, occlusion_ratio: float = 1.02) -> torch.Tensor:
+    """Analytic antialiasing of silhouette edges (Laine et al. 2020, "Modular Primitives for
+    High-Performance Differentiable Rendering", section 3.3; nvdiffrast's ``antialias``), whose
+    point is the gradient it gives the vertex positions where the silhouette moves.
+
+    For every horizontally or vertically adjacent pixel pair drawn by different faces, where one
+    pixel is background or a farther surface not sharing an edge with the nearer face, the
+    nearer face's edge crossing the segment between the two centres is found (at fraction s
+    from the nearer pixel's centre, from the edge functions of the projected corners) and the
+    colours blend by how far the edge lies past the midpoint: the far pixel takes
+    ``(s - 0.5)`` of the near colour when s > 0.5, the near pixel ``(0.5 - s)`` of the far one
+    otherwise. On CUDA with nvdiffrast the rasterisation's own ``dr.antialias`` runs (the same
+    method, its silhouette test exact); the torch path is ours because no CPU library gives
+    these gradients.
+
+    Args:
+        image: float [C, H, W, D] rendered from ``rast`` (row 0 at the top), e.g. RGB plus alpha.
+        rast: :func:`rasterize`'s output for ``vertices``/``faces``/``cameras``.
+        vertices: float [V, 3] world positions (gradients flow to them).
+        faces: int [F, 3].
+        cameras: the C cameras.
+        occlusion_ratio: a covered neighbour counts as behind when its depth exceeds the near
+            pixel's by this factor (and the two faces share no edge).
+    Returns:
+        float [C, H, W, D], differentiable with respect to ``image`` and ``vertices``.
+    """
+    if rast.nvdiffrast is not None:
+        import nvdiffrast.torch as dr
+
+        raw, clip, tri = rast.nvdiffrast
+        out = dr.antialias(torch.flip(image, dims=[1]).contiguous(), raw, clip, tri)
+        return torch.flip(out, dims=[1])
+    cams = cameras.to(vertices.device)
+    faces = faces.long()
+    C, H, W, D = image.shape
+    flat = image.reshape(C, H * W, D)
+    outs = []
+    for c in range(C):
+        pc = vertices @ cams.viewmats[c, :3, :3].T + cams.viewmats[c, :3, 3]
+        K = cams.Ks[c]
+        xy = torch.stack([K[0, 0] * pc[:, 0] / pc[:, 2] + K[0, 2], K[1, 1] * pc[:, 1] / pc[:, 2] + K[1, 2]], -1)
+        tri = rast.tri_id[c].reshape(-1)
+        depth = rast.depth[c].reshape(-1)
+        idx = torch.arange(H * W, device=tri.device).reshape(H, W)
+        pairs = torch.cat([torch.stack([idx[:, :-1].reshape(-1), idx[:, 1:].reshape(-1)], -1),
+                           torch.stack([idx[:-1, :].reshape(-1), idx[1:, :].reshape(-1)], -1)])
+        ta, tb = tri[pairs[:, 0]], tri[pairs[:, 1]]
+        pairs = pairs[ta != tb]
+        ta, tb = tri[pairs[:, 0]], tri[pairs[:, 1]]
+        # The near pixel first: a covered pixel next to background, or the nearer of two surfaces.
+        swap = (ta < 0) | ((tb >= 0) & (depth[pairs[:, 1]] < depth[pairs[:, 0]]))
+        pairs = torch.where(swap[:, None], pairs.flip(1), pairs)
+        near, far = pairs[:, 0], pairs[:, 1]
+        fn, ff = tri[near], tri[far]
+        shared = (faces[fn.clamp_min(0)][:, :, None] == faces[ff.clamp_min(0)][:, None, :]).sum((1, 2))
+        edge = (ff < 0) | ((shared < 2) & (depth[far] > depth[near] * occlusion_ratio))
+        near, far, fn = near[edge], far[edge], fn[edge]
+        acc = torch.zeros_like(flat[c])
+        if near.numel():
+            v = xy[faces[fn]]  # [P, 3, 2] the near face's corners in pixels
+            def centre(i):
+                return torch.stack([(i % W).float() + 0.5, torch.div(i, W, rounding_mode="floor").float() + 0.5], -1)
+            pa, pb = centre(near), centre(far)
+            sign = torch.sign(_edge(v[:, 0], v[:, 1], v[:, 2]))[:, None]
+            ea = sign * torch.stack([_edge(v[:, 1], v[:, 2], pa), _edge(v[:, 2], v[:, 0], pa), _edge(v[:, 0], v[:, 1], pa)], -1)
+            eb = sign * torch.stack([_edge(v[:, 1], v[:, 2], pb), _edge(v[:, 2], v[:, 0], pb), _edge(v[:, 0], v[:, 1], pb)], -1)
+            crossing = (ea >= 0) & (eb < 0)
+            s_all = torch.where(crossing, ea / (ea - eb).clamp_min(1e-12), torch.full_like(ea, 2.0))
+            s = s_all.min(-1).values
+            ok = s <= 1.0
+            near, far, s = near[ok], far[ok], s[ok]
+            ca, cb = flat[c][near], flat[c][far]
+            into_far = (s - 0.5).clamp_min(0.0)[:, None]
+            into_near = (0.5 - s).clamp_min(0.0)[:, None]
+            acc = acc.index_add(0, far, into_far * (ca - cb)).index_add(0, near, into_near * (cb - ca))
+        outs.append(flat[c] + acc)
+    return torch.stack(outs).reshape(C, H, W, D)
+
+
 @dataclass
 class MeshRender:
     """Rendered images: ``rgb`` float [C,H,W,3] over the background, ``alpha`` float
@@ -335,7 +448,7 @@ class MeshRender:
 
 
 def render_mesh(mesh: TexturedMesh, cameras: Cameras, background=1.0, backend: str = "auto",
-                texture_filter: str = "linear") -> MeshRender:
+                texture_filter: str = "linear", antialiased: bool = False) -> MeshRender:
     """Render a mesh's base colour (texture, else vertex colours, else grey), unlit.
 
     Args:
@@ -345,6 +458,9 @@ def render_mesh(mesh: TexturedMesh, cameras: Cameras, background=1.0, backend: s
         backend: see :func:`rasterize`.
         texture_filter: ``"linear"`` (bilinear) or ``"linear-mipmap-linear"`` (trilinear,
             :func:`sample_texture_mipmap`).
+        antialiased: blend silhouette edges (:func:`antialias`) so that ``rgb`` and ``alpha``
+            (then fractional at the edges) carry gradients to ``mesh.vertices`` where the
+            silhouette moves; inside faces the barycentrics carry them (:func:`rasterize`).
     Raises:
         ValueError: an unknown ``texture_filter``.
     """
@@ -365,4 +481,7 @@ def render_mesh(mesh: TexturedMesh, cameras: Cameras, background=1.0, backend: s
     bg = torch.as_tensor(background, dtype=torch.float32, device=color.device)
     bg = bg.reshape(-1, 3) if bg.numel() >= 3 else bg.reshape(1, 1).expand(1, 3)
     rgb = color * alpha + (1.0 - alpha) * bg.expand(color.shape[0], 3)[:, None, None, :]
+    if antialiased:
+        both = antialias(torch.cat([rgb, alpha], -1), rast, mesh.vertices, mesh.faces, cameras)
+        rgb, alpha = both[..., :3], both[..., 3:]
     return MeshRender(rgb, alpha, rast.depth[..., None], rast)
