@@ -294,8 +294,11 @@ def generate(
     if pipeline not in described:
         _fail(f"unknown pipeline {pipeline!r}; available: {', '.join(sorted(described))}")
     schema = described[pipeline]["params"]
-    if "mode" in schema and (image is None) == (prompt is None):
+    modes = tuple(schema["mode"].get("choices", ())) if "mode" in schema else ()
+    if "text" in modes and (image is None) == (prompt is None):
         _fail("give exactly one of --image PATH or --prompt TEXT")
+    if modes == ("image",) and image is None and teacher != "oracle":
+        _fail(f"{pipeline} is image-to-3D: give --image PATH (a --prompt is optional extra context)")
     params: dict = {}
     defaults = {"mode": "image" if image is not None else "text", "teacher": teacher,
                 "negative_prompt": negative_prompt, "elevation": elevation, "prompt": prompt}
@@ -537,8 +540,8 @@ app.add_typer(schedules_app, name="schedules")
 
 @schedules_app.command("show")
 def schedules_show(
-    names: list[str] = typer.Argument(..., help="Schedule name(s): dreamgaussian, uniform, dreamtime, dtc (several for a plot)."),
-    steps: int = typer.Option(..., "--steps", min=1, max=1_000_000, help="Iterations N; the timestep of each of 1..N is printed."),
+    names: Optional[list[str]] = typer.Argument(None, help="Schedule name(s): dreamgaussian, uniform, dreamtime, dtc (several for a plot)."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, max=1_000_000, help="Iterations N; the timestep of each of 1..N is printed."),
     t_min: int = typer.Option(20, "--t-min", help="Smallest timestep."),
     t_max: int = typer.Option(980, "--t-max", help="Largest timestep."),
     m1: float = typer.Option(800.0, help="DreamTime prior: upper end of the plateau."),
@@ -548,15 +551,23 @@ def schedules_show(
     seed: int = typer.Option(0, min=0, help="Seed of the random schedules (uniform, dtc)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON list of the N timesteps on the last line (one name only)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw t against iteration and the sampling density of each schedule to this PNG."),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="A job's curriculum.json (dtc123): print (and with --plot draw) the timestep and teacher weights it used, step by step."),
 ) -> None:
     """The timestep t(i) of every iteration i = 1..N of one or more named schedules, as the
-    methods draw them (DreamTime's W_d uses Stable Diffusion's noise schedule, also Zero-1-to-3's)."""
+    methods draw them (DreamTime's W_d uses Stable Diffusion's noise schedule, also Zero-1-to-3's);
+    or, with --trace, what a DTC123 job actually drew."""
     import json
 
     import torch
 
     from .pipelines.base import TIMESTEP_SCHEDULES
     from .schedules import make_schedule, timesteps
+
+    if trace is not None:
+        _show_trace(trace, plot)
+        return
+    if not names or steps is None:
+        _fail("give schedule name(s) and --steps N, or --trace JOB/curriculum.json")
 
     unknown = [n for n in names if n not in TIMESTEP_SCHEDULES]
     if unknown:
@@ -579,6 +590,40 @@ def schedules_show(
     out.print("iteration\t" + "\t".join(names), highlight=False)
     for i in range(steps):
         out.print(f"{i + 1}\t" + "\t".join(str(series[n][i]) for n in names), highlight=False)
+
+
+def _show_trace(path: Path, plot: Optional[Path]) -> None:
+    """Print a ``curriculum.json`` (step, stage, t, teacher weights) and optionally plot it."""
+    import json
+
+    try:
+        rows = json.loads(path.read_text())["steps"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        _fail(f"{path} is not a job's curriculum.json ({exc}); dtc123 jobs write it in their job folder")
+    out.print("step\tstage\tt\tzero123\tstable_diffusion", highlight=False)
+    for r in rows:
+        out.print(f"{r['step']}\t{r['stage']}\t{r['t']}\t{r['zero123']}\t{r['stable_diffusion']}", highlight=False)
+    if plot is None:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, left = plt.subplots(figsize=(9, 4))
+    steps = [r["step"] for r in rows]
+    left.scatter(steps, [r["t"] for r in rows], s=3, c="k", label="t")
+    left.set(xlabel="step", ylabel="timestep t", ylim=(0, 1000), title=f"curriculum of {path.parent.name}")
+    right = left.twinx()
+    right.plot(steps, [r["zero123"] for r in rows], label="Zero-1-to-3 weight")
+    right.plot(steps, [r["stable_diffusion"] for r in rows], label="Stable Diffusion weight")
+    right.set(ylabel="teacher weight")
+    right.legend(loc="upper right")
+    fig.tight_layout()
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(plot, dpi=110)
+    plt.close(fig)
+    console.print(f"wrote {plot}")
 
 
 def _plot_schedules(series: dict[str, list[int]], t_min: int, t_max: int, path: Path) -> None:

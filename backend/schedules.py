@@ -211,7 +211,8 @@ class DTCCurriculum:
     a = t_high + (t_low - t_high) u and u the progress through the current stage in [0, 1].
 
     Args:
-        stages: the stages in training order: ``until`` increasing and ending at 1.0; bands
+        stages: the stages in training order: ``until`` non-decreasing (a stage ending where
+            the previous one ends is empty) and ending at 1.0; bands
             non-increasing from stage to stage (neither bound rises); ``t_low <= t_high`` and
             ``width >= 0`` in each.
     Raises:
@@ -228,8 +229,9 @@ class DTCCurriculum:
             if not 0 <= s.t_low <= s.t_high < NUM_TRAIN_TIMESTEPS or s.width < 0:
                 raise ValueError(f"curriculum stage {s.name!r}: need 0 <= t_low <= t_high < {NUM_TRAIN_TIMESTEPS} and "
                                  f"width >= 0, got band [{s.t_low}, {s.t_high}] width {s.width}")
-            if prev is not None and not prev.until < s.until:
-                raise ValueError(f"curriculum stage {s.name!r} must end after {prev.name!r} ('until' increasing)")
+            if prev is not None and not prev.until <= s.until:
+                raise ValueError(f"curriculum stage {s.name!r} must not end before {prev.name!r} ('until' "
+                                 "non-decreasing; equal: the stage is empty)")
             if prev is not None and (s.t_high > prev.t_high or s.t_low > prev.t_low):
                 raise ValueError(f"curriculum stage {s.name!r}'s band [{s.t_low}, {s.t_high}] rises above "
                                  f"{prev.name!r}'s [{prev.t_low}, {prev.t_high}]: bands must move down")

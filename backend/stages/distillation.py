@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from PIL import Image
 
 from ..cameras import Cameras, orbit_cameras, sample_orbit_cameras
 from ..geometry.export import texture_to_uint8, write_ply
-from ..geometry.uv import bake_texture
+from ..geometry.uv import UVMesh, bake_texture
 from ..images import load_rgba, recenter, to_white_background
 from ..guidance import load_job_teacher
 from ..pipelines.base import CancelToken, Emitter, JobRequest, Result, schedule_kwargs
@@ -84,7 +85,9 @@ def reference_view(inputs: dict, p: dict, teacher, radius: float, job_dir: Path,
 
 def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule: TimestepSchedule, emit: Emitter,
                      cancel: CancelToken, gen: torch.Generator, device: str, timings: dict | None = None,
-                     on_step=None) -> GaussianModel:
+                     on_step=None, *, teachers: Callable[[int], list] | None = None,
+                     azimuth: Callable[[int], float] | None = None, size: Callable[[int], int] | None = None,
+                     model: GaussianModel | None = None, stage: str = "gaussians") -> GaussianModel:
     """Stage 1: Gaussians optimised by score distillation from ``teacher`` (DreamGaussian
     section 3.1; ``main.py`` ``train_step``).
 
@@ -107,11 +110,22 @@ def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule
         timings: filled with seconds spent in render/teacher/backward/densify and ``steps``.
         on_step: optional ``callable(step, model)`` after each step (benchmarks evaluate
             intermediate models with it).
+        teachers: ``callable(step) -> [(guidance, weight), ...]``, several teachers weighted per
+            step (DTC123's hand-over); None: ``[(teacher, 1.0)]``.
+        azimuth: ``callable(step) -> degrees`` for the random view (e.g.
+            ``cameras.DebiasedAzimuths``, with ``batch_size`` 1); None: uniform over the circle.
+        size: ``callable(step) -> pixels``, the render side; None: ``resolutions`` switching at
+            30% and 60% of training.
+        model: Gaussians to continue from (a later curriculum stage); None: a new ball of
+            ``init_points``.
+        stage: the progress stage's name.
     Returns:
         The optimised :class:`GaussianModel` on ``device``.
     """
     iters = p["iters"]
-    model = GaussianModel.init_sphere(p["init_points"], p["init_radius"], p["init_opacity"], p["sh_degree"], gen).to(device)
+    if model is None:
+        model = GaussianModel.init_sphere(p["init_points"], p["init_radius"], p["init_opacity"], p["sh_degree"],
+                                          gen).to(device)
     optimizers = model.parameter_groups({
         "means": p["lr_means"], "sh0": p["lr_colors"], "shN": p["lr_colors"] / 20.0, "opacities": p["lr_opacities"],
         "scales": p["lr_scales"], "quats": p["lr_quats"]})
@@ -126,7 +140,7 @@ def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule
     if ref is not None:
         ramp = Ramp.linear if p["reference_warmup"] else (lambda start, end: Ramp.constant(end))
         lambda_rgb, lambda_mask = ramp(0.0, p["lambda_rgb"]), ramp(0.0, p["lambda_mask"])
-    sizes = [int(x) for x in p["resolutions"].split(",")]
+    sizes = [int(x) for x in p["resolutions"].split(",")] if size is None else []
     window = elevation_window(p)
     previews = PreviewThrottle()
     clock = timings if timings is not None else {}
@@ -141,20 +155,25 @@ def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule
     for step in range(1, iters + 1):
         cancel.check()
         set_lr(optimizers["means"], expon_lr(step, p["lr_means_steps"], p["lr_means"], max(p["lr_means_final"], 1e-12)))
-        size = step_levels(sizes, [0.3, 0.6], step, iters)
+        side = size(step) if size is not None else step_levels(sizes, [0.3, 0.6], step, iters)
         loss = torch.zeros((), device=device)
         mark = time.perf_counter()
         if ref is not None:
             out = render(model, ref["camera"], background=1.0)
             loss = loss + reference_view_loss(out, ref, lambda_rgb.at(step, iters), lambda_mask.at(step, iters))
-        cams, _, _, _ = sample_orbit_cameras(p["batch_size"], window, (-180.0, 180.0), (radius, radius), p["fovy"], size,
-                                             size, generator=gen)
+        if azimuth is None:
+            cams, _, _, _ = sample_orbit_cameras(p["batch_size"], window, (-180.0, 180.0), (radius, radius), p["fovy"],
+                                                 side, side, generator=gen)
+        else:
+            el = window[0] + (window[1] - window[0]) * torch.rand(1, generator=gen)
+            cams = orbit_cameras(el, azimuth(step), radius, p["fovy"], side, side)
         bg = torch.ones(3) if torch.rand(1, generator=gen).item() > p["invert_bg_prob"] else torch.zeros(3)
         out = render(model, cams, background=bg.to(device))
         densify.before_backward(model, optimizers, step, out.info)
         mark = lap("render", mark)
         t = schedule(step, iters, gen)
-        loss = loss + sds_terms([(teacher, 1.0)], out.rgb.permute(0, 3, 1, 2), cams, t, background=bg.to(device),
+        terms = teachers(step) if teachers is not None else [(teacher, 1.0)]
+        loss = loss + sds_terms(terms, out.rgb.permute(0, 3, 1, 2), cams, t, background=bg.to(device),
                                 generator=gen, weighting=weighting)
         mark = lap("teacher", mark)
         loss.backward()
@@ -163,7 +182,7 @@ def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule
         densify.after_backward(model, optimizers, step, out.info)
         lap("densify", mark)
         clock["steps"] += 1
-        emit.progress("gaussians", step, iters, loss.item(), message=f"{len(model)} Gaussians, t={t}, {size}px")
+        emit.progress(stage, step, iters, loss.item(), message=f"{len(model)} Gaussians, t={t}, {side}px")
         if previews.due(step, iters):
             emit.preview("gaussians", preview_gaussians(model), {"step": step, "count": len(model)})
         if on_step is not None:
@@ -171,15 +190,14 @@ def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule
     return model
 
 
-def mesh_and_texture(p: dict, model: GaussianModel, teacher, ref: dict | None, radius: float, job_dir: Path,
-                     emit: Emitter, cancel: CancelToken, gen: torch.Generator, device: str,
-                     name: str) -> tuple[dict, dict, int]:
-    """DreamGaussian sections 3.2-3.3: ``gaussians.ply``, then the mesh from the Gaussians'
-    density field with a UV atlas and a texture baked from 26 renders (``stages.mesh_export``),
-    then stage 2 (:func:`refine_texture`), written as ``<name>`` GLB/PNG.
+def extract_textured_mesh(p: dict, model: GaussianModel, radius: float, job_dir: Path, emit: Emitter,
+                          cancel: CancelToken, device: str) -> tuple[UVMesh, TexturedMesh]:
+    """DreamGaussian section 3.2: ``gaussians.ply``, then the mesh from the Gaussians' density
+    field with a UV atlas and a texture baked from 26 renders (``stages.mesh_export``).
 
     Returns:
-        (files, arrays for the client, face count).
+        (the unwrapped mesh, the same as a :class:`TexturedMesh` on ``device`` with per-corner
+        UVs and the baked texture float [S, S, 3]).
     """
     write_ply(job_dir / "gaussians.ply", model)
     cancel.check()
@@ -198,7 +216,20 @@ def mesh_and_texture(p: dict, model: GaussianModel, teacher, ref: dict | None, r
     texture = torch.from_numpy(exported.texture).to(device)
     mesh = TexturedMesh(torch.from_numpy(uvm.vertices).to(device), torch.from_numpy(uvm.faces).to(device),
                         torch.from_numpy(uvm.corner_uv).to(device), texture)
-    texture = refine_texture(p, teacher, ref, radius, mesh, texture, emit, cancel, gen)
+    return uvm, mesh
+
+
+def mesh_and_texture(p: dict, model: GaussianModel, teacher, ref: dict | None, radius: float, job_dir: Path,
+                     emit: Emitter, cancel: CancelToken, gen: torch.Generator, device: str,
+                     name: str) -> tuple[dict, dict, int]:
+    """DreamGaussian sections 3.2-3.3: :func:`extract_textured_mesh`, then stage 2
+    (:func:`refine_texture`), written as ``<name>`` GLB/PNG (and the PLY).
+
+    Returns:
+        (files, arrays for the client, face count).
+    """
+    uvm, mesh = extract_textured_mesh(p, model, radius, job_dir, emit, cancel, device)
+    texture = refine_texture(p, teacher, ref, radius, mesh, mesh.texture, emit, cancel, gen)
     files, arrays = write_textured_asset(job_dir, uvm, texture, name)
     files["gaussians.ply"] = job_dir / "gaussians.ply"
     if ref is not None:

@@ -1,0 +1,156 @@
+"""DTC123's method: the curriculum trace (bands moving down, Zero-1-to-3 alone first, Stable
+Diffusion dominant last), the progressive student's stages, the teacher without a prompt, bad
+requests, the CLI, and an oracle run against DreamGaussian's figures on the same object."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import trimesh
+
+from backend.jobs import JobStore
+from backend.pipelines import load_builtin
+from backend.pipelines.base import Emitter, ParamError
+from backend.pipelines.dtc123 import DTC123Pipeline, build_curriculum
+from backend.worker import run_local
+from scenes import make_test_object, write_object_glb
+
+
+class Record(Emitter):
+    def __init__(self):
+        super().__init__()
+        self.stages: list[str] = []
+        self.kinds: set[str] = set()
+        self.log_lines: list[str] = []
+
+    def _on_progress(self, msg):
+        if not self.stages or self.stages[-1] != msg["stage"]:
+            self.stages.append(msg["stage"])
+
+    def _on_preview(self, msg):
+        self.kinds.add(msg["kind"])
+
+    def _on_log(self, line):
+        self.log_lines.append(line)
+
+
+def test_tiny_run_traces_the_curriculum_and_hands_the_teachers_over(tmp_path):
+    from backend.images import demo_photo
+
+    rgb, mask = demo_photo()
+    record = Record()
+    job, result = run_local(JobStore(tmp_path / "jobs"), DTC123Pipeline, "tiny", {"class_name": "cat"},
+                            {"image": rgb, "mask": mask}, 0, record)
+    assert result.meta["stable_diffusion_prompt"] == "a photo of a cat"
+    assert [s for s in record.stages if s in ("coarse", "middle", "fine")] == ["coarse", "middle", "fine"]
+    assert {"gaussians", "mesh", "texture"} <= record.kinds
+    trace = json.loads((job.dir / "curriculum.json").read_text())
+    steps = trace["steps"]
+    assert [r["step"] for r in steps] == list(range(1, 20 + 20 + 6 + 1))
+    # Bands never rise from stage to stage; every t lies in its stage's band.
+    bands = {s["name"]: (s["t_low"], s["t_high"]) for s in trace["stages"]}
+    assert bands["coarse"] >= bands["middle"] >= bands["fine"]
+    assert all(bands[r["stage"]][0] <= r["t"] <= bands[r["stage"]][1] for r in steps)
+    # Zero-1-to-3 alone at the start, Stable Diffusion ramping in, dominant at the end.
+    assert steps[0]["zero123"] == 1.0 and steps[0]["stable_diffusion"] == 0.0
+    sd = [r["stable_diffusion"] for r in steps]
+    assert all(a <= b for a, b in zip(sd, sd[1:]))
+    assert steps[-1]["stable_diffusion"] >= 5 * steps[-1]["zero123"] > 0
+    assert result.meta["curriculum"]["fine"]["steps"] == 6
+    assert len(trimesh.load(job.dir / "asset.glb", force="mesh").faces) > 50 and (job.dir / "gaussians.ply").is_file()
+
+
+def test_without_prompt_or_class_stable_diffusion_stays_out_and_says_so(tmp_path):
+    from backend.images import demo_photo
+
+    rgb, mask = demo_photo()
+    record = Record()
+    job, result = run_local(JobStore(tmp_path / "jobs"), DTC123Pipeline, "tiny",
+                            {"coarse_iters": 4, "middle_iters": 4, "fine_iters": 2}, {"image": rgb, "mask": mask}, 0,
+                            record)
+    assert any("Stable Diffusion does not take part" in line for line in record.log_lines)
+    steps = json.loads((job.dir / "curriculum.json").read_text())["steps"]
+    assert all(r["stable_diffusion"] == 0.0 for r in steps) and result.meta["stable_diffusion_prompt"] == ""
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"middle_band": "990,300"}, "rises above"),
+    ({"fine_band": "20"}, "two timesteps"),
+    ({"coarse_band": "500,900"}, "bottom <= top"),
+    ({"band_width": "10,10"}, "three widths"),
+    ({"coarse_iters": 0, "middle_iters": 0}, "Gaussian stages need at least one step"),
+])
+def test_bad_requests_are_refused_in_one_sentence(params, words):
+    from backend.images import demo_photo
+
+    rgb, mask = demo_photo()
+    with pytest.raises(ParamError, match=words):
+        load_builtin()["dtc123"].resolve("tiny", params, {"image": rgb, "mask": mask})
+    with pytest.raises(ParamError, match="needs the input 'image'"):
+        load_builtin()["dtc123"].resolve("tiny", {}, {})
+
+
+def test_curriculum_follows_the_stage_lengths():
+    _, p = load_builtin()["dtc123"].merge_params("default", {"coarse_iters": 300, "middle_iters": 100, "fine_iters": 600})
+    curriculum, handover, total = build_curriculum(p)
+    assert total == 1000 and [s.until for s in curriculum.stages] == [0.3, 0.4, 1.0]
+    assert curriculum.stage(300, total)[1].name == "coarse" and curriculum.stage(301, total)[1].name == "middle"
+    assert handover.at(400, total)["stable-diffusion"] == 1.0 and handover.at(401, total)["zero123"] == 0.1
+
+
+def test_cli_generate_dtc123(tmp_path):
+    from PIL import Image
+
+    from backend.images import demo_photo
+
+    rgb, mask = demo_photo()
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "out.glb"
+    done = subprocess.run([sys.executable, "-m", "backend.cli", "generate", "--pipeline", "dtc123", "--image",
+                           str(tmp_path / "photo.png"), "--mask", str(tmp_path / "mask.png"), "--prompt", "a cat",
+                           "--preset", "tiny", "--seed", "1", "--out", str(out), "--device", "cpu", "--output-dir",
+                           str(tmp_path / "jobs")], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert len(trimesh.load(out, force="mesh").faces) > 50 and out.with_suffix(".ply").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_oracle_run_matches_dreamgaussian_on_the_same_object(tmp_path):
+    """The oracle for both teachers, the ``fast`` preset, seed 0: held-out mask IoU >= 0.92 and
+    textured-mesh PSNR >= 24 dB (the issue's floor). DreamGaussian's fast image run on the same
+    object and seed, measured beside it, is stated in docs/methods.md."""
+    from backend.geometry.export import load_glb
+    from scenes import held_out_scores
+
+    mesh, raw = make_test_object()
+    glb = write_object_glb(tmp_path / "gt.glb", raw)
+    job, result = run_local(JobStore(tmp_path / "jobs"), DTC123Pipeline, "fast", {"teacher": "oracle",
+                            "oracle_mesh": str(glb)}, {}, 0, Emitter())
+    scores = held_out_scores(mesh, result.meta["radius"], None, load_glb(job.dir / "asset.glb"))
+    print("dtc123 oracle fast:", scores, result.meta["seconds"])
+    assert scores["mesh_iou"] >= 0.92 and scores["mesh_psnr"] >= 24.0, scores
+
+
+def test_schedules_show_prints_and_plots_a_jobs_trace(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from backend.cli import app
+    from backend.images import demo_photo
+
+    rgb, mask = demo_photo()
+    job, _ = run_local(JobStore(tmp_path / "jobs"), DTC123Pipeline, "tiny", {"coarse_iters": 3, "middle_iters": 3,
+                       "fine_iters": 2}, {"image": rgb, "mask": mask}, 0, Emitter())
+    runner = CliRunner()
+    shown = runner.invoke(app, ["schedules", "show", "--trace", str(job.dir / "curriculum.json"), "--plot",
+                                str(tmp_path / "trace.png")])
+    assert shown.exit_code == 0, shown.output
+    lines = [line for line in shown.output.splitlines() if line[:1].isdigit()]
+    assert len(lines) == 8 and lines[0].split()[1] == "coarse" and lines[-1].split()[1] == "fine"
+    assert Image.open(tmp_path / "trace.png").size[0] > 500
+    bad = runner.invoke(app, ["schedules", "show", "--trace", str(tmp_path / "nothing.json")])
+    assert bad.exit_code == 1 and "curriculum.json" in bad.output
