@@ -344,3 +344,31 @@ def test_im3d_from_the_panel_shows_its_generated_views_as_an_image(blender_addon
     pixels = np.asarray(views.pixels[:]).reshape(128, 128, 4)
     assert pixels[..., :3].std() > 0.01  # drawn, not blank
     assert scene_io.show_in_image_editors(views) == 0  # headless: no editor open, and no error
+
+
+def test_dtc123_from_the_panel_with_an_image_and_a_prompt(blender_addon_connected, tmp_path):
+    """DTC123 in the panel (image plus an optional prompt, tiny): listed, its prompt drawn without a
+    mode switch, run to an object whose meta carries the curriculum's stages and Stable
+    Diffusion's prompt."""
+    bpy, client_glue = blender_addon_connected
+    from PIL import Image
+
+    from blender_addon import properties
+    from scenes import make_test_object, render_rgba, spiral_views
+
+    settings = bpy.context.scene.splatsmith
+    assert "dtc123" in {item[0] for item in properties._pipeline_items(settings, bpy.context)}
+    mesh, _ = make_test_object(texture_size=64)
+    Image.fromarray(render_rgba(mesh, spiral_views(1, size=64))[0]).save(tmp_path / "ref.png")
+    image = bpy.data.images.load(str(tmp_path / "ref.png"))
+    settings.image_source, settings.image = "BLEND", image
+    settings.pipeline = "dtc123"
+    settings.preset = "tiny"
+    settings["dtc123.prompt"] = "a torus on a slab"
+    assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=600) == {"FINISHED"}
+    state = client_glue.session.jobs[-1]
+    obj = bpy.data.objects[state.result_object]
+    assert obj["splatsmith_pipeline"] == "dtc123" and len(obj.data.polygons) > 50 and "UVMap" in obj.data.uv_layers
+    meta = state.handle.result["meta"]
+    assert set(meta["curriculum"]) == {"coarse", "middle", "fine"} and meta["curriculum"]["fine"]["steps"] == 6
+    assert meta["stable_diffusion_prompt"] == "a torus on a slab"
