@@ -131,9 +131,7 @@ def _rasterize_screen(xy: torch.Tensor, zinv: torch.Tensor, width: int, height: 
         py = y0[fid] + torch.div(local, w, rounding_mode="floor")
         p = torch.stack([px.float() + 0.5, py.float() + 0.5], -1)
         v = xy[fid]
-        e0 = _edge(v[:, 1], v[:, 2], p)
-        e1 = _edge(v[:, 2], v[:, 0], p)
-        e2 = _edge(v[:, 0], v[:, 1], p)
+        e0, e1, e2 = _corner_edges(v, p).unbind(-1)
         area = _edge(v[:, 0], v[:, 1], v[:, 2])
         inside = (area.abs() > 1e-12) & (
             ((e0 >= 0) & (e1 >= 0) & (e2 >= 0)) | ((e0 <= 0) & (e1 <= 0) & (e2 <= 0))
@@ -168,6 +166,25 @@ def _edge(a: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return (b[..., 0] - a[..., 0]) * (p[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (p[..., 0] - a[..., 0])
 
 
+def _pixel_centres(index: torch.Tensor, width: int) -> torch.Tensor:
+    """Centres (x + 0.5, y + 0.5) of flat pixel indices [P] in images ``width`` wide: float [P, 2]."""
+    return torch.stack([(index % width).float() + 0.5, torch.div(index, width, rounding_mode="floor").float() + 0.5], -1)
+
+
+def _corner_edges(v: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """The three edge functions of triangles ``v`` [P, 3, 2] at points ``p`` [P, 2], each the
+    one opposite a corner (unnormalised barycentrics): float [P, 3]."""
+    return torch.stack([_edge(v[:, 1], v[:, 2], p), _edge(v[:, 2], v[:, 0], p), _edge(v[:, 0], v[:, 1], p)], -1)
+
+
+def _project(vertices: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pinhole projection of world points [V, 3] with one OpenCV view matrix [4, 4] and
+    intrinsics [3, 3]: (pixel positions float [V, 2], x right and y down; camera depth [V])."""
+    pc = vertices @ viewmat[:3, :3].T + viewmat[:3, 3]
+    z = pc[:, 2]
+    return torch.stack([K[0, 0] * pc[:, 0] / z + K[0, 2], K[1, 1] * pc[:, 1] / z + K[1, 2]], -1), z
+
+
 def rasterize(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, backend: str = "auto",
               near: float = 0.01) -> Rasterization:
     """Rasterise a mesh from C cameras.
@@ -198,13 +215,9 @@ def rasterize(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, bac
     Ks = cams.Ks
     tri_ids, barys, depths = [], [], []
     for c in range(C):
-        pc = vertices.detach() @ w2c[c, :3, :3].T + w2c[c, :3, 3]
-        z = pc[:, 2]
-        zs = torch.where(z > near, z, torch.full_like(z, float("nan")))
-        x = Ks[c, 0, 0] * pc[:, 0] / zs + Ks[c, 0, 2]
-        y = Ks[c, 1, 1] * pc[:, 1] / zs + Ks[c, 1, 2]
-        xy = torch.stack([x, y], -1)[faces]
-        zinv = torch.where(z > near, 1.0 / zs, torch.full_like(z, -1.0))[faces]
+        xy, z = _project(vertices.detach(), w2c[c], Ks[c])
+        xy = torch.where((z > near)[:, None], xy, torch.full_like(xy, float("nan")))[faces]
+        zinv = torch.where(z > near, 1.0 / z, torch.full_like(z, -1.0))[faces]
         t, b, d = _rasterize_screen(xy, zinv, W, H)
         if vertices.requires_grad:
             b = _differentiable_bary(vertices, faces, w2c[c], Ks[c], t, W, b)
@@ -224,14 +237,10 @@ def _differentiable_bary(vertices: torch.Tensor, faces: torch.Tensor, w2c: torch
     covered = torch.nonzero(tri >= 0).squeeze(1)
     if covered.numel() == 0:
         return bary
-    pc = vertices @ w2c[:3, :3].T + w2c[:3, 3]
-    z = pc[:, 2]
-    xy = torch.stack([K[0, 0] * pc[:, 0] / z + K[0, 2], K[1, 1] * pc[:, 1] / z + K[1, 2]], -1)
+    xy, z = _project(vertices, w2c, K)
     f = faces[tri[covered]]  # [P, 3]
     v = xy[f]  # [P, 3, 2]
-    p = torch.stack([(covered % width).float() + 0.5, torch.div(covered, width, rounding_mode="floor").float() + 0.5], -1)
-    lam = torch.stack([_edge(v[:, 1], v[:, 2], p), _edge(v[:, 2], v[:, 0], p), _edge(v[:, 0], v[:, 1], p)], -1)
-    lam = lam / _edge(v[:, 0], v[:, 1], v[:, 2])[:, None]
+    lam = _corner_edges(v, _pixel_centres(covered, width)) / _edge(v[:, 0], v[:, 1], v[:, 2])[:, None]
     weighted = lam / z[f]
     out = torch.zeros(bary.shape, dtype=vertices.dtype, device=vertices.device)
     return out.index_put((covered,), weighted / weighted.sum(-1, keepdim=True))
@@ -395,9 +404,7 @@ def antialias(image: torch.Tensor, rast: Rasterization, vertices: torch.Tensor, 
     flat = image.reshape(C, H * W, D)
     outs = []
     for c in range(C):
-        pc = vertices @ cams.viewmats[c, :3, :3].T + cams.viewmats[c, :3, 3]
-        K = cams.Ks[c]
-        xy = torch.stack([K[0, 0] * pc[:, 0] / pc[:, 2] + K[0, 2], K[1, 1] * pc[:, 1] / pc[:, 2] + K[1, 2]], -1)
+        xy, _ = _project(vertices, cams.viewmats[c], cams.Ks[c])
         tri = rast.tri_id[c].reshape(-1)
         depth = rast.depth[c].reshape(-1)
         idx = torch.arange(H * W, device=tri.device).reshape(H, W)
@@ -417,12 +424,9 @@ def antialias(image: torch.Tensor, rast: Rasterization, vertices: torch.Tensor, 
         acc = torch.zeros_like(flat[c])
         if near.numel():
             v = xy[faces[fn]]  # [P, 3, 2] the near face's corners in pixels
-            def centre(i):
-                return torch.stack([(i % W).float() + 0.5, torch.div(i, W, rounding_mode="floor").float() + 0.5], -1)
-            pa, pb = centre(near), centre(far)
             sign = torch.sign(_edge(v[:, 0], v[:, 1], v[:, 2]))[:, None]
-            ea = sign * torch.stack([_edge(v[:, 1], v[:, 2], pa), _edge(v[:, 2], v[:, 0], pa), _edge(v[:, 0], v[:, 1], pa)], -1)
-            eb = sign * torch.stack([_edge(v[:, 1], v[:, 2], pb), _edge(v[:, 2], v[:, 0], pb), _edge(v[:, 0], v[:, 1], pb)], -1)
+            ea = sign * _corner_edges(v, _pixel_centres(near, W))
+            eb = sign * _corner_edges(v, _pixel_centres(far, W))
             crossing = (ea >= 0) & (eb < 0)
             s_all = torch.where(crossing, ea / (ea - eb).clamp_min(1e-12), torch.full_like(ea, 2.0))
             s = s_all.min(-1).values
