@@ -20,7 +20,6 @@ code at them, so the generator's share is measured without downloading anything.
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ from backend.models import set_model_overrides, splatsmith_cache_dir  # noqa: E4
 from backend.pipelines.base import Emitter  # noqa: E402
 from backend.pipelines.im3d import IM3DPipeline  # noqa: E402
 from backend.worker import run_local  # noqa: E402
+from clock import print_clock, print_peak_memory  # noqa: E402
 
 
 def main() -> None:
@@ -69,15 +69,10 @@ def main() -> None:
     total = time.monotonic() - start
     meta = result.meta
     print(f"im3d {args.mode} mode, preset {args.preset}, weights {args.weights}, device {device}")
-    print(f"{'phase':<14}{'seconds':>10}")
-    for phase, seconds in meta["seconds"].items():
-        print(f"{phase:<14}{seconds:>10.2f}")
-    print(f"{'total':<14}{total:>10.2f}")
+    print_clock("phase", meta["seconds"], total)
     print(f"denoiser evaluations: {meta['denoiser_evaluations']}, views {meta['views']}, loops {meta['loops']}, "
           f"Gaussians {meta['gaussians']}, faces {meta['faces']}")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    gpu = f", GPU peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if device == "cuda" else ""
-    print(f"peak RSS {peak:.0f} MiB{gpu}")
+    print_peak_memory(device)
 
 
 def loop_check(jitter: float, seed: int) -> None:

@@ -36,16 +36,29 @@ class Record(Emitter):
         self.log_lines.append(line)
 
 
-def test_tiny_run_traces_the_curriculum_and_hands_the_teachers_over(tmp_path):
+def test_tiny_run_over_a_server_traces_the_curriculum_and_hands_the_teachers_over(make_server, make_client):
     from backend.images import demo_photo
 
     rgb, mask = demo_photo()
-    record = Record()
-    job, result = run_local(JobStore(tmp_path / "jobs"), DTC123Pipeline, "tiny", {"class_name": "cat"},
-                            {"image": rgb, "mask": mask}, 0, record)
-    assert result.meta["stable_diffusion_prompt"] == "a photo of a cat"
-    assert [s for s in record.stages if s in ("coarse", "middle", "fine")] == ["coarse", "middle", "fine"]
-    assert {"gaussians", "mesh", "texture"} <= record.kinds
+    server = make_server(pipelines=load_builtin())
+    client = make_client(server.endpoint)
+    progress: list[dict] = []
+    handle = client.submit("dtc123", preset="tiny", params={"class_name": "cat"}, inputs={"image": rgb, "mask": mask},
+                           seed=0, on_event=lambda _h, m: progress.append(m) if m["type"] == "progress" else None)
+    result = client.wait(handle, timeout=600)
+    assert result["meta"]["stable_diffusion_prompt"] == "a photo of a cat"
+    stages = [m["stage"] for m in progress]
+    assert [s for i, s in enumerate(stages) if s in ("coarse", "middle", "fine") and s not in stages[:i]] == [
+        "coarse", "middle", "fine"]
+    # Progress names the stage and the teachers: Zero-1-to-3 alone first, both last.
+    first = next(m for m in progress if m["stage"] == "coarse")
+    last = [m for m in progress if m["stage"] == "fine"][-1]
+    assert "Zero-1-to-3 x1.00" in first["message"] and "Stable Diffusion" not in first["message"]
+    assert "Stable Diffusion x1.00" in last["message"] and "Zero-1-to-3 x0.10" in last["message"]
+    assert set(handle.preview_counts) >= {"gaussians", "mesh", "texture"}
+    assert {"asset.glb", "gaussians.ply", "curriculum.json"} <= set(result["files"])
+    assert result["meta"]["curriculum"]["fine"]["stable_diffusion"] == [1.0, 1.0]
+    job = server.store.all()[-1]
     trace = json.loads((job.dir / "curriculum.json").read_text())
     steps = trace["steps"]
     assert [r["step"] for r in steps] == list(range(1, 20 + 20 + 6 + 1))
@@ -58,7 +71,7 @@ def test_tiny_run_traces_the_curriculum_and_hands_the_teachers_over(tmp_path):
     sd = [r["stable_diffusion"] for r in steps]
     assert all(a <= b for a, b in zip(sd, sd[1:]))
     assert steps[-1]["stable_diffusion"] >= 5 * steps[-1]["zero123"] > 0
-    assert result.meta["curriculum"]["fine"]["steps"] == 6
+    assert result["meta"]["curriculum"]["fine"]["steps"] == 6
     assert len(trimesh.load(job.dir / "asset.glb", force="mesh").faces) > 50 and (job.dir / "gaussians.ply").is_file()
 
 
@@ -71,8 +84,21 @@ def test_without_prompt_or_class_stable_diffusion_stays_out_and_says_so(tmp_path
                             {"coarse_iters": 4, "middle_iters": 4, "fine_iters": 2}, {"image": rgb, "mask": mask}, 0,
                             record)
     assert any("Stable Diffusion does not take part" in line for line in record.log_lines)
+    assert any("reference depth estimated by splatsmith/tiny-dpt" in line for line in record.log_lines)
     steps = json.loads((job.dir / "curriculum.json").read_text())["steps"]
     assert all(r["stable_diffusion"] == 0.0 for r in steps) and result.meta["stable_diffusion_prompt"] == ""
+
+
+def test_without_the_depth_estimators_weights_the_depth_loss_is_skipped_and_said(tmp_path, monkeypatch):
+    mesh, raw = make_test_object(texture_size=64)
+    glb = write_object_glb(tmp_path / "gt.glb", raw)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    record = Record()
+    run_local(JobStore(tmp_path / "jobs"), DTC123Pipeline, "tiny", {
+        "teacher": "oracle", "oracle_mesh": str(glb), "weights": "default", "coarse_iters": 3, "middle_iters": 3,
+        "fine_iters": 2}, {}, 0, record)
+    skipped = [line for line in record.log_lines if "depth correlation loss is skipped" in line]
+    assert len(skipped) == 1 and "splatsmith models download Intel/dpt-hybrid-midas" in skipped[0]
 
 
 @pytest.mark.parametrize("params, words", [
@@ -120,9 +146,10 @@ def test_cli_generate_dtc123(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_oracle_run_matches_dreamgaussian_on_the_same_object(tmp_path):
-    """The oracle for both teachers, the ``fast`` preset, seed 0: held-out mask IoU >= 0.92 and
-    textured-mesh PSNR >= 24 dB (the issue's floor). DreamGaussian's fast image run on the same
-    object and seed, measured beside it, is stated in docs/methods.md."""
+    """The oracle for both teachers, the ``fast`` preset, seed 0: held-out mask IoU and
+    textured-mesh PSNR above the issue's floor (0.92 / 24 dB) with room to spare: measured 0.986
+    / 28.5 dB, where DreamGaussian's fast image run on the same object and seed gives 0.984 /
+    26.0 dB in more time (``python bench/dtc123.py --oracle`` runs both; docs/methods.md)."""
     from backend.geometry.export import load_glb
     from scenes import held_out_scores
 
@@ -132,7 +159,7 @@ def test_oracle_run_matches_dreamgaussian_on_the_same_object(tmp_path):
                             "oracle_mesh": str(glb)}, {}, 0, Emitter())
     scores = held_out_scores(mesh, result.meta["radius"], None, load_glb(job.dir / "asset.glb"))
     print("dtc123 oracle fast:", scores, result.meta["seconds"])
-    assert scores["mesh_iou"] >= 0.92 and scores["mesh_psnr"] >= 24.0, scores
+    assert scores["mesh_iou"] >= 0.96 and scores["mesh_psnr"] >= 26.5, scores
 
 
 def test_schedules_show_prints_and_plots_a_jobs_trace(tmp_path):

@@ -80,3 +80,43 @@ def test_oracle_refinement_moves_a_shrunken_mesh_onto_the_object(tmp_path, devic
     print(f"refine_mesh oracle ({device}): held-out silhouette IoU {before:.3f} -> {after:.3f}")
     assert after > before + 0.03 and after > 0.9, (before, after)
     assert {"sds", "normal", "laplacian"} <= set(seen[-1]) and math.isfinite(seen[-1]["sds"])
+
+
+def test_vertex_normals_point_out_of_a_sphere():
+    from backend.stages.geometry import vertex_normals
+
+    sphere = trimesh.creation.icosphere(subdivisions=2)
+    v = torch.tensor(sphere.vertices, dtype=torch.float32)
+    n = vertex_normals(v, torch.tensor(sphere.faces))
+    cos = (n * v / v.norm(dim=-1, keepdim=True)).sum(-1)
+    assert float(cos.min()) > 0.999 and torch.allclose(n.norm(dim=-1), torch.ones(len(v)))
+
+
+def test_a_perfect_mesh_stays_put_when_the_oracle_draws_as_the_student_does(tmp_path):
+    """The fine stage renders its student antialiased; an oracle that draws its targets
+    aliased pulls even the object itself off its shape, one drawing like the student does not
+    (measured: 100 steps at 3e-4 m, held-out IoU 0.982 aliased against 0.99+ antialiased)."""
+    mesh, raw = make_test_object(texture_size=128)
+    glb = write_object_glb(tmp_path / "gt.glb", raw)
+    held_out = orbit_cameras(torch.tensor([15.0, -10.0, 30.0, 0.0]), torch.tensor([20.0, 110.0, 200.0, 290.0]), 2.0, 49.1,
+                             128, 128)
+    ious = {}
+    for antialiased in (False, True):
+        oracle = load_teacher("oracle", oracle_mesh=str(glb))
+        oracle.antialiased = antialiased
+        gen = torch.Generator().manual_seed(0)
+
+        def sample_cameras(step):
+            az = float(torch.rand(1, generator=gen)) * 360.0 - 180.0
+            return orbit_cameras(float(torch.empty(1).uniform_(-20, 30, generator=gen)), az, 2.0, 49.1, 128, 128)
+
+        def sds(images, cams, step):
+            t = int(torch.randint(20, 300, (1,), generator=gen))
+            return oracle.sds(images, cams, t, background=torch.ones(3), generator=gen).loss
+
+        refined = refine_mesh(mesh, sample_cameras, 100, sds=sds, ref=None, lr_offsets=3e-4, lr_texture=0.0,
+                              lambda_rgb=0, lambda_mask=0, lambda_normal=1.0, lambda_laplacian=100.0, emit=Emitter(),
+                              cancel=CancelToken(), generator=gen, backend="torch")
+        ious[antialiased] = _silhouette_iou(refined, mesh, held_out)
+    print("a perfect mesh refined against an aliased / antialiased oracle: held-out IoU", ious)
+    assert ious[True] > 0.99 and ious[True] > ious[False] + 0.003, ious

@@ -38,6 +38,11 @@ class OracleGuidance(Guidance):
 
     space = "pixel"
 
+    #: Render targets with silhouette antialiasing (``render.mesh.antialias``). A stage whose
+    #: student is an antialiased mesh sets it (DTC123's fine stage): with aliased targets the
+    #: mismatch at the silhouettes alone moves a perfect mesh's vertices.
+    antialiased: bool = False
+
     def __init__(self, mesh: TexturedMesh, device: str = "cpu", weighting: str = "sds", guidance_scale: float = 1.0):
         super().__init__(guidance_scale, weighting, device)
         from diffusers import DDIMScheduler
@@ -83,7 +88,8 @@ class OracleGuidance(Guidance):
         bg = torch.ones(3, device=self.device) if background is None else torch.as_tensor(background, device=self.device, dtype=torch.float32)
         cams = cameras.resized(W, H).to(self.device)
         with torch.no_grad():
-            rgb = render_mesh(self.mesh, cams, background=bg.reshape(-1, 3).expand(len(cams), 3)).rgb
+            rgb = render_mesh(self.mesh, cams, background=bg.reshape(-1, 3).expand(len(cams), 3),
+                              antialiased=self.antialiased).rgb
         return rgb.permute(0, 3, 1, 2) * 2.0 - 1.0
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cameras: Cameras, background: torch.Tensor | None) -> torch.Tensor:

@@ -121,3 +121,11 @@ ORACLE = register_teacher(TeacherSpec(
     title="Oracle (a known textured mesh; for verification)",
     guidance="backend.guidance.oracle:OracleGuidance",
 ))
+
+DEPTH = register_teacher(TeacherSpec(
+    name="depth",
+    title="DPT-Hybrid MiDaS (monocular depth of a reference image; not a teacher: DTC123's depth loss)",
+    variants={"default": ("Intel/dpt-hybrid-midas", "main"), "tiny": ("splatsmith/tiny-dpt", "local")},
+    loader="backend.guidance.depth:load_dpt",
+    tiny_writer="backend.guidance.depth:write_tiny_dpt",
+))

@@ -17,7 +17,10 @@ The structure is the paper's (section 3; its code is unreleased):
   CFG scale (``zero123_cfg``, ``sd_cfg``). Without a prompt, ``class_name`` gives Stable
   Diffusion "a photo of a <class>"; with neither its weight stays 0 and the job log says so.
 - **Reference-view restoration** in every stage: the reference view's RGB and mask losses
-  (``lambda_rgb``/``lambda_mask`` on Gaussians, ``fine_lambda_*`` on the mesh).
+  (``lambda_rgb``/``lambda_mask`` on Gaussians, ``fine_lambda_*`` on the mesh), and with
+  ``lambda_depth``/``fine_lambda_depth`` > 0 the correlation of the render's inverse depth with
+  DPT-Hybrid's estimate (``guidance.depth``) when its weights are present locally; without
+  them the run logs that the loss is skipped.
 - **Camera de-biasing** (our reading, ``cameras.DebiasedAzimuths``): the views widen from the
   reference view to the whole orbit over ``widen_fraction`` of the coarse stage, and every
   block of ``azimuth_block`` steps visits each sector of the circle once.
@@ -45,6 +48,8 @@ import torch
 from ..cameras import DebiasedAzimuths, orbit_cameras
 from ..geometry.uv import UVMesh
 from ..guidance import load_job_teacher, load_teacher
+from ..guidance.depth import load_depth_estimator
+from ..guidance.registry import DEPTH
 from ..schedules import CurriculumStage, DTCCurriculum, TeacherHandover
 from ..stages.distillation import distil_gaussians, elevation_window, extract_textured_mesh, reference_view
 from ..stages.gaussians import expon_lr, sds_terms
@@ -89,8 +94,7 @@ class DTC123Pipeline(DTC123Spec):
         zero123.encode_condition(image=ref["rgb"], elevation=p["elevation"], azimuth=0.0, radius=radius)
         sd, sd_prompt = self._stable_diffusion(p, zero123, request, emit, device)
         if p["lambda_depth"] > 0:
-            emit.log("lambda_depth is set but no monocular depth estimator is installed with local weights: the depth "
-                     "correlation loss is skipped")
+            self._reference_depth(p, ref, request, emit, device)
         curriculum, handover, total = build_curriculum(p)
         trace: list[dict] = []
 
@@ -119,25 +123,30 @@ class DTC123Pipeline(DTC123Spec):
                 return t
             return schedule
 
+        def note_at(offset: int, with_t: bool = False):
+            return lambda step: teacher_note(weights_at(offset + step), trace[-1]["t"] if with_t and trace else None)
+
         widen = int(round(p["widen_fraction"] * p["coarse_iters"]))
         azimuths = DebiasedAzimuths(p["azimuth_block"], p["start_azimuth"], widen, generator=gen)
         model = None
         offset = 0
-        for name, densify in (("coarse", False), ("middle", True)):
+        for name in ("coarse", "middle"):
             iters = p[f"{name}_iters"]
             if iters == 0:
                 continue
             mark = time.monotonic()
+            until = min(p[f"{name}_densify_until"], iters)
             # One student across the Gaussian stages: the position learning rate continues its
             # decay, and the reference losses' warm-up is not restarted after the coarse stage.
-            stage_p = dict(p, iters=iters, densify_until=iters if densify else 0,
-                           densify_from=p["densify_from"] if densify else iters + 1,
+            stage_p = dict(p, iters=iters, densify_until=until,
+                           densify_from=p["densify_from"] if until else iters + 1,
                            lr_means=expon_lr(offset, p["lr_means_steps"], p["lr_means"], max(p["lr_means_final"], 1e-12)),
                            lr_means_steps=max(p["lr_means_steps"] - offset, 1),
                            reference_warmup=p["reference_warmup"] and offset == 0)
             model = distil_gaussians(stage_p, zero123, ref, radius, schedule_at(offset), emit, cancel, gen, device,
                                      teachers=teachers_at(offset), size=lambda _s, side=p[f"{name}_size"]: side,
-                                     azimuth=lambda s, o=offset: azimuths(o + s), model=model, stage=name)
+                                     azimuth=lambda s, o=offset: azimuths(o + s), model=model, stage=name,
+                                     note=note_at(offset))
             offset += iters
             clock[name] = round(time.monotonic() - mark, 2)
         mark = time.monotonic()
@@ -151,6 +160,9 @@ class DTC123Pipeline(DTC123Spec):
             el = window[0] + (window[1] - window[0]) * torch.rand(1, generator=gen)
             return orbit_cameras(el, azimuths(offset + step), radius, p["fovy"], side, side).to(device)
 
+        for teacher in {id(zero123): zero123, id(sd): sd}.values():
+            if hasattr(teacher, "antialiased"):  # an oracle: its targets drawn as the student is
+                teacher.antialiased = True
         fine_schedule = schedule_at(offset)
         fine_terms = teachers_at(offset)
         white = torch.ones(3, device=device)
@@ -162,7 +174,9 @@ class DTC123Pipeline(DTC123Spec):
         refined = refine_mesh(mesh, sample_cameras, p["fine_iters"], sds=sds, ref=ref, lr_offsets=p["lr_offsets"],
                               lr_texture=p["fine_texture_lr"], lambda_rgb=p["fine_lambda_rgb"],
                               lambda_mask=p["fine_lambda_mask"], lambda_normal=p["lambda_normal"],
-                              lambda_laplacian=p["lambda_laplacian"], emit=emit, cancel=cancel, generator=gen)
+                              lambda_laplacian=p["lambda_laplacian"], lambda_depth=p["fine_lambda_depth"], emit=emit,
+                              cancel=cancel, generator=gen,
+                              note=note_at(offset, with_t=True))
         clock["fine"] = round(time.monotonic() - mark, 2)
         moved = UVMesh(refined.vertices.detach().cpu().numpy().astype(np.float32), uvm.faces, uvm.uv, uvm.vmapping)
         files, arrays = write_textured_asset(request.job_dir, moved, refined.texture, "dtc123")
@@ -176,6 +190,20 @@ class DTC123Pipeline(DTC123Spec):
             "mode": "image", "stable_diffusion_prompt": sd_prompt, "gaussians": len(model),
             "faces": int(len(uvm.faces)), "denoiser_evaluations": evaluations, "seconds": clock,
             "curriculum": summarise(trace), "total_seconds": round(time.monotonic() - t0, 2), "radius": radius})
+
+    @staticmethod
+    def _reference_depth(p: dict, ref: dict, request: JobRequest, emit: Emitter, device: str) -> None:
+        """Put the monocular estimate of the reference view's disparity into ``ref`` (the depth
+        correlation loss of every stage), or log that the estimator's weights are missing."""
+        weights = "tiny" if p["weights"] == "tiny" else "default"
+        estimator = load_depth_estimator(weights, device, models_dir=request.models_dir, cache=request.models)
+        if estimator is None:
+            emit.log(f"lambda_depth is set but the depth estimator's weights ({DEPTH.model(weights)[0]}) are not present "
+                     f"locally: the depth correlation loss is skipped (`splatsmith models download "
+                     f"{DEPTH.model(weights)[0]}` fetches them)")
+            return
+        ref["disparity"] = estimator.disparity(ref["rgb"])
+        emit.log(f"reference depth estimated by {DEPTH.model(weights)[0]}: depth correlation loss on")
 
     @staticmethod
     def _stable_diffusion(p: dict, zero123, request: JobRequest, emit: Emitter, device: str):
@@ -194,6 +222,17 @@ class DTC123Pipeline(DTC123Spec):
             sd.view_dependent = True  # prompt augmentation: front / side / back / overhead view
         sd.encode_condition(prompt=prompt, negative_prompt="")
         return sd, prompt
+
+
+#: Teachers' names in progress messages.
+TEACHER_NAMES = {"zero123": "Zero-1-to-3", "stable-diffusion": "Stable Diffusion"}
+
+
+def teacher_note(weights: dict[str, float], t: int | None = None) -> str:
+    """The progress message's account of a step's teachers, e.g. ``"t=512, Zero-1-to-3 x1.00 +
+    Stable Diffusion x0.25"`` (teachers of weight 0 left out; ``t`` left out when None)."""
+    taught = " + ".join(f"{TEACHER_NAMES.get(k, k)} x{w:.2f}" for k, w in weights.items() if w > 0) or "no teacher"
+    return taught if t is None else f"t={t}, {taught}"
 
 
 def summarise(trace: list[dict]) -> dict:

@@ -443,7 +443,8 @@ def antialias(image: torch.Tensor, rast: Rasterization, vertices: torch.Tensor, 
 @dataclass
 class MeshRender:
     """Rendered images: ``rgb`` float [C,H,W,3] over the background, ``alpha`` float
-    [C,H,W,1] (0 or 1), ``depth`` float [C,H,W,1], and the :class:`Rasterization`."""
+    [C,H,W,1] (0 or 1), ``depth`` float [C,H,W,1] (differentiable w.r.t. the vertices when they
+    require grad, :func:`camera_depth`), and the :class:`Rasterization`."""
 
     rgb: torch.Tensor
     alpha: torch.Tensor
@@ -488,4 +489,20 @@ def render_mesh(mesh: TexturedMesh, cameras: Cameras, background=1.0, backend: s
     if antialiased:
         both = antialias(torch.cat([rgb, alpha], -1), rast, mesh.vertices, mesh.faces, cameras)
         rgb, alpha = both[..., :3], both[..., 3:]
-    return MeshRender(rgb, alpha, rast.depth[..., None], rast)
+    depth = rast.depth[..., None]
+    if mesh.vertices.requires_grad:
+        depth = camera_depth(mesh.vertices, mesh.faces, cameras, rast)
+    return MeshRender(rgb, alpha, depth, rast)
+
+
+def camera_depth(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, rast: Rasterization) -> torch.Tensor:
+    """Camera-space depth float [C, H, W, 1] (metres, 0 where empty), interpolated from the
+    corners' depths with ``rast``'s perspective-correct barycentrics: differentiable w.r.t.
+    ``vertices`` [V, 3] (``rast.depth`` is not)."""
+    cams = cameras.to(vertices.device)
+    out = []
+    for c in range(len(cams)):
+        _, z = _project(vertices, cams.viewmats[c], cams.Ks[c])
+        one = Rasterization(rast.tri_id[c:c + 1], rast.bary[c:c + 1], rast.depth[c:c + 1])
+        out.append(interpolate(z[:, None], faces, one))
+    return torch.cat(out)

@@ -87,12 +87,14 @@ def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule
                      cancel: CancelToken, gen: torch.Generator, device: str, timings: dict | None = None,
                      on_step=None, *, teachers: Callable[[int], list] | None = None,
                      azimuth: Callable[[int], float] | None = None, size: Callable[[int], int] | None = None,
-                     model: GaussianModel | None = None, stage: str = "gaussians") -> GaussianModel:
+                     model: GaussianModel | None = None, stage: str = "gaussians",
+                     note: Callable[[int], str] | None = None) -> GaussianModel:
     """Stage 1: Gaussians optimised by score distillation from ``teacher`` (DreamGaussian
     section 3.1; ``main.py`` ``train_step``).
 
     Each step: the reference view's RGB and mask MSE (image mode, ``ref`` given; weights
     ``lambda_rgb``/``lambda_mask``, ramped up over training when ``reference_warmup``), then
+    ``lambda_depth`` x the depth correlation when ``ref`` holds a ``"disparity"``), then
     ``batch_size`` random orbit views (elevations :func:`elevation_window`, any azimuth) over a
     white or (probability ``invert_bg_prob``) black background, SDS at the timestep
     ``schedule(step, iters)`` with the weighting w(t) the schedule prescribes
@@ -119,6 +121,8 @@ def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule
         model: Gaussians to continue from (a later curriculum stage); None: a new ball of
             ``init_points``.
         stage: the progress stage's name.
+        note: ``callable(step) -> str`` appended to each progress message (e.g. the teachers
+            and their weights).
     Returns:
         The optimised :class:`GaussianModel` on ``device``.
     """
@@ -140,6 +144,7 @@ def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule
     if ref is not None:
         ramp = Ramp.linear if p["reference_warmup"] else (lambda start, end: Ramp.constant(end))
         lambda_rgb, lambda_mask = ramp(0.0, p["lambda_rgb"]), ramp(0.0, p["lambda_mask"])
+        lambda_depth = ramp(0.0, p.get("lambda_depth", 0.0))
     sizes = [int(x) for x in p["resolutions"].split(",")] if size is None else []
     window = elevation_window(p)
     previews = PreviewThrottle()
@@ -160,7 +165,8 @@ def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule
         mark = time.perf_counter()
         if ref is not None:
             out = render(model, ref["camera"], background=1.0)
-            loss = loss + reference_view_loss(out, ref, lambda_rgb.at(step, iters), lambda_mask.at(step, iters))
+            loss = loss + reference_view_loss(out, ref, lambda_rgb.at(step, iters), lambda_mask.at(step, iters),
+                                              lambda_depth.at(step, iters))
         if azimuth is None:
             cams, _, _, _ = sample_orbit_cameras(p["batch_size"], window, (-180.0, 180.0), (radius, radius), p["fovy"],
                                                  side, side, generator=gen)
@@ -182,7 +188,8 @@ def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule
         densify.after_backward(model, optimizers, step, out.info)
         lap("densify", mark)
         clock["steps"] += 1
-        emit.progress(stage, step, iters, loss.item(), message=f"{len(model)} Gaussians, t={t}, {side}px")
+        message = f"{len(model)} Gaussians, t={t}, {side}px" + (f", {note(step)}" if note is not None else "")
+        emit.progress(stage, step, iters, loss.item(), message=message)
         if previews.due(step, iters):
             emit.preview("gaussians", preview_gaussians(model), {"step": step, "count": len(model)})
         if on_step is not None:

@@ -135,17 +135,27 @@ def image_loss(pred: torch.Tensor, target: torch.Tensor, w_ssim: float) -> torch
     return (1.0 - w_ssim) * l1 + w_ssim * (1.0 - s)
 
 
-def reference_view_loss(out: RenderOutput, ref: dict, w_rgb: float, w_mask: float) -> torch.Tensor:
+def reference_view_loss(out: RenderOutput, ref: dict, w_rgb: float, w_mask: float, w_depth: float = 0.0) -> torch.Tensor:
     """w_rgb MSE(render, reference RGB) + w_mask MSE(render alpha, reference mask)
-    (DreamGaussian's reference-view losses, ``main.py``).
+    (DreamGaussian's reference-view losses, ``main.py``) + w_depth x the depth correlation
+    loss (``guidance.depth.depth_correlation_loss``) over the object when ``ref`` holds a
+    monocular ``"disparity"`` (DTC123).
 
     Args:
-        out: the render of the reference camera ([1, H, W, 3] RGB over white, [1, H, W, 1] alpha).
-        ref: ``{"rgb": float [1, 3, H, W], "alpha": float [1, 1, H, W]}``.
+        out: the render of the reference camera ([1, H, W, 3] RGB over white, [1, H, W, 1]
+            alpha, [1, H, W, 1] depth).
+        ref: ``{"rgb": float [1, 3, H, W], "alpha": float [1, 1, H, W]}``, optionally
+            ``"disparity": float [1, 1, H, W]``.
     """
     rgb = F.mse_loss(out.rgb.permute(0, 3, 1, 2), ref["rgb"])
     mask = F.mse_loss(out.alpha.permute(0, 3, 1, 2), ref["alpha"])
-    return w_rgb * rgb + w_mask * mask
+    loss = w_rgb * rgb + w_mask * mask
+    if w_depth > 0 and "disparity" in ref:
+        from ..guidance.depth import depth_correlation_loss
+
+        loss = loss + w_depth * depth_correlation_loss(out.depth.permute(0, 3, 1, 2), ref["disparity"],
+                                                       ref["alpha"] > 0.5)
+    return loss
 
 
 def sds_terms(terms: Sequence[tuple[Any, float]], images: torch.Tensor, cameras, t: int, *, background: torch.Tensor,
