@@ -1,10 +1,11 @@
 """Mesh refinement by score distillation: per-vertex offsets along the normals and the UV
 texture of an extracted mesh optimised together at high resolution, regularised by normal
-consistency and a Laplacian term. DTC123's fine stage (Yi et al. 2024, section 3.2) refines a DMTet grid; this stage is the
-project's stand-in on the already extracted mesh (``docs/methods.md``), the pattern of
-Magic3D's and Fantasia3D's mesh stages (threestudio ``systems/magic3d.py`` with
-``geometry.fix_geometry: false``; ``models/geometry/tetrahedra_sdf_grid.py`` regularises with
-``normal_consistency`` and ``laplacian_smoothness`` the same way).
+consistency and a Laplacian term. DTC123's fine stage (Yi et al. 2024, section 3.2) refines a
+DMTet grid; this stage is the project's stand-in on the already extracted mesh
+(``docs/methods.md``), the pattern of Magic3D's and Fantasia3D's mesh stages (threestudio
+``systems/magic3d.py`` with ``geometry.fix_geometry: false``;
+``models/geometry/tetrahedra_sdf_grid.py`` regularises with ``normal_consistency`` and
+``laplacian_smoothness`` the same way).
 
 Runs on both render paths: nvdiffrast on CUDA, the torch rasteriser elsewhere, each giving
 vertex gradients inside faces (barycentrics) and at silhouettes (``render.mesh.antialias``).
@@ -122,9 +123,9 @@ def refine_mesh(mesh: TexturedMesh, sample_cameras: Callable[[int], Cameras], it
     ``lambda_normal`` x normal consistency of the moved mesh + ``lambda_laplacian`` x Laplacian
     of the offsets (a smooth displacement: the extracted shape itself is not flattened). The
     offsets are displacements along the extracted mesh's vertex normals (:func:`vertex_normals`),
-    one height per welded vertex (:func:`weld`): tangential motion would only slide the baked
-    texture over the surface (measured on the oracle, ``docs/methods.md``: free 3-D offsets
-    took the held-out mesh IoU from 0.982 to 0.967). Adam steps the heights at ``lr_offsets``
+    one height per welded vertex (:func:`weld`): tangential motion changes no shape, it only
+    slides the baked texture over the surface and folds triangles. Adam steps the heights at
+    ``lr_offsets``
     (metres) and the texture's logits at ``lr_texture`` (the logit parametrisation of
     DreamGaussian's stage 2).
 
