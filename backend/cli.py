@@ -287,6 +287,7 @@ def generate(
     server_key: Optional[Path] = typer.Option(None, help="The server's public CURVE key file."),
     client_key: Optional[Path] = typer.Option(None, help="This client's secret CURVE key file."),
     plugin: list[str] = typer.Option([], "--plugin", help="In-process runs: also import this module, which registers more pipelines (repeatable)."),
+    reference_only: bool = typer.Option(False, "--reference-only", help="Pipelines that draw a reference image first (dreamcraft3d): write it beside --out and stop."),
 ) -> None:
     """Generate a 3D asset with a pipeline: from an image or a text prompt (DreamGaussian by default),
     or any pipeline a backend offers, its parameters given with --param."""
@@ -307,6 +308,11 @@ def generate(
         if oracle_mesh is None:
             _fail("--teacher oracle needs --oracle-mesh GT.glb")
         params["oracle_mesh"] = str(oracle_mesh.resolve())
+    if reference_only:
+        if "reference_only" not in schema:
+            _fail(f"{pipeline} draws no reference image: --reference-only is for pipelines with a reference step "
+                  "(dreamcraft3d)")
+        params["reference_only"] = True
     params.update(_parse_params(pipeline, schema, param))
     inputs = _load_image_inputs(image, mask) if image is not None else {}
     label = image.stem if image is not None else (prompt or pipeline)[:60]

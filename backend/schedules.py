@@ -74,6 +74,46 @@ class DreamGaussianAnneal:
         return int(np.clip(round((1.0 - _progress(step, total)) * self.T), self.t_min, self.t_max))
 
 
+@dataclass(frozen=True)
+class IntervalAnneal:
+    """t ~ U{lo(step), ..., hi(step)} with both bounds moving linearly from ``start`` to ``end``
+    over steps ``from_step`` .. ``until_step`` and held outside them: threestudio's
+    ``min_step_percent`` / ``max_step_percent`` given as [start_step, start, end, end_step]
+    (``systems/base.py`` ``C()``, linear in the step). DreamCraft3D's geometry sculpting
+    (``configs/dreamcraft3d-coarse-nerf.yaml``): U(0.7, 0.85) T at step 0 to U(0.2, 0.5) T at
+    step 200; its texture boosting (``dreamcraft3d-texture.yaml``): U(0.05, 0.5) T to
+    U(0.05, 0.2) T over 5000 steps. Bounds are timesteps (0 .. T-1); ``total`` is ignored:
+    the anneal is in absolute steps, as in the public code.
+
+    Raises:
+        ValueError: a bound outside [0, T-1], lo > hi, or until_step < from_step.
+    """
+
+    start: tuple[int, int] = (700, 850)
+    end: tuple[int, int] = (200, 500)
+    until_step: int = 200
+    from_step: int = 0
+
+    def __post_init__(self):
+        for lo, hi in (self.start, self.end):
+            if not 0 <= lo <= hi < NUM_TRAIN_TIMESTEPS:
+                raise ValueError(f"timestep interval [{lo}, {hi}] must satisfy 0 <= lo <= hi < {NUM_TRAIN_TIMESTEPS}")
+        if self.until_step < self.from_step:
+            raise ValueError(f"the anneal ends (step {self.until_step}) before it starts (step {self.from_step})")
+
+    def bounds(self, step: int) -> tuple[int, int]:
+        """(lo, hi) at ``step``."""
+        span = max(self.until_step - self.from_step, 1)
+        f = min(max((step - self.from_step) / span, 0.0), 1.0)
+        lo = self.start[0] + (self.end[0] - self.start[0]) * f
+        hi = self.start[1] + (self.end[1] - self.start[1]) * f
+        return int(round(lo)), int(round(hi))
+
+    def __call__(self, step: int, total: int, generator: torch.Generator | None = None) -> int:
+        lo, hi = self.bounds(step)
+        return int(torch.randint(lo, hi + 1, (1,), generator=generator))
+
+
 #: DreamTime's prior W_p(t) defaults (Huang et al. 2023, section 4; DreamWaltz-G
 #: ``core/guidance/time_prior.py``, ``normal_weights``): plateau [m2, m1], Gaussian tails.
 DREAMTIME_PRIOR = {"m1": 800.0, "m2": 500.0, "s1": 300.0, "s2": 100.0}

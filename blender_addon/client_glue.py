@@ -83,6 +83,10 @@ class Session:
         self.error = ""
         self.backend_process: subprocess.Popen | None = None
         self.starting: Starting | None = None
+        #: The last reference image a job ended with (a name in ``bpy.data.images``) and that
+        #: job's request, for the panel's "Use this image".
+        self.reference_image = ""
+        self.reference_request: dict = {}
 
 
 @dataclass
@@ -343,6 +347,9 @@ def _finalize(state: JobState) -> None:
         state.result_object = state.on_result(state, result)
         return
     arrays, files = result["arrays"], result["files"]
+    if "vertices" not in arrays:
+        _finalize_image(state, files)
+        return
     name = _new_object_name(state.label or result["job_id"])
     obj = scene_io.apply_mesh(name, arrays["vertices"], arrays["faces"], arrays.get("uv"))
     if "texture.png" in files:
@@ -356,6 +363,27 @@ def _finalize(state: JobState) -> None:
             obj[f"splatsmith_{key}"] = value
     scene_io.remove_preview(state.preview_name)
     state.result_object = obj.name
+
+
+#: The image files a job may end with instead of a mesh (a method's reference step), best first.
+REFERENCE_FILES = ("reference.png", "reference_drawn.png")
+
+
+def _finalize_image(state: JobState, files: dict) -> None:
+    """A job that ends with a reference image, not a mesh (``reference_only``): the image is
+    packed into the .blend, shown in the image editors and offered to the panel's "Use this
+    image" (``session.reference_image``). Raises SceneDataError when there is no such file."""
+    found = next((name for name in REFERENCE_FILES if name in files), None)
+    if found is None:
+        raise scene_io.SceneDataError("the job ended with neither a mesh nor a reference image")
+    image = scene_io.packed_image_from_png(f"{state.label or state.job_id} reference",
+                                           np.asarray(files[found]).tobytes())
+    image["splatsmith_masked"] = found == "reference.png"
+    scene_io.show_in_image_editors(image)
+    scene_io.remove_preview(state.preview_name)
+    session.reference_image = image.name
+    session.reference_request = dict(state.request)
+    state.result_object = image.name
 
 
 def _end(state: JobState) -> None:

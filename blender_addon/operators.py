@@ -304,8 +304,36 @@ class SPLATSMITH_OT_fetch_job(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class SPLATSMITH_OT_use_reference(bpy.types.Operator):
+    bl_idname = "splatsmith.use_reference"
+    bl_label = "Use This Image"
+    bl_description = ("Go on from the reference image the last job drew: run the same method in image mode with it "
+                      "(its background already removed)")
+
+    wait: bpy.props.BoolProperty(name="Wait", default=False, options={"SKIP_SAVE"})
+    timeout: bpy.props.FloatProperty(name="Timeout", default=0.0, min=0.0)
+
+    @classmethod
+    def poll(cls, context):
+        return bool(client_glue.session.reference_image)
+
+    def execute(self, context):
+        session = client_glue.session
+        image = bpy.data.images.get(session.reference_image)
+        if image is None or not session.reference_request:
+            return _fail(self, "Splatsmith: the reference image is no longer in this .blend; draw it again")
+        if not image.get("splatsmith_masked", False):
+            return _fail(self, f"Splatsmith: {image.name!r} still has its background (the backend has no background "
+                               "remover): cut the object out to an RGBA image and pick it as the image in image mode")
+        old = session.reference_request
+        request = dict(old, params={**old.get("params", {}), "mode": "image", "reference_only": False},
+                       image_name=image.name, image_path="", label=f"{old.get('label', 'reference')} (from image)")
+        return run_request(self, request, self.wait, self.timeout)
+
+
 CLASSES = (SPLATSMITH_OT_connect, SPLATSMITH_OT_start_backend, SPLATSMITH_OT_generate, SPLATSMITH_OT_regenerate,
-           SPLATSMITH_OT_variation, SPLATSMITH_OT_cancel, SPLATSMITH_OT_refresh_jobs, SPLATSMITH_OT_fetch_job)
+           SPLATSMITH_OT_variation, SPLATSMITH_OT_cancel, SPLATSMITH_OT_refresh_jobs, SPLATSMITH_OT_fetch_job,
+           SPLATSMITH_OT_use_reference)
 
 
 def register():

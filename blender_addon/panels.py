@@ -93,6 +93,10 @@ def draw_method(col, settings, obj) -> None:
                      text=f"Run on {obj.name}" if sub.enabled else "Select a mesh").use_scene_settings = True
     else:
         col.operator("splatsmith.generate", icon="PLAY").use_scene_settings = True
+        if "reference_only" in info.get("params", {}) and client_glue.session.reference_image:
+            row = col.row(align=True)
+            row.label(text=client_glue.session.reference_image, icon="IMAGE_DATA")
+            row.operator("splatsmith.use_reference", icon="CHECKMARK")
 
 
 def draw_rows(layout, settings, rows: list, by_group: bool = False) -> None:

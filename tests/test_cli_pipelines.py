@@ -20,7 +20,7 @@ def test_pipelines_lists_the_methods_and_one_methods_parameters():
     assert one.exit_code == 0 and "resolutions" in one.output and "preset fast" in one.output
     assert "64,96,128" in one.output  # the fast preset's value
     missing = runner.invoke(app, ["pipelines", "teleport"])
-    assert missing.exit_code == 1 and "available: dreamgaussian" in missing.output
+    assert missing.exit_code == 1 and "available: dreamcraft3d, dreamgaussian" in missing.output
 
 
 def test_pipelines_of_a_running_server_and_generate_with_params(make_server, tmp_path):

@@ -54,6 +54,10 @@ class TeacherSpec:
         return sorted({mid for mid, _ in self.variants.values()})
 
 
+#: How progress messages name the teachers.
+SHORT_NAMES = {"zero123": "Zero-1-to-3", "stable-diffusion": "Stable Diffusion", "oracle": "oracle"}
+
+
 def former_model_ids() -> dict[str, str]:
     """Every registered teacher's model id -> the id it was published under before."""
     return {new: old for spec in TEACHERS.values() for new, old in spec.former_ids.items()}

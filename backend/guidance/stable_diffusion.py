@@ -120,6 +120,41 @@ class StableDiffusionGuidance(LatentDiffusionGuidance):
         texts = [f"{prompt}, {s}" for s in VIEW_SUFFIXES] if self.view_dependent else [prompt]
         self.condition = {"cond": self._embed(texts), "uncond": self._embed([negative_prompt]), "prompt": prompt}
 
+    @torch.no_grad()
+    def text_to_image(self, prompt: str, negative_prompt: str = "", size: int = 512, steps: int = 50,
+                      guidance_scale: float = 7.5, seed: int = 0, check=None) -> torch.Tensor:
+        """Draw an image of ``prompt`` with diffusers' ``StableDiffusionPipeline`` built from this
+        teacher's own components (no second copy of the weights), its DDIM scheduler, ``steps``
+        steps and CFG ``guidance_scale`` (7.5: the pipeline's default, DreamCraft3D's reference
+        images), from a generator seeded with ``seed``. ``check`` is called before every step.
+
+        Returns:
+            float [1, 3, size, size] in [0, 1] on this teacher's device.
+        Raises:
+            ValueError: an empty prompt, or ``size`` not a multiple of 8.
+        """
+        from diffusers import StableDiffusionPipeline
+
+        if not prompt.strip():
+            raise ValueError("text_to_image needs a prompt")
+        if size % 8:
+            raise ValueError(f"the image size must be a multiple of 8, got {size}")
+        parts = self.parts
+        pipe = StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
+                                       unet=parts.unet, scheduler=parts.scheduler, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+
+        def callback(_pipe, _step, _t, callback_kwargs):
+            check()
+            return callback_kwargs
+
+        out = pipe(prompt, negative_prompt=negative_prompt or None, height=size, width=size, num_inference_steps=steps,
+                   guidance_scale=guidance_scale, generator=torch.Generator(self.device).manual_seed(seed),
+                   output_type="pt", callback_on_step_end=callback if check is not None else None)
+        self.evaluations += steps
+        return out.images.float().clamp(0, 1).to(self.device)
+
     def predict_noise(self, x_t, t, cameras: Cameras, background=None) -> torch.Tensor:
         B = x_t.shape[0]
         cond = self.condition["cond"]

@@ -8,7 +8,7 @@ import importlib
 
 from .base import REGISTRY, CancelToken, Emitter, InputSpec, JobCancelled, JobRequest, Param, ParamError, Pipeline, Result, register
 
-BUILTIN = ("reconstruct", "dreamgaussian", "dreamtime", "texture_refine", "im3d", "dtc123")
+BUILTIN = ("reconstruct", "dreamgaussian", "dreamtime", "texture_refine", "im3d", "dtc123", "dreamcraft3d")
 
 
 def load_builtin() -> dict:

@@ -48,10 +48,10 @@ import torch
 from ..cameras import DebiasedAzimuths, orbit_cameras
 from ..geometry.uv import UVMesh
 from ..guidance import load_job_teacher, load_teacher
-from ..guidance.depth import load_depth_estimator
-from ..guidance.registry import DEPTH
+from ..guidance.registry import SHORT_NAMES
 from ..schedules import CurriculumStage, DTCCurriculum, TeacherHandover
-from ..stages.distillation import distil_gaussians, elevation_window, extract_textured_mesh, reference_view
+from ..stages.distillation import (add_reference_depth, distil_gaussians, elevation_window, extract_textured_mesh,
+                                   reference_view)
 from ..stages.gaussians import expon_lr, sds_terms
 from ..stages.geometry import refine_mesh
 from ..stages.mesh_export import write_textured_asset
@@ -94,7 +94,7 @@ class DTC123Pipeline(DTC123Spec):
         zero123.encode_condition(image=ref["rgb"], elevation=p["elevation"], azimuth=0.0, radius=radius)
         sd, sd_prompt = self._stable_diffusion(p, zero123, request, emit, device)
         if p["lambda_depth"] > 0:
-            self._reference_depth(p, ref, request, emit, device)
+            add_reference_depth(p["weights"], ref, device, emit, models_dir=request.models_dir, cache=request.models)
         curriculum, handover, total = build_curriculum(p)
         trace: list[dict] = []
 
@@ -192,20 +192,6 @@ class DTC123Pipeline(DTC123Spec):
             "curriculum": summarise(trace), "total_seconds": round(time.monotonic() - t0, 2), "radius": radius})
 
     @staticmethod
-    def _reference_depth(p: dict, ref: dict, request: JobRequest, emit: Emitter, device: str) -> None:
-        """Put the monocular estimate of the reference view's disparity into ``ref`` (the depth
-        correlation loss of every stage), or log that the estimator's weights are missing."""
-        weights = "tiny" if p["weights"] == "tiny" else "default"
-        estimator = load_depth_estimator(weights, device, models_dir=request.models_dir, cache=request.models)
-        if estimator is None:
-            emit.log(f"lambda_depth is set but the depth estimator's weights ({DEPTH.model(weights)[0]}) are not present "
-                     f"locally: the depth correlation loss is skipped (`splatsmith models download "
-                     f"{DEPTH.model(weights)[0]}` fetches them)")
-            return
-        ref["disparity"] = estimator.disparity(ref["rgb"])
-        emit.log(f"reference depth estimated by {DEPTH.model(weights)[0]}: depth correlation loss on")
-
-    @staticmethod
     def _stable_diffusion(p: dict, zero123, request: JobRequest, emit: Emitter, device: str):
         """(Stable Diffusion with its prompt encoded, or None; the prompt). With the oracle the
         same oracle stands in for both teachers."""
@@ -224,14 +210,10 @@ class DTC123Pipeline(DTC123Spec):
         return sd, prompt
 
 
-#: Teachers' names in progress messages.
-TEACHER_NAMES = {"zero123": "Zero-1-to-3", "stable-diffusion": "Stable Diffusion"}
-
-
 def teacher_note(weights: dict[str, float], t: int | None = None) -> str:
     """The progress message's account of a step's teachers, e.g. ``"t=512, Zero-1-to-3 x1.00 +
     Stable Diffusion x0.25"`` (teachers of weight 0 left out; ``t`` left out when None)."""
-    taught = " + ".join(f"{TEACHER_NAMES.get(k, k)} x{w:.2f}" for k, w in weights.items() if w > 0) or "no teacher"
+    taught = " + ".join(f"{SHORT_NAMES.get(k, k)} x{w:.2f}" for k, w in weights.items() if w > 0) or "no teacher"
     return taught if t is None else f"t={t}, {taught}"
 
 

@@ -6,6 +6,8 @@ timestep schedule. Every number comes from the caller's parameters (one vocabula
 - :func:`reference_view`: the recentred input image (or the oracle's render) as the reference
   view;
 - :func:`elevation_window`: the random cameras' elevation range around the reference view;
+- :func:`add_reference_depth`: a monocular depth estimate of the reference view for the depth
+  correlation loss (when the estimator's weights are present);
 - :func:`distil_gaussians`: stage 1, SDS on Gaussians with any timestep schedule, the reference
   losses in image mode, densification (``stages.gaussians``);
 - :func:`mesh_and_texture`: density-field mesh, UV atlas, baked texture and stage 2 (texture
@@ -81,6 +83,27 @@ def reference_view(inputs: dict, p: dict, teacher, radius: float, job_dir: Path,
         alpha_t = torch.from_numpy(alpha)[None, None].to(device)
     Image.fromarray(rgba).save(job_dir / "reference.png")
     return {"rgb": rgb_t, "alpha": alpha_t, "camera": camera}
+
+
+def add_reference_depth(weights: str, ref: dict, device: str, emit: Emitter, *, models_dir=None, cache=None) -> bool:
+    """Put the monocular estimate of the reference view's disparity into ``ref["disparity"]``
+    (float [1, 1, S, S]; the depth correlation term of :func:`distil_gaussians` and
+    ``stages.geometry.refine_mesh``), or log once that the estimator's weights are missing.
+    ``weights``: the job's weights variant (``tiny``: the tiny random DPT). Returns whether the
+    loss is on."""
+    from ..guidance.depth import load_depth_estimator
+    from ..guidance.registry import DEPTH
+
+    variant = "tiny" if weights == "tiny" else "default"
+    model_id = DEPTH.model(variant)[0]
+    estimator = load_depth_estimator(variant, device, models_dir=models_dir, cache=cache)
+    if estimator is None:
+        emit.log(f"lambda_depth is set but the depth estimator's weights ({model_id}) are not present locally: the "
+                 f"depth correlation loss is skipped (`splatsmith models download {model_id}` fetches them)")
+        return False
+    ref["disparity"] = estimator.disparity(ref["rgb"])
+    emit.log(f"reference depth estimated by {model_id}: depth correlation loss on")
+    return True
 
 
 def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule: TimestepSchedule, emit: Emitter,

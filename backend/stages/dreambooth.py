@@ -20,6 +20,7 @@ plain function of (UNet parts, images, prompts).
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -46,7 +47,9 @@ def add_lora(unet, name: str, rank: int = 4, alpha: float | None = None, seed: i
         raise ValueError(f"the UNet already has an adapter named {name!r}")
     config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, init_lora_weights=True,
                         target_modules=list(LORA_TARGETS))
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # peft warns whenever a second adapter joins a model: several adapters are the point here.
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
         torch.manual_seed(seed)
         unet.add_adapter(config, adapter_name=name)
     unet.set_adapter(name)

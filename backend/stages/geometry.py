@@ -133,6 +133,8 @@ def refine_mesh(mesh: TexturedMesh, sample_cameras: Callable[[int], Cameras], it
         mesh: vertices float [V, 3], faces [F, 3], uv [F, 3, 2] and texture float [Ht, Wt, 3]
             in [0, 1] (all on one device).
         sample_cameras: ``callable(step) -> Cameras`` (1-based step).
+        lr_offsets: the offsets' learning rate, metres; 0 freezes the geometry (a texture-only
+            refinement, e.g. DreamCraft3D's texture boosting).
         iters: optimisation steps (0: ``mesh`` is returned).
         sds: the distillation term, or None (reference and regularisers only).
         ref: ``{"rgb": [1, 3, h, w], "alpha": [1, 1, h, w], "camera": Cameras}`` (optionally
@@ -153,9 +155,11 @@ def refine_mesh(mesh: TexturedMesh, sample_cameras: Callable[[int], Cameras], it
     base, welded_faces, index = weld(mesh.vertices, mesh.faces)
     topology = MeshTopology.of(base, welded_faces).to(device)
     normals = vertex_normals(base, welded_faces)
-    heights = torch.nn.Parameter(torch.zeros(len(base), 1, device=device))
+    # lr_offsets 0 freezes the geometry (texture only: no vertex gradients to compute).
+    heights = torch.nn.Parameter(torch.zeros(len(base), 1, device=device), requires_grad=lr_offsets > 0)
     raw = torch.nn.Parameter(torch.logit(mesh.texture.detach().clamp(1e-3, 1 - 1e-3)))
-    opt = torch.optim.Adam([{"params": [heights], "lr": lr_offsets}, {"params": [raw], "lr": lr_texture}])
+    groups = [{"params": [raw], "lr": lr_texture}] + ([{"params": [heights], "lr": lr_offsets}] if lr_offsets > 0 else [])
+    opt = torch.optim.Adam(groups)
     previews = PreviewThrottle(first=False)
     for step in range(1, iters + 1):
         cancel.check()
@@ -181,7 +185,8 @@ def refine_mesh(mesh: TexturedMesh, sample_cameras: Callable[[int], Cameras], it
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        message = f"mesh offsets up to {float(heights.detach().abs().max()):.3f} m"
+        message = (f"mesh offsets up to {float(heights.detach().abs().max()):.3f} m" if lr_offsets > 0
+                   else "texture (geometry frozen)")
         emit.progress(stage, step, iters, float(loss.detach()),
                       message=message + (f", {note(step)}" if note is not None else ""))
         if on_step is not None:

@@ -105,7 +105,8 @@ def swatch_server(tmp_path_factory):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]))
     log = open(root / "serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--bind", address, "--device", "cpu",
-                             "--output-dir", str(root / "jobs"), "--plugin", Path(__file__).stem], cwd=ROOT, env=env,
+                             "--output-dir", str(root / "jobs"), "--plugin", Path(__file__).stem,
+                             "--allow-oracle", str(root / "oracle")], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     end = time.monotonic() + 300  # a ceiling against hangs
     while True:
@@ -372,3 +373,41 @@ def test_dtc123_from_the_panel_with_an_image_and_a_prompt(blender_addon_connecte
     meta = state.handle.result["meta"]
     assert set(meta["curriculum"]) == {"coarse", "middle", "fine"} and meta["curriculum"]["fine"]["steps"] == 6
     assert meta["stable_diffusion_prompt"] == "a torus on a slab"
+
+
+def test_dreamcraft3d_from_the_panel_draws_a_reference_then_uses_it(blender_addon_connected, swatch_server):
+    """DreamCraft3D in the panel (tiny): a reference-only run ends with the reference image in
+    the .blend (not an object); without a background remover its drawing cannot be used and the
+    panel says what to do; with the oracle the reference is masked, and "Use This Image" runs
+    the rest in image mode to an object."""
+    bpy, client_glue = blender_addon_connected
+    from blender_addon import properties
+    from scenes import make_test_object, write_object_glb
+
+    settings = bpy.context.scene.splatsmith
+    assert "dreamcraft3d" in {item[0] for item in properties._pipeline_items(settings, bpy.context)}
+    settings.pipeline = "dreamcraft3d"
+    settings.preset = "tiny"
+    settings["dreamcraft3d.prompt"] = "a red chair"
+    settings["dreamcraft3d.reference_only"] = True
+    assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=600) == {"FINISHED"}
+    state = client_glue.session.jobs[-1]
+    drawn = bpy.data.images[state.result_object]
+    assert tuple(drawn.size) == (32, 32) and client_glue.session.reference_image == drawn.name
+    assert not drawn["splatsmith_masked"]
+    with pytest.raises(RuntimeError, match="still has its background"):
+        bpy.ops.splatsmith.use_reference(wait=True)
+
+    _, raw = make_test_object(texture_size=64)
+    allowed = swatch_server[1].parent / "oracle"  # the server's --allow-oracle folder
+    allowed.mkdir(exist_ok=True)
+    settings["dreamcraft3d.teacher"] = 1  # oracle: its front render, with its alpha, is the reference
+    settings["dreamcraft3d.oracle_mesh"] = str(write_object_glb(allowed / "gt.glb", raw))
+    assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=600) == {"FINISHED"}
+    masked = bpy.data.images[client_glue.session.jobs[-1].result_object]
+    assert masked["splatsmith_masked"] and client_glue.session.reference_image == masked.name
+    assert bpy.ops.splatsmith.use_reference(wait=True, timeout=600) == {"FINISHED"}
+    final = client_glue.session.jobs[-1]
+    obj = bpy.data.objects[final.result_object]
+    assert obj["splatsmith_pipeline"] == "dreamcraft3d" and obj["splatsmith_mode"] == "image"
+    assert len(obj.data.polygons) > 50 and final.handle.result["meta"]["boost"]["rounds"] == 2

@@ -1,0 +1,314 @@
+"""DreamCraft3D (Sun et al. 2023, arXiv 2310.16818; public code github deepseek-ai/DreamCraft3D):
+text -> reference image -> geometry sculpting -> texture boosting.
+
+1. **Reference image** (text mode): Stable Diffusion draws the prompt
+   (``StableDiffusionGuidance.text_to_image``: 512^2, CFG 7.5, ``reference_seed``), shown as a
+   ``views`` preview; its background is removed by rembg when rembg's weights are present,
+   otherwise the job stops with a message asking for an RGBA image (the drawing stays in the
+   job folder as ``reference_drawn.png``). ``reference_only`` stops after this step, so that the
+   artist can keep the image (run again in image mode with it) or draw another
+   (``reference_seed``). Image mode starts from the given image; with the oracle teacher its
+   front render is the reference.
+2. **Geometry sculpting**: Gaussians (``stages.distillation.distil_gaussians``; the public code's
+   NeRF -> NeuS) with the hybrid SDS of eq. 6, Stable Diffusion at ``sd_weight`` plus
+   Zero-1-to-3 at ``zero123_weight`` (the paper's mu = 2 as their ratio); the reference view's
+   RGB, mask and depth correlation losses; t ~ U(0.7, 0.85) T annealed linearly over 200 steps to
+   U(0.2, 0.5) T (``schedules.IntervalAnneal``, the configs' min/max_step_percent); views
+   widening from the reference view to the whole orbit over 200 steps
+   (``cameras.DebiasedAzimuths``, the configs' progressive_until). Then the density-field mesh,
+   atlas and baked texture, and a geometry refinement of the mesh's vertex offsets and texture
+   with the same hybrid SDS at t ~ U(0.02, 0.5) T and 512 px (``stages.geometry.refine_mesh``;
+   the code's DMTet stage).
+3. **Texture boosting** (eq. 7, Algorithm 1): geometry frozen, Stable Diffusion only; per round
+   (2): ``boost_views`` renders, each noised to t' (0.5, then 0.1) and restored by SDEdit (the
+   base model in the first round, the DreamBooth model after); a DreamBooth LoRA
+   (``stages.dreambooth``) fine-tuned on them with "a <token> <class>, <view>" and prior
+   preservation; then the texture optimised with BSD (``guidance.bsd``), the VSD LoRA trained on
+   the current renders as it goes. Both adapters sit on the teacher's one UNet and are removed
+   when the job ends. The DreamBooth LoRA is saved as ``dreambooth_lora.safetensors``;
+   ``reuse_lora`` (an earlier job's id) loads that job's instead of the first round's
+   fine-tuning (Regenerate). With the
+   oracle, its exact noise stands in for both LoRA terms (BSD becomes its SDS) and nothing is
+   fine-tuned.
+
+Stand-ins (``docs/methods.md``): Stable Diffusion 2.1 for DeepFloyd IF (gated, very large);
+Gaussians -> mesh for NeRF -> NeuS -> DMTet; LoRA adapters for the code's full UNet copies.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..cameras import DebiasedAzimuths, orbit_cameras, sample_orbit_cameras
+from ..geometry.export import texture_to_uint8
+from ..geometry.uv import UVMesh
+from ..guidance import load_job_teacher, load_teacher
+from ..guidance.registry import SHORT_NAMES
+from ..images import MaskError, load_rgba
+from ..render.mesh import TexturedMesh, render_mesh
+from ..schedules import IntervalAnneal, Uniform
+from ..stages.distillation import (add_reference_depth, distil_gaussians, elevation_window, extract_textured_mesh,
+                                   reference_view)
+from ..stages.gaussians import sds_terms
+from ..stages.geometry import refine_mesh
+from ..stages.mesh_export import rgba_preview, write_textured_asset
+from .base import CancelToken, Emitter, JobRequest, Result
+from .specs.dreamcraft3d import DreamCraft3DSpec, boost_strengths, parse_interval
+
+
+def class_word(p: dict) -> str:
+    """DreamBooth's class word: ``class_name``, else the prompt's last word, else "object"."""
+    if p["class_name"].strip():
+        return p["class_name"].strip()
+    words = re.findall(r"[A-Za-z][A-Za-z-]*", p["prompt"])
+    return words[-1].lower() if words else "object"
+
+
+def _sheet(images: torch.Tensor) -> np.ndarray:
+    """float [K, 3, H, W] in [0, 1] -> one opaque uint8 [H, K*W, 4] strip (``views`` previews)."""
+    return rgba_preview(torch.cat(list(images.detach().float().permute(0, 2, 3, 1).cpu()), dim=1))
+
+
+class DreamCraft3DPipeline(DreamCraft3DSpec):
+    """Text -> reference image -> geometry sculpting -> texture boosting."""
+
+    def run(self, request: JobRequest, emit: Emitter, cancel: CancelToken) -> Result:
+        p = dict(request.params)
+        device, job_dir = request.device, request.job_dir
+        gen = torch.Generator().manual_seed(request.seed)
+        radius = p["radius"]
+        t0 = time.monotonic()
+        clock: dict[str, float] = {}
+        mark = time.monotonic()
+        oracle = p["teacher"] == "oracle"
+        weights = "tiny" if p["weights"] == "tiny" else "default"
+        sd = None
+        inputs = dict(request.inputs)
+        files: dict = {}
+        if p["mode"] == "text" and not oracle:
+            sd = load_teacher("stable-diffusion", weights, device, cache=request.models, guidance_scale=p["sd_cfg"],
+                              models_dir=request.models_dir)
+            seed = request.seed if p["reference_seed"] is None else p["reference_seed"]
+            emit.progress("reference", 0, 1, message=f"drawing the reference image (seed {seed})")
+            drawn = sd.text_to_image(p["prompt"], p["negative_prompt"], p["reference_size"], p["reference_steps"],
+                                     p["reference_cfg"], seed, check=cancel.check)
+            rgb8 = texture_to_uint8(drawn[0].permute(1, 2, 0))
+            Image.fromarray(rgb8).save(job_dir / "reference_drawn.png")
+            files["reference_drawn.png"] = job_dir / "reference_drawn.png"
+            emit.preview("views", {"rgba": _sheet(drawn)}, {"phase": "reference", "seed": seed})
+            try:
+                inputs = {"image": load_rgba(rgb8)}
+            except MaskError as exc:
+                if p["reference_only"]:
+                    emit.log(f"the reference image has no background mask ({exc})")
+                    return Result(files=files, meta={"mode": "text", "reference_only": True, "masked": False,
+                                                     "reference_seed": seed})
+                raise MaskError(f"the drawn reference image (reference_drawn.png in the job folder) needs its "
+                                f"background removed: {exc} Or cut it out to an RGBA image and run image mode with "
+                                "it.") from None
+        zero123 = load_job_teacher(dict(p, guidance_scale=p["zero123_cfg"]), True, device, cache=request.models,
+                                   models_dir=request.models_dir)
+        ref = reference_view(inputs, dict(p, ref_size=p["ref_size"]), zero123, radius, job_dir, device)
+        files["reference.png"] = job_dir / "reference.png"
+        emit.preview("views", {"rgba": _sheet(ref["rgb"])}, {"phase": "reference"})
+        clock["reference"] = round(time.monotonic() - mark, 2)
+        if p["reference_only"]:
+            return Result(files=files, meta={"mode": p["mode"], "reference_only": True, "masked": True})
+        zero123.encode_condition(image=ref["rgb"], elevation=p["elevation"], azimuth=0.0, radius=radius)
+        sd = self._stable_diffusion(p, zero123, sd, request, emit, device)
+        if p["lambda_depth"] > 0:
+            add_reference_depth(p["weights"], ref, device, emit, models_dir=request.models_dir, cache=request.models)
+        if p["lambda_normal_ref"] > 0:
+            emit.log("lambda_normal_ref is set but no monocular normal estimator is installed: the reference normal "
+                     "loss is skipped")
+        if sd is zero123:  # the oracle for both: one evaluation of the summed weight (its score is exact)
+            terms = [(zero123, p["zero123_weight"] + p["sd_weight"])]
+        else:
+            terms = [(zero123, p["zero123_weight"])] + ([(sd, p["sd_weight"])] if sd is not None else [])
+        names = [("zero123", p["zero123_weight"])] + ([("stable-diffusion", p["sd_weight"])] if sd is not None else [])
+        taught = " + ".join(f"{SHORT_NAMES[k]} x{w:.2f}" for k, w in names if w > 0)
+
+        # 2. Geometry sculpting: Gaussians, then the mesh and its refinement.
+        mark = time.monotonic()
+        schedule = IntervalAnneal(parse_interval(p, "t_start"), parse_interval(p, "t_end"), p["t_anneal_steps"])
+        azimuths = DebiasedAzimuths(p["azimuth_block"], p["start_azimuth"], p["widen_steps"], generator=gen)
+        model = distil_gaussians(p, zero123, ref, radius, schedule, emit, cancel, gen, device,
+                                 teachers=lambda _step: terms, azimuth=azimuths, stage="sculpt",
+                                 note=lambda _step: taught)
+        clock["sculpt"] = round(time.monotonic() - mark, 2)
+        mark = time.monotonic()
+        uvm, mesh = extract_textured_mesh(p, model, radius, job_dir, emit, cancel, device)
+        files["gaussians.ply"] = job_dir / "gaussians.ply"
+        clock["mesh"] = round(time.monotonic() - mark, 2)
+        mark = time.monotonic()
+        for teacher in {id(t): t for t, _ in terms}.values():
+            if hasattr(teacher, "antialiased"):  # an oracle: its targets drawn as the mesh student is
+                teacher.antialiased = True
+        white = torch.ones(3, device=device)
+        geometry_t = Uniform(*parse_interval(p, "geometry_t"))
+
+        def hybrid_sds(images, cams, step):
+            return sds_terms(terms, images, cams, geometry_t(step, p["geometry_iters"], gen), background=white,
+                             generator=gen)
+
+        mesh = refine_mesh(mesh, self._cameras(p, p["geometry_size"], gen, device), p["geometry_iters"], sds=hybrid_sds,
+                           ref=ref, lr_offsets=p["lr_offsets"], lr_texture=p["geometry_texture_lr"],
+                           lambda_rgb=p["fine_lambda_rgb"], lambda_mask=p["fine_lambda_mask"],
+                           lambda_normal=p["lambda_normal"], lambda_laplacian=p["lambda_laplacian"], emit=emit,
+                           cancel=cancel, generator=gen, stage="geometry", note=lambda _step: taught)
+        clock["geometry"] = round(time.monotonic() - mark, 2)
+        Image.fromarray(texture_to_uint8(mesh.texture)).save(job_dir / "texture_before_boost.png")
+        files["texture_before_boost.png"] = job_dir / "texture_before_boost.png"
+
+        # 3. Texture boosting.
+        mark = time.monotonic()
+        boost_meta: dict = {"rounds": 0}
+        if p["boost_rounds"] > 0:
+            if oracle:
+                mesh = self._boost_with_oracle(p, mesh, zero123, ref, emit, cancel, gen, device)
+                boost_meta = {"rounds": p["boost_rounds"], "teacher": "oracle"}
+            elif sd is None:
+                emit.log("texture boosting needs Stable Diffusion, which has no prompt here: give a prompt or a "
+                         "class_name; the texture is left as the geometry stage made it")
+            else:
+                mesh, boost_meta = self._boost(p, mesh, sd, ref, emit, cancel, gen, device, job_dir)
+                if (job_dir / "dreambooth_lora.safetensors").is_file():
+                    files["dreambooth_lora.safetensors"] = job_dir / "dreambooth_lora.safetensors"
+        clock["boost"] = round(time.monotonic() - mark, 2)
+        moved = UVMesh(mesh.vertices.detach().cpu().numpy().astype(np.float32), uvm.faces, uvm.uv, uvm.vmapping)
+        asset, arrays = write_textured_asset(job_dir, moved, mesh.texture, "dreamcraft3d")
+        files.update(asset)
+        evaluations = zero123.evaluations + (sd.evaluations if sd is not None and sd is not zero123 else 0)
+        return Result(files=files, arrays=arrays, meta={
+            "mode": p["mode"], "class_name": class_word(p), "gaussians": len(model), "faces": int(len(uvm.faces)),
+            "denoiser_evaluations": evaluations, "seconds": clock, "boost": boost_meta,
+            "total_seconds": round(time.monotonic() - t0, 2), "radius": radius})
+
+    @staticmethod
+    def _cameras(p: dict, side: int, gen: torch.Generator, device: str):
+        """Random orbit views of ``side`` px in the elevation window, any azimuth."""
+        window = elevation_window(p)
+        radius = p["radius"]
+
+        def sample(_step: int):
+            cams, _, _, _ = sample_orbit_cameras(1, window, (-180.0, 180.0), (radius, radius), p["fovy"], side, side,
+                                                 generator=gen)
+            return cams.to(device)
+        return sample
+
+    @staticmethod
+    def _stable_diffusion(p: dict, zero123, sd, request: JobRequest, emit: Emitter, device: str):
+        """Stable Diffusion for the SDS terms with the prompt encoded (view-dependent), the oracle
+        itself with the oracle, or None (image mode without a prompt: logged)."""
+        if p["teacher"] == "oracle":
+            return zero123
+        if not p["prompt"].strip():
+            emit.log("image mode without a prompt: Stable Diffusion does not take part (hybrid SDS is Zero-1-to-3 "
+                     "alone, and texture boosting is skipped); give a prompt to use it")
+            return None
+        if sd is None:
+            sd = load_teacher("stable-diffusion", "tiny" if p["weights"] == "tiny" else "default", device,
+                              cache=request.models, guidance_scale=p["sd_cfg"], models_dir=request.models_dir)
+        sd.view_dependent = True
+        sd.encode_condition(prompt=p["prompt"], negative_prompt=p["negative_prompt"])
+        return sd
+
+    def _boost_with_oracle(self, p, mesh: TexturedMesh, oracle, ref, emit, cancel, gen, device) -> TexturedMesh:
+        """Texture boosting with the oracle: its exact noise replaces both LoRA terms, so BSD is
+        its SDS; the rounds keep their schedule and learning rates."""
+        schedule = IntervalAnneal(parse_interval(p, "boost_t_start"), parse_interval(p, "boost_t_end"),
+                                  p["boost_rounds"] * p["boost_iters"])
+        white = torch.ones(3, device=device)
+        for r in range(p["boost_rounds"]):
+            def bsd(images, cams, step, offset=r * p["boost_iters"]):
+                t = schedule(offset + step, 0, gen)
+                return p["bsd_weight"] * oracle.sds(images, cams, t, background=white, generator=gen).loss
+            mesh = self._texture_round(p, mesh, bsd, ref, emit, cancel, gen, device, f"boost {r + 1}")
+        return mesh
+
+    def _texture_round(self, p, mesh, bsd, ref, emit, cancel, gen, device, stage: str) -> TexturedMesh:
+        return refine_mesh(mesh, self._cameras(p, p["boost_size"], gen, device), p["boost_iters"], sds=bsd, ref=ref,
+                           lr_offsets=0.0, lr_texture=p["boost_texture_lr"], lambda_rgb=p["fine_lambda_rgb"],
+                           lambda_mask=p["fine_lambda_mask"], lambda_normal=0.0, lambda_laplacian=0.0, emit=emit,
+                           cancel=cancel, generator=gen, stage=stage)
+
+    def _boost(self, p, mesh: TexturedMesh, sd, ref, emit, cancel, gen, device, job_dir):
+        """Texture boosting with a personalised Stable Diffusion (Algorithm 1)."""
+        from ..guidance.bsd import BootstrappedScoreDistillation, personal_prompts
+        from ..guidance.stable_diffusion import VIEW_SUFFIXES, view_index
+        from ..stages.dreambooth import add_lora, finetune_lora, load_lora, save_lora, use_adapter
+
+        cls_word, token = class_word(p), p["token"].strip() or "sks"
+        unet = sd.parts.unet
+        strengths = boost_strengths(p)
+        schedule = IntervalAnneal(parse_interval(p, "boost_t_start"), parse_interval(p, "boost_t_end"),
+                                  p["boost_rounds"] * p["boost_iters"])
+        window = elevation_window(p)
+        k = p["boost_views"]
+        elevations = window[0] + (window[1] - window[0]) * torch.rand(k, generator=gen)
+        cams = orbit_cameras(elevations, torch.arange(k) * (360.0 / k), p["radius"], p["fovy"], p["boost_size"],
+                             p["boost_size"]).to(device)
+        views = view_index(elevations, torch.arange(k) * (360.0 / k))
+        personal = personal_prompts(token, cls_word)
+        prompts = [personal[int(v)] for v in views]
+        losses: list[list[float]] = []
+        reused = bool(p["reuse_lora"])
+        saved = job_dir.parent / p["reuse_lora"] / "dreambooth_lora.safetensors" if reused else None
+        if reused and not saved.is_file():
+            raise ValueError(f"job {p['reuse_lora']!r} has no DreamBooth LoRA on this server (a dreamcraft3d job with "
+                             "Stable Diffusion saves dreambooth_lora.safetensors); leave reuse_lora empty to train one")
+        try:
+            if reused:
+                load_lora(unet, "dreambooth", saved)
+                emit.log(f"DreamBooth LoRA of job {p['reuse_lora']} loaded: the first round's fine-tuning is skipped")
+            else:
+                add_lora(unet, "dreambooth", p["dreambooth_rank"], seed=1)
+            add_lora(unet, "lora", p["dreambooth_rank"], seed=2)
+            prior = None
+            if p["prior_images"] > 0 and not (reused and p["boost_rounds"] == 1):
+                # DreamBooth's class images: the base model's own drawings of "a <class>, <view>"
+                # from views spread around the orbit.
+                n = p["prior_images"]
+                prior_azimuths = torch.arange(n) * (360.0 / n)
+                prior_cams = orbit_cameras(torch.zeros(n), prior_azimuths, p["radius"], p["fovy"], p["boost_size"],
+                                           p["boost_size"]).to(device)
+                sd.encode_condition(prompt=f"a {cls_word}", negative_prompt=p["negative_prompt"])
+                with use_adapter(unet, None):
+                    drawn = sd.refine(torch.full((n, 3, p["boost_size"], p["boost_size"]), 0.5, device=device),
+                                      prior_cams, 1.0, p["reference_steps"], generator=gen, check=cancel.check)
+                prior = (drawn, [f"a {cls_word}, {VIEW_SUFFIXES[int(v)]}"
+                                 for v in view_index(torch.zeros(n), prior_azimuths)])
+            bsd = BootstrappedScoreDistillation(sd, p["prompt"], token, cls_word, guidance_scale=p["bsd_cfg"],
+                                                lora_lr=p["lora_lr"])
+            for r in range(p["boost_rounds"]):
+                strength = strengths[min(r, len(strengths) - 1)]
+                with torch.no_grad():
+                    renders = render_mesh(mesh, cams, background=1.0).rgb.permute(0, 3, 1, 2)
+                sd.encode_condition(prompt=p["prompt"], negative_prompt=p["negative_prompt"])
+                with use_adapter(unet, None if r == 0 and not reused else "dreambooth"):
+                    restored = sd.refine(renders, cams, strength, p["reference_steps"], generator=gen,
+                                         check=cancel.check)
+                emit.preview("views", {"rgba": _sheet(restored)}, {"phase": f"boost {r + 1}", "strength": strength})
+                if not (r == 0 and reused) and p["dreambooth_steps"] > 0:
+                    steps = p["dreambooth_steps"]
+                    losses.append(finetune_lora(
+                        sd, "dreambooth", restored, prompts, steps, lr=p["dreambooth_lr"], prior=prior,
+                        prior_weight=p["prior_weight"], generator=gen, check=cancel.check,
+                        on_step=lambda s, loss, r=r: emit.progress(f"dreambooth {r + 1}", s, steps, loss,
+                                                                   message=f"round {r + 1}, t'={strength}")))
+
+                def loss(images, cams_, step, offset=r * p["boost_iters"]):
+                    return p["bsd_weight"] * bsd.loss(images, cams_, schedule(offset + step, 0, gen), gen)
+                mesh = self._texture_round(p, mesh, loss, ref, emit, cancel, gen, device, f"boost {r + 1}")
+            save_lora(unet, "dreambooth", job_dir / "dreambooth_lora.safetensors")
+            sd.evaluations += bsd.evaluations
+        finally:
+            present = [name for name in ("dreambooth", "lora") if name in (getattr(unet, "peft_config", None) or {})]
+            if present:
+                unet.delete_adapters(present)
+        return mesh, {"rounds": p["boost_rounds"], "class_name": cls_word, "token": token,
+                      "dreambooth_loss": [[round(x[0], 4), round(x[-1], 4)] for x in losses if x]}
