@@ -358,6 +358,9 @@ def _finalize(state: JobState) -> None:
     obj.location = bpy.context.scene.cursor.location
     obj["splatsmith_job_id"] = result["job_id"]
     obj["splatsmith_request"] = _request_record(state)
+    # A personalised teacher the backend kept for this object (DreamCraft3D's DreamBooth LoRA):
+    # Regenerate and Variation reuse it (the pipeline's ``reuse_lora`` names this job).
+    obj["splatsmith_dreambooth_lora"] = "dreambooth_lora.safetensors" in files
     for key, value in {**state.request, **state.request.get("params", {})}.items():
         if isinstance(value, (int, float, str, bool)):
             obj[f"splatsmith_{key}"] = value

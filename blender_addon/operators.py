@@ -229,6 +229,9 @@ class _IterateBase:
         if request is None:
             return _fail(self, "Splatsmith: select a Splatsmith result (an object with a job's parameters)")
         request = dict(request, seed=self.new_seed(request))
+        obj = context.active_object
+        if obj.get("splatsmith_dreambooth_lora") and obj.get("splatsmith_job_id"):
+            request["params"] = {**request["params"], "reuse_lora": obj["splatsmith_job_id"]}
         return run_request(self, request, self.wait, self.timeout)
 
 

@@ -31,8 +31,7 @@ class Record(Emitter):
         self.log_lines.append(line)
 
 
-def test_tiny_image_run_over_a_server_boosts_with_dreambooth_and_bsd_and_reuses_its_lora(make_server, make_client,
-                                                                                           tmp_path):
+def test_tiny_image_run_over_a_server_boosts_with_dreambooth_and_bsd(make_server, make_client):
     from backend.images import demo_photo
 
     rgb, mask = demo_photo()
@@ -53,16 +52,8 @@ def test_tiny_image_run_over_a_server_boosts_with_dreambooth_and_bsd_and_reuses_
     assert boost["rounds"] == 2 and boost["class_name"] == "cat" and len(boost["dreambooth_loss"]) == 2
     job = server.store.all()[-1]
     assert (job.dir / "dreambooth_lora.safetensors").is_file()
-    # Regenerate: a new seed reuses the saved DreamBooth LoRA instead of the first fine-tuning.
-    stages.clear()
-    again = client.submit("dreamcraft3d", preset="tiny", params={"mode": "image", "prompt": "a cat",
-                                                                  "reuse_lora": job.job_id},
-                          inputs={"image": rgb, "mask": mask}, seed=1,
-                          on_event=lambda _h, m: stages.append(m["stage"]) if m["type"] == "progress" else None)
-    second = client.wait(again, timeout=600)  # add_lora would refuse if the cached teacher kept its adapters
-    assert "dreambooth 1" not in stages and "dreambooth 2" in stages and "boost 1" in stages
-    assert len(second["meta"]["boost"]["dreambooth_loss"]) == 1
     assert len(trimesh.load(job.dir / "asset.glb", force="mesh").faces) > 50
+    # Reusing a LoRA (Blender's Regenerate; tests/blender) that a job does not have: refused at once.
     with pytest.raises(JobError, match="has no DreamBooth LoRA"):
         client.wait(client.submit("dreamcraft3d", preset="tiny", params={"mode": "image", "prompt": "a cat",
                                                                         "reuse_lora": "20200101-000000-abcdef"},

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -68,6 +69,22 @@ def class_word(p: dict) -> str:
     return words[-1].lower() if words else "object"
 
 
+def reused_lora(p: dict, job_dir) -> "Path | None":
+    """The DreamBooth LoRA file of the job ``reuse_lora`` names (a sibling of ``job_dir``), or
+    None when none is asked for.
+
+    Raises:
+        ValueError: that job has no ``dreambooth_lora.safetensors``.
+    """
+    if not p["reuse_lora"]:
+        return None
+    path = job_dir.parent / p["reuse_lora"] / "dreambooth_lora.safetensors"
+    if not path.is_file():
+        raise ValueError(f"job {p['reuse_lora']!r} has no DreamBooth LoRA on this server (a dreamcraft3d job with "
+                         "Stable Diffusion saves dreambooth_lora.safetensors); leave reuse_lora empty to train one")
+    return path
+
+
 def _sheet(images: torch.Tensor) -> np.ndarray:
     """float [K, 3, H, W] in [0, 1] -> one opaque uint8 [H, K*W, 4] strip (``views`` previews)."""
     return rgba_preview(torch.cat(list(images.detach().float().permute(0, 2, 3, 1).cpu()), dim=1))
@@ -89,6 +106,7 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
         sd = None
         inputs = dict(request.inputs)
         files: dict = {}
+        reused_lora(p, job_dir)  # a missing LoRA is refused before any work
         if p["mode"] == "text" and not oracle:
             sd = load_teacher("stable-diffusion", weights, device, cache=request.models, guidance_scale=p["sd_cfg"],
                               models_dir=request.models_dir)
@@ -112,7 +130,7 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
                                 "it.") from None
         zero123 = load_job_teacher(dict(p, guidance_scale=p["zero123_cfg"]), True, device, cache=request.models,
                                    models_dir=request.models_dir)
-        ref = reference_view(inputs, dict(p, ref_size=p["ref_size"]), zero123, radius, job_dir, device)
+        ref = reference_view(inputs, p, zero123, radius, job_dir, device)
         files["reference.png"] = job_dir / "reference.png"
         emit.preview("views", {"rgba": _sheet(ref["rgb"])}, {"phase": "reference"})
         clock["reference"] = round(time.monotonic() - mark, 2)
@@ -172,8 +190,8 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
                 mesh = self._boost_with_oracle(p, mesh, zero123, ref, emit, cancel, gen, device)
                 boost_meta = {"rounds": p["boost_rounds"], "teacher": "oracle"}
             elif sd is None:
-                emit.log("texture boosting needs Stable Diffusion, which has no prompt here: give a prompt or a "
-                         "class_name; the texture is left as the geometry stage made it")
+                emit.log("texture boosting needs Stable Diffusion, which has no prompt here: give a prompt; the texture "
+                         "is left as the geometry stage made it")
             else:
                 mesh, boost_meta = self._boost(p, mesh, sd, ref, emit, cancel, gen, device, job_dir)
                 if (job_dir / "dreambooth_lora.safetensors").is_file():
@@ -257,10 +275,7 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
         prompts = [personal[int(v)] for v in views]
         losses: list[list[float]] = []
         reused = bool(p["reuse_lora"])
-        saved = job_dir.parent / p["reuse_lora"] / "dreambooth_lora.safetensors" if reused else None
-        if reused and not saved.is_file():
-            raise ValueError(f"job {p['reuse_lora']!r} has no DreamBooth LoRA on this server (a dreamcraft3d job with "
-                             "Stable Diffusion saves dreambooth_lora.safetensors); leave reuse_lora empty to train one")
+        saved = reused_lora(p, job_dir)
         try:
             if reused:
                 load_lora(unet, "dreambooth", saved)

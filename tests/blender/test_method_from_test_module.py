@@ -411,3 +411,29 @@ def test_dreamcraft3d_from_the_panel_draws_a_reference_then_uses_it(blender_addo
     obj = bpy.data.objects[final.result_object]
     assert obj["splatsmith_pipeline"] == "dreamcraft3d" and obj["splatsmith_mode"] == "image"
     assert len(obj.data.polygons) > 50 and final.handle.result["meta"]["boost"]["rounds"] == 2
+
+
+def test_dreamcraft3d_regenerate_reuses_the_objects_dreambooth_lora(blender_addon_connected, tmp_path):
+    """A DreamCraft3D result (image mode, tiny Stable Diffusion) remembers that the backend kept
+    its DreamBooth LoRA; Regenerate sends that job's id as ``reuse_lora``, so the new version
+    skips the first round's fine-tuning."""
+    import json
+
+    bpy, client_glue = blender_addon_connected
+    from PIL import Image
+
+    from scenes import make_test_object, render_rgba, spiral_views
+
+    mesh, _ = make_test_object(texture_size=64)
+    Image.fromarray(render_rgba(mesh, spiral_views(1, size=64))[0]).save(tmp_path / "ref.png")
+    image = bpy.data.images.load(str(tmp_path / "ref.png"))
+    params = json.dumps({"mode": "image", "prompt": "a torus on a slab"})
+    assert bpy.ops.splatsmith.generate(pipeline="dreamcraft3d", preset="tiny", params=params, image_name=image.name,
+                                       wait=True, timeout=600) == {"FINISHED"}
+    first = bpy.data.objects[client_glue.session.jobs[-1].result_object]
+    assert first["splatsmith_dreambooth_lora"] and len(first.data.polygons) > 50
+    bpy.context.view_layer.objects.active = first
+    assert bpy.ops.splatsmith.regenerate(wait=True, timeout=600) == {"FINISHED"}
+    again = client_glue.session.jobs[-1]
+    assert again.request["params"]["reuse_lora"] == first["splatsmith_job_id"]
+    assert len(again.handle.result["meta"]["boost"]["dreambooth_loss"]) == 1  # round 1 loaded, round 2 trained
