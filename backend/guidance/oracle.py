@@ -98,6 +98,15 @@ class OracleGuidance(Guidance):
         return (x_t - ab.sqrt() * x0) / (1.0 - ab).sqrt()
 
 
+def draw_targets_antialiased(teachers) -> None:
+    """Tell every oracle among ``teachers`` to draw its targets antialiased
+    (:attr:`OracleGuidance.antialiased`), for a stage whose student is an antialiased mesh
+    (``stages.geometry.refine_mesh``); other teachers are left alone."""
+    for teacher in teachers:
+        if isinstance(teacher, OracleGuidance):
+            teacher.antialiased = True
+
+
 def render_target(oracle: OracleGuidance, cameras: Cameras, background=1.0) -> torch.Tensor:
     """The oracle's view(s) as images float [B, 3, H, W] in [0, 1] (e.g. the reference image
     of an image-to-3D oracle run)."""

@@ -48,7 +48,7 @@ from ..cameras import DebiasedAzimuths, orbit_cameras, sample_orbit_cameras
 from ..geometry.export import texture_to_uint8
 from ..geometry.uv import UVMesh
 from ..guidance import load_job_teacher, load_teacher
-from ..guidance.registry import SHORT_NAMES
+from ..guidance.oracle import draw_targets_antialiased
 from ..images import MaskError, load_rgba
 from ..render.mesh import TexturedMesh, render_mesh
 from ..schedules import IntervalAnneal, Uniform
@@ -57,6 +57,7 @@ from ..stages.distillation import (add_reference_depth, distil_gaussians, elevat
 from ..stages.gaussians import sds_terms
 from ..stages.geometry import refine_mesh
 from ..stages.mesh_export import rgba_preview, write_textured_asset
+from ..stages.progress import teacher_note
 from .base import CancelToken, Emitter, JobRequest, Result
 from .specs.dreamcraft3d import DreamCraft3DSpec, boost_strengths, parse_interval
 
@@ -147,8 +148,8 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
             terms = [(zero123, p["zero123_weight"] + p["sd_weight"])]
         else:
             terms = [(zero123, p["zero123_weight"])] + ([(sd, p["sd_weight"])] if sd is not None else [])
-        names = [("zero123", p["zero123_weight"])] + ([("stable-diffusion", p["sd_weight"])] if sd is not None else [])
-        taught = " + ".join(f"{SHORT_NAMES[k]} x{w:.2f}" for k, w in names if w > 0)
+        taught = teacher_note({"zero123": p["zero123_weight"], **({"stable-diffusion": p["sd_weight"]} if sd is not None
+                                                                     else {})})
 
         # 2. Geometry sculpting: Gaussians, then the mesh and its refinement.
         mark = time.monotonic()
@@ -163,9 +164,7 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
         files["gaussians.ply"] = job_dir / "gaussians.ply"
         clock["mesh"] = round(time.monotonic() - mark, 2)
         mark = time.monotonic()
-        for teacher in {id(t): t for t, _ in terms}.values():
-            if hasattr(teacher, "antialiased"):  # an oracle: its targets drawn as the mesh student is
-                teacher.antialiased = True
+        draw_targets_antialiased([t for t, _ in terms])
         white = torch.ones(3, device=device)
         geometry_t = Uniform(*parse_interval(p, "geometry_t"))
 

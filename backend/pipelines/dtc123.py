@@ -48,13 +48,14 @@ import torch
 from ..cameras import DebiasedAzimuths, orbit_cameras
 from ..geometry.uv import UVMesh
 from ..guidance import load_job_teacher, load_teacher
-from ..guidance.registry import SHORT_NAMES
+from ..guidance.oracle import draw_targets_antialiased
 from ..schedules import CurriculumStage, DTCCurriculum, TeacherHandover
 from ..stages.distillation import (add_reference_depth, distil_gaussians, elevation_window, extract_textured_mesh,
                                    reference_view)
 from ..stages.gaussians import expon_lr, sds_terms
 from ..stages.geometry import refine_mesh
 from ..stages.mesh_export import write_textured_asset
+from ..stages.progress import teacher_note
 from .base import CancelToken, Emitter, JobRequest, Result
 from .specs.dtc123 import STAGES, DTC123Spec, curriculum_numbers
 
@@ -160,9 +161,7 @@ class DTC123Pipeline(DTC123Spec):
             el = window[0] + (window[1] - window[0]) * torch.rand(1, generator=gen)
             return orbit_cameras(el, azimuths(offset + step), radius, p["fovy"], side, side).to(device)
 
-        for teacher in {id(zero123): zero123, id(sd): sd}.values():
-            if hasattr(teacher, "antialiased"):  # an oracle: its targets drawn as the student is
-                teacher.antialiased = True
+        draw_targets_antialiased([zero123, sd])
         fine_schedule = schedule_at(offset)
         fine_terms = teachers_at(offset)
         white = torch.ones(3, device=device)
@@ -208,13 +207,6 @@ class DTC123Pipeline(DTC123Spec):
             sd.view_dependent = True  # prompt augmentation: front / side / back / overhead view
         sd.encode_condition(prompt=prompt, negative_prompt="")
         return sd, prompt
-
-
-def teacher_note(weights: dict[str, float], t: int | None = None) -> str:
-    """The progress message's account of a step's teachers, e.g. ``"t=512, Zero-1-to-3 x1.00 +
-    Stable Diffusion x0.25"`` (teachers of weight 0 left out; ``t`` left out when None)."""
-    taught = " + ".join(f"{SHORT_NAMES.get(k, k)} x{w:.2f}" for k, w in weights.items() if w > 0) or "no teacher"
-    return taught if t is None else f"t={t}, {taught}"
 
 
 def summarise(trace: list[dict]) -> dict:

@@ -26,3 +26,13 @@ class PreviewThrottle:
             self._last = now
             return True
         return False
+
+
+def teacher_note(weights: dict[str, float], t: int | None = None) -> str:
+    """A progress message's account of a step's teachers by registry name -> weight, e.g.
+    ``"t=512, Zero-1-to-3 x1.00 + Stable Diffusion x0.25"`` (teachers of weight 0 left out;
+    ``t`` left out when None)."""
+    from ..guidance.registry import SHORT_NAMES
+
+    taught = " + ".join(f"{SHORT_NAMES.get(k, k)} x{w:.2f}" for k, w in weights.items() if w > 0) or "no teacher"
+    return taught if t is None else f"t={t}, {taught}"
