@@ -54,8 +54,14 @@ def serve(
     plugin: list[str] = typer.Option([], "--plugin", help="Also import this module, which registers more pipelines (repeatable)."),
     model_override: list[str] = typer.Option([], "--model-override", help="MODEL_ID=MIRROR_ID or MODEL_ID=/local/folder: load that model from a mirror or a folder (repeatable)."),
     log_level: str = typer.Option("info", help="debug | info | warning"),
+    executor: str = typer.Option("local", help="Where jobs run: local (one worker process) or ray (Ray actors, one per GPU; needs the cluster extra)."),
+    ray_address: str = typer.Option("local", help="With --executor ray: local (start Ray inside the server), auto (join this machine's cluster), ray://HOST:10001 or HOST:6379."),
+    workers: str = typer.Option("auto", help="With --executor ray: how many workers, or auto (one per GPU of the cluster, one per node without GPUs; grows as nodes join)."),
+    gpus_per_worker: Optional[float] = typer.Option(None, min=0, help="With --executor ray: GPUs per worker (default 1 when the cluster has GPUs, else 0)."),
+    shared_output: bool = typer.Option(False, help="With --executor ray: the output folder is mounted at the same path on every node, so workers write job folders directly."),
 ) -> None:
-    """Run the backend: a ZeroMQ server that queues jobs and runs them in a worker process."""
+    """Run the backend: a ZeroMQ server that queues jobs and runs them in a worker process, or
+    on the Ray actors of a cluster (--executor ray)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from shared_protocol.codec import Limits
 
@@ -64,6 +70,11 @@ def serve(
 
     if device not in ("auto", "cuda", "cpu"):
         _fail(f"unknown device {device!r}; use auto, cuda or cpu")
+    if executor not in ("local", "ray"):
+        _fail(escape(f"unknown executor {executor!r}; use local or ray"))
+    ray_options = None
+    if executor == "ray":
+        ray_options = _ray_options(ray_address, workers, gpus_per_worker, shared_output)
     if model_override:
         from .models import model_overrides, set_model_overrides
 
@@ -82,7 +93,7 @@ def serve(
         pipelines = load_plugins(plugin)
         server = Server(bind, output_dir, device, pipelines=pipelines, curve=curve, insecure=insecure, limits=limits,
                         models_dir=models_dir, max_queue=max_queue, client_quota=client_quota, min_free_mb=min_free_mb,
-                        allow_oracle=allow_oracle)
+                        allow_oracle=allow_oracle, executor=executor, ray=ray_options)
     except (ServerConfigError, ImportError, ValueError) as exc:
         _fail(escape(str(exc)))
     if insecure and curve is None:
@@ -90,11 +101,31 @@ def serve(
     _install_stop_handlers(server.request_stop, server.executor.kill)
     if not server.wait_worker():
         server.stop()
-        _fail(f"the worker process could not start: {server.executor.fatal or 'no answer'}")
+        what = "no cluster worker could start" if executor == "ray" else "the worker process could not start"
+        _fail(escape(f"{what}: {server.executor.fatal or 'no answer'}"))
     console.print(f"Splatsmith backend on [bold]{escape(server.endpoint)}[/] ({escape(server.executor.describe())}); "
                   f"jobs in {escape(str(server.store.root))}. Ctrl-C stops.")
     server.serve_forever()
     console.print("stopped.")
+
+
+def _ray_options(address: str, workers: str, gpus_per_worker: float | None, shared_output: bool):
+    """The Ray executor's settings from serve's options; exits with a sentence when Ray is
+    missing or a value is wrong."""
+    try:
+        from .cluster import RayOptions
+    except ImportError as exc:
+        _fail(escape(f"--executor ray needs Ray ({exc}): pip install 'splatsmith[cluster]'"))
+    count: int | str = workers
+    if workers != "auto":
+        try:
+            count = int(workers)
+        except ValueError:
+            _fail(escape(f"--workers takes a whole number or auto, got {workers!r}"))
+    try:
+        return RayOptions(address=address, workers=count, gpus_per_worker=gpus_per_worker, shared_output=shared_output)
+    except ValueError as exc:
+        _fail(escape(f"--workers / --gpus-per-worker: {exc}"))
 
 
 def _install_stop_handlers(stop, kill=None) -> None:
@@ -759,8 +790,10 @@ def jobs(
     with _client(address, server_key, client_key) as client:
         try:
             listed = client.status()
+            workers = client.hello().get("workers") or []
         except ClientError as exc:
             _fail(exc.message)
+    _print_workers(workers)
     table = Table(_id_column("job", [j["job_id"] for j in listed]), "pipeline", "preset", "state", "label", "created",
                   "took", "files / error")
     for j in listed:
@@ -771,6 +804,19 @@ def jobs(
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(j["created"])), took,
                       escape(printable(detail, 120)))
     out.print(table if listed else "no jobs")
+
+
+def _print_workers(workers: list[dict]) -> None:
+    """The backend's workers: name, node, device, state, running job, models held."""
+    if not workers:
+        return
+    table = Table("worker", "node", "device", "state", "job", "models loaded", title="workers")
+    for w in workers:
+        state = w.get("state", "?") + (f" ({w['error']})" if w.get("error") else "")
+        table.add_row(*(escape(printable(str(v), 80)) for v in (
+            w.get("name", "?"), w.get("node", "?"), w.get("device", "?"), state, w.get("job_id") or "",
+            ", ".join(w.get("models") or []) or "none")))
+    out.print(table)
 
 
 def _id_column(title: str, ids: list[str]):

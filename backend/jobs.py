@@ -16,7 +16,8 @@ running when it stopped are marked ``failed`` with the code ``interrupted``.
 Failure rules of the dispatcher: every exception is caught per job (the thread never ends
 before :meth:`Dispatcher.stop`); a job whose folder cannot be written fails with ``disk_full``
 naming the folder; a worker process that dies (segfault, abort, SIGKILL) fails the running job
-with ``worker_crashed`` and a new worker is started for the next job.
+with ``worker_crashed`` and a new worker is started for the next job; a Ray worker that is lost
+(its actor or node died) fails the attempt with ``worker_lost`` and the job runs once more.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -99,6 +100,8 @@ class Job:
     owner: str | None = None
     client: bytes | None = field(default=None, repr=False)
     cancel: CancelToken = field(default_factory=CancelToken, repr=False)
+    #: Earlier attempts that ended with their worker lost: code, text, worker, started, ended.
+    attempts: list[dict] = field(default_factory=list)
 
     def info(self) -> dict:
         """The job as listed in ``status`` replies (no server paths, no owner key)."""
@@ -115,6 +118,7 @@ class Job:
             "error_code": self.error_code,
             "error_message": self.error_message,
             "files": list(self.files),
+            "attempt": len(self.attempts) + 1,
         }
 
 
@@ -179,6 +183,7 @@ class JobStore:
                     started=data.get("started"), finished=data.get("finished"),
                     error_code=data.get("error_code"), error_message=data.get("error_message"),
                     files=list(data.get("files", [])), owner=data.get("owner"),
+                    attempts=list(data.get("attempts", [])),
                 )
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("skipping unreadable job folder %s: %s", state_file.parent, exc)
@@ -239,6 +244,7 @@ class JobStore:
         data = job.info()
         data["params"] = job.params
         data["owner"] = job.owner
+        data["attempts"] = job.attempts
         _write_json(job.dir / "state.json", data)
 
     def get(self, job_id: str) -> Job | None:
@@ -310,23 +316,68 @@ class QueueFull(Exception):
     """The queue or a client's quota is full (server code ``queue_full``)."""
 
 
+class WorkerHandle(Protocol):
+    """One place where jobs run (the local worker process, or one Ray actor).
+
+    ``run`` blocks the dispatcher's thread for that job and never raises for what happens in
+    the worker; its outcome is ``{"state": "done", "files": [...]}`` or ``{"state":
+    "failed"|"cancelled", "code": ..., "text": ...}``; ``"requeue": True`` marks a worker that
+    was lost under the job (the job may run again elsewhere)."""
+
+    name: str
+
+    def available(self) -> bool: ...
+    def models(self) -> set[str]: ...
+    def run(self, job: "Job", reference: str, should_kill: Callable[[], bool]) -> dict: ...
+    def cancel(self) -> None: ...
+    def describe_worker(self) -> dict: ...
+
+
+class Executor(Protocol):
+    """Where the dispatcher's jobs run: ``backend.worker.WorkerProcess`` (one local worker
+    process) or ``backend.cluster.RayExecutor`` (Ray actors). ``workers()`` may grow while
+    the server runs (a Ray cluster gaining GPUs)."""
+
+    device: str
+    warnings: list[str]
+    fatal: str | None
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def kill(self) -> None: ...
+    def workers(self) -> list[WorkerHandle]: ...
+    def wait_ready(self, timeout: float | None = None) -> bool: ...
+    def describe(self) -> str: ...
+    def memory_free(self) -> int | None: ...
+    def release(self, callback: Callable[[list[str]], None]) -> None: ...
+
+
+#: How many times a job whose worker was lost (``worker_lost``) runs again.
+RERUNS_AFTER_LOST_WORKER = 1
+
+
 class Dispatcher(threading.Thread):
-    """Runs queued jobs one at a time, in FIFO order, in a worker process.
+    """Hands queued jobs, in FIFO order, to the executor's free workers: one job per worker,
+    as many at once as there are workers.
+
+    Each job runs in a thread of its own that waits on ``worker.run``. Among free workers the
+    one already holding the most of the job's models (``Pipeline.needed_models``) is chosen,
+    so a GPU keeps its loaded teachers; the queue's order is never changed for it.
 
     Args:
         store: the job store.
         pipelines: name -> pipeline class (the worker imports ``cls.reference()``).
-        executor: the worker process handle (``backend.worker.WorkerProcess``).
+        executor: where jobs run (:class:`Executor`).
         post: delivers messages to subscribers (see :data:`Post`).
         on_done: called with each job that finished ``done`` (the server sends its result).
-        max_queue: most jobs waiting (the running one not counted).
+        max_queue: most jobs waiting (the running ones not counted).
         client_quota: most jobs one client may have queued or running.
         cancel_grace: seconds a cancelled job may take to stop before its worker is killed
-            (the job still ends ``cancelled``; the next job starts a new worker).
+            (the job still ends ``cancelled``; the worker is started again).
         stop_grace: the same when the server stops (the job ends ``interrupted``).
     """
 
-    def __init__(self, store: JobStore, pipelines: dict[str, type[Pipeline]], executor: Any, post: Post,
+    def __init__(self, store: JobStore, pipelines: dict[str, type[Pipeline]], executor: Executor, post: Post,
                  on_done: Callable[[Job], None], *, max_queue: int = 32, client_quota: int = 8,
                  cancel_grace: float = 10.0, stop_grace: float = 5.0):
         super().__init__(name="splatsmith-dispatcher", daemon=True)
@@ -336,15 +387,17 @@ class Dispatcher(threading.Thread):
         self._queue: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self.current: Job | None = None
-        self._cancel_asked: float | None = None
+        #: job id -> (job, the worker running it)
+        self._running: dict[str, tuple[Job, WorkerHandle]] = {}
+        self._cancel_asked: dict[str, float] = {}
+        self._threads: list[threading.Thread] = []
         self.stopped = threading.Event()
 
     # ------------------------------------------------------------------ queue
     def enqueue(self, job: Job) -> int:
-        """Queue a job; returns how many jobs are ahead of it (the running one included)."""
+        """Queue a job; returns how many jobs are ahead of it (the running ones included)."""
         with self._cond:
-            ahead = len(self._queue) + (1 if self.current is not None else 0)
+            ahead = len(self._queue) + len(self._running)
             self._queue.append(job)
             self._cond.notify_all()
             return ahead
@@ -355,7 +408,7 @@ class Dispatcher(threading.Thread):
             if len(self._queue) >= self.max_queue:
                 raise QueueFull(f"the server's queue holds {len(self._queue)} jobs, its limit; submit again when "
                                 "some have finished (see `splatsmith jobs`)")
-            mine = sum(1 for j in [*self._queue, self.current] if j is not None and j.client == client)
+            mine = sum(1 for j in [*self._queue, *(job for job, _ in self._running.values())] if j.client == client)
             if client is not None and mine >= self.client_quota:
                 raise QueueFull(f"this client already has {mine} jobs queued or running, its quota; wait for one "
                                 "to finish or cancel one")
@@ -364,6 +417,16 @@ class Dispatcher(threading.Thread):
         with self._cond:
             return len(self._queue)
 
+    def running(self) -> dict[str, str]:
+        """job id -> the name of the worker running it."""
+        with self._cond:
+            return {job_id: worker.name for job_id, (_, worker) in self._running.items()}
+
+    def wake(self) -> None:
+        """Look for free workers now (an executor calls it when a worker becomes ready)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def cancel(self, job: Job) -> None:
         """Cancel a queued job at once, or signal a running one (it stops at its next check)."""
         with self._cond:
@@ -371,50 +434,75 @@ class Dispatcher(threading.Thread):
                 self._queue.remove(job)
                 self._end(job, "cancelled", "cancelled", "the job was cancelled before it started")
                 return
-            if job is self.current and not job.cancel.cancelled:
+            entry = self._running.get(job.job_id)
+            if entry is not None and not job.cancel.cancelled:
                 job.cancel.cancel()
-                self._cancel_asked = time.monotonic()
-                self.executor.cancel()
+                self._cancel_asked[job.job_id] = time.monotonic()
+                entry[1].cancel()
 
     def stop(self, wait: bool = True) -> None:
-        """Stop: the running job is cancelled and marked ``interrupted`` (with the time it
-        really ran), queued jobs stay queued on disk, the worker process ends."""
+        """Stop: running jobs are cancelled and marked ``interrupted`` (with the time they
+        really ran), queued jobs stay queued on disk, the workers end."""
         with self._cond:
             self._stopping = True
-            if self.current is not None:
-                self.current.cancel.cancel()
-                self._cancel_asked = time.monotonic()
-                self.executor.cancel()
+            for job, worker in self._running.values():
+                job.cancel.cancel()
+                self._cancel_asked.setdefault(job.job_id, time.monotonic())
+                worker.cancel()
             self._cond.notify_all()
         if wait:
             self.stopped.wait(self.stop_grace + 5.0)
 
     # ------------------------------------------------------------------ loop
+    def _choose(self, job: Job, free: list[WorkerHandle]) -> WorkerHandle:
+        """The free worker holding most of ``job``'s models (the first one on a tie)."""
+        cls = self.pipelines.get(job.pipeline)
+        wanted = set(cls.needed_models(job.preset, job.params)) if cls is not None else set()
+        return max(free, key=lambda w: len(wanted & w.models()))
+
     def run(self) -> None:
         try:
             self.executor.start()
             while True:
                 with self._cond:
-                    while not self._queue and not self._stopping:
-                        self._cond.wait(0.5)
+                    free: list[WorkerHandle] = []
+                    while not self._stopping:
+                        if self._queue:
+                            busy = {id(w) for _, w in self._running.values()}
+                            free = [w for w in self.executor.workers() if id(w) not in busy and w.available()]
+                            if free:
+                                break
+                        self._cond.wait(0.25)
                     if self._stopping:
                         break
                     job = self._queue.popleft()
-                    self.current, self._cancel_asked = job, None
-                try:
-                    self._run_job(job)
-                except Exception as exc:  # the dispatcher must outlive any job
-                    log.exception("job %s: unexpected error in the dispatcher", job.job_id)
-                    if job.state not in TERMINAL:
-                        self._end(job, "failed", "internal", f"{type(exc).__name__}: {exc}")
-                finally:
-                    with self._cond:
-                        self.current = None
+                    worker = self._choose(job, free)
+                    self._running[job.job_id] = (job, worker)
+                    self._cancel_asked.pop(job.job_id, None)
+                thread = threading.Thread(target=self._run_on, args=(job, worker), name=f"splatsmith-job-{job.job_id}",
+                                          daemon=True)
+                self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+                thread.start()
         finally:
+            for thread in list(self._threads):
+                thread.join(self.stop_grace + 5.0)
             try:
                 self.executor.stop()
             finally:
                 self.stopped.set()
+
+    def _run_on(self, job: Job, worker: WorkerHandle) -> None:
+        try:
+            self._run_job(job, worker)
+        except Exception as exc:  # the dispatcher must outlive any job
+            log.exception("job %s: unexpected error in the dispatcher", job.job_id)
+            if job.state not in TERMINAL:
+                self._end(job, "failed", "internal", f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._cond:
+                self._running.pop(job.job_id, None)
+                self._cancel_asked.pop(job.job_id, None)
+                self._cond.notify_all()
 
     def _end(self, job: Job, state: str, code: str | None, text: str | None) -> None:
         """Record the end of a job in memory, on disk (when the disk allows) and to clients."""
@@ -432,17 +520,19 @@ class Dispatcher(threading.Thread):
         if code is not None:
             self.post(job.job_id, None, messages.error(code, text or code, job_id=job.job_id))
 
-    def _run_job(self, job: Job) -> None:
+    def _run_job(self, job: Job, worker: WorkerHandle) -> None:
         job.state, job.started = "running", time.time()
+        job.error_code = job.error_message = None
         try:
             self.store.save_state(job)
-            self.store.append_log(job, f"state running: {job.pipeline} preset={job.preset} seed={job.seed}")
+            self.store.append_log(job, f"state running: {job.pipeline} preset={job.preset} seed={job.seed} "
+                                       f"on {worker.name}")
         except OSError as exc:
             self._end(job, "failed", *write_failure(job.dir, exc))
             return
         self.post(job.job_id, None, messages.make("status", job_id=job.job_id, jobs=[job.info()]))
         cls = self.pipelines[job.pipeline]
-        outcome = self.executor.run(job, cls.reference(), self._should_kill)
+        outcome = worker.run(job, cls.reference(), lambda: self._should_kill(job))
         if outcome["state"] == "done":
             job.files = outcome.get("files", [])
             self._end(job, "done", None, None)
@@ -455,14 +545,38 @@ class Dispatcher(threading.Thread):
         code, text = outcome.get("code") or "failed", outcome.get("text") or "the job failed"
         if code == "cancelled" and self._stopping:
             code, text = "interrupted", "the server stopped while this job ran; submit it again"
+        if outcome.get("requeue") and not job.cancel.cancelled and self._requeue(job, worker, code, text):
+            return
         self._end(job, "cancelled" if code == "cancelled" else "failed", code, text)
 
-    def _should_kill(self) -> bool:
-        """Whether the running job's worker must be killed: a cancel (or stop) it ignored for
-        longer than its grace."""
-        asked = self._cancel_asked
+    def _requeue(self, job: Job, worker: WorkerHandle, code: str, text: str) -> bool:
+        """Put a job whose worker was lost back at the head of the queue, once; its subscribers
+        get a ``status`` with the state ``queued`` and the lost attempt's code and sentence.
+        False when it already ran again (it then fails with ``code``)."""
+        if len(job.attempts) >= RERUNS_AFTER_LOST_WORKER:
+            return False
+        job.attempts.append({"code": code, "text": text, "worker": worker.name, "started": job.started,
+                             "ended": time.time()})
+        job.state, job.started = "queued", None
+        job.error_code, job.error_message = code, f"{text} It runs again (attempt {len(job.attempts) + 1})."
+        try:
+            self.store.save_state(job)
+            self.store.append_log(job, f"[{code}] {text}; queued again")
+        except OSError as exc:
+            log.error("job %s: cannot write its state (%s)", job.job_id, exc)
+        self.post(job.job_id, None, messages.make("status", job_id=job.job_id, jobs=[job.info()]))
+        with self._cond:
+            if self._stopping:
+                return False
+            self._queue.appendleft(job)
+            self._cond.notify_all()
+        return True
+
+    def _should_kill(self, job: Job) -> bool:
+        """Whether ``job``'s worker must be killed: a cancel (or stop) it ignored for longer
+        than its grace."""
+        asked = self._cancel_asked.get(job.job_id)
         if asked is None:
             return False
         grace = self.stop_grace if self._stopping else self.cancel_grace
         return time.monotonic() - asked > grace
-

@@ -164,10 +164,13 @@ class Server:
         inline_file_bytes: result files up to this size travel inside the result; larger
             ones in chunks.
         cancel_grace: seconds a cancelled job may run on before its worker is killed.
+        executor: ``"local"`` (one worker process, the default) or ``"ray"`` (Ray actors; needs
+            the ``cluster`` extra).
+        ray: the Ray executor's settings (``backend.cluster.RayOptions``); None: its defaults.
 
     Raises:
         ServerConfigError: a bad endpoint, a non-loopback bind without keys or ``insecure``, or
-            an address that cannot be bound.
+            an address that cannot be bound, or ``executor="ray"`` without Ray installed.
     """
 
     def __init__(
@@ -191,6 +194,8 @@ class Server:
         client_max_messages: int = 1000,
         inline_file_bytes: int = 1 * _MiB,
         cancel_grace: float = 10.0,
+        executor: str = "local",
+        ray: Any = None,
     ):
         try:
             bind = normalize_endpoint(bind, bind=True)
@@ -247,10 +252,39 @@ class Server:
         self._keys = itertools.count()
         self._stop = threading.Event()
         self.stats: collections.Counter = collections.Counter()
-        self.executor = WorkerProcess(self._post, device, None if models_dir is None else str(models_dir), model_capacity)
+        self.executor = self._make_executor(executor, ray, device, None if models_dir is None else str(models_dir),
+                                            model_capacity)
         self.dispatcher = Dispatcher(self.store, self.pipelines, self.executor, self._post, self._deliver_result,
                                      max_queue=max_queue, client_quota=client_quota, cancel_grace=cancel_grace)
         self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._dispatcher_started = False
+
+    def _make_executor(self, kind: str, ray: Any, device: str, models_dir: str | None, capacity: int):
+        if kind == "local":
+            return WorkerProcess(self._post, device, models_dir, capacity)
+        if kind != "ray":
+            self._close_sockets()
+            raise ServerConfigError(f"unknown executor {kind!r}; use local or ray")
+        try:
+            from .cluster import RayExecutor, RayOptions
+        except ImportError as exc:
+            self._close_sockets()
+            raise ServerConfigError(f"the ray executor needs Ray ({exc}): pip install 'splatsmith[cluster]'") from None
+        return RayExecutor(self._post, device, models_dir, capacity, ray or RayOptions(),
+                           on_change=lambda: self.dispatcher.wake(), job_root=self.store.root)
+
+    def workers(self) -> list[dict]:
+        """Where jobs run, for the welcome and ``splatsmith jobs``: name, node, device, state
+        (``starting``, ``idle``, ``busy``, ``lost``, ``failed``), the running job, models held."""
+        running = {worker: job_id for job_id, worker in self.dispatcher.running().items()}
+        out = []
+        for worker in self.executor.workers():
+            info = dict(worker.describe_worker())
+            if worker.name in running:
+                info["state"], info["job_id"] = "busy", running[worker.name]
+            out.append(info)
+        return out
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Server":
@@ -260,9 +294,12 @@ class Server:
         return self
 
     def _start_dispatcher(self) -> None:
-        """Start the dispatcher thread (which starts the worker process) once."""
-        if not self.dispatcher.is_alive() and not self.dispatcher.stopped.is_set():
-            self.dispatcher.start()
+        """Start the dispatcher thread (which starts the executor's workers) once, even when the
+        serving thread and ``wait_worker`` ask at the same time."""
+        with self._start_lock:
+            if not self._dispatcher_started:
+                self._dispatcher_started = True
+                self.dispatcher.start()
 
     def serve_forever(self) -> None:
         """Run the ROUTER loop until :meth:`stop` (or :meth:`request_stop`)."""
@@ -296,10 +333,7 @@ class Server:
         """Start the dispatcher if needed and wait until the worker process is ready; False
         (with ``executor.fatal`` saying why) when it could not start."""
         self._start_dispatcher()
-        end = time.monotonic() + (600.0 if timeout is None else timeout)
-        while self.executor._proc is None and time.monotonic() < end:  # the dispatcher starts it
-            time.sleep(0.01)
-        return self.executor.wait_ready(max(0.0, end - time.monotonic()))
+        return self.executor.wait_ready(600.0 if timeout is None else timeout)
 
     def request_stop(self) -> None:
         """Ask the loop to stop (safe from a signal handler): the running job is cancelled and
@@ -460,6 +494,7 @@ class Server:
             "welcome", server=f"splatsmith {__version__}", device=self.executor.describe(),
             pipelines={name: cls.describe() for name, cls in sorted(self.pipelines.items())},
             models=models_present(model_ids, self.models_dir), warnings=list(self.executor.warnings),
+            workers=self.workers(),
         )
 
     def _on_hello(self, ident: bytes, message: dict, req_id: str | None, owner: str | None) -> None:
@@ -537,7 +572,7 @@ class Server:
             return
         with self._lock:
             self._subscribers[job.job_id].add(ident)
-            position = self.dispatcher.queued() + (1 if self.dispatcher.current is not None else 0)
+            position = self.dispatcher.queued() + len(self.dispatcher.running())
             self._queue(ident, messages.make("accepted", job_id=job.job_id, position=position, req_id=req_id))
         self.dispatcher.enqueue(job)
 

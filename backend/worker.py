@@ -157,9 +157,11 @@ class WorkerEmitter(Emitter):
     most once a second.
     """
 
-    def __init__(self, job_id: str, job_dir: Path, send: Callable[[tuple, Any], None], max_progress_hz: float = 10.0):
+    def __init__(self, job_id: str, job_dir: Path, send: Callable[[tuple, Any], None], max_progress_hz: float = 10.0,
+                 log_line: Callable[[str], None] | None = None):
         super().__init__()
         self.job_id, self.job_dir, self.send = job_id, job_dir, send
+        self.log_line = log_line
         self.min_interval = 1.0 / max_progress_hz
         self._last_sent = 0.0
         self._last_logged = 0.0
@@ -186,13 +188,21 @@ class WorkerEmitter(Emitter):
             "preview", job_id=self.job_id, kind=msg["kind"], seq=self._seq, data=msg["data"], meta=msg["meta"]))
 
     def _on_log(self, line: str) -> None:
+        if self.log_line is not None:  # a Ray worker on another node: the server writes the line
+            self.log_line(line)
+            return
         try:
             append_log(self.job_dir, line)
         except OSError:
             pass  # a full disk ends the job through its own writes; the log is not worth a failure
 
 
-def _device_memory(device: str) -> dict:
+def loaded_model_ids(models) -> list[str]:
+    """The model ids a worker's ``ModelCache`` holds (its keys are ``kind:model_id:...``)."""
+    return sorted({key.split(":")[1] for key in models.keys() if key.count(":") >= 1})
+
+
+def device_memory(device: str) -> dict:
     import torch
 
     if device == "cuda":
@@ -220,9 +230,20 @@ def prepare_device(device: str, emit, sender=None, render_once=None) -> None:
             sender.put(("warning", reason))
 
 
-def _run_spec(spec: dict, cancel: CancelToken, sender: _Sender, device: str, models, models_dir: str | None) -> dict:
-    job_dir = Path(spec["job_dir"])
-    emitter = WorkerEmitter(spec["job_id"], job_dir, sender.put)
+def run_spec(spec: dict, cancel: CancelToken, sender, device: str, models, models_dir: str | None,
+             job_dir: Path | None = None, log_line: Callable[[str], None] | None = None) -> dict:
+    """Run one job in a worker (the local worker process or a Ray actor) and return its
+    outcome; every failure is the job's outcome, never an exception.
+
+    Args:
+        spec: job id, pipeline reference, pipeline, preset, params, inputs, seed, job_dir.
+        sender: has ``put(event, key=None)`` (latest wins per key): progress and previews.
+        job_dir: where the job writes (default ``spec["job_dir"]``; a Ray worker without the
+            server's folder uses a folder of its node and sends the files back).
+        log_line: where log lines go (default the job folder's ``log.txt``).
+    """
+    job_dir = Path(spec["job_dir"]) if job_dir is None else job_dir
+    emitter = WorkerEmitter(spec["job_id"], job_dir, sender.put, log_line=log_line)
     oom = False
     try:
         seed_everything(spec["seed"])
@@ -283,7 +304,7 @@ def worker_main(commands, events, cancel_event, device_request: str, models_dir:
         device = resolve_device(device_request)
         models = ModelCache(capacity)
         sender.put(("ready", {"device": device, "description": describe_device(device), "pid": os.getpid(),
-                              "memory": _device_memory(device)}))
+                              "memory": device_memory(device)}))
     except Exception as exc:  # noqa: BLE001 - reported to the server, which refuses to start
         sender.put(("fatal", f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)))
         sender.flush(5.0)
@@ -296,11 +317,13 @@ def worker_main(commands, events, cancel_event, device_request: str, models_dir:
             break  # the server is gone
         if command[0] == "run":
             cancel_event.clear()
-            sender.put(("outcome", _run_spec(command[1], cancel, sender, device, models, models_dir)))
-            sender.put(("memory", _device_memory(device)), key="memory")
+            sender.put(("outcome", run_spec(command[1], cancel, sender, device, models, models_dir)))
+            sender.put(("memory", device_memory(device)), key="memory")
+            sender.put(("models", loaded_model_ids(models)), key="models")
         elif command[0] == "release":
             names = models.release()
             free_device_memory()
+            sender.put(("models", []), key="models")
             sender.put(("released", names))
         elif command[0] == "stop":
             break
@@ -310,7 +333,8 @@ def worker_main(commands, events, cancel_event, device_request: str, models_dir:
 # ---------------------------------------------------------------------- server side
 class WorkerProcess:
     """The server's handle on its worker process: starts it (again after a crash), runs one
-    job at a time in it, relays its messages, cancels, releases models, stops it.
+    job at a time in it, relays its messages, cancels, releases models, stops it. It is both
+    the local executor (``jobs.Executor``) and its one worker (``jobs.WorkerHandle``).
 
     Args:
         post: ``post(job_id, key, message)`` delivers a job's progress and previews.
@@ -338,6 +362,28 @@ class WorkerProcess:
         self.fatal: str | None = None
         #: Sentences the worker reported about the backend (shown in the welcome).
         self.warnings: list[str] = []
+        self.name = "local"
+        self._models: set[str] = set()
+
+    # ------------------------------------------------------------------ executor and worker
+    def workers(self) -> list["WorkerProcess"]:
+        return [self]
+
+    def available(self) -> bool:
+        """Whether it can take a job (``run`` starts the process when it is not running)."""
+        return not self._stopping
+
+    def models(self) -> set[str]:
+        """Model ids the worker process held after its last job."""
+        return set(self._models)
+
+    def describe_worker(self) -> dict:
+        """This worker for the welcome and ``splatsmith jobs`` (the server adds busy/idle)."""
+        import socket
+
+        state = "idle" if self._ready.is_set() else ("failed" if self.fatal else "starting")
+        return {"name": self.name, "node": socket.gethostname(), "device": self.describe(), "state": state,
+                "pid": self.pid, "models": sorted(self._models)}
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -411,6 +457,8 @@ class WorkerProcess:
                 self._ready.set()
             elif kind == "memory":
                 self.info["memory"] = event[1]
+            elif kind == "models":
+                self._models = set(event[1])
             elif kind == "warning":
                 if event[1] not in self.warnings:
                     self.warnings.append(event[1])

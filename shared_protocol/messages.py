@@ -53,6 +53,7 @@ ERROR_CODES: dict[str, str] = {
     "server_lost": "the backend stopped answering",
     "internal": "an unexpected server error",
     "worker_crashed": "the worker process running the job ended (a native crash or a kill); the server goes on",
+    "worker_lost": "the cluster worker running the job died (its process or node); the job runs once more",
     "disk_full": "the server's output disk is full (or below its free-space minimum)",
     "busy": "this client has too many unread replies waiting",
 }
@@ -129,6 +130,8 @@ SCHEMAS: dict[tuple[Direction, str], dict[str, Field]] = {
         "pipelines": Field("dict", True),
         "models": Field("dict", True),
         "warnings": Field("list"),  # sentences about the backend (e.g. gsplat unusable, the torch rasteriser runs)
+        # where jobs run: [{name, node, device, state (starting|idle|busy|lost|failed), job_id, models}]
+        "workers": Field("list"),
     },
     ("reply", "pong"): {"time": Field("float")},
     ("reply", "accepted"): {"job_id": _id(), "position": Field("int", True, min=0)},

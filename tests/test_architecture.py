@@ -1,5 +1,5 @@
 """Structural rules of the backend: methods compose stages instead of importing each other; the
-server's side and the add-on import no torch."""
+server's side and the add-on import no torch (and no ray)."""
 from __future__ import annotations
 
 import ast
@@ -44,12 +44,19 @@ def test_the_server_side_and_the_addon_import_no_torch():
     code = ("import sys\n"
             "import backend.server, backend.jobs, backend.worker, backend.cli, shared_protocol.client\n"
             "from backend.pipelines import load_builtin; load_builtin()\n"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'bpy', 'diffusers', 'gsplat'))\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'bpy', 'diffusers', 'gsplat', 'ray'))\n"
             "assert not bad, bad\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     for path in (ROOT / "blender_addon").glob("*.py"):
         assert not any(name.split(".")[0] == "torch" for name in _imports(path)), path
+
+
+def test_only_the_cluster_module_imports_ray():
+    """Without ``--executor ray`` (and the ``cluster`` extra) nothing imports Ray."""
+    importers = {p.relative_to(ROOT).as_posix() for p in (ROOT / "backend").rglob("*.py")
+                 if any(name.split(".")[0] == "ray" for name in _imports(p))}
+    assert importers == {"backend/cluster.py"}
 
 
 def test_no_import_circle_in_the_backend():

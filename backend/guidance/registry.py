@@ -87,6 +87,15 @@ def get_teacher(name: str) -> TeacherSpec:
         raise ValueError(f"unknown teacher {name!r}; known: {', '.join(sorted(TEACHERS))}") from None
 
 
+def variant_of(model_id: str, weights: str) -> str:
+    """The id of the ``weights`` variant of the teacher that ``model_id`` belongs to
+    (``model_id`` itself when no registered teacher has it)."""
+    for spec in TEACHERS.values():
+        if model_id in spec.model_ids():
+            return spec.model(weights)[0]
+    return model_id
+
+
 def all_model_ids() -> list[str]:
     """Every model id of every registered teacher."""
     return sorted({mid for spec in TEACHERS.values() for mid in spec.model_ids()})

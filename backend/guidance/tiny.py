@@ -172,19 +172,31 @@ def _write_tiny_zero123(folder: Path, CLIPCameraProjection, real_size: bool = Fa
 
 def ensure_tiny(model_id: str, cache_dir: str | Path, writer) -> Path:
     """The folder of tiny model ``model_id`` under ``cache_dir``, written on first use by
-    ``writer(folder)`` (the teacher's ``tiny_writer``)."""
+    ``writer(folder)`` (the teacher's ``tiny_writer``). Safe when several workers (Ray actors,
+    test processes) ask at once: each writes its own temporary folder and the first rename
+    wins; the others discard theirs."""
+    import os
+    import shutil
+
     from .quiet import quiet_libraries
 
     quiet_libraries()
     folder = Path(cache_dir) / model_id
-    if not (folder / "model_index.json").is_file():
-        tmp = folder.with_name(folder.name + ".partial")
+    if (folder / "model_index.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}-{os.urandom(3).hex()}")
+    try:
         writer(tmp)
-        if folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        if folder.exists() and not (folder / "model_index.json").is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder left by an older version
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "model_index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

@@ -397,6 +397,27 @@ class Pipeline:
         return cls.implementation or f"{cls.__module__}:{cls.__qualname__}"
 
     @classmethod
+    def needed_models(cls, preset: str, params: dict[str, Any]) -> list[str]:
+        """Model ids a job with these resolved parameters loads: the preset's ``models`` (else
+        the ``default`` ones), each in the job's ``weights`` variant when it names one (the
+        ``tiny`` preset loads the tiny models). A dispatcher with several workers sends the job
+        to a worker that already holds them."""
+        from ..guidance.registry import variant_of
+
+        ids = cls.models.get(preset) or cls.models.get("default", [])
+        weights = params.get("weights")
+        if isinstance(weights, str) and weights:
+            ids = [variant_of(mid, weights) for mid in ids]
+        return sorted(set(ids))
+
+    @classmethod
+    def needed_job_files(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
+        """(job id, file name) of earlier jobs' files a job with these parameters reads from
+        its sibling job folders; a cluster worker on a node without the server's output folder
+        gets them with the job. Default: none."""
+        return []
+
+    @classmethod
     def implementation_class(cls) -> "type[Pipeline]":
         """The class whose ``run`` does the work (imports it; torch and the renderers load here).
 

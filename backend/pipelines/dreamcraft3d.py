@@ -59,7 +59,7 @@ from ..stages.geometry import refine_mesh
 from ..stages.mesh_export import rgba_preview, write_textured_asset
 from ..stages.progress import teacher_note
 from .base import CancelToken, Emitter, JobRequest, Result
-from .specs.dreamcraft3d import DreamCraft3DSpec, boost_strengths, parse_interval
+from .specs.dreamcraft3d import DREAMBOOTH_LORA_FILE, DreamCraft3DSpec, boost_strengths, parse_interval
 
 
 def class_word(p: dict) -> str:
@@ -79,7 +79,7 @@ def reused_lora(p: dict, job_dir) -> "Path | None":
     """
     if not p["reuse_lora"]:
         return None
-    path = job_dir.parent / p["reuse_lora"] / "dreambooth_lora.safetensors"
+    path = job_dir.parent / p["reuse_lora"] / DREAMBOOTH_LORA_FILE
     if not path.is_file():
         raise ValueError(f"job {p['reuse_lora']!r} has no DreamBooth LoRA on this server (a dreamcraft3d job with "
                          "Stable Diffusion saves dreambooth_lora.safetensors); leave reuse_lora empty to train one")
@@ -193,8 +193,8 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
                          "is left as the geometry stage made it")
             else:
                 mesh, boost_meta = self._boost(p, mesh, sd, ref, emit, cancel, gen, device, job_dir)
-                if (job_dir / "dreambooth_lora.safetensors").is_file():
-                    files["dreambooth_lora.safetensors"] = job_dir / "dreambooth_lora.safetensors"
+                if (job_dir / DREAMBOOTH_LORA_FILE).is_file():
+                    files[DREAMBOOTH_LORA_FILE] = job_dir / DREAMBOOTH_LORA_FILE
         clock["boost"] = round(time.monotonic() - mark, 2)
         moved = UVMesh(mesh.vertices.detach().cpu().numpy().astype(np.float32), uvm.faces, uvm.uv, uvm.vmapping)
         asset, arrays = write_textured_asset(job_dir, moved, mesh.texture, "dreamcraft3d")
@@ -318,7 +318,7 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
                 def loss(images, cams_, step, offset=r * p["boost_iters"]):
                     return p["bsd_weight"] * bsd.loss(images, cams_, schedule(offset + step, 0, gen), gen)
                 mesh = self._texture_round(p, mesh, loss, ref, emit, cancel, gen, device, f"boost {r + 1}")
-            save_lora(unet, "dreambooth", job_dir / "dreambooth_lora.safetensors")
+            save_lora(unet, "dreambooth", job_dir / DREAMBOOTH_LORA_FILE)
             sd.evaluations += bsd.evaluations
         finally:
             present = [name for name in ("dreambooth", "lora") if name in (getattr(unet, "peft_config", None) or {})]

@@ -293,3 +293,35 @@ def test_refused_keys_version_mismatch_and_out_of_memory_are_explained(offline_a
             bpy.ops.splatsmith.connect(address=old.endpoint)
     finally:
         old.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_backend(tmp_path_factory):
+    """``splatsmith serve --executor ray`` with a local Ray instance and two CPU workers."""
+    pytest.importorskip("ray")
+    root = tmp_path_factory.mktemp("ray-backend")
+    address = f"tcp://127.0.0.1:{_port()}"
+    os.environ.setdefault("SPLATSMITH_CACHE", str(root / "cache"))
+    command = _serve_command(root / "jobs") + ["--bind", address, "--executor", "ray", "--ray-address", "local",
+                                               "--workers", "2"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_backend(address, proc, 600)
+    yield address
+    proc.terminate()
+    proc.wait(60)
+
+
+def test_the_addon_works_unchanged_against_a_ray_backed_server(offline_addon, ray_backend):
+    assert bpy.ops.splatsmith.connect(address=ray_backend) == {"FINISHED"}
+    assert len(client_glue.session.welcome["workers"]) == 2
+    for seed, prompt in ((1, "a clay teapot"), (2, "a brass key")):  # two at once: one per worker
+        assert bpy.ops.splatsmith.generate(params=_text(prompt), preset="tiny", seed=seed) == {"FINISHED"}
+    states = client_glue.session.jobs[-2:]
+    _pump_until(lambda: all(state.ended for state in states), 900)
+    for state in states:
+        assert state.handle.state == "done", state.message
+        _check_result(bpy.data.objects[state.result_object], state)
+    assert bpy.ops.splatsmith.refresh_jobs() == {"FINISHED"}
+    listed = {j["job_id"]: j for j in client_glue.session.server_jobs}
+    first, second = (listed[state.job_id] for state in states)
+    assert first["started"] < second["finished"] and second["started"] < first["finished"]  # they ran side by side

@@ -137,6 +137,10 @@ def _params() -> dict:
     }
 
 
+#: The file a dreamcraft3d job saves its DreamBooth LoRA in (``reuse_lora`` reads it back).
+DREAMBOOTH_LORA_FILE = "dreambooth_lora.safetensors"
+
+
 @register
 class DreamCraft3DSpec(DistillationSpec):
     """Text -> reference image -> geometry sculpting -> texture boosting (DreamCraft3D)."""
@@ -210,6 +214,11 @@ class DreamCraft3DSpec(DistillationSpec):
             sizes = []
         if len(sizes) != 3 or min(sizes) < 16:
             raise ParamError("'resolutions' must be three sizes from 16, e.g. 128,256,512")
+
+    @classmethod
+    def needed_job_files(cls, params):
+        """The reused DreamBooth LoRA (``reuse_lora``), the one file another job lends."""
+        return [(params["reuse_lora"], DREAMBOOTH_LORA_FILE)] if params.get("reuse_lora") else []
 
     @classmethod
     def estimate_memory(cls, params, inputs):
