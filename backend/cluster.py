@@ -6,10 +6,12 @@ nothing imports Ray.
 
 - :class:`WorkerActor` runs in a Ray worker process: it resolves its device, keeps a model
   cache between jobs, and runs each job with the same code as the local worker process
-  (``backend.worker.run_spec``). Its ``run`` is a Ray streaming generator: the job runs in a
-  thread of the actor and the generator yields its events (progress and previews, latest-wins
-  per kind, log lines, then the outcome), so a slow reader never slows a step. ``cancel``
-  runs concurrently (a threaded actor) and reaches the job at its next ``cancel.check()``.
+  (``backend.worker.run_spec``). ``start`` runs the job in a thread of the actor and returns;
+  the job puts its events (progress and previews, latest-wins per kind, log lines, then the
+  outcome) into a buffer that never blocks it, and the server long-polls ``events``, which
+  returns all that waits, so a slow reader never slows a step. (Not a Ray streaming
+  generator: Ray Client, ``ray://``, does not carry those.) ``cancel`` runs concurrently (a
+  threaded actor) and reaches the job at its next ``cancel.check()``.
 - Result files travel back in the outcome and the server writes them into the job folder; with
   ``shared_output`` (the output folder mounted at the same path on every node) the actor
   writes into the job folder itself.
@@ -21,15 +23,12 @@ nothing imports Ray.
   ``worker_lost`` (the dispatcher runs the job once more); Ray restarts the actor
   (``max_restarts=-1``) and the worker is used again once it answers.
 
-Ray APIs used: ``ray.init``, ``ray.remote`` actors with ``max_concurrency`` and
-``max_restarts``, streaming generators (``num_returns="streaming"``, ``ray.wait`` on an
-``ObjectRefGenerator``), ``ray.kill``, ``ray.cluster_resources``, ``ray.nodes``
-(https://docs.ray.io/en/latest/ray-core/ray-generator.html).
+Ray APIs used: ``ray.init``, ``ray.remote`` actors with ``max_concurrency`` (threaded
+actors) and ``max_restarts``, ``ray.wait``/``ray.get``, ``ray.kill``, ``ray.cluster_resources``,
+``ray.nodes`` (https://docs.ray.io/en/latest/ray-core/actors.html).
 """
 from __future__ import annotations
 
-import collections
-import itertools
 import logging
 import os
 import shutil
@@ -40,13 +39,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import ray
 import ray.exceptions
 
 from .jobs import Job, append_log
+from .worker import LatestWins
 
 log = logging.getLogger("splatsmith.cluster")
 
@@ -91,28 +91,6 @@ class RayOptions:
 
 
 # ---------------------------------------------------------------------- actor side
-class _Events:
-    """A job's events inside the actor, taken by the streaming generator: in order, except that
-    an event with a key replaces the untaken one with the same key (latest wins). ``put`` never
-    blocks, so the job never waits for the server."""
-
-    def __init__(self) -> None:
-        self._items: collections.OrderedDict[Any, tuple] = collections.OrderedDict()
-        self._cond = threading.Condition()
-        self._seq = itertools.count()
-
-    def put(self, event: tuple, key: Any = None) -> None:
-        with self._cond:
-            self._items[("seq", next(self._seq)) if key is None else key] = event
-            self._cond.notify_all()
-
-    def take(self) -> tuple:
-        with self._cond:
-            while not self._items:
-                self._cond.wait()
-            return self._items.popitem(last=False)[1]
-
-
 class WorkerActor:
     """One worker of the cluster (a Ray actor; :class:`RayExecutor` wraps it with
     ``ray.remote``). Holds its device and its model cache for its whole life.
@@ -139,6 +117,8 @@ class WorkerActor:
         self.models_dir, self.shared_output = models_dir, shared_output
         self._cancel = threading.Event()
         self._scratch = Path(tempfile.mkdtemp(prefix="splatsmith-ray-"))
+        self._events = LatestWins()
+        self._job: threading.Thread | None = None
 
     def info(self) -> dict:
         """Node, process, device, models held and device memory of this actor."""
@@ -161,25 +141,32 @@ class WorkerActor:
         free_device_memory()
         return names
 
-    def run(self, spec: dict):
-        """Run one job; a generator of events: ``("post", job_id, key, message)``, ``("log",
-        line)``, ``("warning", text)`` and last ``("outcome", outcome)``, where a finished
-        job's outcome carries its files as ``blobs`` (name -> bytes) unless ``shared_output``."""
+    def start(self, spec: dict) -> None:
+        """Start one job in a thread of this actor and return at once; its events are taken
+        with :meth:`events`.
+
+        Raises:
+            RuntimeError: a job is still running here (the server sends one at a time).
+        """
         from .pipelines.base import CancelToken
         from .worker import loaded_model_ids, run_spec
 
+        if self._job is not None:
+            self._job.join(10.0)  # it put its outcome: it is ending
+            if self._job.is_alive():
+                raise RuntimeError("this worker is still running a job")
         self._cancel.clear()
-        events = _Events()
+        events = self._events = LatestWins()
         if self.shared_output:
             job_dir, log_line = Path(spec["job_dir"]), None
             if not (job_dir / "request.json").is_file():
-                yield ("outcome", {"job_id": spec["job_id"], "state": "failed", "code": "failed", "text": (
+                events.put(("outcome", {"job_id": spec["job_id"], "state": "failed", "code": "failed", "text": (
                     f"the job folder {job_dir} is not visible on node {socket.gethostname()}: mount the server's output "
-                    "folder at the same path on every node, or serve without --shared-output")})
+                    "folder at the same path on every node, or serve without --shared-output")}))
                 return
         else:
+            shutil.rmtree(self._scratch, ignore_errors=True)  # the previous job's files went back with it
             job_dir = self._scratch / spec["job_id"]
-            shutil.rmtree(job_dir, ignore_errors=True)
             job_dir.mkdir(parents=True)
             for other_job, name, data in spec.pop("job_files", []):
                 (self._scratch / other_job).mkdir(exist_ok=True)
@@ -201,20 +188,22 @@ class WorkerActor:
             outcome["models"] = loaded_model_ids(self.models)
             events.put(("outcome", outcome))
 
-        threading.Thread(target=work, name="splatsmith-ray-job", daemon=True).start()
-        try:
-            while True:
-                event = events.take()
-                yield event
-                if event[0] == "outcome":
-                    return
-        finally:
-            if not self.shared_output:
-                shutil.rmtree(self._scratch, ignore_errors=True)
-                self._scratch.mkdir(parents=True, exist_ok=True)
+        self._job = threading.Thread(target=work, name="splatsmith-ray-job", daemon=True)
+        self._job.start()
+
+    def events(self, wait: float = 0.25) -> list[tuple]:
+        """The running job's events not taken yet, in order (progress and each preview kind
+        latest-wins), waiting up to ``wait`` seconds for the first: ``("post", job_id, key,
+        message)``, ``("log", line)``, ``("warning", text)``, and last ``("outcome",
+        outcome)``, whose ``blobs`` (name -> bytes) are a finished job's files unless
+        ``shared_output``. A long poll rather than a Ray streaming generator: Ray Client
+        (``ray://``) does not carry those (ray-project/ray#43357)."""
+        return self._events.take_all(wait)
 
 
 # ---------------------------------------------------------------------- server side
+_KILLED = object()
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".part")
     tmp.write_bytes(data)
@@ -318,20 +307,16 @@ class RayWorker:
             spec["job_files"] = self.executor.job_files(job)
         self.state = "busy"
         try:
-            stream = self.actor.run.options(num_returns="streaming").remote(spec)
+            if self._wait(self.actor.start.remote(spec), should_kill) is _KILLED:
+                return self._kill_for_cancel()
             while True:
-                ready, _ = ray.wait([stream], timeout=0.1)
-                if not ready:
-                    if should_kill():
-                        return self._kill_for_cancel()
-                    continue
-                try:
-                    event = ray.get(next(stream))
-                except StopIteration:
-                    return self._lost(job, "its event stream ended without an outcome")
-                outcome = self._handle(job, event)
-                if outcome is not None:
-                    return outcome
+                batch = self._wait(self.actor.events.remote(), should_kill)
+                if batch is _KILLED:
+                    return self._kill_for_cancel()
+                for event in batch:
+                    outcome = self._handle(job, event)
+                    if outcome is not None:
+                        return outcome
         except ray.exceptions.RayActorError as exc:
             return self._lost(job, _first_line(exc))
         except ray.exceptions.RayTaskError as exc:
@@ -342,6 +327,15 @@ class RayWorker:
             if self.state == "busy":
                 self.state = "idle"
                 self.executor.changed()
+
+    @staticmethod
+    def _wait(ref, should_kill: Callable[[], bool]):
+        """``ray.get(ref)``, looking every 0.1 s whether the job's worker must be killed
+        (then :data:`_KILLED`). Raises what ``ray.get`` raises."""
+        while not ray.wait([ref], timeout=0.1)[0]:
+            if should_kill():
+                return _KILLED
+        return ray.get(ref)
 
     def _handle(self, job: Job, event: tuple) -> dict | None:
         kind = event[0]
@@ -479,8 +473,10 @@ class RayExecutor:
 
     def _watch_cluster(self) -> None:
         """``workers="auto"``: add workers when GPUs (or nodes) join."""
-        while not self.stopping:
+        while True:
             time.sleep(self.options.watch_interval)
+            if self.stopping:
+                return
             try:
                 target = self._target_count()
                 with self._lock:

@@ -1,12 +1,13 @@
 """Jobs: their persistence on disk, the FIFO queue, and the dispatcher that hands them to the
-worker process. Imports neither torch nor any pipeline implementation: this is the server
-process's side.
+executor's workers (the local worker process, or Ray actors). Imports neither torch, ray nor
+any pipeline implementation: this is the server process's side.
 
 Every job owns ``<output_dir>/<job_id>/`` with:
 
 - ``request.json``: pipeline, preset, resolved parameters, seed, label, input shapes;
 - ``inputs.npz``: the input arrays (``numpy.savez``; read back with ``allow_pickle=False``);
-- ``state.json``: state, timestamps, error code and message, owner (rewritten atomically);
+- ``state.json``: state, timestamps, error code and message, owner, earlier attempts lost with
+  their worker (rewritten atomically);
 - ``result.json`` + ``result.npz`` + the pipeline's files (GLB, PLY, PNG): the result;
 - ``log.txt``: state changes, progress (at most once a second) and tracebacks.
 

@@ -107,17 +107,15 @@ def describe_exit(exitcode: int | None) -> str:
 
 
 # ---------------------------------------------------------------------- worker side
-class _Sender(threading.Thread):
-    """Sends events to the server in order; an event with a key replaces the unsent one with
-    the same key (latest wins), so the sender never builds a backlog."""
+class LatestWins:
+    """A worker's outgoing events: in order, except that an event with a key replaces the
+    untaken one with the same key (progress, each preview kind), so a slow reader gets the
+    newest state and never a backlog. ``put`` never blocks: the job never waits for it."""
 
-    def __init__(self, conn) -> None:
-        super().__init__(name="splatsmith-worker-sender", daemon=True)
-        self.conn = conn
+    def __init__(self) -> None:
         self.items: collections.OrderedDict[Any, tuple] = collections.OrderedDict()
         self.cond = threading.Condition()
-        self.busy = False
-        self.broken = False
+        self.busy = False  # an event was taken and is being delivered
         self._seq = itertools.count()
 
     def put(self, event: tuple, key: Any = None) -> None:
@@ -125,28 +123,59 @@ class _Sender(threading.Thread):
             self.items[("seq", next(self._seq)) if key is None else key] = event
             self.cond.notify_all()
 
+    def take(self) -> tuple:
+        """The next event (waits for one); call :meth:`delivered` once it is sent."""
+        with self.cond:
+            while not self.items:
+                self.cond.wait()
+            self.busy = True
+            return self.items.popitem(last=False)[1]
+
+    def take_all(self, timeout: float) -> list[tuple]:
+        """Every waiting event, in order, waiting up to ``timeout`` seconds for the first
+        ([] when none came)."""
+        with self.cond:
+            if not self.items:
+                self.cond.wait(timeout)
+            events = list(self.items.values())
+            self.items.clear()
+            return events
+
+    def delivered(self) -> None:
+        with self.cond:
+            self.busy = False
+            self.cond.notify_all()
+
+
+class _Sender(threading.Thread):
+    """Sends a worker process's events to the server through its pipe, from a
+    :class:`LatestWins` buffer."""
+
+    def __init__(self, conn) -> None:
+        super().__init__(name="splatsmith-worker-sender", daemon=True)
+        self.conn = conn
+        self.events = LatestWins()
+        self.broken = False
+
+    def put(self, event: tuple, key: Any = None) -> None:
+        self.events.put(event, key)
+
     def run(self) -> None:
         while True:
-            with self.cond:
-                while not self.items:
-                    self.cond.wait()
-                _, event = self.items.popitem(last=False)
-                self.busy = True
+            event = self.events.take()
             try:
                 self.conn.send(event)
             except (OSError, ValueError):  # the server is gone
                 self.broken = True
                 return
             finally:
-                with self.cond:
-                    self.busy = False
-                    self.cond.notify_all()
+                self.events.delivered()
 
     def flush(self, timeout: float) -> None:
         end = time.monotonic() + timeout
-        with self.cond:
-            while (self.items or self.busy) and not self.broken and time.monotonic() < end:
-                self.cond.wait(0.05)
+        with self.events.cond:
+            while (self.events.items or self.events.busy) and not self.broken and time.monotonic() < end:
+                self.events.cond.wait(0.05)
 
 
 class WorkerEmitter(Emitter):

@@ -14,7 +14,8 @@ then:
   the client receives it (the wire both ways, the queue, the hand-over to the worker; the
   pipeline's own set-up included, which is the same for every executor), median printed;
 - **throughput**: ``--jobs`` jobs submitted at once; jobs per minute from the first submit to
-  the last result.
+  the last result;
+- **cancel**: the time from cancelling a running job to the client's ``cancelled`` reply.
 
 On a 2-core machine each Ray worker reserves 1 CPU (Ray then gives torch 1 thread), while the
 local worker process uses both cores; with GPUs each worker has its own.
@@ -47,6 +48,23 @@ def _first_step(client: Client, params: dict, preset: str, seed: int) -> tuple[f
     return seen[0] - start, result
 
 
+def _cancel_latency(client: Client, params: dict, preset: str) -> float:
+    """Seconds from the cancel request of a running job (1 s after its first step) to the
+    client's ``cancelled`` reply."""
+    handle = client.submit("dreamgaussian", params=dict(params, iters=100_000), preset=preset, seed=7)
+    while handle.progress is None:
+        client.poll(0.02)
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        client.poll(0.02)
+    start = time.monotonic()
+    client.cancel(handle)
+    while not handle.finished:
+        client.poll(0.005)
+    assert handle.state == "cancelled", handle.error
+    return time.monotonic() - start
+
+
 def measure(executor: str, workers: int, args, root: Path) -> dict:
     from backend.cluster import RayOptions
 
@@ -70,12 +88,13 @@ def measure(executor: str, workers: int, args, root: Path) -> dict:
             for handle in handles:
                 client.wait(handle, 3600)
             wall = time.monotonic() - start
+            cancel = statistics.median(_cancel_latency(client, params, args.preset) for _ in range(3))
             device = ", ".join(sorted({w["device"] for w in client.hello()["workers"]}))
     finally:
         server.stop(120)
     return {"executor": executor if executor == "local" else f"ray x{workers}", "device": device, "ready_s": ready,
             "first_step_s": statistics.median(overhead), "jobs": args.jobs, "wall_s": wall,
-            "jobs_per_min": 60.0 * args.jobs / wall}
+            "jobs_per_min": 60.0 * args.jobs / wall, "cancel_s": cancel}
 
 
 def main() -> None:
@@ -93,7 +112,8 @@ def main() -> None:
             row = rows[-1]
             print(f"{row['executor']:>8}: ready in {row['ready_s']:5.1f} s | submit -> first step {row['first_step_s']:.2f} s "
                   f"(median of {args.probes}) | {row['jobs']} {args.preset} jobs in {row['wall_s']:.1f} s = "
-                  f"{row['jobs_per_min']:.1f} jobs/min | {row['device']}", flush=True)
+                  f"{row['jobs_per_min']:.1f} jobs/min | cancel of a running job {row['cancel_s'] * 1000:.0f} ms "
+                  f"(median of 3) | {row['device']}", flush=True)
     local = rows[0]["first_step_s"]
     for row in rows[1:]:
         print(f"dispatch overhead of {row['executor']} against the local executor: "
