@@ -139,6 +139,36 @@ def test_cancel_a_running_and_a_queued_job(ray_server):
     client.close()
 
 
+def test_the_queue_and_client_quotas_count_jobs_running_on_every_worker(ray_server):
+    dispatcher = ray_server.dispatcher
+    saved = dispatcher.max_queue, dispatcher.client_quota
+    dispatcher.max_queue, dispatcher.client_quota = 2, 3
+    a, b, c = _client(ray_server), _client(ray_server), _client(ray_server)
+    long = {"steps": 100_000, "step_ms": 20.0}
+    try:
+        mine = [a.submit("fit", params=long) for _ in range(3)]
+        for handle in mine:
+            _accepted(a, handle)
+        _running_on(ray_server, mine[0].job_id)
+        _running_on(ray_server, mine[1].job_id)  # both workers busy with a's jobs, the third waits
+        with pytest.raises(JobError) as info:
+            a.wait(a.submit("fit", params=long), 60)
+        assert info.value.code == "queue_full" and "quota" in info.value.message
+        other = b.submit("fit", params=long)
+        _accepted(b, other)  # the queue now holds 2, its limit
+        with pytest.raises(JobError) as info:
+            c.wait(c.submit("fit", params={"steps": 5}), 60)
+        assert info.value.code == "queue_full" and "queue" in info.value.message
+        for client, handle in ((a, mine[2]), (b, other), (a, mine[0]), (a, mine[1])):
+            client.cancel(handle)
+            with pytest.raises(JobError):
+                client.wait(handle, 60)
+    finally:
+        dispatcher.max_queue, dispatcher.client_quota = saved
+        for client in (a, b, c):
+            client.close()
+
+
 def test_a_killed_worker_loses_the_job_which_runs_again_and_the_server_keeps_answering(ray_server):
     client, pinger = _client(ray_server), _client(ray_server)
     statuses = []
