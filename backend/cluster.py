@@ -309,6 +309,8 @@ class RayWorker:
         try:
             if self._wait(self.actor.start.remote(spec), should_kill) is _KILLED:
                 return self._kill_for_cancel()
+            if job.cancel.cancelled:  # cancelled on its way: the actor's start cleared that call's flag
+                self.actor.cancel.remote()
             while True:
                 batch = self._wait(self.actor.events.remote(), should_kill)
                 if batch is _KILLED:
@@ -330,12 +332,14 @@ class RayWorker:
 
     @staticmethod
     def _wait(ref, should_kill: Callable[[], bool]):
-        """``ray.get(ref)``, looking every 0.1 s whether the job's worker must be killed
-        (then :data:`_KILLED`). Raises what ``ray.get`` raises."""
-        while not ray.wait([ref], timeout=0.1)[0]:
+        """``ray.get(ref)``, looking first and then every 0.1 s whether the job's worker must be
+        killed (then :data:`_KILLED`; each long poll of a busy job answers at once, so the
+        look cannot wait for a poll to time out). Raises what ``ray.get`` raises."""
+        while True:
             if should_kill():
                 return _KILLED
-        return ray.get(ref)
+            if ray.wait([ref], timeout=0.1)[0]:
+                return ray.get(ref)
 
     def _handle(self, job: Job, event: tuple) -> dict | None:
         kind = event[0]

@@ -344,8 +344,7 @@ def worker_main(commands, events, cancel_event, device_request: str, models_dir:
             command = commands.recv()
         except (EOFError, OSError):
             break  # the server is gone
-        if command[0] == "run":
-            cancel_event.clear()
+        if command[0] == "run":  # the server cleared cancel_event before sending it (WorkerProcess.run)
             sender.put(("outcome", run_spec(command[1], cancel, sender, device, models, models_dir)))
             sender.put(("memory", device_memory(device)), key="memory")
             sender.put(("models", loaded_model_ids(models)), key="models")
@@ -541,11 +540,16 @@ class WorkerProcess:
         spec = {"job_id": job.job_id, "reference": reference, "pipeline": job.pipeline, "preset": job.preset,
                 "params": job.params, "inputs": {k: np.asarray(v) for k, v in job.inputs.items()}, "seed": job.seed,
                 "job_dir": str(job.dir)}
+        # The server, not the worker, clears the cancel flag: a cancel that comes while the job
+        # is on its way (the dispatcher cancels the job's token first, then the worker) is kept.
+        self._cancel.clear()
         try:
             with self._lock:
                 self._commands.send(("run", spec))
         except (OSError, ValueError) as exc:
             return {"state": "failed", "code": "worker_crashed", "text": f"the worker process could not take the job ({exc})"}
+        if job.cancel.cancelled:
+            self._cancel.set()
         while True:
             try:
                 event = self._outcomes.get(timeout=0.1)

@@ -200,3 +200,17 @@ TEST_PIPELINES = {cls.name: cls for cls in (FitPipeline, BoomPipeline, HogPipeli
                                              MeshPipeline, OomPipeline)}
 #: Read by ``splatsmith serve --plugin pipelines_for_tests``.
 PIPELINES = TEST_PIPELINES
+
+
+def run_a_job_cancelled_on_its_way(server, worker) -> dict:
+    """Run a long ``fit`` job on ``worker`` (idle, of ``server``) that was cancelled as
+    ``Dispatcher.cancel`` does it, after the dispatcher handed it to the worker but before it
+    reached it; returns the outcome. The job must stop by itself: ``should_kill`` only fires
+    after 300 s, a ceiling against hangs (the job alone would run 500 s)."""
+    cls = server.pipelines["fit"]
+    preset, params = cls.resolve(None, {"steps": 100_000, "step_ms": 5.0}, {})
+    job = server.store.create("fit", preset, params, 0, "", {})
+    job.cancel.cancel()
+    worker.cancel()
+    start = time.monotonic()
+    return worker.run(job, cls.reference(), lambda: time.monotonic() - start > 300)

@@ -21,7 +21,7 @@ ray = pytest.importorskip("ray")
 from backend.cluster import RayOptions  # noqa: E402
 from backend.pipelines import load_builtin  # noqa: E402
 from backend.pipelines.base import REGISTRY  # noqa: E402
-from pipelines_for_tests import TEST_PIPELINES  # noqa: E402
+from pipelines_for_tests import TEST_PIPELINES, run_a_job_cancelled_on_its_way  # noqa: E402
 from shared_protocol.client import Client, JobError, Timeouts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,18 +139,25 @@ def test_cancel_a_running_and_a_queued_job(ray_server):
     client.close()
 
 
+def test_a_cancel_that_comes_while_the_job_is_on_its_way_to_the_actor_is_kept(ray_server):
+    worker = next(w for w in ray_server.executor.workers() if w.available())  # no job is queued: the dispatcher waits
+    outcome = run_a_job_cancelled_on_its_way(ray_server, worker)
+    assert outcome["code"] == "cancelled" and "restarted" not in outcome["text"], outcome
+
+
 def test_the_queue_and_client_quotas_count_jobs_running_on_every_worker(ray_server):
     dispatcher = ray_server.dispatcher
     saved = dispatcher.max_queue, dispatcher.client_quota
     dispatcher.max_queue, dispatcher.client_quota = 2, 3
     a, b, c = _client(ray_server), _client(ray_server), _client(ray_server)
     long = {"steps": 100_000, "step_ms": 20.0}
+    mine, other = [], None
     try:
-        mine = [a.submit("fit", params=long) for _ in range(3)]
-        for handle in mine:
-            _accepted(a, handle)
-        _running_on(ray_server, mine[0].job_id)
-        _running_on(ray_server, mine[1].job_id)  # both workers busy with a's jobs, the third waits
+        for _ in range(2):  # one after the other: jobs sent at once could all still be queued
+            mine.append(a.submit("fit", params=long))
+            _running_on(ray_server, _accepted(a, mine[-1]))
+        mine.append(a.submit("fit", params=long))  # both workers busy with a's jobs: this one waits
+        _accepted(a, mine[-1])
         with pytest.raises(JobError) as info:
             a.wait(a.submit("fit", params=long), 60)
         assert info.value.code == "queue_full" and "quota" in info.value.message
@@ -159,12 +166,13 @@ def test_the_queue_and_client_quotas_count_jobs_running_on_every_worker(ray_serv
         with pytest.raises(JobError) as info:
             c.wait(c.submit("fit", params={"steps": 5}), 60)
         assert info.value.code == "queue_full" and "queue" in info.value.message
-        for client, handle in ((a, mine[2]), (b, other), (a, mine[0]), (a, mine[1])):
-            client.cancel(handle)
-            with pytest.raises(JobError):
-                client.wait(handle, 60)
     finally:
         dispatcher.max_queue, dispatcher.client_quota = saved
+        for client, handle in ((b, other), *((a, h) for h in reversed(mine))):  # queued ones first
+            if handle is not None and handle.job_id is not None:
+                client.cancel(handle)
+                with pytest.raises(JobError):
+                    client.wait(handle, 60)
         for client in (a, b, c):
             client.close()
 

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from pipelines_for_tests import run_a_job_cancelled_on_its_way
 from shared_protocol.client import JobError
 
 
@@ -94,6 +95,13 @@ def test_cancel_running_job_within_one_second(make_server, make_client):
     assert client.status(handle.job_id)[0]["state"] == "cancelled"
     # The worker is free again.
     assert client.wait(client.submit("fit", params={"steps": 3}), timeout=10)["meta"]["steps"] == 3
+
+
+def test_a_cancel_that_comes_while_the_job_is_on_its_way_to_the_worker_is_kept(make_server):
+    server = make_server()
+    assert server.wait_worker(600), server.executor.fatal
+    outcome = run_a_job_cancelled_on_its_way(server, server.executor.workers()[0])
+    assert outcome["code"] == "cancelled" and "restarted" not in outcome["text"], outcome
 
 
 def test_cancel_queued_job(make_server, make_client):
