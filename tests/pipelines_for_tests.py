@@ -140,7 +140,7 @@ class CrashPipeline(Pipeline):
     as a CUDA kernel, a C++ library or the OOM killer would."""
 
     name = "crash"
-    params = {"how": Param("choice", "segv", "how to die", choices=("segv", "abort", "kill", "hang")),
+    params = {"how": Param("choice", "segv", "how to die", choices=("segv", "abort", "kill", "hang", "spin")),
               "steps": Param("int", 3, "steps before dying", min=0, max=1000),
               "step_ms": Param("float", 20.0, "time per step, ms", min=0, max=1000)}
 
@@ -156,6 +156,11 @@ class CrashPipeline(Pipeline):
             os.abort()
         elif how == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        elif how == "spin":  # ignores cancellation but keeps reporting, as a loop without cancel.check() would
+            for step in range(10**9):
+                emit.progress("spin", step % 100 + 1, 100)
+                emit.log(f"spin {step}")  # (progress is throttled to 10 Hz; log lines are not)
+                time.sleep(0.005)
         else:  # ignores cancellation, as native code that never returns would
             while True:
                 time.sleep(0.05)

@@ -145,6 +145,29 @@ def test_a_cancel_that_comes_while_the_job_is_on_its_way_to_the_actor_is_kept(ra
     assert outcome["code"] == "cancelled" and "restarted" not in outcome["text"], outcome
 
 
+def test_a_job_that_ignores_cancel_while_reporting_has_its_actor_restarted_after_the_grace(ray_server):
+    dispatcher, client = ray_server.dispatcher, _client(ray_server)
+    saved, dispatcher.cancel_grace = dispatcher.cancel_grace, 1.0
+    try:
+        handle = client.submit("crash", params={"how": "spin", "steps": 0})
+        end = time.monotonic() + 300
+        while handle.progress is None:
+            assert time.monotonic() < end and not handle.finished, handle.error
+            client.poll(0.05)
+        client.cancel(handle)
+        with pytest.raises(JobError) as ended:
+            client.wait(handle, 120)
+        assert ended.value.code == "cancelled" and "restarted" in str(ended.value), str(ended.value)
+    finally:
+        dispatcher.cancel_grace = saved
+    end = time.monotonic() + 600  # a ceiling against hangs: the new actor imports torch
+    while sum(w["state"] == "idle" for w in ray_server.workers()) < 2:
+        assert time.monotonic() < end, ray_server.workers()
+        time.sleep(0.1)
+    assert client.wait(client.submit("fit", params={"steps": 5}), 120)["meta"]["steps"] == 5
+    client.close()
+
+
 def test_the_queue_and_client_quotas_count_jobs_running_on_every_worker(ray_server):
     dispatcher = ray_server.dispatcher
     saved = dispatcher.max_queue, dispatcher.client_quota
