@@ -41,12 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import ray
 import ray.exceptions
 
 from .jobs import Job, append_log
-from .worker import LatestWins
+from .worker import LatestWins, job_spec
 
 log = logging.getLogger("splatsmith.cluster")
 
@@ -300,9 +299,7 @@ class RayWorker:
     def run(self, job: Job, reference: str, should_kill: Callable[[], bool]) -> dict:
         """Run ``job`` on the actor, relaying its events; the outcome as ``WorkerProcess.run``'s,
         plus ``requeue`` when the actor died under it. Never raises for what happens there."""
-        spec = {"job_id": job.job_id, "reference": reference, "pipeline": job.pipeline, "preset": job.preset,
-                "params": job.params, "inputs": {k: np.asarray(v) for k, v in job.inputs.items()}, "seed": job.seed,
-                "job_dir": str(job.dir)}
+        spec = job_spec(job, reference)
         if not self.executor.options.shared_output:
             spec["job_files"] = self.executor.job_files(job)
         self.state = "busy"

@@ -113,38 +113,46 @@ class LatestWins:
     newest state and never a backlog. ``put`` never blocks: the job never waits for it."""
 
     def __init__(self) -> None:
-        self.items: collections.OrderedDict[Any, tuple] = collections.OrderedDict()
-        self.cond = threading.Condition()
-        self.busy = False  # an event was taken and is being delivered
+        self._items: collections.OrderedDict[Any, tuple] = collections.OrderedDict()
+        self._cond = threading.Condition()
+        self._busy = False  # an event was taken and is being delivered
         self._seq = itertools.count()
 
     def put(self, event: tuple, key: Any = None) -> None:
-        with self.cond:
-            self.items[("seq", next(self._seq)) if key is None else key] = event
-            self.cond.notify_all()
+        with self._cond:
+            self._items[("seq", next(self._seq)) if key is None else key] = event
+            self._cond.notify_all()
 
     def take(self) -> tuple:
         """The next event (waits for one); call :meth:`delivered` once it is sent."""
-        with self.cond:
-            while not self.items:
-                self.cond.wait()
-            self.busy = True
-            return self.items.popitem(last=False)[1]
+        with self._cond:
+            while not self._items:
+                self._cond.wait()
+            self._busy = True
+            return self._items.popitem(last=False)[1]
 
     def take_all(self, timeout: float) -> list[tuple]:
         """Every waiting event, in order, waiting up to ``timeout`` seconds for the first
         ([] when none came)."""
-        with self.cond:
-            if not self.items:
-                self.cond.wait(timeout)
-            events = list(self.items.values())
-            self.items.clear()
+        with self._cond:
+            if not self._items:
+                self._cond.wait(timeout)
+            events = list(self._items.values())
+            self._items.clear()
             return events
 
     def delivered(self) -> None:
-        with self.cond:
-            self.busy = False
-            self.cond.notify_all()
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
+
+    def wait_delivered(self, timeout: float, give_up: Callable[[], bool]) -> None:
+        """Wait up to ``timeout`` seconds until every event was taken and delivered, or until
+        ``give_up()`` is true (checked every 0.05 s)."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while (self._items or self._busy) and not give_up() and time.monotonic() < end:
+                self._cond.wait(0.05)
 
 
 class _Sender(threading.Thread):
@@ -172,10 +180,7 @@ class _Sender(threading.Thread):
                 self.events.delivered()
 
     def flush(self, timeout: float) -> None:
-        end = time.monotonic() + timeout
-        with self.events.cond:
-            while (self.events.items or self.events.busy) and not self.broken and time.monotonic() < end:
-                self.events.cond.wait(0.05)
+        self.events.wait_delivered(timeout, lambda: self.broken)
 
 
 class WorkerEmitter(Emitter):
@@ -257,6 +262,15 @@ def prepare_device(device: str, emit, sender=None, render_once=None) -> None:
         emit.log(reason)
         if sender is not None:
             sender.put(("warning", reason))
+
+
+def job_spec(job: Job, reference: str) -> dict:
+    """What a worker needs to run ``job`` (the argument of :func:`run_spec`): job id, the
+    pipeline's ``reference`` (``Pipeline.reference()``), pipeline, preset, params, input
+    arrays, seed, job folder."""
+    return {"job_id": job.job_id, "reference": reference, "pipeline": job.pipeline, "preset": job.preset,
+            "params": job.params, "inputs": {k: np.asarray(v) for k, v in job.inputs.items()}, "seed": job.seed,
+            "job_dir": str(job.dir)}
 
 
 def run_spec(spec: dict, cancel: CancelToken, sender, device: str, models, models_dir: str | None,
@@ -537,9 +551,7 @@ class WorkerProcess:
                 self._outcomes.get_nowait()
             except queue.Empty:
                 break
-        spec = {"job_id": job.job_id, "reference": reference, "pipeline": job.pipeline, "preset": job.preset,
-                "params": job.params, "inputs": {k: np.asarray(v) for k, v in job.inputs.items()}, "seed": job.seed,
-                "job_dir": str(job.dir)}
+        spec = job_spec(job, reference)
         # The server, not the worker, clears the cancel flag: a cancel that comes while the job
         # is on its way (the dispatcher cancels the job's token first, then the worker) is kept.
         self._cancel.clear()
