@@ -106,9 +106,24 @@ def test_four_jobs_from_two_clients_run_on_both_workers_with_their_files_and_pre
                     for line in (ray_server.store.root / h[1].job_id / "log.txt").read_text().splitlines()
                     if "state running" in line}
     assert workers_used == {"ray-1", "ray-2"}
-    assert all(isinstance(w["models"], list) for w in a.hello()["workers"])
     a.close()
     b.close()
+
+
+def test_each_worker_keeps_its_models_between_jobs_and_lists_them(ray_server):
+    client = _client(ray_server)
+    key = "test:splatsmith/cached-model:cpu"  # ModelCache key: kind, model id, device
+    loads: dict[str, list[bool]] = {}  # worker -> whether each of its jobs loaded the model
+    for _ in range(4):
+        result = client.wait(client.submit("cached", params={"key": key}), 120)
+        log = (ray_server.store.root / result["job_id"] / "log.txt").read_text()
+        worker = next(line.rsplit(" on ", 1)[1] for line in log.splitlines() if "state running" in line)
+        loads.setdefault(worker, []).append(result["meta"]["loaded_now"])
+    for worker, loaded in loads.items():
+        assert loaded == [True] + [False] * (len(loaded) - 1), (worker, loaded)  # loaded once, then kept
+    held = {w["name"]: w["models"] for w in client.hello()["workers"]}
+    assert all("splatsmith/cached-model" in held[worker] for worker in loads), held
+    client.close()
 
 
 def test_cancel_a_running_and_a_queued_job(ray_server):
