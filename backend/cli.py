@@ -693,7 +693,7 @@ app.add_typer(models_app, name="models")
 
 @models_app.command("list")
 def models_list(models_dir: Optional[Path] = typer.Option(None, help="Extra folder of model weights.")) -> None:
-    """Every model the teachers use, per preset, and whether it is present locally."""
+    """Every model the teachers use, per preset, and LPIPS's backbones, and whether each is present locally."""
     from rich.table import Column
 
     from .guidance.registry import TEACHERS, all_model_ids
@@ -718,6 +718,12 @@ def models_list(models_dir: Optional[Path] = typer.Option(None, help="Extra fold
                 detail += f" (overridden: {overrides[model_id]})"
             table.add_row(spec.name, weights, model_id, revision, "[green]yes[/]" if where else "[red]no[/]",
                           escape(detail))
+    from .perceptual import BACKBONES, find_backbone
+
+    for net, backbone in BACKBONES.items():  # LPIPS's ImageNet backbones (torchvision checkpoints)
+        found = find_backbone(net, models_dir)
+        table.add_row(f"lpips ({net})", "default", backbone.model_id, backbone.file, "[green]yes[/]" if found else
+                      "[red]no[/]", escape(str(found) if found else f"splatsmith models download {backbone.model_id}"))
     out.print(table)
 
 
@@ -732,9 +738,20 @@ def models_download(
     from .guidance.registry import TEACHERS
     from .models import ModelMissingError, download_model
 
+    from .perceptual import BACKBONES, backbone_by_id, download_backbone
+
     known = {mid: (spec.name, weights, rev) for spec in TEACHERS.values() for weights, (mid, rev) in spec.variants.items()}
+    backbone = backbone_by_id(name)
+    if backbone is not None:
+        net = next(k for k, v in BACKBONES.items() if v is backbone)
+        try:
+            path = download_backbone(net, models_dir)
+        except Exception as exc:  # offline, refused, a hash that does not match: all said the same way
+            _fail(escape(f"{name}: download from {backbone.url} failed ({type(exc).__name__}: {str(exc)[:200]})"))
+        out.print(f"{name} is in {path}")
+        return
     if name not in known:
-        _fail(f"unknown model {name!r}; known: {', '.join(sorted(known))}")
+        _fail(f"unknown model {name!r}; known: {', '.join(sorted(known) + [b.model_id for b in BACKBONES.values()])}")
     teacher, weights, revision = known[name]
     try:
         if revision == "local":

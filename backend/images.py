@@ -19,14 +19,21 @@ class MaskError(ValueError):
     """No usable foreground mask."""
 
 
+def u2net_home() -> Path:
+    """Where rembg keeps its models: ``$U2NET_HOME``, else ``$XDG_DATA_HOME/.u2net``, else
+    ``~/.u2net`` (rembg's ``BaseSession.u2net_home``)."""
+    return Path(os.path.expanduser(os.environ.get("U2NET_HOME", os.path.join(os.environ.get("XDG_DATA_HOME", "~"),
+                                                                           ".u2net"))))
+
+
 def rembg_available() -> bool:
-    """Whether rembg and its default U^2-Net weights are present locally (never downloaded)."""
+    """Whether rembg (the ``matting`` extra) and its default U^2-Net weights (``u2net.onnx`` in
+    :func:`u2net_home`) are present locally: rembg would otherwise download them during a job."""
     try:
         import rembg  # noqa: F401
     except ImportError:
         return False
-    home = Path(os.environ.get("U2NET_HOME", Path.home() / ".u2net"))
-    return (home / "u2net.onnx").is_file()
+    return (u2net_home() / "u2net.onnx").is_file()
 
 
 def load_rgba(image: np.ndarray | str | Path, mask: np.ndarray | str | Path | None = None) -> np.ndarray:
@@ -63,7 +70,8 @@ def load_rgba(image: np.ndarray | str | Path, mask: np.ndarray | str | Path | No
         else:
             raise MaskError(
                 "the image has no transparency and no foreground mask was given: pass an RGBA image whose alpha is the "
-                "object, or a mask (--mask FILE, white = object), or install rembg with its U^2-Net weights in ~/.u2net"
+                "object, or a mask (--mask FILE, white = object), or install the matting extra (pip install "
+                "'splatsmith[matting]') with rembg's U^2-Net weights (u2net.onnx) in ~/.u2net"
             )
         rgba = np.concatenate([rgb, alpha[..., None]], -1)
     if (rgba[..., 3] > 127).sum() < 16:

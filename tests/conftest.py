@@ -9,6 +9,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from pipelines_for_tests import TEST_PIPELINES  # noqa: E402
 
+from backend.guidance.quiet import hide_broken_torchvision  # noqa: E402
+
+hide_broken_torchvision()  # before any test module imports transformers (see its docstring)
+
 from backend.server import Server  # noqa: E402
 from shared_protocol.client import Client, Timeouts  # noqa: E402
 

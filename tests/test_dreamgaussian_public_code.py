@@ -42,6 +42,27 @@ def test_stage1_defaults_are_the_public_codes():
     assert (image["texture_lr"], image["texture_iters"], image["texture_supersample"]) == (0.2, 50, True)
 
 
+@pytest.mark.parametrize("steps", [50, 20, 4])
+@pytest.mark.parametrize("iters", [50, 30, 8])
+def test_sdedit_starts_where_the_public_code_starts(steps, iters):
+    """Stage 2's SDEdit start step over the strength ramp (issue 27, item 6). The public code
+    (main2.py ``train_step``: step_ratio = min(1, step / iters_refine), strength = step_ratio *
+    0.15 + 0.8; guidance/sd_utils.py ``refine``: init_step = int(steps * strength), its strength
+    being 1 - ours) floors; ours follows ``optimise_texture``'s ramp 0.2 -> 0.05."""
+    from backend.guidance.base import sdedit_start_step
+
+    image = _defaults(mode="image")
+    start, end = image["refine_strength_start"], image["refine_strength_end"]
+    assert (start, end) == (0.2, 0.05)
+    for step in range(1, iters + 1):
+        theirs = int(steps * (min(1.0, step / iters) * 0.15 + 0.8))
+        ours = sdedit_start_step(steps, start + (end - start) * step / iters)
+        assert ours == min(theirs, steps - 1), (step, ours, theirs)
+    # 30 x (1 - 0.2 + 0.15 x 2/9) is 24.999999999999996 in floating point: the step is 25.
+    assert sdedit_start_step(30, 0.2 + (0.05 - 0.2) * 2 / 9) == 25
+    assert sdedit_start_step(50, 0.63) == 18  # 18.5: the public code's floor, not a round to 19
+
+
 def test_initialisation_is_grey_with_nearest_neighbour_scales():
     model = GaussianModel.init_sphere(5000, 0.5, 0.1, 0, torch.Generator().manual_seed(0))
     sh0 = model.params["sh0"][:, 0].detach()

@@ -8,7 +8,12 @@ of a view, given a camera (and its cached condition: text or image embeddings). 
   w(t) (eps_hat - eps), eps_hat with classifier-free guidance
   eps_hat = eps_uncond + s (eps_cond - eps_uncond) (Ho & Salimans 2022), w(t) = 1 - alpha_bar_t
   by default (DreamGaussian's public code). It is returned as the loss
-  0.5 ||x0 - stopgrad(x0 - grad)||^2 / B, whose gradient is exactly that.
+  0.5 ||x0 - stopgrad(x0 - grad)||^2 / B, whose gradient is exactly that averaged over the
+  batch. Every teacher divides by the batch B: DreamGaussian's Stable Diffusion guidance does
+  (``guidance/sd_utils.py`` ``train_step``), and so does threestudio's for every guidance; its
+  Zero-1-to-3 guidance does not (``guidance/zero123_utils.py``). Kept for all: the SDS term's
+  weight against the reference-view losses then does not grow with ``batch_size``; at
+  DreamGaussian's image-mode batch of 1 (``configs/image.yaml``) the two agree exactly.
 - :meth:`Guidance.refine`: SDEdit (Meng et al. 2022): noise the view to the timestep of
   ``strength`` on a DDIM schedule of ``steps`` steps, then denoise it with DDIM (Song et al.
   2021). ``strength`` in [0, 1] is the fraction of the schedule re-run: 0 returns the input,
@@ -19,6 +24,7 @@ of a view, given a camera (and its cached condition: text or image embeddings). 
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import Cameras
+from .quiet import hide_broken_torchvision
+
+# Before any teacher imports diffusers or transformers: they decide once whether torchvision is
+# usable (``quiet.hide_broken_torchvision``).
+hide_broken_torchvision()
 
 
 @dataclass
@@ -165,7 +176,7 @@ class Guidance(abc.ABC):
         sched = scheduler if scheduler is not None else self.scheduler
         sched.set_timesteps(steps, device=self.device)
         timesteps = sched.timesteps
-        start = min(int(round(steps * (1.0 - strength))), steps - 1)
+        start = sdedit_start_step(steps, strength)
         x0 = self.encode(images)
         noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
         if strength == 1.0:  # a sample from noise alone (the input only gives the shape)
@@ -220,6 +231,16 @@ class LatentDiffusionGuidance(Guidance):
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         images = self.parts.vae.decode(x0.to(self.parts.dtype) / self.parts.vae.config.scaling_factor).sample
         return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+def sdedit_start_step(steps: int, strength: float) -> int:
+    """The index into a ``steps``-step DDIM schedule where SDEdit at ``strength`` starts:
+    floor(steps * (1 - strength)), at most ``steps - 1``. DreamGaussian's public code floors it
+    (``guidance/sd_utils.py`` and ``zero123_utils.py``, ``refine``: ``init_step = int(steps *
+    strength)`` with its strength = 1 - ours); a product within 1e-6 of a whole number counts as
+    that number (30 * (1 - 1/6) is 24.999999999999996 in floating point). The denoiser then runs
+    ``steps - start`` = ceil(steps * strength) times."""
+    return min(int(math.floor(steps * (1.0 - strength) + 1e-6)), steps - 1)
 
 
 def precision_and_placement(device: str, fp16: bool | None, cpu_offload: bool) -> tuple[torch.device, torch.dtype, torch.device]:

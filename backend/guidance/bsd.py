@@ -57,15 +57,18 @@ class BootstrappedScoreDistillation:
 
     def loss(self, images: torch.Tensor, cameras: Cameras, t: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """The BSD loss of renders ``images`` float [B, 3, H, W] in [0, 1] (with gradient) from
-        ``cameras`` at timestep ``t``: its gradient w.r.t. the latents is the BSD gradient (the
-        usual ``0.5 ||z - (z - grad)||^2`` form). Also takes one training step of the ``lora``
-        adapter on these renders."""
+        ``cameras`` at timestep ``t``: :meth:`latent_loss` of their latents (the VAE's posterior
+        sample, differentiable in the renders)."""
+        return self.latent_loss(self.sd.encode(images), cameras, t, generator)
+
+    def gradient(self, z: torch.Tensor, noise: torch.Tensor, cameras: Cameras, t: int) -> torch.Tensor:
+        """BSD's gradient w.r.t. the latents, w(t) (eps_DreamBooth(z_t) - eps_lora(z_t)) with
+        z_t = sqrt(ab_t) z + sqrt(1 - ab_t) ``noise`` and w(t) = 1 - ab_t (eq. 7). ``z``, ``noise``:
+        float [B, 4, h, w]; returns float32 [B, 4, h, w] (no gradient)."""
         sd, parts = self.sd, self.sd.parts
         unet = parts.unet
-        z = sd.encode(images)
         B = z.shape[0]
         tt = torch.full((B,), int(t), dtype=torch.long, device=z.device)
-        noise = torch.randn(z.shape, generator=generator, dtype=torch.float32).to(z.device, z.dtype)
         el, az, _ = orbit_angles(cameras)
         cond = self.personal[view_index(el, az).to(self.personal.device)]
         uncond = self.uncond.expand(B, -1, -1)
@@ -81,15 +84,23 @@ class BootstrappedScoreDistillation:
             eps_lora = cfg(*e.float().chunk(2), self.lora_guidance_scale)
             self.evaluations += 2
             w = (1.0 - sd.alphas_cumprod[tt]).view(B, 1, 1, 1)
-            grad = torch.nan_to_num(w * (eps_db - eps_lora))
+            return torch.nan_to_num(w * (eps_db - eps_lora))
+
+    def latent_loss(self, z: torch.Tensor, cameras: Cameras, t: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """0.5 ||z - stopgrad(z - grad)||^2 / B with grad = :meth:`gradient` (noise drawn from
+        ``generator``): its gradient w.r.t. ``z`` float [B, 4, h, w] is BSD's gradient averaged
+        over the batch (DreamGaussian's SDS convention, ``guidance/sd_utils.py``). Then one
+        training step of the ``lora`` adapter on these latents (:meth:`train_lora`)."""
+        noise = torch.randn(z.shape, generator=generator, dtype=torch.float32).to(z.device, z.dtype)
+        grad = self.gradient(z, noise, cameras, t)
         target = (z.float() - grad).detach()
-        loss = 0.5 * F.mse_loss(z.float(), target, reduction="sum") / B
-        self._train_lora(z.detach().float(), generator)
+        loss = 0.5 * F.mse_loss(z.float(), target, reduction="sum") / z.shape[0]
+        self.train_lora(z.detach().float(), generator)
         return loss
 
-    def _train_lora(self, latents: torch.Tensor, generator: torch.Generator | None) -> None:
+    def train_lora(self, latents: torch.Tensor, generator: torch.Generator | None) -> float:
         """One AdamW step of the ``lora`` adapter on the current renders' latents (denoising loss
-        at a random timestep, view-independent prompt)."""
+        at a random timestep, view-independent prompt); returns that loss before the step."""
         parts = self.sd.parts
         T = int(parts.scheduler.config.num_train_timesteps)
         t = torch.randint(0, T, (len(latents),), generator=generator).to(latents.device)
@@ -99,3 +110,4 @@ class BootstrappedScoreDistillation:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+        return float(loss.detach())

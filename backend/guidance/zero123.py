@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 
 from ..cameras import Cameras, orbit_angles
 from ..models import check_model_folder, weights_variant
-from .base import LatentDiffusionGuidance, cfg, freeze, precision_and_placement
+from .base import LatentDiffusionGuidance, cfg, freeze, precision_and_placement  # noqa: I001 (before diffusers)
+from diffusers.configuration_utils import ConfigMixin, register_to_config  # noqa: E402
+from diffusers.models.modeling_utils import ModelMixin  # noqa: E402
 
 _WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.safetensors")
 ZERO123_COMPONENTS = {

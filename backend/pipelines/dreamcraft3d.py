@@ -1,11 +1,12 @@
 """DreamCraft3D (Sun et al. 2023, arXiv 2310.16818; public code github deepseek-ai/DreamCraft3D):
 text -> reference image -> geometry sculpting -> texture boosting.
 
-1. **Reference image** (text mode): Stable Diffusion draws the prompt
-   (``StableDiffusionGuidance.text_to_image``: 512^2, CFG 7.5, ``reference_seed``), shown as a
-   ``views`` preview; its background is removed by rembg when rembg's weights are present,
-   otherwise the job stops with a message asking for an RGBA image (the drawing stays in the
-   job folder as ``reference_drawn.png``). ``reference_only`` stops after this step, so that the
+1. **Reference image** (text mode, ``stages.reference_image``): Stable Diffusion draws the prompt
+   as one object on white (``StableDiffusionGuidance.text_to_image``: 512^2, CFG 7.5,
+   ``reference_seed``), shown as a ``views`` preview; the object is cut out by rembg when it is
+   installed with its weights, else by its difference to the white background (largest
+   component, holes filled), and recentred as in image mode (``reference_drawn.png`` and
+   ``reference.png`` in the job folder). ``reference_only`` stops after this step, so that the
    artist can keep the image (run again in image mode with it) or draw another
    (``reference_seed``). Image mode starts from the given image; with the oracle teacher its
    front render is the reference.
@@ -49,7 +50,7 @@ from ..geometry.export import texture_to_uint8
 from ..geometry.uv import UVMesh
 from ..guidance import load_job_teacher, load_teacher
 from ..guidance.oracle import draw_targets_antialiased
-from ..images import MaskError, load_rgba
+from ..images import MaskError
 from ..render.mesh import TexturedMesh, render_mesh
 from ..schedules import IntervalAnneal, Uniform
 from ..stages.distillation import (add_reference_depth, distil_gaussians, elevation_window, extract_textured_mesh,
@@ -58,6 +59,7 @@ from ..stages.gaussians import sds_terms
 from ..stages.geometry import refine_mesh
 from ..stages.mesh_export import rgba_preview, write_textured_asset
 from ..stages.progress import teacher_note
+from ..stages.reference_image import draw_reference
 from .base import CancelToken, Emitter, JobRequest, Result
 from .specs.dreamcraft3d import DREAMBOOTH_LORA_FILE, DreamCraft3DSpec, boost_strengths, parse_interval
 
@@ -108,27 +110,27 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
         inputs = dict(request.inputs)
         files: dict = {}
         reused_lora(p, job_dir)  # a missing LoRA is refused before any work
+        drawn_meta: dict = {}
         if p["mode"] == "text" and not oracle:
             sd = load_teacher("stable-diffusion", weights, device, cache=request.models, guidance_scale=p["sd_cfg"],
                               models_dir=request.models_dir)
             seed = request.seed if p["reference_seed"] is None else p["reference_seed"]
-            emit.progress("reference", 0, 1, message=f"drawing the reference image (seed {seed})")
-            drawn = sd.text_to_image(p["prompt"], p["negative_prompt"], p["reference_size"], p["reference_steps"],
-                                     p["reference_cfg"], seed, check=cancel.check)
-            rgb8 = texture_to_uint8(drawn[0].permute(1, 2, 0))
-            Image.fromarray(rgb8).save(job_dir / "reference_drawn.png")
             files["reference_drawn.png"] = job_dir / "reference_drawn.png"
-            emit.preview("views", {"rgba": _sheet(drawn)}, {"phase": "reference", "seed": seed})
             try:
-                inputs = {"image": load_rgba(rgb8)}
+                drawn = draw_reference(sd, p["prompt"], p["negative_prompt"], size=p["reference_size"],
+                                       steps=p["reference_steps"], guidance_scale=p["reference_cfg"], seed=seed,
+                                       ref_size=p["ref_size"], threshold=p["mask_threshold"], cancel=cancel, emit=emit,
+                                       job_dir=job_dir)
             except MaskError as exc:
-                if p["reference_only"]:
-                    emit.log(f"the reference image has no background mask ({exc})")
-                    return Result(files=files, meta={"mode": "text", "reference_only": True, "masked": False,
-                                                     "reference_seed": seed})
-                raise MaskError(f"the drawn reference image (reference_drawn.png in the job folder) needs its "
-                                f"background removed: {exc} Or cut it out to an RGBA image and run image mode with "
-                                "it.") from None
+                if not p["reference_only"]:
+                    raise
+                emit.log(str(exc))
+                return Result(files=files, meta={"mode": "text", "reference_only": True, "masked": False,
+                                                 "reference_seed": seed})
+            emit.preview("views", {"rgba": _sheet(torch.from_numpy(drawn.drawn).permute(2, 0, 1)[None] / 255.0)},
+                         {"phase": "reference", "seed": seed})
+            inputs = {"image": drawn.rgba}
+            drawn_meta = {"reference_seed": seed, "masked_by": drawn.masked_by}
         zero123 = load_job_teacher(dict(p, guidance_scale=p["zero123_cfg"]), True, device, cache=request.models,
                                    models_dir=request.models_dir)
         ref = reference_view(inputs, p, zero123, radius, job_dir, device)
@@ -136,7 +138,7 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
         emit.preview("views", {"rgba": _sheet(ref["rgb"])}, {"phase": "reference"})
         clock["reference"] = round(time.monotonic() - mark, 2)
         if p["reference_only"]:
-            return Result(files=files, meta={"mode": p["mode"], "reference_only": True, "masked": True})
+            return Result(files=files, meta={"mode": p["mode"], "reference_only": True, "masked": True, **drawn_meta})
         zero123.encode_condition(image=ref["rgb"], elevation=p["elevation"], azimuth=0.0, radius=radius)
         sd = self._stable_diffusion(p, zero123, sd, request, emit, device)
         if p["lambda_depth"] > 0:
@@ -203,7 +205,7 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
         return Result(files=files, arrays=arrays, meta={
             "mode": p["mode"], "class_name": class_word(p), "gaussians": len(model), "faces": int(len(uvm.faces)),
             "denoiser_evaluations": evaluations, "seconds": clock, "boost": boost_meta,
-            "total_seconds": round(time.monotonic() - t0, 2), "radius": radius})
+            "total_seconds": round(time.monotonic() - t0, 2), "radius": radius, **drawn_meta})
 
     @staticmethod
     def _cameras(p: dict, side: int, gen: torch.Generator, device: str):

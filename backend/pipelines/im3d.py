@@ -17,8 +17,9 @@ about 80.
 The generator is :class:`~backend.guidance.multiview.MultiViewGenerator`: Emu Video, the
 paper's, is closed; here Zero-1-to-3 (DreamGaussian's weights) conditioned on the reference image
 and each view's camera, the oracle (exact renders), or the tiny models. Text mode first draws the
-reference image with Stable Diffusion (``reference_seed``), shown as a preview. The generated
-views' masks are where they differ from the white background (``mask_threshold``).
+reference image with Stable Diffusion (``stages.reference_image``: one object on white, cut out
+and recentred; ``reference_seed``), shown as a preview. The generated views' masks are where
+they differ from the white background (``mask_threshold``).
 
 The job folder keeps the Gaussians of every fit before its regeneration
 (``gaussians_fit1.ply``, ...; the last fit is ``gaussians.ply``), so each loop's gain can be
@@ -47,11 +48,12 @@ from ..cameras import orbit_cameras
 from ..geometry.export import texture_to_uint8, write_ply
 from ..guidance import load_job_teacher, load_teacher
 from ..guidance.multiview import MultiViewGenerator
-from ..images import load_rgba, recenter, to_white_background
+from ..images import load_rgba, recenter
 from ..render.gaussians import render
 from ..stages.gaussians import preview_gaussians
 from ..stages.mesh_export import bake_from_views, export_mesh, write_textured_asset
 from ..stages.progress import PreviewThrottle
+from ..stages.reference_image import draw_reference, on_white
 from ..stages.reconstruction import GaussianFit, Views, calibration_cameras
 from .base import CancelToken, Emitter, JobRequest, Result
 from .specs.im3d import IM3DSpec, regen_strengths, view_elevations
@@ -78,6 +80,14 @@ def masked_views(images: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.cat([rgb, alpha], -1)
 
 
+def regen_schedule(regen_steps: int, strength: float) -> int:
+    """The length n of the DDIM schedule a regeneration runs at ``strength`` so that it takes
+    ``regen_steps`` denoiser steps: SDEdit runs ceil(n * strength) of n
+    (``guidance.base.sdedit_start_step``), so n = floor(regen_steps / strength) (at least
+    ``regen_steps``; products within 1e-6 of a whole number count as that number)."""
+    return max(regen_steps, int(math.floor(regen_steps / strength + 1e-6)))
+
+
 class IM3DPipeline(IM3DSpec):
     """Image- or text-to-3D by multi-view generation and robust Gaussian reconstruction, iterated."""
 
@@ -96,6 +106,7 @@ class IM3DPipeline(IM3DSpec):
             mark = now
 
         oracle = p["teacher"] == "oracle"
+        drawn_meta = None
         teacher = load_job_teacher(dict(p, view_prompts=False), True, device, cache=request.models,
                                    models_dir=request.models_dir)
         size, ref_size = p["view_size"], p["ref_size"]
@@ -106,19 +117,18 @@ class IM3DPipeline(IM3DSpec):
             reference = render_target(teacher, front).to(device)
         elif p["mode"] == "image":
             rgba = recenter(load_rgba(np.asarray(request.inputs["image"]), request.inputs.get("mask")), ref_size)
-            reference = torch.from_numpy(to_white_background(rgba)[0]).permute(2, 0, 1)[None].to(device)
+            reference = on_white(rgba, device)
         else:
             sd = load_teacher("stable-diffusion", "tiny" if p["weights"] == "tiny" else "default", device,
                               cache=request.models, models_dir=request.models_dir)
-            sd.encode_condition(prompt=p["prompt"], negative_prompt=p["negative_prompt"])
             seed = request.seed if p["reference_seed"] is None else p["reference_seed"]
-            drawn = sd.refine(torch.full((1, 3, ref_size, ref_size), 0.5, device=device), front, 1.0, p["reference_steps"],
-                              generator=torch.Generator().manual_seed(seed), check=cancel.check)
+            drawn = draw_reference(sd, p["prompt"], p["negative_prompt"], size=p["reference_size"],
+                                   steps=p["reference_steps"], guidance_scale=p["reference_cfg"], seed=seed,
+                                   ref_size=ref_size, threshold=p["mask_threshold"], cancel=cancel, emit=emit,
+                                   job_dir=request.job_dir)
             evaluations += sd.evaluations
-            rgba = texture_to_uint8(masked_views(drawn, p["mask_threshold"])[0])
-            if rgba[..., 3].any():
-                rgba = recenter(rgba, ref_size)
-            reference = torch.from_numpy(to_white_background(rgba)[0]).permute(2, 0, 1)[None].to(device)
+            reference = on_white(drawn.rgba, device)
+            drawn_meta = {"seed": seed, "masked_by": drawn.masked_by}
             lap("reference")
         emit.preview("views", {"rgba": contact_sheet(reference)}, {"phase": "reference"})
 
@@ -138,7 +148,7 @@ class IM3DPipeline(IM3DSpec):
         emit.preview("views", {"rgba": contact_sheet(images)}, {"phase": "generate"})
         lap("generate")
         views = Views(cams, masked_views(images, p["mask_threshold"]))
-        fit = GaussianFit(views, p, gen, emit, init=p["init"])
+        fit = GaussianFit(views, p, gen, emit, init=p["init"], models_dir=request.models_dir)
         strengths = regen_strengths(p)
         iters, every = p["iters"], p["regen_every"]
         loop = 0
@@ -155,7 +165,7 @@ class IM3DPipeline(IM3DSpec):
                 with torch.no_grad():
                     renders = render(fit.model, cams, background=1.0).rgb.permute(0, 3, 1, 2)
                 strength = strengths[loop]
-                schedule = math.ceil(p["regen_steps"] / strength)  # strength <= 1: never fewer steps than regen_steps
+                schedule = regen_schedule(p["regen_steps"], strength)
                 images = generator.regenerate(renders.clamp(0, 1), cams, strength, schedule, generator=gen,
                                               check=cancel.check)
                 fit.views = Views(cams, masked_views(images, p["mask_threshold"]))
@@ -174,9 +184,12 @@ class IM3DPipeline(IM3DSpec):
                                cancel=cancel)
         files, arrays = write_textured_asset(request.job_dir, exported.uvm, exported.texture, "im3d")
         files["gaussians.ply"] = request.job_dir / "gaussians.ply"
+        if drawn_meta is not None:
+            files.update({name: request.job_dir / name for name in ("reference.png", "reference_drawn.png")})
         lap("mesh")
         evaluations += generator.evaluations
         return Result(files=files, arrays=arrays, meta={
             "mode": p["mode"], "views": k, "view_elevations": [round(float(e), 3) for e in elevations], "loops": loop, "denoiser_evaluations": evaluations,
             "gaussians": len(model), "faces": int(len(exported.uvm.faces)), "seconds": clock,
-            "total_seconds": round(time.monotonic() - t0, 2), "radius": p["radius"]})
+            "total_seconds": round(time.monotonic() - t0, 2), "radius": p["radius"],
+            **({"reference": drawn_meta} if drawn_meta is not None else {})})

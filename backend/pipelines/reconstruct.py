@@ -107,7 +107,7 @@ class ReconstructPipeline(ReconstructSpec):
         t0 = time.monotonic()
         views = views_from_arrays(np.asarray(request.inputs["images"]), np.asarray(request.inputs["transforms"]),
                                   p["camera_angle_x"], p["resolution"], device)
-        model = fit_gaussians(views, p, emit, cancel, generator)
+        model = fit_gaussians(views, p, emit, cancel, generator, models_dir=request.models_dir)
         t_fit = time.monotonic() - t0
         cancel.check()
         job_dir = request.job_dir

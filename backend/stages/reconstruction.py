@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import Cameras, look_at_point, orbit_cameras
+from ..perceptual import BACKBONES, load_lpips
 from ..pipelines.base import CancelToken, Emitter, ParamError
 from ..render.gaussians import GaussianModel, render
 from .gaussians import Densification, expon_lr, image_loss, preview_gaussians, set_lr, step_optimizers
@@ -30,8 +31,6 @@ from .progress import PreviewThrottle
 
 #: The losses of :func:`robust_image_loss`.
 RECONSTRUCTION_LOSSES = ("l1_ssim", "im3d")
-#: LPIPS backbones and the torchvision checkpoint each needs in the local torch hub cache.
-LPIPS_BACKBONES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 
 
 @dataclass
@@ -95,23 +94,6 @@ def knn_scale(points: torch.Tensor, k: int = 3) -> torch.Tensor:
     return torch.from_numpy(rms.astype(np.float32)).to(points.device)
 
 
-def load_lpips(device: str, backbone: str = "alex"):
-    """The LPIPS network (Zhang et al. 2018, the ``lpips`` package) with the ``"alex"`` or
-    ``"vgg"`` backbone when the package is installed and the backbone's torchvision weights are
-    in the local torch hub cache; None otherwise (nothing is downloaded during a job)."""
-    try:
-        import lpips
-    except ImportError:
-        return None
-    checkpoint = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONES[backbone]
-    if not checkpoint.is_file():
-        return None
-    net = lpips.LPIPS(net=backbone, verbose=False).to(device).eval()
-    for param in net.parameters():
-        param.requires_grad_(False)
-    return net
-
-
 def robust_image_loss(pred: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor, mask: torch.Tensor, kind: str, *,
                       w_ssim: float, w_mask: float, w_lpips: float, lpips_net=None) -> torch.Tensor:
     """The reconstruction loss of rendered views against targets.
@@ -122,7 +104,7 @@ def robust_image_loss(pred: torch.Tensor, target: torch.Tensor, alpha: torch.Ten
             ``"im3d"`` (IM-3D appendix A.1: 10 LPIPS + 0.2 (1 - MS-SSIM) + 1 mask):
             w_lpips LPIPS + w_ssim (1 - MS-SSIM), with w_lpips L1 in LPIPS's place when
             ``lpips_net`` is None. Both add w_mask MSE(alpha, mask).
-        lpips_net: :func:`load_lpips`'s network, or None.
+        lpips_net: ``perceptual.load_lpips``'s network, or None.
     Returns:
         A scalar tensor.
     Raises:
@@ -163,9 +145,11 @@ class GaussianFit:
         init: ``"hull"`` (points inside every silhouette, coloured by the views) or
             ``"centre"`` (IM-3D: ``init_points`` grey points uniform in a ball of
             ``init_radius`` metres at the origin).
+        models_dir: where else LPIPS's backbone checkpoint may be (``perceptual.find_backbone``).
     """
 
-    def __init__(self, views: Views, p: dict, generator: torch.Generator, emit: Emitter, init: str = "hull"):
+    def __init__(self, views: Views, p: dict, generator: torch.Generator, emit: Emitter, init: str = "hull",
+                 models_dir=None):
         self.views, self.p, self.generator = views, p, generator
         device = views.images.device
         if init == "hull":
@@ -193,10 +177,13 @@ class GaussianFit:
         # so densify_grad means what it means with l1_ssim (whose weights sum to 1).
         self.grad_scale = 1.0 / max(p["w_lpips"] + p["w_ssim"], 1.0) if self.kind == "im3d" else 1.0
         backbone = "vgg" if self.kind == "im3d" else "alex"
-        self.lpips_net = load_lpips(device, backbone) if p["w_lpips"] > 0 else None
+        self.lpips_net = load_lpips(device, backbone, models_dir) if p["w_lpips"] > 0 else None
         if p["w_lpips"] > 0 and self.lpips_net is None:
-            emit.log(f"LPIPS off: the lpips package or its {backbone} weights ({LPIPS_BACKBONES[backbone]} in the torch hub "
-                     "cache) are not present locally" + ("; L1 takes its place" if self.kind == "im3d" else ""))
+            spec = BACKBONES[backbone]
+            emit.log(f"LPIPS off: the lpips package or its {backbone} weights ({spec.file} in the torch hub cache or "
+                     f"--models-dir/torchvision) are not present locally" + ("; L1 takes its place" if self.kind == "im3d"
+                                                                             else "")
+                     + f" (`splatsmith models download {spec.model_id}` fetches them)")
 
     def step(self, step: int, total: int) -> float:
         """One optimisation step (1-based ``step`` of ``total``); returns the loss."""
@@ -225,10 +212,10 @@ class GaussianFit:
 
 
 def fit_gaussians(views: Views, p: dict, emit: Emitter, cancel: CancelToken, generator: torch.Generator,
-                  stage: str = "fit") -> GaussianModel:
+                  stage: str = "fit", models_dir=None) -> GaussianModel:
     """Fit Gaussians to posed RGBA views (:class:`GaussianFit` from the visual hull, ``iters``
     steps), reporting progress as ``stage`` and point-cloud previews."""
-    fit = GaussianFit(views, p, generator, emit)
+    fit = GaussianFit(views, p, generator, emit, models_dir=models_dir)
     previews = PreviewThrottle()
     iters = p["iters"]
     for step in range(1, iters + 1):

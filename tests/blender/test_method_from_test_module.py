@@ -375,14 +375,12 @@ def test_dtc123_from_the_panel_with_an_image_and_a_prompt(blender_addon_connecte
     assert meta["stable_diffusion_prompt"] == "a torus on a slab"
 
 
-def test_dreamcraft3d_from_the_panel_draws_a_reference_then_uses_it(blender_addon_connected, swatch_server):
+def test_dreamcraft3d_from_the_panel_draws_a_reference_then_uses_it(blender_addon_connected):
     """DreamCraft3D in the panel (tiny): a reference-only run ends with the reference image in
-    the .blend (not an object); without a background remover its drawing cannot be used and the
-    panel says what to do; with the oracle the reference is masked, and "Use This Image" runs
-    the rest in image mode to an object."""
+    the .blend (not an object), cut out of its white background by the backend, and "Use This
+    Image" runs the rest in image mode to an object."""
     bpy, client_glue = blender_addon_connected
     from blender_addon import properties
-    from scenes import make_test_object, write_object_glb
 
     settings = bpy.context.scene.splatsmith
     assert "dreamcraft3d" in {item[0] for item in properties._pipeline_items(settings, bpy.context)}
@@ -392,20 +390,9 @@ def test_dreamcraft3d_from_the_panel_draws_a_reference_then_uses_it(blender_addo
     settings["dreamcraft3d.reference_only"] = True
     assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=600) == {"FINISHED"}
     state = client_glue.session.jobs[-1]
-    drawn = bpy.data.images[state.result_object]
-    assert tuple(drawn.size) == (32, 32) and client_glue.session.reference_image == drawn.name
-    assert not drawn["splatsmith_masked"]
-    with pytest.raises(RuntimeError, match="still has its background"):
-        bpy.ops.splatsmith.use_reference(wait=True)
-
-    _, raw = make_test_object(texture_size=64)
-    allowed = swatch_server[1].parent / "oracle"  # the server's --allow-oracle folder
-    allowed.mkdir(exist_ok=True)
-    settings["dreamcraft3d.teacher"] = 1  # oracle: its front render, with its alpha, is the reference
-    settings["dreamcraft3d.oracle_mesh"] = str(write_object_glb(allowed / "gt.glb", raw))
-    assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=600) == {"FINISHED"}
-    masked = bpy.data.images[client_glue.session.jobs[-1].result_object]
-    assert masked["splatsmith_masked"] and client_glue.session.reference_image == masked.name
+    masked = bpy.data.images[state.result_object]
+    assert tuple(masked.size) == (64, 64) and client_glue.session.reference_image == masked.name
+    assert masked["splatsmith_masked"]
     assert bpy.ops.splatsmith.use_reference(wait=True, timeout=600) == {"FINISHED"}
     final = client_glue.session.jobs[-1]
     obj = bpy.data.objects[final.result_object]

@@ -11,6 +11,7 @@ import re
 from ...guidance.registry import STABLE_DIFFUSION, ZERO123
 from ..base import BYTES_PER_TEACHER_PIXEL, Param, ParamError, grouped, register
 from .distillation import PARAMS, DistillationSpec
+from .reference import TEXT_ONLY, check_reference, reference_params
 
 
 def parse_interval(params: dict, name: str) -> tuple[int, int]:
@@ -68,13 +69,7 @@ def _params() -> dict:
         "token": Param("str", "sks", "DreamBooth's rare identifier token", max_len=20),
         "reference_only": Param("bool", False, "stop after the reference image (keep it, or run again with another "
                                 "reference_seed)"),
-        "reference_seed": Param("int", None, "seed of the reference image (empty: the job's seed)", min=0,
-                                max=2**31 - 1),
-        "reference_size": Param("int", 512, "side of the drawn reference image, pixels (Stable Diffusion 2.1 base: 512)",
-                                min=32, max=1024),
-        "reference_steps": Param("int", 50, "denoising steps of the reference image", min=1, max=500),
-        "reference_cfg": Param("float", 7.5, "classifier-free guidance of the reference image (diffusers' default)",
-                               min=0, max=100),
+        **reference_params(),
         "sd_cfg": Param("float", 100.0, "Stable Diffusion's CFG in the SDS terms (DreamFusion's 100; the code's 20 is "
                         "DeepFloyd IF's)", min=0, max=1000),
         "zero123_cfg": Param("float", 5.0, "Zero-1-to-3's CFG (configs: 5)", min=0, max=1000),
@@ -152,7 +147,7 @@ class DreamCraft3DSpec(DistillationSpec):
     works_on = ("prompt", "image")
     params = grouped(_params(), groups={
         "input": ("mode", "prompt", "negative_prompt", "class_name", "token", "elevation", "ref_size", "reference_only",
-                  "reference_seed", "reference_size", "reference_steps", "reference_cfg"),
+                  "reference_seed", "reference_size", "reference_steps", "reference_cfg", "mask_threshold"),
         "teacher": ("teacher", "oracle_mesh", "weights", "sd_cfg", "zero123_cfg", "sd_weight", "zero123_weight",
                     "batch_size"),
         "schedule": ("t_start", "t_end", "t_anneal_steps", "resolutions", "widen_steps", "start_azimuth",
@@ -172,8 +167,7 @@ class DreamCraft3DSpec(DistillationSpec):
     }, basic=("mode", "prompt", "class_name", "reference_only", "reference_seed", "iters", "boost_rounds",
               "texture_size"),
         when={name: ("mode", ("image",)) for name in ("elevation", "ref_size")}
-        | {name: ("mode", ("text",)) for name in ("reference_only", "reference_seed", "reference_size",
-                                                  "reference_steps", "reference_cfg")})
+        | {name: ("mode", ("text",)) for name in ("reference_only", "mask_threshold") + TEXT_ONLY})
     models = {"default": [STABLE_DIFFUSION.model()[0], ZERO123.model()[0]]}
     presets = {
         "default": {},
@@ -204,8 +198,7 @@ class DreamCraft3DSpec(DistillationSpec):
         boost_strengths(params)
         if params["reuse_lora"] and not re.fullmatch(r"[A-Za-z0-9_.-]+", params["reuse_lora"]):
             raise ParamError(f"'reuse_lora' must be a job id (see `splatsmith jobs`); got {params['reuse_lora']!r}")
-        if params["reference_size"] % 8:
-            raise ParamError(f"'reference_size' must be a multiple of 8; got {params['reference_size']}")
+        check_reference(params)
         if params["elevation_min"] > params["elevation_max"]:
             raise ParamError("'elevation_min' must not exceed 'elevation_max'")
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ...guidance.registry import STABLE_DIFFUSION, ZERO123
 from .fitting import fit_params
+from .reference import TEXT_ONLY, check_reference, reference_params
 from ..base import (BYTES_PER_GAUSSIAN, BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, BYTES_PER_VOXEL, TEACHER_BYTES, InputSpec,
                     Param, ParamError, Pipeline, check_teacher_inputs, grouped, register)
 
@@ -30,9 +31,7 @@ class IM3DSpec(Pipeline):
         "weights": Param("choice", "default", "generator weights: default, stable (stable-zero123) or tiny",
                          choices=("default", "stable", "tiny")),
         "guidance_scale": Param("float", None, "the generator's CFG scale (unset: Zero-1-to-3's 5)", min=0, max=100),
-        "reference_steps": Param("int", 50, "text mode: solver steps of Stable Diffusion's reference image", min=1, max=500),
-        "reference_seed": Param("int", None, "text mode: seed of the reference image (unset: the job's seed)", min=0,
-                                max=2**31 - 1),
+        **reference_params(),
         "views": Param("int", 16, "K, views generated per orbit (uniform azimuth steps of 360/K)", min=2, max=64),
         "view_elevations": Param("str", "0", "elevation offsets of the views from the orbit's, degrees, cycled over the K "
                                  "views in azimuth order: 0 is the paper's flat orbit; e.g. 20,-20 a wavy orbit that also "
@@ -68,15 +67,13 @@ class IM3DSpec(Pipeline):
                          max=100),
         "w_ssim": Param("float", 0.2, "weight of (1 - MS-SSIM) (the paper: 0.2)", min=0, max=10),
         "w_mask": Param("float", 1.0, "weight of the mask loss (the paper: 1)", min=0, max=100),
-        "mask_threshold": Param("float", 0.04, "a generated pixel is the object where it differs from the white "
-                                "background by more than this", min=0.001, max=0.5),
         "densify_from": Param("int", 50, "first densification step", min=0, max=100_000),
         "densify_every": Param("int", 50, "steps between densifications (the paper: 50)", min=1, max=100_000),
         "densify_until": Param("int", 1000, "last densification step", min=0, max=100_000),
         **fit_params(),
     }
     params = grouped(params, groups={
-        "input": ("mode", "prompt", "negative_prompt", "elevation", "ref_size", "reference_steps", "reference_seed"),
+        "input": ("mode", "prompt", "negative_prompt", "elevation", "ref_size") + TEXT_ONLY,
         "teacher": ("teacher", "oracle_mesh", "oracle_jitter", "weights", "guidance_scale", "solver", "gen_steps", "loops", "regen_strength",
                     "regen_steps", "views", "view_elevations", "view_size", "radius", "fovy", "mask_threshold"),
         "gaussians": ("iters", "regen_every", "views_per_step", "init", "init_points", "init_radius", "sh_degree", "lr_means",
@@ -86,17 +83,18 @@ class IM3DSpec(Pipeline):
         "mesh": ("mesh_resolution", "density_threshold", "max_faces", "unwrap_time_limit"),
         "texture": ("texture_size",),
     }, basic=("mode", "prompt", "negative_prompt", "elevation", "views", "loops", "texture_size"),
-       when={**{name: ("mode", ("text",)) for name in ("prompt", "negative_prompt", "reference_steps", "reference_seed")},
+       when={**{name: ("mode", ("text",)) for name in ("prompt", "negative_prompt") + TEXT_ONLY},
              "oracle_jitter": ("teacher", ("oracle",))})
     works_on = ("prompt", "image")
     presets = {
         "default": {},
-        "fast": {"views": 16, "view_elevations": "0,25,0,-25", "view_size": 128, "ref_size": 128, "gen_steps": 20, "regen_steps": 6, "iters": 600,
+        "fast": {"views": 16, "view_elevations": "0,25,0,-25", "view_size": 128, "ref_size": 128, "reference_size": 256,
+                 "reference_steps": 30, "gen_steps": 20, "regen_steps": 6, "iters": 600,
                  "regen_every": 200, "views_per_step": 1, "init": "hull", "init_points": 6000, "densify_from": 100,
                  "densify_every": 100, "densify_until": 420, "mesh_resolution": 128, "max_faces": 20_000,
                  "texture_size": 512},
         "tiny": {"weights": "tiny", "views": 4, "view_size": 64, "ref_size": 64, "gen_steps": 4, "regen_steps": 2,
-                 "reference_steps": 4, "iters": 60, "regen_every": 25, "views_per_step": 2, "init": "hull", "init_points": 1000,
+                 "reference_steps": 4, "reference_size": 32, "iters": 60, "regen_every": 25, "views_per_step": 2, "init": "hull", "init_points": 1000,
                  "densify_until": 50, "mesh_resolution": 48, "max_faces": 4000, "texture_size": 128},
     }
     inputs = {
@@ -114,6 +112,7 @@ class IM3DSpec(Pipeline):
         if params["mode"] == "text" and not params["prompt"].strip() and params["teacher"] != "oracle":
             raise ParamError("text mode needs a 'prompt'")
         check_teacher_inputs(params, inputs)
+        check_reference(params)
         view_elevations(params)
         strengths = regen_strengths(params)
         if len(strengths) != params["loops"]:
