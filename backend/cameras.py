@@ -212,13 +212,53 @@ class DebiasedAzimuths:
         return self.start + (180.0 - self.start) * min(max(step - 1, 0) / self.widen, 1.0)
 
     def __call__(self, step: int) -> float:
-        index, slot = divmod(max(step - 1, 0), self.block)
-        if index != self._block_index:
-            self._order = torch.randperm(self.block, generator=self.generator).tolist()
-            self._block_index = index
+        """The azimuth of a step with one view."""
+        return float(self.sample(step, 1)[0])
+
+    def sample(self, step: int, n: int = 1) -> torch.Tensor:
+        """The ``n`` azimuths of a step with ``n`` views, float64 [n] in degrees: draw j of step
+        s is the ((s - 1) n + j)-th of the stratified sequence (a block of sectors spans
+        ``block / n`` steps), all within the step's half-width."""
         half = self.half_width(step)
-        u = float(torch.rand((), generator=self.generator))
-        return -half + 2.0 * half * (self._order[slot] + u) / self.block
+        out = []
+        for j in range(n):
+            index, slot = divmod(max(step - 1, 0) * n + j, self.block)
+            if index != self._block_index:
+                self._order = torch.randperm(self.block, generator=self.generator).tolist()
+                self._block_index = index
+            u = float(torch.rand((), generator=self.generator))
+            out.append(-half + 2.0 * half * (self._order[slot] + u) / self.block)
+        return torch.tensor(out, dtype=torch.float64)
+
+
+@dataclass
+class OrbitSampler:
+    """The random cameras of one score-distillation step, every method's one sampler: ``batch``
+    orbit views at ``radius`` metres with vertical field of view ``fovy`` degrees, elevations
+    uniform in ``elevation_range`` (degrees), azimuths uniform over the circle or from
+    ``azimuths`` (e.g. :class:`DebiasedAzimuths`), all drawn from ``generator``.
+
+    Call with the 1-based step and the render side in pixels: returns :class:`Cameras` of
+    ``batch`` views (on ``device`` when given).
+    """
+
+    batch: int
+    elevation_range: tuple[float, float]
+    radius: float
+    fovy: float
+    generator: torch.Generator | None = None
+    azimuths: DebiasedAzimuths | None = None
+    device: str | torch.device | None = None
+
+    def __call__(self, step: int, side: int) -> Cameras:
+        if self.azimuths is None:
+            cams = sample_orbit_cameras(self.batch, self.elevation_range, (-180.0, 180.0), (self.radius, self.radius),
+                                        self.fovy, side, side, generator=self.generator)[0]
+        else:
+            lo, hi = self.elevation_range
+            el = lo + (hi - lo) * torch.rand(self.batch, generator=self.generator)
+            cams = orbit_cameras(el, self.azimuths.sample(step, self.batch), self.radius, self.fovy, side, side)
+        return cams if self.device is None else cams.to(self.device)
 
 
 def look_at_point(cameras: Cameras) -> torch.Tensor:

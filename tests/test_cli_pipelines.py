@@ -89,3 +89,24 @@ def test_mode_dependent_defaults_are_data_not_sentinels():
     assert load_builtin()["texture_refine"].merge_params("default", {"prompt": "x"})[1]["guidance_scale"] is None
     shown = runner.invoke(app, ["pipelines", "dreamgaussian"], env={"COLUMNS": "250"})
     assert "by mode: image 2.0, text 2.5" in shown.output
+
+
+def test_every_number_is_bounded_and_one_validator_checks_every_resolution_list():
+    """Issue 27, item 4: no parameter of a built-in method takes an unbounded number, and the
+    methods with a list of render sizes refuse one out of range with the same sentence."""
+    import pytest
+
+    from backend.pipelines import load_builtin
+    from backend.pipelines.base import MAX_RENDER_SIZE, ParamError
+
+    registry = load_builtin()
+    for name, cls in registry.items():
+        for key, param in cls.params.items():
+            if param.kind in ("int", "float"):
+                assert param.min is not None and param.max is not None, (name, key)
+    listed = [name for name, cls in registry.items() if "resolutions" in cls.params]
+    assert {"dreamgaussian", "dreamtime", "dreamcraft3d"} <= set(listed)
+    for name in listed:
+        _, params = registry[name].merge_params("tiny", {"mode": "text", "prompt": "x", "resolutions": "64,96,99999"})
+        with pytest.raises(ParamError, match=f"'resolutions' must be 3 sizes from 16 to {MAX_RENDER_SIZE} pixels"):
+            registry[name].check_request(params, {})

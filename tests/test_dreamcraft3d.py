@@ -87,6 +87,7 @@ def test_text_mode_draws_a_reference_and_stops_there_when_asked(tmp_path):
     ({"prompt": "x", "boost_strengths": "0.5,2"}, "'boost_strengths' must be numbers in (0, 1]"),
     ({"prompt": "x", "reference_size": 100}, "multiple of 8"),
     ({"prompt": "x", "reuse_lora": "../other"}, "'reuse_lora' must be a job id"),
+    ({"prompt": "x", "timestep_schedule": "dreamtime", "m1": 400, "m2": 600}, "must not exceed 'm1'"),
 ])
 def test_bad_requests_are_refused_in_one_sentence(params, words):
     spec = load_builtin()["dreamcraft3d"]
@@ -148,3 +149,66 @@ def test_oracle_text_run_sculpts_and_boosting_does_not_hurt_the_texture(tmp_path
     print("dreamcraft3d oracle fast:", after, "before boosting:", before, result.meta["seconds"])
     assert after["mesh_iou"] >= 0.90 and after["mesh_psnr"] >= 22.0, after
     assert after["mesh_psnr"] >= before["mesh_psnr"], (before, after)
+
+
+def _sds_batches(monkeypatch) -> list[int]:
+    """The batch of every noise prediction the (real) oracle makes in a run."""
+    from backend.guidance.oracle import OracleGuidance
+
+    batches: list[int] = []
+    inner = OracleGuidance.predict_noise
+
+    def predict_noise(self, x_t, t, cameras, background):
+        batches.append(int(x_t.shape[0]))
+        return inner(self, x_t, t, cameras, background)
+    monkeypatch.setattr(OracleGuidance, "predict_noise", predict_noise)
+    return batches
+
+
+class Progress(Emitter):
+    def __init__(self):
+        super().__init__()
+        self.messages: list[tuple[str, str]] = []
+
+    def _on_progress(self, msg):
+        self.messages.append((msg["stage"], msg["message"] or ""))
+
+
+def test_batch_size_and_the_timestep_schedule_are_honoured(tmp_path, monkeypatch):
+    """batch_size B gives B views to every SDS step of sculpting, geometry refinement and boosting
+    (issue 27, item 3), and timestep_schedule=dreamtime replaces the configs' interval anneal in
+    sculpting and geometry refinement with TP-SDS's non-increasing t (item 5)."""
+    import re
+
+    from backend.geometry.export import load_glb
+    from backend.schedules import make_schedule, timesteps
+
+    _, raw = make_test_object(texture_size=64)
+    glb = write_object_glb(tmp_path / "gt.glb", raw)
+    oracle = {"teacher": "oracle", "oracle_mesh": str(glb), "prompt": "the test object", "iters": 12,
+              "geometry_iters": 3, "boost_iters": 2}
+    batches = _sds_batches(monkeypatch)
+    job1, _ = run_local(JobStore(tmp_path / "b1"), DreamCraft3DPipeline, "tiny", oracle, {}, 0, Emitter())
+    assert set(batches) == {1}
+    batches.clear()
+    record = Progress()
+    job4, result = run_local(JobStore(tmp_path / "b4"), DreamCraft3DPipeline, "tiny",
+                             dict(oracle, batch_size=4, timestep_schedule="dreamtime"), {}, 0, record)
+    assert set(batches) == {4} and len(batches) == 12 + 3 + 2 * 2
+    assert not torch.equal(load_glb(job1.dir / "asset.glb").texture, load_glb(job4.dir / "asset.glb").texture)
+    assert result.meta["timestep_schedule"] == "dreamtime"
+
+    def drawn(stage):
+        return [int(re.search(r"t=(\d+)", m).group(1)) for s, m in record.messages if s == stage and "t=" in m]
+    # TP-SDS over each stage's own steps, with the teacher's alpha_bar (the oracle's: Stable Diffusion's).
+    expected = make_schedule("dreamtime", 20, 980)
+    assert drawn("sculpt") == timesteps(expected, 12) and drawn("geometry") == timesteps(expected, 3)
+    # The configs' interval anneal otherwise: U(700, 850) annealed to U(200, 500) (over the tiny
+    # preset's 10 steps), then U(20, 500) in the geometry refinement.
+    from backend.schedules import IntervalAnneal
+
+    record = Progress()
+    run_local(JobStore(tmp_path / "b5"), DreamCraft3DPipeline, "tiny", oracle, {}, 0, record)
+    anneal = IntervalAnneal((700, 850), (200, 500), 10)
+    assert all(anneal.bounds(i)[0] <= t <= anneal.bounds(i)[1] for i, t in enumerate(drawn("sculpt"), 1))
+    assert drawn("sculpt")[0] > 600 and all(20 <= t <= 500 for t in drawn("geometry"))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import trimesh
 
 from backend.jobs import JobStore
@@ -181,3 +182,27 @@ def test_schedules_show_prints_and_plots_a_jobs_trace(tmp_path):
     assert Image.open(tmp_path / "trace.png").size[0] > 500
     bad = runner.invoke(app, ["schedules", "show", "--trace", str(tmp_path / "nothing.json")])
     assert bad.exit_code == 1 and "curriculum.json" in bad.output
+
+
+def test_batch_size_gives_every_sds_step_that_many_views(tmp_path, monkeypatch):
+    """Issue 27, item 3: B cameras per step from the curriculum's own de-biased sampler, in the
+    Gaussian stages and the fine stage; a batch of 4 gives another mesh than a batch of 1."""
+    from backend.geometry.export import load_glb
+    from backend.guidance.oracle import OracleGuidance
+
+    _, raw = make_test_object(texture_size=64)
+    glb = write_object_glb(tmp_path / "gt.glb", raw)
+    batches: list[int] = []
+    inner = OracleGuidance.predict_noise
+
+    def predict_noise(self, x_t, t, cameras, background):
+        batches.append(int(x_t.shape[0]))
+        return inner(self, x_t, t, cameras, background)
+    monkeypatch.setattr(OracleGuidance, "predict_noise", predict_noise)
+    params = {"teacher": "oracle", "oracle_mesh": str(glb), "coarse_iters": 4, "middle_iters": 4, "fine_iters": 3}
+    one, _ = run_local(JobStore(tmp_path / "a"), DTC123Pipeline, "tiny", params, {}, 0, Emitter())
+    assert set(batches) == {1} and len(batches) >= 11
+    batches.clear()
+    four, _ = run_local(JobStore(tmp_path / "b"), DTC123Pipeline, "tiny", dict(params, batch_size=4), {}, 0, Emitter())
+    assert set(batches) == {4} and len(batches) >= 11
+    assert not torch.equal(load_glb(one.dir / "asset.glb").vertices, load_glb(four.dir / "asset.glb").vertices)

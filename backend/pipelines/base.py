@@ -552,23 +552,30 @@ TIMESTEP_SCHEDULES: dict[str, str] = {
 }
 
 
-def timestep_schedule_param(default: str = "dreamgaussian") -> Param:
-    """The ``timestep_schedule`` parameter, the same in every method."""
-    return Param("choice", default, "diffusion timestep schedule of score distillation: dreamgaussian (linear "
-                 "anneal), uniform (DreamFusion), dreamtime (TP-SDS), dtc (DTC123 curriculum)",
-                 choices=tuple(TIMESTEP_SCHEDULES), group="schedule", choice_help=dict(TIMESTEP_SCHEDULES))
+def timestep_schedule_param(default: str = "dreamgaussian", own: dict[str, str] | None = None) -> Param:
+    """The ``timestep_schedule`` parameter, the same in every method; ``own``: a method's own
+    schedules (name -> one line for people), offered before the shared ones."""
+    helps = {**(own or {}), **TIMESTEP_SCHEDULES}
+    return Param("choice", default, "diffusion timestep schedule of score distillation: "
+                 + ", ".join(f"{name}" for name in own or {}) + (", " if own else "")
+                 + "dreamgaussian (linear anneal), uniform (DreamFusion), dreamtime (TP-SDS), dtc (DTC123 curriculum)",
+                 choices=tuple(helps), group="schedule", choice_help=helps)
 
 
-def schedule_params(default: str = "dreamgaussian", t_min: int = 20, t_max: int = 980) -> dict[str, Param]:
+def schedule_params(default: str = "dreamgaussian", t_min: int = 20, t_max: int = 980,
+                    own: dict[str, str] | None = None) -> dict[str, Param]:
     """The parameters of every stage that distils from a teacher: ``timestep_schedule``, the
     range ``t_min``/``t_max`` and DreamTime's prior ``m1``, ``m2``, ``s1``, ``s2`` (Huang et al.
-    2023, section 4; they apply only while ``timestep_schedule`` is ``dreamtime``). A method
-    checks them with :func:`check_schedule_params`."""
+    2023, section 4; they apply only while ``timestep_schedule`` is ``dreamtime``). ``own``: a
+    method's own schedules (:func:`timestep_schedule_param`), which take their numbers from the
+    method's parameters, so ``t_min``/``t_max`` apply only to the shared ones. A method checks
+    them with :func:`check_schedule_params`."""
     dreamtime = ("timestep_schedule", ("dreamtime",))
+    shared = ("timestep_schedule", tuple(TIMESTEP_SCHEDULES)) if own else None
     return {
-        "timestep_schedule": timestep_schedule_param(default),
-        "t_min": Param("int", t_min, "smallest timestep", min=1, max=999, group="schedule"),
-        "t_max": Param("int", t_max, "largest timestep", min=1, max=999, group="schedule"),
+        "timestep_schedule": timestep_schedule_param(default, own),
+        "t_min": Param("int", t_min, "smallest timestep", min=1, max=999, group="schedule", when=shared),
+        "t_max": Param("int", t_max, "largest timestep", min=1, max=999, group="schedule", when=shared),
         "m1": Param("float", 800.0, "DreamTime prior: upper end of the plateau of full weight (timesteps)", min=0,
                     max=1000, group="schedule", when=dreamtime),
         "m2": Param("float", 500.0, "DreamTime prior: lower end of the plateau (timesteps, at most m1)", min=0, max=1000,
@@ -586,7 +593,7 @@ def check_schedule_params(params: dict, t_min: str = "t_min", t_max: str = "t_ma
     Raises:
         ParamError: the range is empty, or DreamTime's plateau is upside down (m2 > m1).
     """
-    if params[t_min] >= params[t_max]:
+    if params.get("timestep_schedule", "dreamgaussian") in TIMESTEP_SCHEDULES and params[t_min] >= params[t_max]:
         raise ParamError(f"'{t_min}' must be below '{t_max}'")
     if params.get("timestep_schedule") == "dreamtime" and params["m2"] > params["m1"]:
         raise ParamError(f"DreamTime's 'm2' ({params['m2']:g}) must not exceed 'm1' ({params['m1']:g}): the prior's "
@@ -597,6 +604,31 @@ def schedule_kwargs(params: dict) -> dict:
     """The :func:`backend.schedules.make_schedule` keyword arguments of :func:`schedule_params`'
     values (DreamTime's prior)."""
     return {k: params[k] for k in ("m1", "m2", "s1", "s2") if k in params}
+
+
+#: The largest render side any method accepts in a list of sizes (the public DreamGaussian
+#: code renders at most 512).
+MAX_RENDER_SIZE = 2048
+
+
+def parse_sizes(params: dict, name: str = "resolutions", count: int = 3, low: int = 16,
+                high: int = MAX_RENDER_SIZE) -> list[int]:
+    """The ``count`` comma-separated render sides (pixels) of the string parameter ``name``, each
+    in [low, high]: the one validator of every method's resolution list.
+
+    Raises:
+        ParamError: not ``count`` whole numbers in range (the message names the parameter, the
+            range and an example).
+    """
+    text = str(params[name])
+    try:
+        sizes = [int(x) for x in text.split(",")]
+    except ValueError:
+        sizes = []
+    if len(sizes) != count or min(sizes) < low or max(sizes) > high:
+        raise ParamError(f"'{name}' must be {count} sizes from {low} to {high} pixels separated by commas, e.g. "
+                         f"{','.join(str(128 * 2 ** i) for i in range(count))}; got {text!r}")
+    return sizes
 
 
 #: Bytes per unit in the memory estimates of :meth:`Pipeline.estimate_memory` (rough upper

@@ -16,7 +16,9 @@ text -> reference image -> geometry sculpting -> texture boosting.
    RGB, mask and depth correlation losses; t ~ U(0.7, 0.85) T annealed linearly over 200 steps to
    U(0.2, 0.5) T (``schedules.IntervalAnneal``, the configs' min/max_step_percent); views
    widening from the reference view to the whole orbit over 200 steps
-   (``cameras.DebiasedAzimuths``, the configs' progressive_until). Then the density-field mesh,
+   (``cameras.DebiasedAzimuths``, the configs' progressive_until). ``timestep_schedule`` picks
+   another schedule for this stage and the geometry refinement (``dreamtime`` with its prior,
+   ``dreamgaussian``, ``uniform``, ``dtc`` over [t_min, t_max]); ``interval`` is the configs'. Then the density-field mesh,
    atlas and baked texture, and a geometry refinement of the mesh's vertex offsets and texture
    with the same hybrid SDS at t ~ U(0.02, 0.5) T and 512 px (``stages.geometry.refine_mesh``;
    the code's DMTet stage).
@@ -45,14 +47,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..cameras import DebiasedAzimuths, orbit_cameras, sample_orbit_cameras
+from ..cameras import DebiasedAzimuths, OrbitSampler, orbit_cameras
 from ..geometry.export import texture_to_uint8
 from ..geometry.uv import UVMesh
 from ..guidance import load_job_teacher, load_teacher
 from ..guidance.oracle import draw_targets_antialiased
 from ..images import MaskError
 from ..render.mesh import TexturedMesh, render_mesh
-from ..schedules import IntervalAnneal, Uniform
+from ..schedules import IntervalAnneal, Uniform, make_schedule, sds_weighting
 from ..stages.distillation import (add_reference_depth, distil_gaussians, elevation_window, extract_textured_mesh,
                                    reference_view)
 from ..stages.gaussians import sds_terms
@@ -60,7 +62,7 @@ from ..stages.geometry import refine_mesh
 from ..stages.mesh_export import rgba_preview, write_textured_asset
 from ..stages.progress import teacher_note
 from ..stages.reference_image import draw_reference
-from .base import CancelToken, Emitter, JobRequest, Result
+from .base import CancelToken, Emitter, JobRequest, Result, schedule_kwargs
 from .specs.dreamcraft3d import DREAMBOOTH_LORA_FILE, DreamCraft3DSpec, boost_strengths, parse_interval
 
 
@@ -155,10 +157,11 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
 
         # 2. Geometry sculpting: Gaussians, then the mesh and its refinement.
         mark = time.monotonic()
-        schedule = IntervalAnneal(parse_interval(p, "t_start"), parse_interval(p, "t_end"), p["t_anneal_steps"])
+        schedule = self._schedule(p, "sculpt", zero123)
         azimuths = DebiasedAzimuths(p["azimuth_block"], p["start_azimuth"], p["widen_steps"], generator=gen)
+        views = OrbitSampler(p["batch_size"], elevation_window(p), radius, p["fovy"], gen, azimuths)
         model = distil_gaussians(p, zero123, ref, radius, schedule, emit, cancel, gen, device,
-                                 teachers=lambda _step: terms, azimuth=azimuths, stage="sculpt",
+                                 teachers=lambda _step: terms, cameras=views, stage="sculpt",
                                  note=lambda _step: taught)
         clock["sculpt"] = round(time.monotonic() - mark, 2)
         mark = time.monotonic()
@@ -168,17 +171,21 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
         mark = time.monotonic()
         draw_targets_antialiased([t for t, _ in terms])
         white = torch.ones(3, device=device)
-        geometry_t = Uniform(*parse_interval(p, "geometry_t"))
+        geometry_t = self._schedule(p, "geometry", zero123)
+        geometry_weighting = sds_weighting(geometry_t, None)
+        drawn_t: list[int] = []
 
         def hybrid_sds(images, cams, step):
-            return sds_terms(terms, images, cams, geometry_t(step, p["geometry_iters"], gen), background=white,
-                             generator=gen)
+            drawn_t.append(geometry_t(step, p["geometry_iters"], gen))
+            return sds_terms(terms, images, cams, drawn_t[-1], background=white, generator=gen,
+                             weighting=geometry_weighting)
 
         mesh = refine_mesh(mesh, self._cameras(p, p["geometry_size"], gen, device), p["geometry_iters"], sds=hybrid_sds,
                            ref=ref, lr_offsets=p["lr_offsets"], lr_texture=p["geometry_texture_lr"],
                            lambda_rgb=p["fine_lambda_rgb"], lambda_mask=p["fine_lambda_mask"],
                            lambda_normal=p["lambda_normal"], lambda_laplacian=p["lambda_laplacian"], emit=emit,
-                           cancel=cancel, generator=gen, stage="geometry", note=lambda _step: taught)
+                           cancel=cancel, generator=gen, stage="geometry",
+                           note=lambda _step: f"t={drawn_t[-1]}, {taught}" if drawn_t else taught)
         clock["geometry"] = round(time.monotonic() - mark, 2)
         Image.fromarray(texture_to_uint8(mesh.texture)).save(job_dir / "texture_before_boost.png")
         files["texture_before_boost.png"] = job_dir / "texture_before_boost.png"
@@ -203,21 +210,31 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
         files.update(asset)
         evaluations = zero123.evaluations + (sd.evaluations if sd is not None and sd is not zero123 else 0)
         return Result(files=files, arrays=arrays, meta={
-            "mode": p["mode"], "class_name": class_word(p), "gaussians": len(model), "faces": int(len(uvm.faces)),
+            "mode": p["mode"], "timestep_schedule": p["timestep_schedule"], "class_name": class_word(p),
+            "gaussians": len(model), "faces": int(len(uvm.faces)),
             "denoiser_evaluations": evaluations, "seconds": clock, "boost": boost_meta,
             "total_seconds": round(time.monotonic() - t0, 2), "radius": radius, **drawn_meta})
 
     @staticmethod
-    def _cameras(p: dict, side: int, gen: torch.Generator, device: str):
-        """Random orbit views of ``side`` px in the elevation window, any azimuth."""
-        window = elevation_window(p)
-        radius = p["radius"]
+    def _schedule(p: dict, stage: str, teacher):
+        """The timesteps of the sculpting (``stage="sculpt"``) or geometry refinement
+        (``"geometry"``) SDS: with ``timestep_schedule=interval`` the configs' (t ~ U(t_start)
+        annealed to U(t_end) over ``t_anneal_steps``; t ~ U(geometry_t)), else the named shared
+        schedule over [t_min, t_max] with the teacher's alpha_bar_t and DreamTime's prior
+        (``schedules.make_schedule``), run over each stage's own steps."""
+        if p["timestep_schedule"] == "interval":
+            if stage == "sculpt":
+                return IntervalAnneal(parse_interval(p, "t_start"), parse_interval(p, "t_end"), p["t_anneal_steps"])
+            return Uniform(*parse_interval(p, "geometry_t"))
+        return make_schedule(p["timestep_schedule"], p["t_min"], p["t_max"], alphas_cumprod=teacher.alphas_cumprod,
+                             **schedule_kwargs(p))
 
-        def sample(_step: int):
-            cams, _, _, _ = sample_orbit_cameras(1, window, (-180.0, 180.0), (radius, radius), p["fovy"], side, side,
-                                                 generator=gen)
-            return cams.to(device)
-        return sample
+    @staticmethod
+    def _cameras(p: dict, side: int, gen: torch.Generator, device: str):
+        """``batch_size`` random orbit views of ``side`` px per step in the elevation window, any
+        azimuth."""
+        sampler = OrbitSampler(p["batch_size"], elevation_window(p), p["radius"], p["fovy"], gen, device=device)
+        return lambda step: sampler(step, side)
 
     @staticmethod
     def _stable_diffusion(p: dict, zero123, sd, request: JobRequest, emit: Emitter, device: str):

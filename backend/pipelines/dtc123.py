@@ -45,7 +45,7 @@ import time
 import numpy as np
 import torch
 
-from ..cameras import DebiasedAzimuths, orbit_cameras
+from ..cameras import DebiasedAzimuths, OrbitSampler
 from ..geometry.uv import UVMesh
 from ..guidance import load_job_teacher, load_teacher
 from ..guidance.oracle import draw_targets_antialiased
@@ -129,6 +129,7 @@ class DTC123Pipeline(DTC123Spec):
 
         widen = int(round(p["widen_fraction"] * p["coarse_iters"]))
         azimuths = DebiasedAzimuths(p["azimuth_block"], p["start_azimuth"], widen, generator=gen)
+        views = OrbitSampler(p["batch_size"], elevation_window(p), radius, p["fovy"], gen, azimuths)
         model = None
         offset = 0
         for name in ("coarse", "middle"):
@@ -146,7 +147,7 @@ class DTC123Pipeline(DTC123Spec):
                            reference_warmup=p["reference_warmup"] and offset == 0)
             model = distil_gaussians(stage_p, zero123, ref, radius, schedule_at(offset), emit, cancel, gen, device,
                                      teachers=teachers_at(offset), size=lambda _s, side=p[f"{name}_size"]: side,
-                                     azimuth=lambda s, o=offset: azimuths(o + s), model=model, stage=name,
+                                     cameras=lambda s, side, o=offset: views(o + s, side), model=model, stage=name,
                                      note=note_at(offset))
             offset += iters
             clock[name] = round(time.monotonic() - mark, 2)
@@ -154,12 +155,11 @@ class DTC123Pipeline(DTC123Spec):
         uvm, mesh = extract_textured_mesh(p, model, radius, request.job_dir, emit, cancel, device)
         clock["mesh"] = round(time.monotonic() - mark, 2)
         mark = time.monotonic()
-        window = elevation_window(p)
         side = p["fine_size"]
+        fine_views = OrbitSampler(p["batch_size"], elevation_window(p), radius, p["fovy"], gen, azimuths, device)
 
         def sample_cameras(step: int):
-            el = window[0] + (window[1] - window[0]) * torch.rand(1, generator=gen)
-            return orbit_cameras(el, azimuths(offset + step), radius, p["fovy"], side, side).to(device)
+            return fine_views(offset + step, side)
 
         draw_targets_antialiased([zero123, sd])
         fine_schedule = schedule_at(offset)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..cameras import Cameras, orbit_angles, orbit_cameras, sample_orbit_cameras
+from ..cameras import Cameras, OrbitSampler, orbit_angles, orbit_cameras
 from ..geometry.export import texture_to_uint8, write_glb
 from ..geometry.uv import UVMesh, bake_texture, fill_empty_texels, unwrap
 from ..guidance import load_job_teacher
@@ -91,15 +91,10 @@ class TextureRefinePipeline(TextureRefineSpec):
         emit.preview("texture", {"rgba": rgba_preview(texture)}, {"step": 0, "init": init})
         emit.progress("prepare", 3, 3)
 
-        el_range = (p["elevation_min"], p["elevation_max"])
         size = p["texture_render_size"]
-
-        def sample_cameras(step: int) -> Cameras:
-            cams, _, _, _ = sample_orbit_cameras(p["views"], el_range, (-180.0, 180.0), (p["radius"], p["radius"]),
-                                                 p["fovy"], size, size, generator=gen)
-            return cams.to(device)
-
-        texture = optimise_texture(mesh, texture, teacher, sample_cameras, p["texture_iters"], lr=p["texture_lr"],
+        views = OrbitSampler(p["views"], (p["elevation_min"], p["elevation_max"]), p["radius"], p["fovy"], gen,
+                             device=device)
+        texture = optimise_texture(mesh, texture, teacher, lambda step: views(step, size), p["texture_iters"], lr=p["texture_lr"],
                                    strength_start=p["refine_strength_start"], strength_end=p["refine_strength_end"],
                                    refine_steps=p["refine_steps"], ref=ref, emit=emit, cancel=cancel, generator=gen,
                                    lambda_ref=p["lambda_ref"], lambda_sds=p["lambda_sds"],

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..cameras import Cameras, orbit_cameras, sample_orbit_cameras
+from ..cameras import Cameras, OrbitSampler, orbit_cameras
 from ..geometry.export import texture_to_uint8, write_ply
 from ..geometry.uv import UVMesh, bake_texture
 from ..images import load_rgba, recenter, to_white_background
 from ..guidance import load_job_teacher
-from ..pipelines.base import CancelToken, Emitter, JobRequest, Result, schedule_kwargs
+from ..pipelines.base import CancelToken, Emitter, JobRequest, Result, parse_sizes, schedule_kwargs
 from ..render.gaussians import GaussianModel, render
 from ..render.mesh import TexturedMesh, render_mesh
 from ..schedules import Ramp, TimestepSchedule, make_schedule, sds_weighting, step_levels
@@ -109,7 +109,7 @@ def add_reference_depth(weights: str, ref: dict, device: str, emit: Emitter, *, 
 def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule: TimestepSchedule, emit: Emitter,
                      cancel: CancelToken, gen: torch.Generator, device: str, timings: dict | None = None,
                      on_step=None, *, teachers: Callable[[int], list] | None = None,
-                     azimuth: Callable[[int], float] | None = None, size: Callable[[int], int] | None = None,
+                     cameras: Callable[[int, int], Cameras] | None = None, size: Callable[[int], int] | None = None,
                      model: GaussianModel | None = None, stage: str = "gaussians",
                      note: Callable[[int], str] | None = None) -> GaussianModel:
     """Stage 1: Gaussians optimised by score distillation from ``teacher`` (DreamGaussian
@@ -118,8 +118,9 @@ def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule
     Each step: the reference view's RGB and mask MSE (image mode, ``ref`` given; weights
     ``lambda_rgb``/``lambda_mask``, ramped up over training when ``reference_warmup``), then
     ``lambda_depth`` x the depth correlation when ``ref`` holds a ``"disparity"``), then
-    ``batch_size`` random orbit views (elevations :func:`elevation_window`, any azimuth) over a
-    white or (probability ``invert_bg_prob``) black background, SDS at the timestep
+    ``batch_size`` random orbit views (``cameras``; by default elevations :func:`elevation_window`,
+    any azimuth) over a white or (probability ``invert_bg_prob``) black background, SDS (averaged
+    over the views, ``Guidance.sds``) at the timestep
     ``schedule(step, iters)`` with the weighting w(t) the schedule prescribes
     (``schedules.sds_weighting``), Adam per parameter group with the position learning rate
     decaying log-linearly, densification (:class:`~backend.stages.gaussians.Densification`).
@@ -137,8 +138,9 @@ def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule
             intermediate models with it).
         teachers: ``callable(step) -> [(guidance, weight), ...]``, several teachers weighted per
             step (DTC123's hand-over); None: ``[(teacher, 1.0)]``.
-        azimuth: ``callable(step) -> degrees`` for the random view (e.g.
-            ``cameras.DebiasedAzimuths``, with ``batch_size`` 1); None: uniform over the circle.
+        cameras: ``callable(step, side) -> Cameras``, the step's random views (a method's own
+            ``cameras.OrbitSampler``, e.g. with ``DebiasedAzimuths``); None: ``batch_size`` views
+            in :func:`elevation_window` at any azimuth.
         size: ``callable(step) -> pixels``, the render side; None: ``resolutions`` switching at
             30% and 60% of training.
         model: Gaussians to continue from (a later curriculum stage); None: a new ball of
@@ -168,8 +170,9 @@ def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule
         ramp = Ramp.linear if p["reference_warmup"] else (lambda start, end: Ramp.constant(end))
         lambda_rgb, lambda_mask = ramp(0.0, p["lambda_rgb"]), ramp(0.0, p["lambda_mask"])
         lambda_depth = ramp(0.0, p.get("lambda_depth", 0.0))
-    sizes = [int(x) for x in p["resolutions"].split(",")] if size is None else []
-    window = elevation_window(p)
+    sizes = parse_sizes(p) if size is None else []
+    sampler = cameras if cameras is not None else OrbitSampler(p["batch_size"], elevation_window(p), radius, p["fovy"],
+                                                               gen)
     previews = PreviewThrottle()
     clock = timings if timings is not None else {}
     clock.update({"render": 0.0, "teacher": 0.0, "backward": 0.0, "densify": 0.0, "steps": 0})
@@ -190,12 +193,7 @@ def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule
             out = render(model, ref["camera"], background=1.0)
             loss = loss + reference_view_loss(out, ref, lambda_rgb.at(step, iters), lambda_mask.at(step, iters),
                                               lambda_depth.at(step, iters))
-        if azimuth is None:
-            cams, _, _, _ = sample_orbit_cameras(p["batch_size"], window, (-180.0, 180.0), (radius, radius), p["fovy"],
-                                                 side, side, generator=gen)
-        else:
-            el = window[0] + (window[1] - window[0]) * torch.rand(1, generator=gen)
-            cams = orbit_cameras(el, azimuth(step), radius, p["fovy"], side, side)
+        cams = sampler(step, side)
         bg = torch.ones(3) if torch.rand(1, generator=gen).item() > p["invert_bg_prob"] else torch.zeros(3)
         out = render(model, cams, background=bg.to(device))
         densify.before_backward(model, optimizers, step, out.info)
@@ -272,14 +270,8 @@ def refine_texture(p: dict, teacher, ref: dict | None, radius: float, mesh: Text
     """Stage 2 (DreamGaussian section 3.3): ``stages.texture.optimise_texture`` over random orbit
     views of side ``texture_render_size`` in :func:`elevation_window`. Returns float [H, W, 3]."""
     size = p["texture_render_size"]
-    window = elevation_window(p)
-
-    def sample_cameras(step: int) -> Cameras:
-        cams, _, _, _ = sample_orbit_cameras(1, window, (-180.0, 180.0), (radius, radius), p["fovy"], size, size,
-                                             generator=gen)
-        return cams.to(texture.device)
-
-    return optimise_texture(mesh, texture, teacher, sample_cameras, p["texture_iters"], lr=p["texture_lr"],
+    sampler = OrbitSampler(1, elevation_window(p), radius, p["fovy"], gen, device=texture.device)
+    return optimise_texture(mesh, texture, teacher, lambda step: sampler(step, size), p["texture_iters"], lr=p["texture_lr"],
                             strength_start=p["refine_strength_start"], strength_end=p["refine_strength_end"],
                             refine_steps=p["refine_steps"], ref=ref, emit=emit, cancel=cancel, generator=gen,
                             supersample=p["texture_supersample"])

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from ...guidance.registry import STABLE_DIFFUSION, ZERO123
 from ..base import (BYTES_PER_GAUSSIAN, BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, BYTES_PER_VOXEL, TEACHER_BYTES, InputSpec,
-                    Param, ParamError, Pipeline, check_schedule_params, check_teacher_inputs, grouped, schedule_params)
-
-#: Largest stage-1 render size accepted in 'resolutions' (the public code uses 512).
-MAX_RENDER_SIZE = 2048
+                    Param, ParamError, Pipeline, check_schedule_params, check_teacher_inputs, grouped, parse_sizes,
+                    schedule_params)
 
 PARAMS = {
     "mode": Param("choice", "image", "image-to-3D or text-to-3D", choices=("image", "text")),
@@ -127,12 +125,7 @@ def check_request(params: dict, inputs: dict) -> None:
     if params["mode"] == "text" and not params["prompt"].strip():
         raise ParamError("text mode needs a 'prompt'")
     check_teacher_inputs(params, inputs)
-    try:
-        sizes = [int(x) for x in params["resolutions"].split(",")]
-    except ValueError:
-        sizes = []
-    if len(sizes) != 3 or min(sizes) < 16 or max(sizes) > MAX_RENDER_SIZE:
-        raise ParamError(f"'resolutions' must be three sizes from 16 to {MAX_RENDER_SIZE}, e.g. 128,256,512")
+    parse_sizes(params)
     if params["elevation_min"] > params["elevation_max"]:
         raise ParamError("'elevation_min' must not exceed 'elevation_max'")
     check_schedule_params(params)
@@ -140,7 +133,7 @@ def check_request(params: dict, inputs: dict) -> None:
 
 def estimate_memory(params: dict, inputs: dict) -> dict:
     """Bytes by the parameter that drives them (``Pipeline.estimate_memory``)."""
-    render = max(int(x) for x in params["resolutions"].split(","))
+    render = max(parse_sizes(params))
     return {
         "resolutions": render * render * params["batch_size"] * BYTES_PER_TEACHER_PIXEL,
         "init_points": params["init_points"] * 4 * BYTES_PER_GAUSSIAN,  # densification grows the count

@@ -9,7 +9,8 @@ import dataclasses
 import re
 
 from ...guidance.registry import STABLE_DIFFUSION, ZERO123
-from ..base import BYTES_PER_TEACHER_PIXEL, Param, ParamError, grouped, register
+from ..base import (BYTES_PER_TEACHER_PIXEL, Param, ParamError, check_schedule_params, grouped, parse_sizes, register,
+                    schedule_params)
 from .distillation import PARAMS, DistillationSpec
 from .reference import TEXT_ONLY, check_reference, reference_params
 
@@ -45,6 +46,11 @@ def boost_strengths(params: dict) -> list[float]:
     return values
 
 
+#: DreamCraft3D's own timestep schedule (``timestep_schedule=interval``, the default).
+INTERVAL_HELP = ("DreamCraft3D's configs: sculpting at t ~ U(t_start) annealed to U(t_end) over t_anneal_steps, "
+                 "geometry refinement at t ~ U(geometry_t)")
+
+
 def _params() -> dict:
     base = {k: v for k, v in PARAMS.items() if k not in (
         "timestep_schedule", "t_min", "t_max", "m1", "m2", "s1", "s2", "guidance_scale", "texture_iters", "texture_lr",
@@ -64,6 +70,7 @@ def _params() -> dict:
                                                 "elevation, degrees")
     return {
         **base,
+        **schedule_params("interval", own={"interval": INTERVAL_HELP}),
         "class_name": Param("str", "", "the object's class word for DreamBooth's prompt 'a <token> <class>' (empty: "
                             "the prompt's last word)", max_len=100),
         "token": Param("str", "sks", "DreamBooth's rare identifier token", max_len=20),
@@ -150,8 +157,8 @@ class DreamCraft3DSpec(DistillationSpec):
                   "reference_seed", "reference_size", "reference_steps", "reference_cfg", "mask_threshold"),
         "teacher": ("teacher", "oracle_mesh", "weights", "sd_cfg", "zero123_cfg", "sd_weight", "zero123_weight",
                     "batch_size"),
-        "schedule": ("t_start", "t_end", "t_anneal_steps", "resolutions", "widen_steps", "start_azimuth",
-                     "azimuth_block"),
+        "schedule": ("timestep_schedule", "t_min", "t_max", "m1", "m2", "s1", "s2", "t_start", "t_end",
+                     "t_anneal_steps", "resolutions", "widen_steps", "start_azimuth", "azimuth_block"),
         "gaussians": ("iters", "init_points", "init_radius", "init_opacity", "sh_degree", "lr_means", "lr_means_final",
                       "lr_means_steps", "lr_colors", "lr_opacities", "lr_scales", "lr_quats", "radius", "fovy",
                       "elevation_min", "elevation_max", "lambda_rgb", "lambda_mask", "lambda_depth", "lambda_normal_ref",
@@ -167,7 +174,8 @@ class DreamCraft3DSpec(DistillationSpec):
     }, basic=("mode", "prompt", "class_name", "reference_only", "reference_seed", "iters", "boost_rounds",
               "texture_size"),
         when={name: ("mode", ("image",)) for name in ("elevation", "ref_size")}
-        | {name: ("mode", ("text",)) for name in ("reference_only", "mask_threshold") + TEXT_ONLY})
+        | {name: ("mode", ("text",)) for name in ("reference_only", "mask_threshold") + TEXT_ONLY}
+        | {name: ("timestep_schedule", ("interval",)) for name in ("t_start", "t_end", "t_anneal_steps", "geometry_t")})
     models = {"default": [STABLE_DIFFUSION.model()[0], ZERO123.model()[0]]}
     presets = {
         "default": {},
@@ -199,14 +207,10 @@ class DreamCraft3DSpec(DistillationSpec):
         if params["reuse_lora"] and not re.fullmatch(r"[A-Za-z0-9_.-]+", params["reuse_lora"]):
             raise ParamError(f"'reuse_lora' must be a job id (see `splatsmith jobs`); got {params['reuse_lora']!r}")
         check_reference(params)
+        check_schedule_params(params)
         if params["elevation_min"] > params["elevation_max"]:
             raise ParamError("'elevation_min' must not exceed 'elevation_max'")
-        try:
-            sizes = [int(x) for x in params["resolutions"].split(",")]
-        except ValueError:
-            sizes = []
-        if len(sizes) != 3 or min(sizes) < 16:
-            raise ParamError("'resolutions' must be three sizes from 16, e.g. 128,256,512")
+        parse_sizes(params)
 
     @classmethod
     def needed_job_files(cls, params):
@@ -217,6 +221,6 @@ class DreamCraft3DSpec(DistillationSpec):
     def estimate_memory(cls, params, inputs):
         est = dict(super().estimate_memory(dict(params, texture_render_size=params["boost_size"]), inputs))
         est.pop("texture_render_size", None)
-        est["geometry_size"] = params["geometry_size"] ** 2 * BYTES_PER_TEACHER_PIXEL
-        est["boost_size"] = params["boost_size"] ** 2 * BYTES_PER_TEACHER_PIXEL
+        est["geometry_size"] = params["geometry_size"] ** 2 * params["batch_size"] * BYTES_PER_TEACHER_PIXEL
+        est["boost_size"] = params["boost_size"] ** 2 * params["batch_size"] * BYTES_PER_TEACHER_PIXEL
         return est

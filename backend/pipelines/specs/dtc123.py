@@ -162,5 +162,5 @@ class DTC123Spec(DistillationSpec):
         est.pop("resolutions", None)
         est.pop("texture_render_size", None)
         est["middle_size"] = params["middle_size"] ** 2 * params["batch_size"] * BYTES_PER_TEACHER_PIXEL
-        est["fine_size"] = params["fine_size"] ** 2 * BYTES_PER_TEACHER_PIXEL
+        est["fine_size"] = params["fine_size"] ** 2 * params["batch_size"] * BYTES_PER_TEACHER_PIXEL
         return est
