@@ -206,3 +206,35 @@ def test_batch_size_gives_every_sds_step_that_many_views(tmp_path, monkeypatch):
     four, _ = run_local(JobStore(tmp_path / "b"), DTC123Pipeline, "tiny", dict(params, batch_size=4), {}, 0, Emitter())
     assert set(batches) == {4} and len(batches) >= 11
     assert not torch.equal(load_glb(one.dir / "asset.glb").vertices, load_glb(four.dir / "asset.glb").vertices)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_the_texture_detail_arrives_when_stable_diffusion_takes_over(tmp_path):
+    """Issue 27, item 9, with two different oracles: Zero-1-to-3's stand-in knows the shape but a
+    texture blurred by 8 texels, Stable Diffusion's the sharp texture (``oracle_zero123_blur``).
+    The curriculum's claim: the detail arrives in the late stages, where Stable Diffusion
+    teaches. Held-out PSNR of the fine stage's textured mesh stands 3 dB above the coarse stage's
+    Gaussians (measured 20.6 -> 25.1 dB), and 0.8 dB above the same run with Stable Diffusion's
+    weight 0, where only the blurred teacher teaches (measured 23.5 dB)."""
+    from backend.geometry.export import load_glb
+    from backend.render.gaussians import GaussianModel
+    from scenes import held_out_scores
+
+    mesh, raw = make_test_object(texture_size=256)
+    glb = write_object_glb(tmp_path / "gt.glb", raw)
+    params = {"teacher": "oracle", "oracle_mesh": str(glb), "oracle_zero123_blur": 8.0, "coarse_iters": 60,
+              "middle_iters": 60, "fine_iters": 50, "middle_size": 96, "fine_size": 96, "mesh_resolution": 56,
+              "texture_size": 256, "bake_size": 96, "coarse_densify_until": 60, "init_points": 2000}
+
+    def final_psnr(job):
+        return held_out_scores(mesh, 2.0, None, load_glb(job.dir / "asset.glb"), size=64)["mesh_psnr"]
+    job, _ = run_local(JobStore(tmp_path / "handover"), DTC123Pipeline, "fast", params, {}, 0, Emitter())
+    coarse = held_out_scores(mesh, 2.0, GaussianModel.load_ply(job.dir / "gaussians_coarse.ply"), size=64)
+    fine = final_psnr(job)
+    alone, _ = run_local(JobStore(tmp_path / "alone"), DTC123Pipeline, "fast", dict(params, sd_weight=0.0), {}, 0,
+                         Emitter())
+    blurred_only = final_psnr(alone)
+    print(f"dtc123 hand-over: coarse {coarse['gaussian_psnr']:.2f} dB, fine {fine:.2f} dB, "
+          f"without Stable Diffusion {blurred_only:.2f} dB")
+    assert fine >= coarse["gaussian_psnr"] + 3.0 and fine >= blurred_only + 0.8, (coarse, fine, blurred_only)

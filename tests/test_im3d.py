@@ -184,3 +184,34 @@ def test_oracle_image_run_recovers_the_object(tmp_path):
     print("im3d oracle fast:", scores, result.meta)
     assert scores["mesh_iou"] >= 0.95 and scores["mesh_psnr"] >= 25.0, scores
 
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_the_loop_repairs_an_inconsistent_first_generation(tmp_path):
+    """Issue 27, item 8: the oracle's first generation with its cameras jittered by up to 10
+    degrees (views that disagree, as a real generator's do), cheap sizes (8 views at 64 px, 300
+    steps, regenerations at 100 and 200). Held-out PSNR of the Gaussians after the last loop
+    stands above that after the first generation's fit, and above 300 steps on the jittered
+    views without regenerating (so the gain is the loop's, not more steps'). Measured: 21.6 dB
+    after the first fit, 24.8 after the last loop, 21.6 without the loop."""
+    from backend.render.gaussians import GaussianModel
+    from scenes import held_out_scores
+
+    mesh, raw = make_test_object(texture_size=256)
+    glb = write_object_glb(tmp_path / "gt.glb", raw)
+    params = {"teacher": "oracle", "oracle_mesh": str(glb), "oracle_jitter": 10.0, "views": 8, "view_size": 64,
+              "iters": 300, "regen_every": 100, "densify_until": 220, "mesh_resolution": 48, "texture_size": 128,
+              "max_faces": 4000}
+
+    def psnr(job_dir, name):
+        return held_out_scores(mesh, 2.0, GaussianModel.load_ply(job_dir / name), size=64)["gaussian_psnr"]
+    job, result = run_local(JobStore(tmp_path / "loop"), IM3DPipeline, "fast", params, {}, 0, Emitter())
+    assert result.meta["loops"] == 2
+    first, last = psnr(job.dir, "gaussians_fit1.ply"), psnr(job.dir, "gaussians.ply")
+    still, _ = run_local(JobStore(tmp_path / "still"), IM3DPipeline, "fast", dict(params, loops=0, regen_strength=""),
+                         {}, 0, Emitter())
+    without = psnr(still.dir, "gaussians.ply")
+    print(f"im3d loop on a jittered generation: first fit {first:.2f} dB, after the loops {last:.2f} dB, "
+          f"no loop {without:.2f} dB")
+    assert last >= first + 2.0 and last >= without + 2.0, (first, last, without)

@@ -64,6 +64,17 @@ class OracleGuidance(Guidance):
             raise FileNotFoundError(f"oracle mesh {path} does not exist")
         return cls(load_glb(path, device), device, **kwargs)
 
+    def with_blurred_texture(self, sigma: float) -> "OracleGuidance":
+        """Another oracle of the same shape whose texture is blurred by a Gaussian of ``sigma``
+        texels (``scipy.ndimage.gaussian_filter`` per channel): a teacher that knows the shape but
+        not the texture's detail (DTC123's hand-over check: Zero-1-to-3's stand-in)."""
+        from scipy.ndimage import gaussian_filter
+
+        texture = self.mesh.texture.detach().cpu().numpy()
+        blurred = torch.from_numpy(gaussian_filter(texture, sigma=(sigma, sigma, 0), mode="nearest"))
+        mesh = TexturedMesh(self.mesh.vertices, self.mesh.faces, self.mesh.uv, blurred.to(self.device, torch.float32))
+        return OracleGuidance(mesh, str(self.device), self.weighting, self.guidance_scale)
+
     @property
     def alphas_cumprod(self) -> torch.Tensor:
         return self._alphas

@@ -28,7 +28,9 @@ The structure is the paper's (section 3; its code is unreleased):
   back, overhead view); the paper enriches prompts with an LLM, none runs here: an enriched
   prompt can be pasted as ``prompt``.
 
-The job folder gets ``curriculum.json``: per step the stage, t and each teacher's weight
+The job folder keeps the Gaussians at the end of each Gaussian stage (``gaussians_coarse.ply``,
+``gaussians_middle.ply``; ``gaussians.ply`` is the model the mesh came from) and
+``curriculum.json``: per step the stage, t and each teacher's weight
 (``splatsmith schedules show --trace JOB/curriculum.json`` plots it); the result meta carries a
 per-stage summary of it.
 
@@ -46,6 +48,7 @@ import numpy as np
 import torch
 
 from ..cameras import DebiasedAzimuths, OrbitSampler
+from ..geometry.export import write_ply
 from ..geometry.uv import UVMesh
 from ..guidance import load_job_teacher, load_teacher
 from ..guidance.oracle import draw_targets_antialiased
@@ -94,6 +97,8 @@ class DTC123Pipeline(DTC123Spec):
         ref = reference_view(request.inputs, p, zero123, radius, request.job_dir, device)
         zero123.encode_condition(image=ref["rgb"], elevation=p["elevation"], azimuth=0.0, radius=radius)
         sd, sd_prompt = self._stable_diffusion(p, zero123, request, emit, device)
+        if sd is zero123 and p["oracle_zero123_blur"] > 0:  # two oracles: Zero-1-to-3's knows a blurred texture
+            zero123 = zero123.with_blurred_texture(p["oracle_zero123_blur"])
         if p["lambda_depth"] > 0:
             add_reference_depth(p["weights"], ref, device, emit, models_dir=request.models_dir, cache=request.models)
         curriculum, handover, total = build_curriculum(p)
@@ -150,6 +155,7 @@ class DTC123Pipeline(DTC123Spec):
                                      cameras=lambda s, side, o=offset: views(o + s, side), model=model, stage=name,
                                      note=note_at(offset))
             offset += iters
+            write_ply(request.job_dir / f"gaussians_{name}.ply", model)
             clock[name] = round(time.monotonic() - mark, 2)
         mark = time.monotonic()
         uvm, mesh = extract_textured_mesh(p, model, radius, request.job_dir, emit, cancel, device)

@@ -47,6 +47,10 @@ def _params() -> dict:
         "fine_band": Param("str", "300,20", "fine stage timestep band: top,bottom", max_len=20),
         "band_width": Param("str", "200,150,100", "local randomness per stage: t drawn within +-width/2 of the annealed "
                             "value, inside the band", max_len=30),
+        "oracle_zero123_blur": Param("float", 0.0, "teacher=oracle: Zero-1-to-3's stand-in sees the object's texture "
+                                     "blurred by a Gaussian of this many texels while Stable Diffusion's sees it sharp "
+                                     "(0: one exact oracle for both), to verify that the hand-over brings the texture's "
+                                     "detail", min=0, max=64),
         "zero123_cfg": Param("float", 5.0, "Zero-1-to-3's classifier-free guidance scale", min=0, max=1000),
         "sd_cfg": Param("float", 100.0, "Stable Diffusion's classifier-free guidance scale (DreamFusion's SDS: 100)",
                         min=0, max=1000),
@@ -115,8 +119,8 @@ class DTC123Spec(DistillationSpec):
     works_on = ("image",)
     params = grouped(_params(), groups={
         "input": ("mode", "prompt", "class_name", "elevation", "ref_size"),
-        "teacher": ("teacher", "oracle_mesh", "weights", "zero123_cfg", "sd_cfg", "sd_weight", "zero123_fine_weight",
-                    "batch_size"),
+        "teacher": ("teacher", "oracle_mesh", "oracle_zero123_blur", "weights", "zero123_cfg", "sd_cfg", "sd_weight",
+                    "zero123_fine_weight", "batch_size"),
         "schedule": ("coarse_iters", "middle_iters", "fine_iters", "coarse_band", "middle_band", "fine_band",
                      "band_width", "coarse_size", "middle_size", "fine_size", "widen_fraction", "start_azimuth",
                      "azimuth_block"),
@@ -129,7 +133,8 @@ class DTC123Spec(DistillationSpec):
         "mesh": ("mesh_resolution", "density_threshold", "max_faces", "bake_size", "unwrap_time_limit", "lr_offsets",
                  "fine_texture_lr", "fine_lambda_rgb", "fine_lambda_mask", "fine_lambda_depth", "lambda_normal", "lambda_laplacian"),
         "texture": ("texture_size",),
-    }, basic=("prompt", "class_name", "elevation", "coarse_iters", "middle_iters", "fine_iters", "texture_size"))
+    }, basic=("prompt", "class_name", "elevation", "coarse_iters", "middle_iters", "fine_iters", "texture_size"),
+        when={"oracle_zero123_blur": ("teacher", ("oracle",))})
     presets = {
         "default": {},
         "fast": {"ref_size": 128, "coarse_iters": 200, "middle_iters": 200, "fine_iters": 100, "init_points": 3000,
