@@ -888,6 +888,24 @@ def doctor(models_dir: Optional[Path] = typer.Option(None, help="Extra folder of
     row("gsplat", ok and cuda, detail + ("" if cuda or not ok else "; rendering needs CUDA, the CPU rasteriser is used"))
     for module in ("nvdiffrast", "xatlas", "trimesh", "diffusers", "transformers"):
         row(module, *_version(module))
+    from .guidance.quiet import hide_broken_torchvision
+    from .images import rembg_available, u2net_home
+    from .perceptual import BACKBONES, find_backbone, import_lpips
+
+    problem = hide_broken_torchvision()
+    if problem:
+        row("torchvision", False, escape(f"installed but cannot be imported ({problem}): a CUDA build beside a CPU "
+                                         "torch? LPIPS builds its backbones in torchvision's layout instead"))
+    else:
+        row("torchvision", *_version("torchvision"))
+    found = {net: find_backbone(net, models_dir) for net in BACKBONES}
+    row("lpips", import_lpips() is not None and all(found.values()),
+        ("package present" if import_lpips() is not None else "not installed") + "; backbones: " + ", ".join(
+            f"{BACKBONES[net].model_id} {'present' if path else 'missing (splatsmith models download ' + BACKBONES[net].model_id + ')'}"
+            for net, path in found.items()))
+    row("rembg (matting)", rembg_available(), "rembg and u2net.onnx present" if rembg_available() else
+        f"not installed, or no u2net.onnx in {u2net_home()}: drawn references are cut out by their white background, "
+        "photos need a mask")
     row("pyzmq / libzmq", True, f"{zmq.__version__} / {zmq.zmq_version()}, CURVE {'yes' if zmq.has('curve') else 'no'}")
     cache = hub_cache_dir()
     cached = sorted(p.name[len("models--"):].replace("--", "/") for p in cache.glob("models--*")) if cache.is_dir() else []

@@ -73,6 +73,9 @@ class Guidance(abc.ABC):
         #: Denoiser (UNet) evaluations so far: one per batched ``predict_noise`` call, whatever
         #: the batch (every view of a step, CFG's two branches), as IM-3D counts them.
         self.evaluations = 0
+        #: Single-view evaluations so far: the views in every batched call added up (a call on
+        #: 16 views counts 16; CFG's two branches still count once).
+        self.view_evaluations = 0
 
     # ------------------------------------------------------------------ to implement
     @property
@@ -147,6 +150,7 @@ class Guidance(abc.ABC):
             x_t = ab.sqrt() * x0.detach() + (1.0 - ab).sqrt() * noise
             eps_hat = self.predict_noise(x_t, t, cameras, background)
             self.evaluations += 1
+            self.view_evaluations += B
         grad = self.weight(t, weighting).to(x0.dtype).view(B, 1, 1, 1) * (eps_hat - noise)
         grad = torch.nan_to_num(grad)
         target = (x0 - grad).detach()
@@ -190,6 +194,7 @@ class Guidance(abc.ABC):
                 check()
             eps = self.predict_noise(x, t.expand(B).long(), cameras, background)
             self.evaluations += 1
+            self.view_evaluations += B
             x = sched.step(eps, t, x).prev_sample
         out = self.decode(x).float()
         if out.shape[-2:] != (H, W):

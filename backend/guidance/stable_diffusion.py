@@ -153,6 +153,7 @@ class StableDiffusionGuidance(LatentDiffusionGuidance):
                    guidance_scale=guidance_scale, generator=torch.Generator(self.device).manual_seed(seed),
                    output_type="pt", callback_on_step_end=callback if check is not None else None)
         self.evaluations += steps
+        self.view_evaluations += steps
         return out.images.float().clamp(0, 1).to(self.device)
 
     def predict_noise(self, x_t, t, cameras: Cameras, background=None) -> torch.Tensor:

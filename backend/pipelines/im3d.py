@@ -97,7 +97,7 @@ class IM3DPipeline(IM3DSpec):
         gen = torch.Generator().manual_seed(request.seed)
         clock: dict[str, float] = {}
         t0 = mark = time.monotonic()
-        evaluations = 0
+        evaluations = view_evaluations = 0
 
         def lap(name: str) -> None:
             nonlocal mark
@@ -127,6 +127,7 @@ class IM3DPipeline(IM3DSpec):
                                    ref_size=ref_size, threshold=p["mask_threshold"], cancel=cancel, emit=emit,
                                    job_dir=request.job_dir)
             evaluations += sd.evaluations
+            view_evaluations += sd.view_evaluations
             reference = on_white(drawn.rgba, device)
             drawn_meta = {"seed": seed, "masked_by": drawn.masked_by}
             lap("reference")
@@ -188,8 +189,10 @@ class IM3DPipeline(IM3DSpec):
             files.update({name: request.job_dir / name for name in ("reference.png", "reference_drawn.png")})
         lap("mesh")
         evaluations += generator.evaluations
+        view_evaluations += teacher.view_evaluations
         return Result(files=files, arrays=arrays, meta={
             "mode": p["mode"], "views": k, "view_elevations": [round(float(e), 3) for e in elevations], "loops": loop, "denoiser_evaluations": evaluations,
+            "view_evaluations": view_evaluations,
             "gaussians": len(model), "faces": int(len(exported.uvm.faces)), "seconds": clock,
             "total_seconds": round(time.monotonic() - t0, 2), "radius": p["radius"],
             **({"reference": drawn_meta} if drawn_meta is not None else {})})

@@ -283,7 +283,7 @@ def run_distillation(request: JobRequest, emit: Emitter, cancel: CancelToken, as
     condition (the prompt, or the reference view in image mode), the parameters' timestep
     schedule (``schedules.make_schedule`` with the teacher's alpha_bar_t and DreamTime's prior),
     :func:`distil_gaussians`, :func:`mesh_and_texture`. Result meta: mode, schedule, Gaussian and
-    face counts, denoiser evaluations (``Guidance.evaluations``), stage-1 timings (seconds), total seconds, camera radius. ``on_step``: see
+    face counts, denoiser evaluations (``Guidance.evaluations``; ``view_evaluations`` counts each view of a batch), stage-1 timings (seconds), total seconds, camera radius. ``on_step``: see
     :func:`distil_gaussians`."""
     p = dict(request.params)
     device = request.device
@@ -305,6 +305,6 @@ def run_distillation(request: JobRequest, emit: Emitter, cancel: CancelToken, as
                                             asset_name)
     return Result(files=files, arrays=arrays, meta={
         "mode": p["mode"], "timestep_schedule": p["timestep_schedule"], "gaussians": len(model), "faces": faces,
-        "denoiser_evaluations": teacher.evaluations,
+        "denoiser_evaluations": teacher.evaluations, "view_evaluations": teacher.view_evaluations,
         "stage1_seconds": {k: round(v, 4) for k, v in timings.items()},
         "total_seconds": round(time.monotonic() - t0, 2), "radius": radius})
