@@ -226,9 +226,14 @@ class Server:
         self._sock.setsockopt(zmq.RCVHWM, 1000)
         # Generous hard cap per frame; the decoder enforces the configured limits with a reply.
         self._sock.setsockopt(zmq.MAXMSGSIZE, 2 * limits.max_total_bytes + (1 << 20))
-        self._sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-        self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
-        self._sock.setsockopt(zmq.HEARTBEAT_TTL, 10000)
+        # No ZMTP heartbeats (shared_protocol.client.SOCKET_OPTIONS says why: libzmq issue #3937):
+        # a peer whose receive queue is full cannot answer them, and the reconnect they force
+        # aborts that peer's process. Dead peers are found by TCP keepalive (the kernel probes the
+        # connection, whatever the peer's queue) and by ROUTER_MANDATORY sends.
+        self._sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        self._sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 60)
+        self._sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 10)
+        self._sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 6)
         if curve is not None:
             self._auth = ThreadAuthenticator(self._ctx)
             self._auth.start()

@@ -38,6 +38,22 @@ CHUNK_BYTES = 1 << 20
 CHUNK_CREDIT = 4
 
 
+#: The client socket's options (libzmq names), as data so that a test can run the client with
+#: another configuration. A small receive queue (RCVHWM 32) makes the server's latest-wins
+#: previews apply while the client does not poll. No ZMTP heartbeats (HEARTBEAT_IVL 0, libzmq's
+#: default): with a full receive queue libzmq stops reading the connection, so it cannot see the
+#: peer's heartbeats either; the heartbeat timeout then drops a healthy connection, libzmq
+#: reconnects, and when the client reads again a stale "input may restart" command reaches the
+#: new connection: ``Assertion failed: _input_stopped (src/stream_engine_base.cpp:396)``, which
+#: aborts the process (libzmq issue #3937, open; root cause in pull request #4830:
+#: ``session_base_t::write_activated`` restarts input on an engine that never stalled; no
+#: released libzmq has the fix). A slow reader (Blender busy for a few seconds during a burst of
+#: previews) is exactly that case. Liveness is the client's own business instead: while jobs are
+#: active it asks for their status after ``Timeouts.heartbeat`` seconds of silence and fails them
+#: after ``Timeouts.lost`` (the server does the same with TCP keepalive, never ZMTP heartbeats).
+SOCKET_OPTIONS: dict[str, int] = {"LINGER": 0, "RCVHWM": 32, "HEARTBEAT_IVL": 0}
+
+
 class ClientError(Exception):
     """A request could not be completed.
 
@@ -183,12 +199,8 @@ class Client:
         self.name = name
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        # A small receive queue lets the server's latest-wins previews apply while we do not poll.
-        self._sock.setsockopt(zmq.RCVHWM, 32)
-        self._sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-        self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
-        self._sock.setsockopt(zmq.HEARTBEAT_TTL, 10000)
+        for option, value in SOCKET_OPTIONS.items():
+            self._sock.setsockopt(getattr(zmq, option), value)
         self._sock.setsockopt(zmq.MAXMSGSIZE, limits.max_total_bytes)
         if curve is not None:
             self._sock.curve_serverkey = curve.server_public

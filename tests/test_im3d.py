@@ -141,6 +141,7 @@ def test_a_default_run_counts_60_denoiser_evaluations(tmp_path):
     _, result = run_local(JobStore(tmp_path / "jobs"), IM3DPipeline, "default", small, {"image": rgb, "mask": mask}, 0,
                           Emitter())
     assert result.meta["loops"] == 2 and result.meta["denoiser_evaluations"] == 60
+    assert result.meta["view_evaluations"] == 60 * 16  # each call denoises the 16 views
 
 
 def test_cli_generate_im3d_image_text_and_oracle(tmp_path):

@@ -48,8 +48,10 @@ def _wait_for_backend(address: str, proc: subprocess.Popen, seconds: float = 300
 
 
 def _start_backend(address: str, output_dir: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(_serve_command(output_dir) + ["--bind", address], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """A real backend with the built-in pipelines and the test pipelines (``--plugin``)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(_serve_command(output_dir) + ["--bind", address, "--plugin", "pipelines_for_tests"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_backend(address, proc)
     return proc
 
@@ -201,6 +203,29 @@ def test_cancel_mid_job(addon, backend):
     assert client_glue.active_job() is None
     with pytest.raises(RuntimeError, match="no running job"):
         bpy.ops.splatsmith.cancel()
+
+
+def test_a_blender_busy_for_seconds_during_a_stream_of_updates_survives(addon, backend):
+    """The add-on's client while Blender does not read it for 7 s at a time (longer than the
+    heartbeat timeout the client once had), three times, while a job streams a preview every few
+    milliseconds (issue 28, item 1: libzmq issue #3937 aborted the whole process here, as
+    ``tests/test_slow_reader.py`` shows with the old configuration). It keeps following the job
+    afterwards and cancels it."""
+    bpy.ops.splatsmith.connect(address=backend)
+    client = client_glue.session.client
+    handle = client.submit("fit", params={"steps": 100_000, "points": 2000, "step_ms": 5, "preview_every": 1})
+    _pump_until(lambda: handle.progress is not None)
+    for _ in range(3):
+        time.sleep(7.0)  # Blender busy: no timer tick reads the socket, its queue fills
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:  # then the timer ticks again for a second
+            client.poll(0.05)
+            client_glue.pump(budget_s=1.0)
+    step = handle.progress["step"]
+    _pump_until(lambda: handle.progress["step"] > step)  # still following the job
+    client.cancel(handle)
+    _pump_until(lambda: handle.finished, 30)
+    assert handle.state == "cancelled"
 
 
 def test_backend_not_running_gives_a_clear_error(offline_addon):
