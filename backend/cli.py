@@ -199,7 +199,7 @@ def reconstruct(
         images, transforms, camera_angle_x = load_dataset(data_dir, probe["resolution"])
         params["camera_angle_x"] = camera_angle_x
         store = JobStore(output_dir)
-        with _progress() as progress, _cancel_on_signals(store) as signals:
+        with _cancel_on_signals(store) as signals, _progress() as progress:
             job, result = run_local(store, ReconstructPipeline, preset, params,
                                     {"images": images, "transforms": transforms}, seed, RichEmitter(progress), dev,
                                     label=data_dir.name, cancel=signals.token)
@@ -214,11 +214,13 @@ def reconstruct(
 
 
 class _cancel_on_signals:
-    """For in-process runs: SIGTERM cancels the job through its cancel token (it stops at its
-    next check; a second SIGTERM interrupts at once, as Ctrl-C does), and a cancelled or
+    """For in-process runs: the first SIGINT or SIGTERM, from the moment the command started
+    (``backend.launch`` counts the ones that came before), cancels the job through its cancel
+    token (it stops at its next check); a second one interrupts at once. A cancelled or
     interrupted job prints that it was cancelled and where its folder is (``run_local`` has
-    marked it ``cancelled`` on disk) before exiting with 130. ``store`` is the run's JobStore;
-    pass ``token`` to ``run_local``."""
+    marked it ``cancelled`` on disk) and exits with 130. ``store`` is the run's JobStore; pass
+    ``token`` to ``run_local``. Enter it outside the progress bars, so the sentence is printed
+    after they close."""
 
     def __init__(self, store):
         from .pipelines.base import CancelToken
@@ -227,21 +229,31 @@ class _cancel_on_signals:
         self.token = CancelToken()
 
     def __enter__(self):
-        def cancel(signum, frame):
+        from .launch import stops
+
+        def target(count: int) -> None:
             if self.token.cancelled:
                 raise KeyboardInterrupt
             self.token.cancel()
 
-        self.previous = signal.signal(signal.SIGTERM, cancel)
+        self.saved = (stops.target, signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+        if stops.count:  # a signal before the job existed
+            self.token.cancel()
+        stops.target = target
+        signal.signal(signal.SIGINT, stops.handler)
+        signal.signal(signal.SIGTERM, stops.handler)
         return self
 
     def __exit__(self, kind, value, tb):
-        signal.signal(signal.SIGTERM, self.previous)
+        from .launch import stops
         from .pipelines.base import JobCancelled
 
+        stops.target = self.saved[0]
+        signal.signal(signal.SIGINT, self.saved[1])
+        signal.signal(signal.SIGTERM, self.saved[2])
         if kind is not None and issubclass(kind, (KeyboardInterrupt, JobCancelled)):
             jobs = self.store.all(limit=1)
-            where = f" its folder is {jobs[-1].dir}" if jobs and jobs[-1].state == "cancelled" else ""
+            where = f" its folder is {jobs[-1].dir}" if jobs and jobs[-1].state == "cancelled" else " it had not started"
             console.print(f"job cancelled;{where}")
             raise typer.Exit(130)
         return False
@@ -280,22 +292,40 @@ def _progress_events(progress):
 
 def _stream_remote(address: str, pipeline: str, preset: str, params: dict, inputs: dict, seed: int, label: str,
                    server_key: Optional[Path], client_key: Optional[Path]) -> dict:
-    """Submit to a running server and show its progress; returns the result message."""
-    with _client(address, server_key, client_key) as client, _progress() as progress:
-        on_event = _progress_events(progress)
-        try:
-            client.hello()
-            handle = client.submit(pipeline, params=params, inputs=inputs, preset=preset, seed=seed, label=label,
-                                   on_event=on_event)
+    """Submit to a running server and show its progress; returns the result message. A SIGINT or
+    SIGTERM (``backend.launch``) before the submit stops there; after it, it cancels the job on
+    the server, says so and exits 130."""
+    from .launch import stops
+
+    cancelled = None
+    with _client(address, server_key, client_key) as client:
+        with _progress() as progress:
+            on_event = _progress_events(progress)
             try:
-                return client.wait(handle)
-            except KeyboardInterrupt:
-                client.cancel(handle)
-                client.poll(0.5)
-                raise
-        except ClientError as exc:
-            _fail(exc.message)
-            raise  # unreachable
+                client.hello()
+                if stops.count:
+                    console.print("cancelled before the job was submitted")
+                    raise typer.Exit(130)
+                handle = client.submit(pipeline, params=params, inputs=inputs, preset=preset, seed=seed, label=label,
+                                       on_event=on_event)
+                saved, stops.target = stops.target, stops.interrupt
+                try:
+                    if stops.count:
+                        raise KeyboardInterrupt
+                    return client.wait(handle)
+                except KeyboardInterrupt:
+                    client.cancel(handle)
+                    end = time.monotonic() + 10.0  # the server answers a cancel within a second
+                    while not handle.finished and time.monotonic() < end:
+                        client.poll(0.1)
+                    cancelled = handle
+                finally:
+                    stops.target = saved
+            except ClientError as exc:
+                _fail(exc.message)
+        console.print(f"job {cancelled.job_id} cancelled on {address}" + ("" if cancelled.finished else
+                      " (asked; the server had not confirmed it yet)"))
+        raise typer.Exit(130)
 
 
 @app.command()
@@ -455,6 +485,13 @@ def pipelines(
     out.print(table)
 
 
+def _stopped_before_the_job(stops) -> None:
+    """Exit 130 with a sentence when a stop signal came before the job's folder was made."""
+    if stops.count:
+        console.print("job cancelled before it started (nothing was written)")
+        raise typer.Exit(130)
+
+
 def _run_job(pipeline: str, preset: str, params: dict, inputs: dict, seed: int, label: str, server: Optional[str],
              server_key: Optional[Path], client_key: Optional[Path], device: str,
              output_dir: Path, plugins: list[str] = ()) -> tuple[dict[str, bytes], dict, str]:
@@ -464,6 +501,9 @@ def _run_job(pipeline: str, preset: str, params: dict, inputs: dict, seed: int, 
         result = _stream_remote(server, pipeline, preset, params, inputs, seed, label, server_key, client_key)
         files = {name: arr.tobytes() for name, arr in result["files"].items()}
         return files, result["meta"], f"job {result['job_id']} on {server}"
+    from .launch import stops
+
+    _stopped_before_the_job(stops)
     from .device import DeviceError, resolve_device
     from .geometry.uv import UnwrapError
     from .images import MaskError
@@ -472,10 +512,11 @@ def _run_job(pipeline: str, preset: str, params: dict, inputs: dict, seed: int, 
     from .pipelines.base import ParamError
     from .worker import run_local
 
+    _stopped_before_the_job(stops)
     try:
         dev = resolve_device(device)
         store = JobStore(output_dir)
-        with _progress() as progress, _cancel_on_signals(store) as signals:
+        with _cancel_on_signals(store) as signals, _progress() as progress:
             job, result = run_local(store, _local_pipelines(list(plugins))[pipeline], preset, params, inputs, seed,
                                     RichEmitter(progress), dev, label=label, cancel=signals.token)
     except (DeviceError, ParamError, MaskError, ModelMissingError, FileNotFoundError, UnwrapError) as exc:
@@ -954,9 +995,24 @@ def keygen(
     out.print(f"start:        splatsmith serve --bind tcp://0.0.0.0:5555 --curve-dir {directory}")
 
 
-def main() -> None:  # pragma: no cover - console entry
+#: Commands that run a job in this process: a stop signal cancels the job (``_cancel_on_signals``).
+JOB_COMMANDS = ("generate", "reconstruct", "refine-texture")
+
+
+def main() -> None:
+    """The command line after ``backend.launch`` took the stop signals over: a job command
+    decides what they mean itself; any other command exits 130 on one (``serve`` installs its
+    own handlers), as after Ctrl-C, and on one that came while it was starting."""
+    from .launch import install, stops
+
+    install()
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "")
+    if command not in JOB_COMMANDS:
+        if stops.count:
+            raise SystemExit(130)
+        stops.target = stops.interrupt
     app()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

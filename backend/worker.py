@@ -645,7 +645,10 @@ def run_local(store: JobStore, pipeline: type[Pipeline], preset: str | None, par
     request = JobRequest(job.job_id, pipeline.name, preset, resolved, job.inputs, seed, job.dir, device, models, models_dir)
     seed_everything(seed)
     try:
-        result = pipeline.implementation_class()().run(request, emit, cancel or CancelToken())
+        cancel = cancel or CancelToken()
+        cancel.check()  # a stop that came while the job was being set up
+        result = pipeline.implementation_class()().run(request, emit, cancel)
+        cancel.check()  # nor is one lost that came after the pipeline's last check
         job.files = save_result(job.dir, result)
     except BaseException as exc:
         code, text = failure(exc, device, job.dir)

@@ -210,23 +210,71 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_ctrl_c_on_an_in_process_generate_marks_the_job_cancelled(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200")
-    proc = subprocess.Popen([sys.executable, "-m", "backend.cli", "generate", "--prompt", "a cube", "--preset", "tiny",
-                             "--device", "cpu", "--output-dir", str(tmp_path / "jobs"), "--out", str(tmp_path / "x.glb")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    jobs = tmp_path / "jobs"
-    _until(lambda: jobs.is_dir() and any((d / "state.json").is_file() and '"running"' in (d / "state.json").read_text()
-                                         for d in jobs.iterdir()), timeout=600, what="a running job")
-    time.sleep(1.0)
-    assert proc.poll() is None
-    proc.send_signal(signal.SIGTERM)
+def _generate(tmp_path, name: str, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    """``splatsmith generate`` (the console command: ``backend.launch``) of a tiny text job."""
+    environment = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="200", **(env or {}))
+    return subprocess.Popen([sys.executable, "-m", "backend", "generate", "--prompt", "a cube", "--preset", "tiny",
+                             "--device", "cpu", "--output-dir", str(tmp_path / name), "--out",
+                             str(tmp_path / f"{name}.glb"), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment, cwd=ROOT)
+
+
+def _job_folder(jobs: Path) -> Path | None:
+    folders = [d for d in jobs.iterdir() if (d / "state.json").is_file()] if jobs.is_dir() else []
+    return folders[0] if folders else None
+
+
+@pytest.mark.slow
+def test_a_stop_signal_at_any_point_of_start_up_cancels_an_in_process_generate(tmp_path):
+    """Issue 28, item 2: SIGINT or SIGTERM while the command starts (imports), the moment the job
+    folder exists (the tiny teachers being written into a fresh cache, then loaded), and once
+    the teachers are written: each cancels, says so (with the folder once there is one), exits
+    130 and writes no asset."""
+    cases = []
+    # 1. While the command is still importing: no job folder yet.
+    early = _generate(tmp_path, "early")
+    time.sleep(0.3)
+    early.send_signal(signal.SIGINT)
+    cases.append(("early", early, None))
+    for name, sig, wait_for in (("folder", signal.SIGINT, "folder"), ("teachers", signal.SIGTERM, "teachers")):
+        cache = tmp_path / f"cache-{name}"  # a fresh cache: the tiny teachers are written by this job
+        proc = _generate(tmp_path, name, env={"SPLATSMITH_CACHE": str(cache)})
+        jobs = tmp_path / name
+        if wait_for == "folder":
+            _until(lambda: _job_folder(jobs) is not None, timeout=600, what="the job folder")
+        else:
+            _until(lambda: any(cache.rglob("model_index.json")), timeout=600, what="a written tiny teacher")
+        assert proc.poll() is None
+        proc.send_signal(sig)
+        cases.append((name, proc, jobs))
+    for name, proc, jobs in cases:
+        output = proc.communicate(timeout=600)[0].decode()
+        assert proc.returncode == 130, (name, output[-2000:])
+        assert "job cancelled" in output and "Traceback" not in output, (name, output[-2000:])
+        assert not (tmp_path / f"{name}.glb").exists()
+        if jobs is None:
+            assert "before it started" in output
+        else:
+            folder = _job_folder(jobs)
+            assert str(folder) in output, output[-2000:]
+            assert json.loads((folder / "state.json").read_text())["state"] == "cancelled"
+
+
+@pytest.mark.slow
+def test_a_stop_signal_cancels_a_generate_running_on_a_server(tmp_path, serve_process):
+    """``generate --server``: SIGINT once the job runs there cancels the server's job and says so."""
+    jobs = tmp_path / "server-jobs"
+    _, address = serve_process(output_dir=jobs)
+    proc = _generate(tmp_path, "remote", "--server", address)
+    _until(lambda: (folder := _job_folder(jobs)) is not None and '"running"' in (folder / "state.json").read_text(),
+           timeout=600, what="the job running on the server")
+    proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=300)[0].decode()
-    assert proc.returncode == 130, output
-    folder = next(jobs.iterdir())
-    assert "job cancelled" in output and str(folder) in output
-    assert json.loads((folder / "state.json").read_text())["state"] == "cancelled"
-    assert not (tmp_path / "x.glb").exists()
+    assert proc.returncode == 130 and "cancelled on" in output and "Traceback" not in output, output[-2000:]
+    folder = _job_folder(jobs)
+    assert folder.name in output
+    _until(lambda: json.loads((folder / "state.json").read_text())["state"] == "cancelled", timeout=60,
+           what="the server's job cancelled")
 
 
 # ---------------------------------------------------------------------- item 6: cancel in every stage

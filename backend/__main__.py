@@ -1,0 +1,12 @@
+"""``python -m backend``: the ``splatsmith`` command (``backend.launch``)."""
+import signal
+
+from .launch import stops
+
+# Before anything else is imported (backend.launch imports only the signal module).
+signal.signal(signal.SIGINT, stops.handler)
+signal.signal(signal.SIGTERM, stops.handler)
+
+from .launch import main  # noqa: E402
+
+main()
