@@ -259,20 +259,17 @@ class _cancel_on_signals:
         return False
 
 
-def _load_image_inputs(image: Path, mask: Optional[Path]) -> dict:
-    import numpy as np
-    from PIL import Image
+def _load_image_inputs(image: Path, mask: Optional[Path], what: str = "--image") -> dict:
+    """The ``image`` (and ``mask``) inputs from files; exits with one sentence for a missing file or
+    one that is not an image."""
+    from .images import ImageFileError, read_image_file
 
-    if not image.is_file():
-        _fail(f"image {image} not found")
-    with Image.open(image) as im:
-        arr = np.asarray(im.convert("RGBA" if im.mode in ("RGBA", "LA", "P", "PA") else "RGB"))
-    inputs = {"image": arr}
-    if mask is not None:
-        if not mask.is_file():
-            _fail(f"mask {mask} not found")
-        with Image.open(mask) as m:
-            inputs["mask"] = np.asarray(m.convert("L"))
+    try:
+        inputs = {"image": read_image_file(image, what=what)}
+        if mask is not None:
+            inputs["mask"] = read_image_file(mask, "L", "--mask")
+    except (FileNotFoundError, ImageFileError) as exc:
+        _fail(escape(str(exc)))
     return inputs
 
 
@@ -505,8 +502,9 @@ def _run_job(pipeline: str, preset: str, params: dict, inputs: dict, seed: int, 
 
     _stopped_before_the_job(stops)
     from .device import DeviceError, resolve_device
+    from .geometry.export import MeshFileError
     from .geometry.uv import UnwrapError
-    from .images import MaskError
+    from .images import ImageFileError, MaskError
     from .jobs import JobStore
     from .models import ModelMissingError
     from .pipelines.base import ParamError
@@ -519,8 +517,9 @@ def _run_job(pipeline: str, preset: str, params: dict, inputs: dict, seed: int, 
         with _cancel_on_signals(store) as signals, _progress() as progress:
             job, result = run_local(store, _local_pipelines(list(plugins))[pipeline], preset, params, inputs, seed,
                                     RichEmitter(progress), dev, label=label, cancel=signals.token)
-    except (DeviceError, ParamError, MaskError, ModelMissingError, FileNotFoundError, UnwrapError) as exc:
-        _fail(str(exc))
+    except (DeviceError, ParamError, MaskError, ImageFileError, MeshFileError, ModelMissingError, FileNotFoundError,
+            UnwrapError) as exc:
+        _fail(escape(str(exc)))
     return {name: Path(path).read_bytes() for name, path in result.files.items()}, result.meta, f"job folder {job.dir}"
 
 
@@ -555,7 +554,7 @@ def refine_texture(
     try:
         inputs = job_inputs_from_glb(mesh)
     except ValueError as exc:
-        _fail(f"cannot read {mesh}: {exc}")
+        _fail(escape(str(exc)))
     if image is not None:
         inputs.update(_load_image_inputs(image, mask))
     params: dict = {"teacher": teacher, "use_existing_texture": not fresh}

@@ -36,6 +36,35 @@ def rembg_available() -> bool:
     return (u2net_home() / "u2net.onnx").is_file()
 
 
+class ImageFileError(ValueError):
+    """A file that is not an image (or not one PIL can read): one sentence naming it."""
+
+
+def read_image_file(path: str | Path, mode: str = "auto", what: str = "image") -> np.ndarray:
+    """The pixels of an image file as uint8: ``mode="auto"`` keeps RGBA where the file has
+    alpha (RGBA, LA, P, PA) and gives RGB [H, W, 3] otherwise; ``"L"`` gives [H, W].
+
+    Raises:
+        FileNotFoundError: no such file.
+        ImageFileError: the file is not an image PIL can read (a text file named ``.png``, a
+            truncated download): the sentence names the file and what it should be; ``what`` says
+            which input it was (``--mask``, ...).
+    """
+    from PIL import UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    try:
+        with Image.open(path) as im:
+            if mode == "auto":
+                mode = "RGBA" if im.mode in ("RGBA", "LA", "P", "PA") else "RGB"
+            return np.asarray(im.convert(mode))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageFileError(f"{what} {path} is not an image that can be read ({type(exc).__name__}): give a PNG or "
+                             "JPEG file" + (", white where the object is" if mode == "L" else "")) from None
+
+
 def load_rgba(image: np.ndarray | str | Path, mask: np.ndarray | str | Path | None = None) -> np.ndarray:
     """An RGBA uint8 [H, W, 4] image whose alpha is the object's mask.
 
@@ -45,10 +74,10 @@ def load_rgba(image: np.ndarray | str | Path, mask: np.ndarray | str | Path | No
     Raises:
         MaskError: an RGB image with no mask given and no background-removal model present; a
             mask of the wrong size; an empty mask.
+        ImageFileError: a path that is not an image file.
     """
     if not isinstance(image, np.ndarray):
-        with Image.open(image) as im:
-            image = np.asarray(im.convert("RGBA" if im.mode in ("RGBA", "LA", "P", "PA") else "RGB"))
+        image = read_image_file(image)
     if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
         raise MaskError(f"the image must be uint8 RGB or RGBA [H, W, 3|4], got {image.dtype} {image.shape}")
     if image.shape[2] == 4 and mask is None and image[..., 3].min() < 255:
@@ -57,7 +86,7 @@ def load_rgba(image: np.ndarray | str | Path, mask: np.ndarray | str | Path | No
         rgb = image[..., :3]
         if mask is not None:
             if not isinstance(mask, np.ndarray):
-                mask = np.asarray(Image.open(mask).convert("L"))
+                mask = read_image_file(mask, "L", "mask")
             if mask.shape[:2] != rgb.shape[:2]:
                 raise MaskError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is {rgb.shape[1]}x{rgb.shape[0]}")
             mask = np.asarray(mask)

@@ -78,7 +78,10 @@ def failure(exc: BaseException, device: str, job_dir: Path) -> tuple[str, str]:
 
     if isinstance(exc, (JobCancelled, KeyboardInterrupt)):
         return "cancelled", "the job was cancelled"
-    if isinstance(exc, ParamError):
+    from .geometry.export import MeshFileError
+    from .images import ImageFileError, MaskError
+
+    if isinstance(exc, (ParamError, ImageFileError, MeshFileError, MaskError)):
         return "bad_params", str(exc)
     if isinstance(exc, ModelMissingError):
         return "model_missing", str(exc)

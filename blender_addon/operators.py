@@ -47,7 +47,7 @@ def _load_inputs(request: dict) -> dict:
         try:
             return {"image": scene_io.load_image_file(path)}
         except RuntimeError as exc:
-            raise ValueError(f"Blender cannot read {path!r} as an image ({exc})") from None
+            raise ValueError(f"Blender cannot read {path!r} as an image ({exc}): give a PNG or JPEG file") from None
     return {}
 
 

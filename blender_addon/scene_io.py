@@ -270,9 +270,15 @@ def rgba_from_image(image: bpy.types.Image) -> np.ndarray:
 
 
 def load_image_file(path: str) -> np.ndarray:
-    """uint8 [H, W, 4] from an image file, read by Blender (the image is removed afterwards)."""
+    """uint8 [H, W, 4] from an image file, read by Blender (the image is removed afterwards).
+
+    Raises:
+        RuntimeError: Blender cannot read the file as an image.
+    """
     image = bpy.data.images.load(path, check_existing=False)
     try:
+        if image.size[0] == 0 or image.size[1] == 0:  # Blender "loads" a file it cannot decode, empty
+            raise RuntimeError("it has no pixels Blender can decode")
         return rgba_from_image(image)
     finally:
         bpy.data.images.remove(image)

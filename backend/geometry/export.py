@@ -57,17 +57,29 @@ def write_glb(path: str | Path, vertices: np.ndarray, faces: np.ndarray, uv: np.
     return path
 
 
+class MeshFileError(ValueError):
+    """A file that is not a readable triangle mesh: one sentence naming it."""
+
+
 def load_glb(path: str | Path, device: str | torch.device = "cpu") -> TexturedMesh:
     """Read a GLB/glTF (all meshes merged) as a :class:`TexturedMesh` with per-corner UVs and
     a float texture when it has a base-colour texture.
 
     Raises:
-        ValueError: the file holds no triangle mesh.
+        FileNotFoundError: no such file.
+        MeshFileError: the file is not a glTF that trimesh can read, or holds no triangle mesh
+            (one sentence naming the file and what it should be).
     """
-    loaded = trimesh.load(str(path), force="scene")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"mesh file {path} not found")
+    try:
+        loaded = trimesh.load(str(path), force="scene")
+    except Exception as exc:  # trimesh raises whatever its parsers do on a file that is not a mesh
+        raise MeshFileError(f"{path} is not a mesh file that can be read ({type(exc).__name__}): give a glTF binary "
+                         "(.glb) or .gltf with triangles") from None
     geoms = [g for g in loaded.dump() if isinstance(g, trimesh.Trimesh) and len(g.faces)]
     if not geoms:
-        raise ValueError(f"{path} holds no triangle mesh")
+        raise MeshFileError(f"{path} holds no triangle mesh: give a glTF binary (.glb) or .gltf with triangles")
     uv = texture = None
     if len(geoms) == 1 and isinstance(geoms[0].visual, trimesh.visual.TextureVisuals) and geoms[0].visual.uv is not None:
         mesh = geoms[0]

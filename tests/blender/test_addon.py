@@ -228,6 +228,18 @@ def test_a_blender_busy_for_seconds_during_a_stream_of_updates_survives(addon, b
     assert handle.state == "cancelled"
 
 
+def test_a_reference_file_that_is_not_an_image_is_one_sentence(addon, backend, tmp_path):
+    """Issue 28, item 3 in Blender: a text file named .png as the reference is refused in one
+    sentence naming it; nothing is submitted and the add-on goes on working."""
+    bpy.ops.splatsmith.connect(address=backend)
+    (tmp_path / "notes.png").write_text("shopping list: eggs, milk\n")
+    jobs = len(client_glue.session.jobs)
+    with pytest.raises(RuntimeError, match=r"cannot read .*notes\.png.* as an image"):
+        bpy.ops.splatsmith.generate(image_path=str(tmp_path / "notes.png"), preset="tiny", wait=True)
+    assert len(client_glue.session.jobs) == jobs
+    assert bpy.ops.splatsmith.refresh_jobs() == {"FINISHED"}
+
+
 def test_backend_not_running_gives_a_clear_error(offline_addon):
     with pytest.raises(RuntimeError, match="is it running"):
         bpy.ops.splatsmith.connect(address=f"tcp://127.0.0.1:{_port()}")
