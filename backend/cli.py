@@ -184,6 +184,7 @@ def reconstruct(
     seed: int = typer.Option(0, min=0, help="Random seed."),
     device: str = typer.Option("auto", help="auto | cuda | cpu"),
     output_dir: Path = typer.Option(DEFAULT_OUTPUT, help="Folder for the job folder (request, log, results)."),
+    models_dir: Optional[Path] = typer.Option(None, "--models-dir", help="An extra folder of model weights (LPIPS's backbone under torchvision/)."),
 ) -> None:
     """Fit Gaussians to posed RGBA images and write a textured mesh (GLB) and 3DGS PLY."""
     from .device import DeviceError, resolve_device
@@ -202,7 +203,8 @@ def reconstruct(
         with _cancel_on_signals(store) as signals, _progress() as progress:
             job, result = run_local(store, ReconstructPipeline, preset, params,
                                     {"images": images, "transforms": transforms}, seed, RichEmitter(progress), dev,
-                                    label=data_dir.name, cancel=signals.token)
+                                    label=data_dir.name, cancel=signals.token,
+                                    models_dir=str(models_dir) if models_dir else None)
     except (DeviceError, ParamError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -345,6 +347,7 @@ def generate(
     server_key: Optional[Path] = typer.Option(None, help="The server's public CURVE key file."),
     client_key: Optional[Path] = typer.Option(None, help="This client's secret CURVE key file."),
     plugin: list[str] = typer.Option([], "--plugin", help="In-process runs: also import this module, which registers more pipelines (repeatable)."),
+    models_dir: Optional[Path] = typer.Option(None, "--models-dir", help="In-process runs: an extra folder of model weights (org/name sub-folders, as `splatsmith models download --models-dir` writes them)."),
     reference_only: bool = typer.Option(False, "--reference-only", help="Pipelines that draw a reference image first (dreamcraft3d): write it beside --out and stop."),
 ) -> None:
     """Generate a 3D asset with a pipeline: from an image or a text prompt (DreamGaussian by default),
@@ -375,7 +378,7 @@ def generate(
     inputs = _load_image_inputs(image, mask) if image is not None else {}
     label = image.stem if image is not None else (prompt or pipeline)[:60]
     files, meta, where = _run_job(pipeline, preset, params, inputs, seed, label, server, server_key, client_key,
-                                  device, output_dir, plugin)
+                                  device, output_dir, plugin, models_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = []
     if "asset.glb" in files:
@@ -491,10 +494,12 @@ def _stopped_before_the_job(stops) -> None:
 
 def _run_job(pipeline: str, preset: str, params: dict, inputs: dict, seed: int, label: str, server: Optional[str],
              server_key: Optional[Path], client_key: Optional[Path], device: str,
-             output_dir: Path, plugins: list[str] = ()) -> tuple[dict[str, bytes], dict, str]:
+             output_dir: Path, plugins: list[str] = (), models_dir: Optional[Path] = None) -> tuple[dict[str, bytes], dict, str]:
     """Run one job on a backend at ``server`` or in this process, with progress bars.
     Returns (files name -> bytes, meta, where it ran). Exits with a message on bad input."""
     if server:
+        if models_dir is not None:
+            _fail("--models-dir is for runs in this process; a server has its own (splatsmith serve --models-dir DIR)")
         result = _stream_remote(server, pipeline, preset, params, inputs, seed, label, server_key, client_key)
         files = {name: arr.tobytes() for name, arr in result["files"].items()}
         return files, result["meta"], f"job {result['job_id']} on {server}"
@@ -516,7 +521,8 @@ def _run_job(pipeline: str, preset: str, params: dict, inputs: dict, seed: int, 
         store = JobStore(output_dir)
         with _cancel_on_signals(store) as signals, _progress() as progress:
             job, result = run_local(store, _local_pipelines(list(plugins))[pipeline], preset, params, inputs, seed,
-                                    RichEmitter(progress), dev, label=label, cancel=signals.token)
+                                    RichEmitter(progress), dev, label=label, cancel=signals.token,
+                                    models_dir=str(models_dir) if models_dir else None)
     except (DeviceError, ParamError, MaskError, ImageFileError, MeshFileError, ModelMissingError, FileNotFoundError,
             UnwrapError) as exc:
         _fail(escape(str(exc)))
@@ -543,6 +549,7 @@ def refine_texture(
     server: Optional[str] = typer.Option(None, help="Run on a backend at this address instead of in this process."),
     server_key: Optional[Path] = typer.Option(None, help="The server's public CURVE key file."),
     client_key: Optional[Path] = typer.Option(None, help="This client's secret CURVE key file."),
+    models_dir: Optional[Path] = typer.Option(None, "--models-dir", help="In-process runs: an extra folder of model weights (org/name sub-folders, as `splatsmith models download --models-dir` writes them)."),
 ) -> None:
     """A new or improved texture for MESH from a prompt and/or a reference image; the geometry is kept as it is."""
     from .pipelines.texture_refine import job_inputs_from_glb
@@ -567,7 +574,7 @@ def refine_texture(
             _fail("--teacher oracle needs --oracle-mesh GT.glb")
         params["oracle_mesh"] = str(oracle_mesh.resolve())
     files, meta, where = _run_job("texture_refine", preset, params, inputs, seed, mesh.stem, server, server_key,
-                                  client_key, device, output_dir)
+                                  client_key, device, output_dir, models_dir=models_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(files["textured.glb"])
     out.with_suffix(".png").write_bytes(files["texture.png"])
@@ -660,13 +667,16 @@ def schedules_show(
         series[name] = timesteps(schedule, steps, torch.Generator().manual_seed(seed))
     if plot is not None:
         _plot_schedules(series, t_min, t_max, plot)
-        console.print(f"wrote {plot}")
     if as_json:
         out.print(json.dumps(series[names[0]]), soft_wrap=True, highlight=False)
+        if plot is not None:
+            console.print(f"wrote {plot}")  # stdout's last line stays the JSON
         return
     out.print("iteration\t" + "\t".join(names), highlight=False)
     for i in range(steps):
         out.print(f"{i + 1}\t" + "\t".join(str(series[n][i]) for n in names), highlight=False)
+    if plot is not None:
+        out.print(f"wrote {plot}", highlight=False)
 
 
 def _show_trace(path: Path, plot: Optional[Path]) -> None:
@@ -700,7 +710,7 @@ def _show_trace(path: Path, plot: Optional[Path]) -> None:
     plot.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(plot, dpi=110)
     plt.close(fig)
-    console.print(f"wrote {plot}")
+    out.print(f"wrote {plot}", highlight=False)
 
 
 def _plot_schedules(series: dict[str, list[int]], t_min: int, t_max: int, path: Path) -> None:
@@ -825,6 +835,7 @@ def fetch(
 
     with _client(server, server_key, client_key) as client, _progress() as progress:
         try:
+            client.hello()  # no backend at that address: said in a second, as every command says it
             result = client.wait(client.fetch(job_id, on_event=_progress_events(progress)))
         except ClientError as exc:
             _fail(escape(exc.message))
@@ -839,7 +850,8 @@ def fetch(
 
 @app.command()
 def jobs(
-    address: str = typer.Option(DEFAULT_ADDRESS, help="The backend's address."),
+    address: str = typer.Option(DEFAULT_ADDRESS, "--server", "--address",
+                                help="The backend's address (HOST:PORT; --address is an older name)."),
     server_key: Optional[Path] = typer.Option(None, help="The server's public CURVE key file."),
     client_key: Optional[Path] = typer.Option(None, help="This client's secret CURVE key file."),
 ) -> None:
@@ -851,8 +863,11 @@ def jobs(
         except ClientError as exc:
             _fail(exc.message)
     _print_workers(workers)
-    table = Table(_id_column("job", [j["job_id"] for j in listed]), "pipeline", "preset", "state", "label", "created",
-                  "took", "files / error")
+    from rich.table import Column
+
+    wrapped = [Column(name, overflow="fold") for name in ("pipeline", "preset", "state", "label", "created", "took",
+                                                          "files / error")]
+    table = Table(_id_column("job", [j["job_id"] for j in listed]), *wrapped)  # narrow terminals wrap, never cut
     for j in listed:
         took = f"{j['finished'] - j['started']:.1f} s" if j.get("finished") and j.get("started") else ""
         detail = ", ".join(j.get("files") or []) if j["state"] == "done" else (j.get("error_message") or "")
@@ -867,7 +882,10 @@ def _print_workers(workers: list[dict]) -> None:
     """The backend's workers: name, node, device, state, running job, models held."""
     if not workers:
         return
-    table = Table("worker", "node", "device", "state", "job", "models loaded", title="workers")
+    from rich.table import Column
+
+    table = Table(*(Column(name, overflow="fold") for name in ("worker", "node", "device", "state", "job",
+                                                               "models loaded")), title="workers")
     for w in workers:
         state = w.get("state", "?") + (f" ({w['error']})" if w.get("error") else "")
         table.add_row(*(escape(printable(str(v), 80)) for v in (

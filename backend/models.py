@@ -29,8 +29,8 @@ class ModelMissingError(RuntimeError):
         text = (
             f"model {model_id!r} is not available locally{': ' + detail if detail else ''}{former}. "
             f"Download it on a machine with internet access with `splatsmith models download {model_id}` "
-            "(or point --models-dir at a folder that holds it, or map the id to a mirror or a local folder with "
-            "`splatsmith serve --model-override ID=TARGET`)."
+            "(or point `--models-dir DIR` of `splatsmith serve`, `generate` or `refine-texture` at a folder that holds "
+            "it, or map the id to a mirror or a local folder with `splatsmith serve --model-override ID=TARGET`)."
         )
         super().__init__(text)
 

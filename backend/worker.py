@@ -645,6 +645,9 @@ def run_local(store: JobStore, pipeline: type[Pipeline], preset: str | None, par
     job = store.create(pipeline.name, preset, resolved, seed, label, inputs)
     job.state, job.started = "running", time.time()
     store.save_state(job)
+    store.append_log(job, f"state running: {job.pipeline} preset={job.preset} seed={job.seed} (in this process, "
+                          f"device {device})")
+    emit = _JobLog(emit, store, job)
     request = JobRequest(job.job_id, pipeline.name, preset, resolved, job.inputs, seed, job.dir, device, models, models_dir)
     seed_everything(seed)
     try:
@@ -659,10 +662,34 @@ def run_local(store: JobStore, pipeline: type[Pipeline], preset: str | None, par
         job.error_code, job.error_message = code, text
         try:
             store.save_state(job)
+            store.append_log(job, f"state {job.state} [{code}] {text}")
             store.append_log(job, traceback.format_exc())
         except OSError:
             pass
         raise
     job.state, job.finished, job.inputs = "done", time.time(), {}
     store.save_state(job)
+    store.append_log(job, f"state done: {', '.join(sorted(job.files))}")
     return job, result
+
+
+class _JobLog(Emitter):
+    """An in-process job's emitter: everything goes to the caller's ``inner`` emitter, and log
+    lines also into the job's ``log.txt``, as a server job's do."""
+
+    def __init__(self, inner: Emitter, store: JobStore, job: Job) -> None:
+        super().__init__()
+        self.inner, self.store, self.job = inner, store, job
+
+    def progress(self, *args, **kwargs):
+        return self.inner.progress(*args, **kwargs)
+
+    def preview(self, *args, **kwargs) -> None:
+        self.inner.preview(*args, **kwargs)
+
+    def log(self, line: str) -> None:
+        try:
+            self.store.append_log(self.job, line)
+        except OSError:
+            pass  # a full disk must not end the job over a log line
+        self.inner.log(line)

@@ -29,7 +29,24 @@ def _random_seed(avoid: int | None = None) -> int:
 
 
 def _load_inputs(request: dict) -> dict:
-    """The input arrays of a request: the reference image from its file or its .blend image.
+    """The input arrays of a request: the reference image from its file or its .blend image, and
+    its foreground mask likewise (``mask_path`` / ``mask_name``). Raises ValueError with a
+    sentence for the artist."""
+    inputs = _load_image(request)
+    mask = _load_image({"image_path": request.get("mask_path"), "image_name": request.get("mask_name")}, "mask")
+    if mask:
+        if "image" not in inputs:
+            raise ValueError("a mask is given without a reference image: pick the image too")
+        pixels = mask["image"]
+        if pixels.shape[:2] != inputs["image"].shape[:2]:
+            raise ValueError(f"the mask is {pixels.shape[1]}x{pixels.shape[0]} but the image is "
+                             f"{inputs['image'].shape[1]}x{inputs['image'].shape[0]}: they must be the same size")
+        inputs["mask"] = scene_io.mask_from_rgba(pixels)
+    return inputs
+
+
+def _load_image(request: dict, what: str = "reference image") -> dict:
+    """``{"image": uint8 [H, W, 4]}`` from ``image_name`` (in the .blend) or ``image_path``, or {}.
     Raises ValueError with a sentence for the artist."""
     if request.get("image_name"):
         image = bpy.data.images.get(request["image_name"])
@@ -43,7 +60,7 @@ def _load_inputs(request: dict) -> dict:
     if request.get("image_path"):
         path = bpy.path.abspath(request["image_path"])
         if not os.path.isfile(path):
-            raise ValueError(f"reference image {path!r} not found")
+            raise ValueError(f"{what} {path!r} not found")
         try:
             return {"image": scene_io.load_image_file(path)}
         except RuntimeError as exc:
@@ -63,7 +80,7 @@ def run_request(op, request: dict, wait: bool, timeout: float, inputs: dict | No
         inputs = {**(inputs or {}), **_load_inputs(request)}
     except ValueError as exc:
         return _fail(op, f"Splatsmith: {exc}")
-    source = {k: request[k] for k in ("image_path", "image_name") if request.get(k)}
+    source = {k: request[k] for k in ("image_path", "image_name", "mask_path", "mask_name") if request.get(k)}
     try:
         state = client_glue.submit(request["pipeline"], request["params"], inputs, request["preset"], request["seed"],
                                    request["label"], source)
@@ -133,6 +150,9 @@ class MethodRequest:
                                                  '"prompt": "a chair"} (see `splatsmith pipelines NAME`)')
     image_path: bpy.props.StringProperty(name="Image file", subtype="FILE_PATH", default="")
     image_name: bpy.props.StringProperty(name="Image in the .blend", default="")
+    mask_path: bpy.props.StringProperty(name="Mask file", subtype="FILE_PATH", default="",
+                                        description="The reference photo's foreground mask (white = object)")
+    mask_name: bpy.props.StringProperty(name="Mask in the .blend", default="")
     seed: bpy.props.IntProperty(name="Seed", default=0, min=0, max=2**31 - 1)
     randomize_seed: bpy.props.BoolProperty(name="Random seed", default=False)
     wait: bpy.props.BoolProperty(name="Wait", default=False, description="Block until the job ends (scripts)")
@@ -145,6 +165,8 @@ class MethodRequest:
         self.pipeline, self.preset, self.seed, self.randomize_seed = s.pipeline, s.preset, s.seed, s.randomize_seed
         self.image_path = s.image_path if s.image_source == "FILE" else ""
         self.image_name = s.image.name if s.image_source == "BLEND" and s.image else ""
+        self.mask_path = s.mask_path if s.image_source == "FILE" else ""
+        self.mask_name = s.mask_image.name if s.image_source == "BLEND" and s.mask_image else ""
         _, info = properties.selected(s)
         return params.collect(s, self.pipeline, info, self.preset) if info is not None else {}
 
@@ -181,11 +203,13 @@ class MethodRequest:
         values = {**params.preset_values(info, self.preset), **chosen}
         if not params.input_applies(info, "image", values):
             self.image_path = self.image_name = ""
+        if not params.input_applies(info, "mask", values) or not (self.image_path or self.image_name):
+            self.mask_path = self.mask_name = ""
         image_label = self.image_name or (os.path.splitext(os.path.basename(bpy.path.abspath(self.image_path)))[0]
                                           if self.image_path else "")
         return info, {"pipeline": self.pipeline, "preset": self.preset, "seed": self.seed, "params": chosen,
                       "label": params.label_for(info, values, image_label), "image_path": self.image_path,
-                      "image_name": self.image_name}
+                      "image_name": self.image_name, "mask_path": self.mask_path, "mask_name": self.mask_name}
 
 
 class SPLATSMITH_OT_generate(MethodRequest, bpy.types.Operator):
@@ -330,7 +354,7 @@ class SPLATSMITH_OT_use_reference(bpy.types.Operator):
                                "remover): cut the object out to an RGBA image and pick it as the image in image mode")
         old = session.reference_request
         request = dict(old, params={**old.get("params", {}), "mode": "image", "reference_only": False},
-                       image_name=image.name, image_path="", label=f"{old.get('label', 'reference')} (from image)")
+                       image_name=image.name, image_path="", mask_path="", mask_name="", label=f"{old.get('label', 'reference')} (from image)")
         return run_request(self, request, self.wait, self.timeout)
 
 

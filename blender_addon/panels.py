@@ -63,10 +63,17 @@ def draw_method(col, settings, obj) -> None:
     works_on = info.get("works_on", ())
     if "image" in works_on and params.input_applies(info, "image", values):
         col.prop(settings, "image_source", expand=True)
+        masked = params.input_applies(info, "mask", values)
         if settings.image_source == "FILE":
             col.prop(settings, "image_path")
+            if masked:
+                col.prop(settings, "mask_path")
         else:
             col.template_ID(settings, "image", open="image.open")
+            if masked:
+                col.template_ID(settings, "mask_image", open="image.open")
+        if masked:
+            col.label(text="A photo without transparency needs a mask (white = object)", icon="INFO")
     draw_rows(col, settings, params.rows(settings, name, info, settings.preset, advanced=False))
     row = col.row(align=True)
     row.prop(settings, "seed")

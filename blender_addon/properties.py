@@ -62,6 +62,11 @@ class SplatsmithSettings(bpy.types.PropertyGroup):
     image_path: bpy.props.StringProperty(name="Image", subtype="FILE_PATH",
                                          description="Reference image: RGBA whose alpha is the object")
     image: bpy.props.PointerProperty(name="Image", type=bpy.types.Image, description="Reference image in this .blend")
+    mask_path: bpy.props.StringProperty(name="Mask", subtype="FILE_PATH",
+                                        description="Foreground mask of an ordinary (RGB) photo: white where the "
+                                                    "object is, the photo's size (not needed for RGBA images)")
+    mask_image: bpy.props.PointerProperty(name="Mask", type=bpy.types.Image,
+                                          description="Foreground mask in this .blend: white where the object is")
     seed: bpy.props.IntProperty(name="Seed", default=0, min=0, max=2**31 - 1)
     randomize_seed: bpy.props.BoolProperty(name="Randomise", default=False, description="A new seed for every job")
     show_advanced: bpy.props.BoolProperty(name="Advanced", default=False)

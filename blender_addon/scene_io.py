@@ -269,6 +269,13 @@ def rgba_from_image(image: bpy.types.Image) -> np.ndarray:
     return (np.flipud(pixels.reshape(h, w, 4)).clip(0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def mask_from_rgba(rgba: np.ndarray) -> np.ndarray:
+    """A foreground mask uint8 [H, W] (255 = object) from a mask image uint8 [H, W, 4]: white
+    (luminance above half) where the object is; a transparent pixel is background."""
+    luminance = rgba[..., :3].astype(np.float32) @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    return ((luminance > 127.5) & (rgba[..., 3] > 127)).astype(np.uint8) * 255
+
+
 def load_image_file(path: str) -> np.ndarray:
     """uint8 [H, W, 4] from an image file, read by Blender (the image is removed afterwards).
 

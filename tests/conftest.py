@@ -30,6 +30,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+#: Seconds a test waits for a (tiny) job at most: a ceiling against hangs, far above a loaded run
+#: (a tiny job takes seconds alone, minutes beside the whole suite on 2 cores). Tests must not
+#: depend on the machine's speed.
+JOB_CEILING = 1800.0
+
+
 @pytest.fixture
 def make_server(tmp_path):
     """Start real servers on loopback ephemeral ports; all are stopped at teardown."""

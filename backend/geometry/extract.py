@@ -172,7 +172,8 @@ class ExtractedMesh:
 
 def extract_mesh(model: GaussianModel, resolution: int = 128, threshold: float = 1.0, max_faces: int = 50_000,
                  min_component_fraction: float = 0.02, calibration_cameras: Cameras | None = None,
-                 smooth_voxels: float = 0.75, cancel: Any = None) -> ExtractedMesh:
+                 smooth_voxels: float = 0.75, cancel: Any = None,
+                 bounds: tuple[np.ndarray, np.ndarray] | None = None) -> ExtractedMesh:
     """Gaussians -> density grid -> marching cubes -> clean-up -> decimation (DreamGaussian's
     mesh extraction; ``threshold`` is its ``density_thresh``, default 1).
 
@@ -183,6 +184,8 @@ def extract_mesh(model: GaussianModel, resolution: int = 128, threshold: float =
     match (IoU) the Gaussians' own rendered silhouettes (alpha > 0.5) from those cameras. The
     density is smoothed by a Gaussian filter of ``smooth_voxels`` voxels against voxel-scale bumps.
     ``cancel`` (a ``CancelToken``) is checked between the steps and inside the density grid.
+    ``bounds`` (lo [3], hi [3], metres): where the object can be (:func:`density_grid`); default
+    every Gaussian's 3-sigma box.
 
     Raises:
         ExtractionError: no surface at any level tried.
@@ -197,7 +200,7 @@ def extract_mesh(model: GaussianModel, resolution: int = 128, threshold: float =
         if cancel is not None:
             cancel.check()
 
-    density, origin, spacing = density_grid(model, resolution, cancel=cancel)
+    density, origin, spacing = density_grid(model, resolution, bounds, cancel=cancel)
     check()
     if smooth_voxels > 0:
         density = ndimage.gaussian_filter(density, sigma=smooth_voxels)

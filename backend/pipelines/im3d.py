@@ -47,6 +47,7 @@ import torch
 from ..cameras import orbit_cameras
 from ..geometry.export import texture_to_uint8, write_ply
 from ..guidance import load_job_teacher, load_teacher
+from ..guidance.base import sdedit_start_step
 from ..guidance.multiview import MultiViewGenerator
 from ..images import load_rgba, recenter
 from ..render.gaussians import render
@@ -78,6 +79,17 @@ def masked_views(images: torch.Tensor, threshold: float) -> torch.Tensor:
     rgb = images.permute(0, 2, 3, 1)
     alpha = ((1.0 - rgb).amax(-1, keepdim=True) > threshold).float()
     return torch.cat([rgb, alpha], -1)
+
+
+def solver_steps(emit: Emitter, cancel: CancelToken, stage: str, total: int, message: str):
+    """A solver's per-step callback (``check=``): cancellation, then progress ``stage`` step/total."""
+    done = [0]
+
+    def check() -> None:
+        cancel.check()
+        emit.progress(stage, done[0], total, message=message)
+        done[0] += 1
+    return check
 
 
 def regen_schedule(regen_steps: int, strength: float) -> int:
@@ -145,11 +157,16 @@ class IM3DPipeline(IM3DSpec):
             jitter = (torch.rand(2, k, generator=gen) * 2 - 1) * p["oracle_jitter"]
             gen_cams = orbit_cameras(elevations + jitter[0], azimuths + jitter[1], p["radius"], p["fovy"], size,
                                      size).to(device)
-        images = generator.generate(condition, gen_cams, p["gen_steps"], generator=gen, check=cancel.check)
+        images = generator.generate(condition, gen_cams, p["gen_steps"], generator=gen,
+                                    check=solver_steps(emit, cancel, "generate", p["gen_steps"], f"{k} views"))
+        emit.progress("generate", p["gen_steps"], p["gen_steps"], message=f"{k} views")
         emit.preview("views", {"rgba": contact_sheet(images)}, {"phase": "generate"})
         lap("generate")
         views = Views(cams, masked_views(images, p["mask_threshold"]))
-        fit = GaussianFit(views, p, gen, emit, init=p["init"], models_dir=request.models_dir)
+        # The reference fills 80% of its view (images.recenter), so the object lies within
+        # +-radius tan(fovy / 2) of the centre, as every method's does: the hull and the mesh stay there.
+        extent = p["radius"] * math.tan(math.radians(p["fovy"]) / 2)
+        fit = GaussianFit(views, p, gen, emit, init=p["init"], models_dir=request.models_dir, reach=extent)
         strengths = regen_strengths(p)
         iters, every = p["iters"], p["regen_every"]
         loop = 0
@@ -167,8 +184,11 @@ class IM3DPipeline(IM3DSpec):
                     renders = render(fit.model, cams, background=1.0).rgb.permute(0, 3, 1, 2)
                 strength = strengths[loop]
                 schedule = regen_schedule(p["regen_steps"], strength)
+                runs = schedule - sdedit_start_step(schedule, strength)
                 images = generator.regenerate(renders.clamp(0, 1), cams, strength, schedule, generator=gen,
-                                              check=cancel.check)
+                                              check=solver_steps(emit, cancel, f"regenerate {loop + 1}", runs,
+                                                                 f"{k} views, strength {strength:g}"))
+                emit.progress(f"regenerate {loop + 1}", runs, runs, message=f"{k} views, strength {strength:g}")
                 fit.views = Views(cams, masked_views(images, p["mask_threshold"]))
                 loop += 1
                 emit.preview("views", {"rgba": contact_sheet(images)}, {"phase": f"regenerate {loop}"})
@@ -182,7 +202,7 @@ class IM3DPipeline(IM3DSpec):
         exported = export_mesh(model, bake, resolution=p["mesh_resolution"], density_threshold=p["density_threshold"],
                                max_faces=p["max_faces"], calibration_cameras=calibration_cameras(final.cameras),
                                texture_size=p["texture_size"], unwrap_time_limit=p["unwrap_time_limit"], emit=emit,
-                               cancel=cancel)
+                               cancel=cancel, bounds=(np.full(3, -extent), np.full(3, extent)))
         files, arrays = write_textured_asset(request.job_dir, exported.uvm, exported.texture, "im3d")
         files["gaussians.ply"] = request.job_dir / "gaussians.ply"
         if drawn_meta is not None:

@@ -69,7 +69,7 @@ def render_bake_views(model: GaussianModel, cameras: Cameras, cancel: CancelToke
 
 def export_mesh(model: GaussianModel, bake: Baker, *, resolution: int, density_threshold: float, max_faces: int,
                 calibration_cameras: Cameras | None, texture_size: int, unwrap_time_limit: float, emit: Emitter,
-                cancel: CancelToken, bake_message: str = "baking the texture") -> MeshExport:
+                cancel: CancelToken, bake_message: str = "baking the texture", bounds=None) -> MeshExport:
     """Extract, unwrap and bake.
 
     Args:
@@ -79,13 +79,14 @@ def export_mesh(model: GaussianModel, bake: Baker, *, resolution: int, density_t
             against the Gaussians' silhouettes from ``calibration_cameras`` when given).
         max_faces: decimation budget.
         texture_size: atlas side, texels; unwrap_time_limit: seconds for xatlas.
+        bounds: (lo [3], hi [3]) metres where the object can be (``geometry.extract.extract_mesh``).
     Raises:
         ExtractionError, UnwrapError: no surface, or unwrapping failed or timed out.
         JobCancelled: the cancel token fired.
     """
     emit.progress("mesh", 0, 3, message="extracting the surface")
     extracted = extract_mesh(model, resolution, density_threshold, max_faces, calibration_cameras=calibration_cameras,
-                             cancel=cancel)
+                             cancel=cancel, bounds=bounds)
     mesh = extracted.mesh
     emit.preview("mesh", {"vertices": np.asarray(mesh.vertices, np.float32), "faces": np.asarray(mesh.faces, np.int32)},
                  {"faces": len(mesh.faces)})

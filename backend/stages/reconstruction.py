@@ -41,10 +41,11 @@ class Views:
 
 
 def visual_hull_points(views: Views, n: int, generator: torch.Generator, candidates: int = 1_000_000,
-                       mask_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+                       mask_threshold: float = 0.5, reach: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Points inside every view's silhouette (space carving), with mean observed colours.
 
-    Samples ``candidates`` points uniformly in the box that the cameras look at, keeps those
+    Samples ``candidates`` points uniformly in the box that the cameras look at (half-side
+    ``reach`` metres; default 1.5 x the nearest camera's distance x tan(fovy / 2)), keeps those
     that project inside every mask in whose frame they fall and into the frames of at least
     half of the views (and two), and returns up to ``n`` of them: (points [M, 3], colours
     [M, 3]). The half matters for one orbit (IM-3D's views): the box's corners fall outside
@@ -57,7 +58,8 @@ def visual_hull_points(views: Views, n: int, generator: torch.Generator, candida
     device = imgs.device
     centres = cams.centers
     target = look_at_point(cams)
-    reach = (centres - target).norm(dim=-1).min() * math.tan(math.radians(float(cams.fovy.max())) / 2) * 1.5
+    if reach is None:
+        reach = (centres - target).norm(dim=-1).min() * math.tan(math.radians(float(cams.fovy.max())) / 2) * 1.5
     pts = (torch.rand(candidates, 3, generator=generator).to(device) * 2 - 1) * reach + target
     inside = torch.ones(candidates, dtype=torch.bool, device=device)
     seen = torch.zeros(candidates, device=device)
@@ -145,14 +147,15 @@ class GaussianFit:
             ``"centre"`` (IM-3D: ``init_points`` grey points uniform in a ball of
             ``init_radius`` metres at the origin).
         models_dir: where else LPIPS's backbone checkpoint may be (``perceptual.find_backbone``).
+        reach: the visual hull's half-side, metres (:func:`visual_hull_points`).
     """
 
     def __init__(self, views: Views, p: dict, generator: torch.Generator, emit: Emitter, init: str = "hull",
-                 models_dir=None):
+                 models_dir=None, reach: float | None = None):
         self.views, self.p, self.generator = views, p, generator
         device = views.images.device
         if init == "hull":
-            points, colours = visual_hull_points(views, p["init_points"], generator)
+            points, colours = visual_hull_points(views, p["init_points"], generator, reach=reach)
             extent = float((points.max(0).values - points.min(0).values).max())
             model = GaussianModel.from_points(points, colours, scale=knn_scale(points), opacity=0.5,
                                               sh_degree=p["sh_degree"])

@@ -22,6 +22,8 @@ from backend.pipelines.base import InputSpec, Param, Pipeline, Result, grouped, 
 
 HUES = {"red": (0.85, 0.1, 0.1), "green": (0.1, 0.75, 0.15), "blue": (0.1, 0.2, 0.85)}
 
+from conftest import JOB_CEILING  # noqa: E402
+
 
 @register
 class SwatchPipeline(Pipeline):
@@ -232,7 +234,7 @@ def test_the_panel_draws_the_test_methods_parameters_and_runs_it(blender_addon_c
     assert params.collect(settings, "swatch", client_glue.session.welcome["pipelines"]["swatch"], "small") == {
         "hue": "blue", "prompt": "a blue ball"}
 
-    assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=600) == {"FINISHED"}
+    assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=JOB_CEILING) == {"FINISHED"}
     state = client_glue.session.jobs[-1]
     obj = bpy.data.objects[state.result_object]
     assert obj.name == "a blue ball" and obj["splatsmith_pipeline"] == "swatch" and obj["splatsmith_hue"] == "blue"
@@ -313,7 +315,7 @@ def test_dreamtime_is_in_the_panel_with_its_schedule_described_and_runs(blender_
     assert any(e[0] == "label" and e[1].startswith("DreamFusion") for e in log)
     settings["dreamtime.timestep_schedule"] = 2
     settings["dreamtime.prompt"] = "a blue teapot"
-    assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=600) == {"FINISHED"}
+    assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=JOB_CEILING) == {"FINISHED"}
     state = client_glue.session.jobs[-1]
     obj = bpy.data.objects[state.result_object]
     assert obj.name == "a blue teapot" and obj["splatsmith_pipeline"] == "dreamtime"
@@ -334,7 +336,7 @@ def test_im3d_from_the_panel_shows_its_generated_views_as_an_image(blender_addon
     settings.preset = "tiny"
     settings["im3d.mode"] = 1  # text
     settings["im3d.prompt"] = "a red chair"
-    assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=600) == {"FINISHED"}
+    assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=JOB_CEILING) == {"FINISHED"}
     state = client_glue.session.jobs[-1]
     obj = bpy.data.objects[state.result_object]
     assert obj["splatsmith_pipeline"] == "im3d" and len(obj.data.polygons) > 50
@@ -366,7 +368,7 @@ def test_dtc123_from_the_panel_with_an_image_and_a_prompt(blender_addon_connecte
     settings.pipeline = "dtc123"
     settings.preset = "tiny"
     settings["dtc123.prompt"] = "a torus on a slab"
-    assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=600) == {"FINISHED"}
+    assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=JOB_CEILING) == {"FINISHED"}
     state = client_glue.session.jobs[-1]
     obj = bpy.data.objects[state.result_object]
     assert obj["splatsmith_pipeline"] == "dtc123" and len(obj.data.polygons) > 50 and "UVMap" in obj.data.uv_layers
@@ -388,12 +390,12 @@ def test_dreamcraft3d_from_the_panel_draws_a_reference_then_uses_it(blender_addo
     settings.preset = "tiny"
     settings["dreamcraft3d.prompt"] = "a red chair"
     settings["dreamcraft3d.reference_only"] = True
-    assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=600) == {"FINISHED"}
+    assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=JOB_CEILING) == {"FINISHED"}
     state = client_glue.session.jobs[-1]
     masked = bpy.data.images[state.result_object]
     assert tuple(masked.size) == (64, 64) and client_glue.session.reference_image == masked.name
     assert masked["splatsmith_masked"]
-    assert bpy.ops.splatsmith.use_reference(wait=True, timeout=600) == {"FINISHED"}
+    assert bpy.ops.splatsmith.use_reference(wait=True, timeout=JOB_CEILING) == {"FINISHED"}
     final = client_glue.session.jobs[-1]
     obj = bpy.data.objects[final.result_object]
     assert obj["splatsmith_pipeline"] == "dreamcraft3d" and obj["splatsmith_mode"] == "image"
@@ -416,11 +418,11 @@ def test_dreamcraft3d_regenerate_reuses_the_objects_dreambooth_lora(blender_addo
     image = bpy.data.images.load(str(tmp_path / "ref.png"))
     params = json.dumps({"mode": "image", "prompt": "a torus on a slab"})
     assert bpy.ops.splatsmith.generate(pipeline="dreamcraft3d", preset="tiny", params=params, image_name=image.name,
-                                       wait=True, timeout=600) == {"FINISHED"}
+                                       wait=True, timeout=JOB_CEILING) == {"FINISHED"}
     first = bpy.data.objects[client_glue.session.jobs[-1].result_object]
     assert first["splatsmith_dreambooth_lora"] and len(first.data.polygons) > 50
     bpy.context.view_layer.objects.active = first
-    assert bpy.ops.splatsmith.regenerate(wait=True, timeout=600) == {"FINISHED"}
+    assert bpy.ops.splatsmith.regenerate(wait=True, timeout=JOB_CEILING) == {"FINISHED"}
     again = client_glue.session.jobs[-1]
     assert again.request["params"]["reuse_lora"] == first["splatsmith_job_id"]
     assert len(again.handle.result["meta"]["boost"]["dreambooth_loss"]) == 1  # round 1 loaded, round 2 trained

@@ -15,6 +15,8 @@ from blender_addon import client_glue, scene_io  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from blender.test_addon import addon, backend  # noqa: E402,F401  (fixtures)
 
+from conftest import JOB_CEILING  # noqa: E402
+
 
 def _geometry(obj) -> tuple[np.ndarray, np.ndarray]:
     co = np.empty(len(obj.data.vertices) * 3, np.float32)
@@ -40,7 +42,7 @@ def test_refine_a_mesh_with_uvs_keeps_geometry_and_the_old_material(addon, backe
     obj.data.uv_layers["UVMap"].data.foreach_get("uv", uv_before)
     bpy.ops.splatsmith.connect(address=backend)
     assert bpy.ops.splatsmith.refine_texture(params='{"prompt": "a mossy stone statue"}', preset="tiny", seed=3, wait=True,
-                                             timeout=300) == {"FINISHED"}
+                                             timeout=JOB_CEILING) == {"FINISHED"}
     state = client_glue.session.jobs[-1]
     assert "texture" in state.applied and state.handle.state == "done"
     after = _geometry(obj)
@@ -88,7 +90,7 @@ def test_refine_a_mesh_without_uvs_from_a_photo_and_the_active_camera(addon, bac
     bpy.context.scene.camera = camera
     before = _geometry(obj)
     assert bpy.ops.splatsmith.refine_texture(image_path=str(tmp_path / "cat.png"), view="CAMERA", preset="tiny", seed=1,
-                                             wait=True, timeout=300) == {"FINISHED"}
+                                             wait=True, timeout=JOB_CEILING) == {"FINISHED"}
     state = client_glue.session.jobs[-1]
     assert state.handle.result["meta"]["unwrapped"] and state.handle.result["meta"]["init"] == "reference bake"
     assert {"mesh", "texture"} <= set(state.applied)
