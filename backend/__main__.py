@@ -1,7 +1,7 @@
 """``python -m backend``: the ``splatsmith`` command (``backend.launch``)."""
 import signal
 
-from .launch import stops
+from .stop_signals import stops
 
 # Before anything else is imported (backend.launch imports only the signal module).
 signal.signal(signal.SIGINT, stops.handler)

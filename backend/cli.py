@@ -231,7 +231,7 @@ class _cancel_on_signals:
         self.token = CancelToken()
 
     def __enter__(self):
-        from .launch import stops
+        from .stop_signals import stops
 
         def target(count: int) -> None:
             if self.token.cancelled:
@@ -247,8 +247,8 @@ class _cancel_on_signals:
         return self
 
     def __exit__(self, kind, value, tb):
-        from .launch import stops
-        from .pipelines.base import JobCancelled
+        from .stop_signals import stops
+        from .contracts import JobCancelled
 
         stops.target = self.saved[0]
         signal.signal(signal.SIGINT, self.saved[1])
@@ -294,7 +294,7 @@ def _stream_remote(address: str, pipeline: str, preset: str, params: dict, input
     """Submit to a running server and show its progress; returns the result message. A SIGINT or
     SIGTERM (``backend.launch``) before the submit stops there; after it, it cancels the job on
     the server, says so and exits 130."""
-    from .launch import stops
+    from .stop_signals import stops
 
     cancelled = None
     with _client(address, server_key, client_key) as client:
@@ -503,7 +503,7 @@ def _run_job(pipeline: str, preset: str, params: dict, inputs: dict, seed: int, 
         result = _stream_remote(server, pipeline, preset, params, inputs, seed, label, server_key, client_key)
         files = {name: arr.tobytes() for name, arr in result["files"].items()}
         return files, result["meta"], f"job {result['job_id']} on {server}"
-    from .launch import stops
+    from .stop_signals import stops
 
     _stopped_before_the_job(stops)
     from .device import DeviceError, resolve_device
@@ -1020,7 +1020,7 @@ def main() -> None:
     """The command line after ``backend.launch`` took the stop signals over: a job command
     decides what they mean itself; any other command exits 130 on one (``serve`` installs its
     own handlers), as after Ctrl-C, and on one that came while it was starting."""
-    from .launch import install, stops
+    from .stop_signals import install, stops
 
     install()
     command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "")

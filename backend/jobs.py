@@ -39,7 +39,8 @@ import numpy as np
 
 from shared_protocol import messages
 
-from .pipelines.base import CancelToken, Pipeline, Result
+from .contracts import CancelToken, Result
+from .pipelines.base import Pipeline
 from .text import printable
 
 log = logging.getLogger("splatsmith.jobs")

@@ -28,7 +28,7 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 
-from .pipelines.base import TIMESTEP_SCHEDULES
+from .contracts import TIMESTEP_SCHEDULES
 
 NUM_TRAIN_TIMESTEPS = 1000
 

@@ -43,7 +43,8 @@ import numpy as np
 from shared_protocol import messages
 
 from .jobs import Job, JobStore, append_log, disk_full_message, is_disk_full, save_result
-from .pipelines.base import CancelToken, Emitter, JobCancelled, JobRequest, ParamError, Pipeline, Result, load_reference
+from .contracts import CancelToken, Emitter, JobCancelled, JobRequest, ParamError, Result
+from .pipelines.base import Pipeline, load_reference
 
 log = logging.getLogger("splatsmith.worker")
 

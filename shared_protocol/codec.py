@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import msgpack
 import numpy as np
@@ -259,8 +259,3 @@ def _decode(frames: Sequence[Any], limits: Limits) -> dict:
     if len(used) != len(frames) - 1:
         raise ProtocolError("bad_frames", f"{len(frames) - 1 - len(used)} frame(s) are not referenced by the header")
     return message
-
-
-def payload_bytes(frames: Iterable[Any]) -> int:
-    """Total size in bytes of a list of frames (for statistics and benchmarks)."""
-    return sum(_frame_len(f) for f in frames)

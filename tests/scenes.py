@@ -98,7 +98,7 @@ def held_out_scores(mesh: TexturedMesh, radius: float, gaussians=None, textured:
     ``views`` held-out cameras (elevations in [-25, 25], any azimuth, seed 5, fovy 49.1) at
     ``radius``. Keys: ``gaussian_iou``, ``gaussian_psnr``, ``mesh_iou``, ``mesh_psnr`` (those
     given)."""
-    from backend.pipelines.reconstruct import psnr
+    from backend.stages.reconstruction import psnr
     from backend.render.gaussians import render
 
     g = torch.Generator().manual_seed(5)

@@ -30,14 +30,32 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def test_no_method_module_imports_another():
-    methods = {p.stem for p in METHODS.glob("*.py") if p.stem not in ("__init__", "base")}
-    assert {"dreamgaussian", "reconstruct", "texture_refine"} <= methods
-    for path in METHODS.glob("*.py"):
-        if path.stem in ("__init__", "base"):
-            continue
-        others = {f"backend.pipelines.{m}" for m in methods - {path.stem}}
-        assert not (_imports(path) & others), f"{path.name} imports another method: {_imports(path) & others}"
+def _lint_imports(cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).with_name("lint-imports"))], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_the_import_linter_contracts_hold():
+    """pyproject.toml's contracts (import-linter): the backend's layers (service > methods >
+    stages > parts > contracts), no method importing another, the wire and the add-on free of
+    the backend and torch, no bpy in the backend, ray only in backend.cluster."""
+    done = _lint_imports(ROOT)
+    assert done.returncode == 0 and "0 broken" in done.stdout, done.stdout[-3000:]
+
+
+def test_a_stage_that_imports_a_method_breaks_the_layers(tmp_path):
+    """The contracts see what they are for: the same tree with one stage importing a method's
+    module fails the layers contract (and names the import)."""
+    import shutil
+
+    for name in ("backend", "shared_protocol", "blender_addon"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    texture = tmp_path / "backend" / "stages" / "texture.py"
+    texture.write_text(texture.read_text() + "\nfrom ..pipelines import im3d  # noqa: E402,F401\n")
+    done = _lint_imports(tmp_path)
+    assert done.returncode != 0 and "BROKEN" in done.stdout, done.stdout[-3000:]
+    assert "backend.stages.texture -> backend.pipelines.im3d" in done.stdout
 
 
 def test_the_server_side_and_the_addon_import_no_torch():
@@ -50,13 +68,6 @@ def test_the_server_side_and_the_addon_import_no_torch():
     assert done.returncode == 0, done.stderr
     for path in (ROOT / "blender_addon").glob("*.py"):
         assert not any(name.split(".")[0] == "torch" for name in _imports(path)), path
-
-
-def test_only_the_cluster_module_imports_ray():
-    """Without ``--executor ray`` (and the ``cluster`` extra) nothing imports Ray."""
-    importers = {p.relative_to(ROOT).as_posix() for p in (ROOT / "backend").rglob("*.py")
-                 if any(name.split(".")[0] == "ray" for name in _imports(p))}
-    assert importers == {"backend/cluster.py"}
 
 
 def test_no_import_circle_in_the_backend():

@@ -12,7 +12,8 @@ from backend.guidance.base import cfg
 from backend.guidance.bsd import BootstrappedScoreDistillation, personal_prompts
 from backend.guidance.stable_diffusion import view_index
 from backend.render.mesh import render_mesh
-from backend.stages.dreambooth import add_lora, denoising_loss, finetune_lora, lora_parameters, use_adapter
+from backend.guidance.lora import add_lora, denoising_loss, lora_parameters, use_adapter
+from backend.stages.dreambooth import finetune_lora
 from scenes import make_test_object
 
 

@@ -97,7 +97,7 @@ def test_every_number_is_bounded_and_one_validator_checks_every_resolution_list(
     import pytest
 
     from backend.pipelines import load_builtin
-    from backend.pipelines.base import MAX_RENDER_SIZE, ParamError
+    from backend.contracts import MAX_RENDER_SIZE, ParamError
 
     registry = load_builtin()
     for name, cls in registry.items():

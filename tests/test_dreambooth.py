@@ -8,7 +8,8 @@ import torch
 from backend.cameras import orbit_cameras
 from backend.guidance import load_teacher
 from backend.render.mesh import render_mesh
-from backend.stages.dreambooth import add_lora, denoising_loss, finetune_lora, load_lora, save_lora, use_adapter
+from backend.guidance.lora import add_lora, denoising_loss, load_lora, save_lora, use_adapter
+from backend.stages.dreambooth import finetune_lora
 from scenes import make_test_object
 
 

@@ -131,8 +131,8 @@ def test_class_word_and_the_cli_text_to_3d_without_rembg_and_reference_only(tmp_
 @pytest.mark.timeout(1500)
 def test_oracle_text_run_sculpts_and_boosting_does_not_hurt_the_texture(tmp_path):
     """The oracle for both teachers (its front render the reference image, its exact noise both
-    LoRA terms), text mode, ``fast``, seed 0: held-out mask IoU >= 0.90 and textured-mesh PSNR
-    >= 22 dB (the issue's figures), and the texture after boosting no worse than before it."""
+    LoRA terms), text mode, ``fast``, seed 0: held-out mask IoU and textured-mesh PSNR about 1.5
+    dB under the measured figures, and the texture after boosting no worse than before it."""
     from backend.geometry.export import load_glb
     from backend.render.mesh import TexturedMesh
     from scenes import held_out_scores
@@ -147,7 +147,8 @@ def test_oracle_text_run_sculpts_and_boosting_does_not_hurt_the_texture(tmp_path
     before = held_out_scores(mesh, result.meta["radius"], None,
                              TexturedMesh(final.vertices, final.faces, final.uv, before_texture))
     print("dreamcraft3d oracle fast:", after, "before boosting:", before, result.meta["seconds"])
-    assert after["mesh_iou"] >= 0.90 and after["mesh_psnr"] >= 22.0, after
+    # About 1.5 dB under the measured 0.983 / 27.87 dB (27.60 before boosting; seed 0, CPU).
+    assert after["mesh_iou"] >= 0.96 and after["mesh_psnr"] >= 26.3, after
     assert after["mesh_psnr"] >= before["mesh_psnr"], (before, after)
 
 

@@ -141,8 +141,9 @@ def test_oracle_run_recovers_the_object(tmp_path, mode):
     job, result = run_local(JobStore(tmp_path / "jobs"), DreamGaussianPipeline, "fast", params, inputs, 0, Emitter())
     scores = _held_out_scores(job.dir, mesh, result.meta["radius"])
     print(f"dreamgaussian oracle {mode}: {time.monotonic() - start:.0f} s", {k: round(v, 3) for k, v in scores.items()})
-    assert scores["mesh_iou"] >= 0.90, scores
-    assert scores["mesh_psnr"] >= 22.0, scores
+    # About 1.5 dB under the measured figures (seed 0, CPU): image 0.982 / 25.64 dB, text 0.981 / 28.39 dB.
+    floor = {"image": 24.0, "text": 26.8}[mode]
+    assert scores["mesh_iou"] >= 0.96 and scores["mesh_psnr"] >= floor, scores
 
 
 @pytest.mark.parametrize("name", ["dreamtime", "uniform"])

@@ -121,5 +121,5 @@ def test_oracle_text_run_recovers_the_object(tmp_path):
     scores = held_out_scores(mesh, result.meta["radius"], GaussianModel.load_ply(job.dir / "gaussians.ply"),
                              load_glb(job.dir / "asset.glb"))
     print(f"dreamtime oracle text: {time.monotonic() - start:.0f} s", {k: round(v, 3) for k, v in scores.items()})
-    assert scores["mesh_iou"] >= 0.90, scores
-    assert scores["mesh_psnr"] >= 22.0, scores
+    # About 1.5 dB under the measured 0.978 / 27.98 dB (seed 0, CPU).
+    assert scores["mesh_iou"] >= 0.96 and scores["mesh_psnr"] >= 26.4, scores

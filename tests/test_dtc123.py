@@ -148,9 +148,9 @@ def test_cli_generate_dtc123(tmp_path):
 @pytest.mark.timeout(1500)
 def test_oracle_run_matches_dreamgaussian_on_the_same_object(tmp_path):
     """The oracle for both teachers, the ``fast`` preset, seed 0: held-out mask IoU and
-    textured-mesh PSNR above the issue's floor (0.92 / 24 dB) with room to spare: measured 0.986
-    / 28.5 dB, where DreamGaussian's fast image run on the same object and seed gives 0.984 /
-    26.0 dB in more time (``python bench/dtc123.py --oracle`` runs both; docs/methods.md)."""
+    textured-mesh PSNR about 1.5 dB under the measured 0.986 / 28.47 dB, where DreamGaussian's
+    fast image run on the same object and seed gives 0.982 / 25.64 dB (``python bench/dtc123.py
+    --oracle`` runs both; docs/methods.md)."""
     from backend.geometry.export import load_glb
     from scenes import held_out_scores
 
@@ -160,7 +160,7 @@ def test_oracle_run_matches_dreamgaussian_on_the_same_object(tmp_path):
                             "oracle_mesh": str(glb)}, {}, 0, Emitter())
     scores = held_out_scores(mesh, result.meta["radius"], None, load_glb(job.dir / "asset.glb"))
     print("dtc123 oracle fast:", scores, result.meta["seconds"])
-    assert scores["mesh_iou"] >= 0.96 and scores["mesh_psnr"] >= 26.5, scores
+    assert scores["mesh_iou"] >= 0.97 and scores["mesh_psnr"] >= 27.0, scores  # measured 0.986 / 28.47 dB
 
 
 def test_schedules_show_prints_and_plots_a_jobs_trace(tmp_path):

@@ -17,7 +17,7 @@ from backend.guidance.stable_diffusion import VIEW_SUFFIXES, view_index
 from backend.guidance.zero123 import camera_embedding
 from backend.guidance.registry import get_teacher
 from backend.models import ModelCache, ModelMissingError, resolve_model
-from backend.pipelines.reconstruct import psnr
+from backend.stages.reconstruction import psnr
 from backend.schedules import Uniform
 from scenes import make_test_object
 

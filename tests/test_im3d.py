@@ -16,7 +16,8 @@ from backend.cameras import orbit_cameras
 from backend.jobs import JobStore
 from backend.pipelines import load_builtin
 from backend.pipelines.base import Emitter, ParamError
-from backend.pipelines.im3d import IM3DPipeline, contact_sheet, masked_views
+from backend.pipelines.im3d import IM3DPipeline, masked_views
+from backend.stages.progress import contact_sheet
 from backend.worker import run_local
 from scenes import make_test_object, render_rgba, write_object_glb
 

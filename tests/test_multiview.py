@@ -9,7 +9,7 @@ from backend.cameras import orbit_cameras
 from backend.guidance import load_teacher
 from backend.guidance.multiview import MultiViewGenerator
 from backend.guidance.oracle import OracleGuidance, render_target
-from backend.pipelines.reconstruct import psnr
+from backend.stages.reconstruction import psnr
 from scenes import make_test_object
 
 

@@ -14,7 +14,8 @@ from backend.geometry.export import load_glb
 from backend.jobs import JobStore
 from backend.worker import run_local
 from backend.pipelines.base import Emitter, ParamError
-from backend.pipelines.reconstruct import ReconstructPipeline, load_dataset, psnr
+from backend.pipelines.reconstruct import ReconstructPipeline, load_dataset
+from backend.stages.reconstruction import psnr
 from backend.render.gaussians import GaussianModel, render
 from backend.render.mesh import render_mesh
 from scenes import make_test_object, render_rgba, spiral_views, write_dataset
@@ -143,7 +144,8 @@ def test_opacity_reset_works_around_gsplat_1_5_3(scene):
     the densification window (as 3DGS and DreamGaussian: from densify_from to densify_until;
     densify_every 100 means no Gaussian is added in these 8 steps)."""
     from backend.pipelines.base import CancelToken
-    from backend.pipelines.reconstruct import fit_gaussians, views_from_arrays
+    from backend.pipelines.reconstruct import views_from_arrays
+    from backend.stages.reconstruction import fit_gaussians
 
     root, _, _ = scene
     images, transforms, cax = load_dataset(root, 48)
@@ -178,7 +180,8 @@ def test_the_im3d_loss_and_its_fallback_without_lpips_weights():
 
 def test_fitting_with_the_im3d_loss_says_what_it_uses_and_fits(scene):
     from backend.pipelines.base import CancelToken
-    from backend.pipelines.reconstruct import fit_gaussians, views_from_arrays
+    from backend.pipelines.reconstruct import views_from_arrays
+    from backend.stages.reconstruction import fit_gaussians
 
     class Log(Emitter):
         def __init__(self):

@@ -16,8 +16,9 @@ from backend.jobs import JobStore
 from backend.worker import run_local
 from backend.pipelines import load_builtin
 from backend.pipelines.base import Emitter, ParamError
-from backend.pipelines.reconstruct import psnr
-from backend.pipelines.texture_refine import MAX_TRIANGLES, TextureRefinePipeline, corner_uv_mesh, non_manifold_edges
+from backend.stages.reconstruction import psnr
+from backend.pipelines.specs.texture_refine import MAX_TRIANGLES, non_manifold_edges
+from backend.pipelines.texture_refine import TextureRefinePipeline, corner_uv_mesh
 from backend.render.mesh import render_mesh
 from scenes import make_test_object, render_rgba, spiral_views, write_object_glb
 from shared_protocol.client import JobError

@@ -3,7 +3,7 @@ the texture-boosting gradient from a Stable Diffusion teacher personalised on th
 
     grad = w(t) (eps_DreamBooth(x_t; y, c) - eps_lora(x_t; y)),   w(t) = 1 - alpha_bar_t
 
-``eps_DreamBooth`` is the UNet with its ``dreambooth`` LoRA adapter (``stages.dreambooth``,
+``eps_DreamBooth`` is the UNet with its ``dreambooth`` LoRA adapter (``guidance.lora``, fine-tuned by ``stages.dreambooth``,
 fine-tuned on the object's augmented renders), with classifier-free guidance ``guidance_scale``
 (2.0, ``configs/dreamcraft3d-texture.yaml``) and the view-dependent prompt "a <token> <class>,
 <view>"; ``eps_lora`` is the same UNet with its ``lora`` adapter, VSD's estimate of the current
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import Cameras, orbit_angles
-from ..stages.dreambooth import denoising_loss, lora_parameters, use_adapter
+from .lora import denoising_loss, lora_parameters, use_adapter
 from .base import cfg
 from .stable_diffusion import VIEW_SUFFIXES, StableDiffusionGuidance, view_index
 

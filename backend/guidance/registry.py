@@ -58,11 +58,6 @@ class TeacherSpec:
 SHORT_NAMES = {"zero123": "Zero-1-to-3", "stable-diffusion": "Stable Diffusion", "oracle": "oracle"}
 
 
-def former_model_ids() -> dict[str, str]:
-    """Every registered teacher's model id -> the id it was published under before."""
-    return {new: old for spec in TEACHERS.values() for new, old in spec.former_ids.items()}
-
-
 #: The teachers known to this process, by name.
 TEACHERS: dict[str, TeacherSpec] = {}
 

@@ -6,7 +6,8 @@ implementation module here (the ``run`` that imports torch, gsplat and the geome
 runs a job (:meth:`Pipeline.implementation_class`)."""
 import importlib
 
-from .base import REGISTRY, CancelToken, Emitter, InputSpec, JobCancelled, JobRequest, Param, ParamError, Pipeline, Result, register
+from ..contracts import CancelToken, Emitter, JobCancelled, JobRequest, ParamError, Result
+from .base import REGISTRY, InputSpec, Param, Pipeline, register
 
 BUILTIN = ("reconstruct", "dreamgaussian", "dreamtime", "texture_refine", "im3d", "dtc123", "dreamcraft3d")
 

@@ -43,26 +43,23 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from ..cameras import DebiasedAzimuths, OrbitSampler, orbit_cameras
+from ..contracts import CancelToken, Emitter, JobRequest, Result, schedule_kwargs
 from ..geometry.export import texture_to_uint8
-from ..geometry.uv import UVMesh
 from ..guidance import load_job_teacher, load_teacher
 from ..guidance.oracle import draw_targets_antialiased
 from ..images import MaskError
 from ..render.mesh import TexturedMesh, render_mesh
 from ..schedules import IntervalAnneal, Uniform, make_schedule, sds_weighting
-from ..stages.distillation import (add_reference_depth, distil_gaussians, elevation_window, extract_textured_mesh,
-                                   reference_view)
+from ..stages.distillation import (denoiser_evaluations, distil_gaussians, elevation_window, extract_textured_mesh,
+                                   image_teacher_and_reference, prompt_teacher, reference_view, write_refined_asset)
 from ..stages.gaussians import sds_terms
 from ..stages.geometry import refine_mesh
-from ..stages.mesh_export import rgba_preview, write_textured_asset
-from ..stages.progress import teacher_note
+from ..stages.progress import contact_sheet, teacher_note
 from ..stages.reference_image import draw_reference
-from .base import CancelToken, Emitter, JobRequest, Result, schedule_kwargs
 from .specs.dreamcraft3d import DREAMBOOTH_LORA_FILE, DreamCraft3DSpec, boost_strengths, parse_interval
 
 
@@ -88,11 +85,6 @@ def reused_lora(p: dict, job_dir) -> "Path | None":
         raise ValueError(f"job {p['reuse_lora']!r} has no DreamBooth LoRA on this server (a dreamcraft3d job with "
                          "Stable Diffusion saves dreambooth_lora.safetensors); leave reuse_lora empty to train one")
     return path
-
-
-def _sheet(images: torch.Tensor) -> np.ndarray:
-    """float [K, 3, H, W] in [0, 1] -> one opaque uint8 [H, K*W, 4] strip (``views`` previews)."""
-    return rgba_preview(torch.cat(list(images.detach().float().permute(0, 2, 3, 1).cpu()), dim=1))
 
 
 class DreamCraft3DPipeline(DreamCraft3DSpec):
@@ -129,22 +121,22 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
                 emit.log(str(exc))
                 return Result(files=files, meta={"mode": "text", "reference_only": True, "masked": False,
                                                  "reference_seed": seed})
-            emit.preview("views", {"rgba": _sheet(torch.from_numpy(drawn.drawn).permute(2, 0, 1)[None] / 255.0)},
+            emit.preview("views", {"rgba": contact_sheet(torch.from_numpy(drawn.drawn).permute(2, 0, 1)[None] / 255.0)},
                          {"phase": "reference", "seed": seed})
             inputs = {"image": drawn.rgba}
             drawn_meta = {"reference_seed": seed, "masked_by": drawn.masked_by}
-        zero123 = load_job_teacher(dict(p, guidance_scale=p["zero123_cfg"]), True, device, cache=request.models,
-                                   models_dir=request.models_dir)
-        ref = reference_view(inputs, p, zero123, radius, job_dir, device)
-        files["reference.png"] = job_dir / "reference.png"
-        emit.preview("views", {"rgba": _sheet(ref["rgb"])}, {"phase": "reference"})
-        clock["reference"] = round(time.monotonic() - mark, 2)
         if p["reference_only"]:
+            oracle_view = load_job_teacher(p, True, device, models_dir=request.models_dir) if oracle else None
+            reference_view(inputs, p, oracle_view, radius, job_dir, device)  # reference.png, the recentred RGBA
+            files["reference.png"] = job_dir / "reference.png"
             return Result(files=files, meta={"mode": p["mode"], "reference_only": True, "masked": True, **drawn_meta})
-        zero123.encode_condition(image=ref["rgb"], elevation=p["elevation"], azimuth=0.0, radius=radius)
-        sd = self._stable_diffusion(p, zero123, sd, request, emit, device)
-        if p["lambda_depth"] > 0:
-            add_reference_depth(p["weights"], ref, device, emit, models_dir=request.models_dir, cache=request.models)
+        zero123, ref = image_teacher_and_reference(p, inputs, request, emit)
+        files["reference.png"] = job_dir / "reference.png"
+        emit.preview("views", {"rgba": contact_sheet(ref["rgb"])}, {"phase": "reference"})
+        clock["reference"] = round(time.monotonic() - mark, 2)
+        sd = prompt_teacher(p, zero123, request, emit, p["prompt"], p["negative_prompt"], loaded=sd, absent=(
+            "image mode without a prompt: Stable Diffusion does not take part (hybrid SDS is Zero-1-to-3 alone, and "
+            "texture boosting is skipped); give a prompt to use it"))
         if p["lambda_normal_ref"] > 0:
             emit.log("lambda_normal_ref is set but no monocular normal estimator is installed: the reference normal "
                      "loss is skipped")
@@ -205,10 +197,9 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
                 if (job_dir / DREAMBOOTH_LORA_FILE).is_file():
                     files[DREAMBOOTH_LORA_FILE] = job_dir / DREAMBOOTH_LORA_FILE
         clock["boost"] = round(time.monotonic() - mark, 2)
-        moved = UVMesh(mesh.vertices.detach().cpu().numpy().astype(np.float32), uvm.faces, uvm.uv, uvm.vmapping)
-        asset, arrays = write_textured_asset(job_dir, moved, mesh.texture, "dreamcraft3d")
+        asset, arrays = write_refined_asset(job_dir, uvm, mesh, "dreamcraft3d")
         files.update(asset)
-        evaluations = zero123.evaluations + (sd.evaluations if sd is not None and sd is not zero123 else 0)
+        evaluations = denoiser_evaluations(zero123, sd)
         return Result(files=files, arrays=arrays, meta={
             "mode": p["mode"], "timestep_schedule": p["timestep_schedule"], "class_name": class_word(p),
             "gaussians": len(model), "faces": int(len(uvm.faces)),
@@ -236,23 +227,6 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
         sampler = OrbitSampler(p["batch_size"], elevation_window(p), p["radius"], p["fovy"], gen, device=device)
         return lambda step: sampler(step, side)
 
-    @staticmethod
-    def _stable_diffusion(p: dict, zero123, sd, request: JobRequest, emit: Emitter, device: str):
-        """Stable Diffusion for the SDS terms with the prompt encoded (view-dependent), the oracle
-        itself with the oracle, or None (image mode without a prompt: logged)."""
-        if p["teacher"] == "oracle":
-            return zero123
-        if not p["prompt"].strip():
-            emit.log("image mode without a prompt: Stable Diffusion does not take part (hybrid SDS is Zero-1-to-3 "
-                     "alone, and texture boosting is skipped); give a prompt to use it")
-            return None
-        if sd is None:
-            sd = load_teacher("stable-diffusion", "tiny" if p["weights"] == "tiny" else "default", device,
-                              cache=request.models, guidance_scale=p["sd_cfg"], models_dir=request.models_dir)
-        sd.view_dependent = True
-        sd.encode_condition(prompt=p["prompt"], negative_prompt=p["negative_prompt"])
-        return sd
-
     def _boost_with_oracle(self, p, mesh: TexturedMesh, oracle, ref, emit, cancel, gen, device) -> TexturedMesh:
         """Texture boosting with the oracle: its exact noise replaces both LoRA terms, so BSD is
         its SDS; the rounds keep their schedule and learning rates."""
@@ -276,7 +250,8 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
         """Texture boosting with a personalised Stable Diffusion (Algorithm 1)."""
         from ..guidance.bsd import BootstrappedScoreDistillation, personal_prompts
         from ..guidance.stable_diffusion import VIEW_SUFFIXES, view_index
-        from ..stages.dreambooth import add_lora, finetune_lora, load_lora, save_lora, use_adapter
+        from ..guidance.lora import add_lora, load_lora, save_lora, use_adapter
+        from ..stages.dreambooth import finetune_lora
 
         cls_word, token = class_word(p), p["token"].strip() or "sks"
         unet = sd.parts.unet
@@ -325,7 +300,7 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
                 with use_adapter(unet, None if r == 0 and not reused else "dreambooth"):
                     restored = sd.refine(renders, cams, strength, p["reference_steps"], generator=gen,
                                          check=cancel.check)
-                emit.preview("views", {"rgba": _sheet(restored)}, {"phase": f"boost {r + 1}", "strength": strength})
+                emit.preview("views", {"rgba": contact_sheet(restored)}, {"phase": f"boost {r + 1}", "strength": strength})
                 if not (r == 0 and reused) and p["dreambooth_steps"] > 0:
                     steps = p["dreambooth_steps"]
                     losses.append(finetune_lora(

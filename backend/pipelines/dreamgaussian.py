@@ -33,7 +33,7 @@ swaps the diffusion teacher for the verification oracle (DESIGN.md section 5).
 from __future__ import annotations
 
 from ..stages.distillation import OPACITY_RESET_VALUE, elevation_window, run_distillation
-from .base import CancelToken, Emitter, JobRequest, Result
+from ..contracts import CancelToken, Emitter, JobRequest, Result
 from .specs.dreamgaussian import DreamGaussianSpec
 
 __all__ = ["DreamGaussianPipeline", "OPACITY_RESET_VALUE", "elevation_window"]

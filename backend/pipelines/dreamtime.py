@@ -13,7 +13,7 @@ same method runs any schedule for comparison (``bench/schedules.py``).
 from __future__ import annotations
 
 from ..stages.distillation import run_distillation
-from .base import CancelToken, Emitter, JobRequest, Result
+from ..contracts import CancelToken, Emitter, JobRequest, Result
 from .specs.dreamtime import DreamTimeSpec
 
 

@@ -44,22 +44,18 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
 import torch
 
 from ..cameras import DebiasedAzimuths, OrbitSampler
+from ..contracts import CancelToken, Emitter, JobRequest, Result
 from ..geometry.export import write_ply
-from ..geometry.uv import UVMesh
-from ..guidance import load_job_teacher, load_teacher
 from ..guidance.oracle import draw_targets_antialiased
 from ..schedules import CurriculumStage, DTCCurriculum, TeacherHandover
-from ..stages.distillation import (add_reference_depth, distil_gaussians, elevation_window, extract_textured_mesh,
-                                   reference_view)
+from ..stages.distillation import (denoiser_evaluations, distil_gaussians, elevation_window, extract_textured_mesh,
+                                   image_teacher_and_reference, prompt_teacher, write_refined_asset)
 from ..stages.gaussians import expon_lr, sds_terms
 from ..stages.geometry import refine_mesh
-from ..stages.mesh_export import write_textured_asset
 from ..stages.progress import teacher_note
-from .base import CancelToken, Emitter, JobRequest, Result
 from .specs.dtc123 import STAGES, DTC123Spec, curriculum_numbers
 
 
@@ -92,15 +88,15 @@ class DTC123Pipeline(DTC123Spec):
         radius = p["radius"]
         t0 = time.monotonic()
         clock: dict[str, float] = {}
-        zero123 = load_job_teacher(dict(p, guidance_scale=p["zero123_cfg"]), True, device, cache=request.models,
-                                   models_dir=request.models_dir)
-        ref = reference_view(request.inputs, p, zero123, radius, request.job_dir, device)
-        zero123.encode_condition(image=ref["rgb"], elevation=p["elevation"], azimuth=0.0, radius=radius)
-        sd, sd_prompt = self._stable_diffusion(p, zero123, request, emit, device)
+        zero123, ref = image_teacher_and_reference(p, request.inputs, request, emit)
+        # Without a prompt, the class's neutral prompt (the paper's LLM enrichment is left to the user).
+        sd_prompt = p["prompt"].strip() or (f"a photo of a {p['class_name'].strip()}" if p["class_name"].strip() else "")
+        sd = prompt_teacher(p, zero123, request, emit, sd_prompt, absent=(
+            "no prompt and no class_name: Stable Diffusion does not take part (its weight stays 0); give a prompt or "
+            "the object's class to let it teach the texture"))
+        sd_prompt = "(oracle)" if sd is zero123 else (sd_prompt if sd is not None else "")
         if sd is zero123 and p["oracle_zero123_blur"] > 0:  # two oracles: Zero-1-to-3's knows a blurred texture
             zero123 = zero123.with_blurred_texture(p["oracle_zero123_blur"])
-        if p["lambda_depth"] > 0:
-            add_reference_depth(p["weights"], ref, device, emit, models_dir=request.models_dir, cache=request.models)
         curriculum, handover, total = build_curriculum(p)
         trace: list[dict] = []
 
@@ -183,36 +179,16 @@ class DTC123Pipeline(DTC123Spec):
                               cancel=cancel, generator=gen,
                               note=note_at(offset, with_t=True))
         clock["fine"] = round(time.monotonic() - mark, 2)
-        moved = UVMesh(refined.vertices.detach().cpu().numpy().astype(np.float32), uvm.faces, uvm.uv, uvm.vmapping)
-        files, arrays = write_textured_asset(request.job_dir, moved, refined.texture, "dtc123")
-        files["gaussians.ply"] = request.job_dir / "gaussians.ply"
+        files, arrays = write_refined_asset(request.job_dir, uvm, refined, "dtc123")
         files["reference.png"] = request.job_dir / "reference.png"
         (request.job_dir / "curriculum.json").write_text(json.dumps(
             {"stages": [dict(s.__dict__) for s in curriculum.stages], "total": total, "steps": trace}))
         files["curriculum.json"] = request.job_dir / "curriculum.json"
-        evaluations = zero123.evaluations + (sd.evaluations if sd is not None and sd is not zero123 else 0)
+        evaluations = denoiser_evaluations(zero123, sd)
         return Result(files=files, arrays=arrays, meta={
             "mode": "image", "stable_diffusion_prompt": sd_prompt, "gaussians": len(model),
             "faces": int(len(uvm.faces)), "denoiser_evaluations": evaluations, "seconds": clock,
             "curriculum": summarise(trace), "total_seconds": round(time.monotonic() - t0, 2), "radius": radius})
-
-    @staticmethod
-    def _stable_diffusion(p: dict, zero123, request: JobRequest, emit: Emitter, device: str):
-        """(Stable Diffusion with its prompt encoded, or None; the prompt). With the oracle the
-        same oracle stands in for both teachers."""
-        if p["teacher"] == "oracle":
-            return zero123, "(oracle)"
-        prompt = p["prompt"].strip() or (f"a photo of a {p['class_name'].strip()}" if p["class_name"].strip() else "")
-        if not prompt:
-            emit.log("no prompt and no class_name: Stable Diffusion does not take part (its weight stays 0); give a "
-                     "prompt or the object's class to let it teach the texture")
-            return None, ""
-        sd = load_teacher("stable-diffusion", "tiny" if p["weights"] == "tiny" else "default", device,
-                          cache=request.models, guidance_scale=p["sd_cfg"], models_dir=request.models_dir)
-        if hasattr(sd, "view_dependent"):
-            sd.view_dependent = True  # prompt augmentation: front / side / back / overhead view
-        sd.encode_condition(prompt=prompt, negative_prompt="")
-        return sd, prompt
 
 
 def summarise(trace: list[dict]) -> dict:

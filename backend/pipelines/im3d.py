@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from ..cameras import orbit_cameras
-from ..geometry.export import texture_to_uint8, write_ply
+from ..geometry.export import write_ply
 from ..guidance import load_job_teacher, load_teacher
 from ..guidance.base import sdedit_start_step
 from ..guidance.multiview import MultiViewGenerator
@@ -53,24 +53,11 @@ from ..images import load_rgba, recenter
 from ..render.gaussians import render
 from ..stages.gaussians import preview_gaussians
 from ..stages.mesh_export import bake_from_views, export_mesh, write_textured_asset
-from ..stages.progress import PreviewThrottle
+from ..stages.progress import PreviewThrottle, contact_sheet
 from ..stages.reference_image import draw_reference, on_white
 from ..stages.reconstruction import GaussianFit, Views, calibration_cameras
-from .base import CancelToken, Emitter, JobRequest, Result
+from ..contracts import CancelToken, Emitter, JobRequest, Result
 from .specs.im3d import IM3DSpec, regen_strengths, view_elevations
-
-
-def contact_sheet(images: torch.Tensor) -> np.ndarray:
-    """K views float [K, 3, H, W] in [0, 1] as one uint8 RGBA image, ceil(sqrt(K)) per row."""
-    k, _, h, w = images.shape
-    cols = math.ceil(math.sqrt(k))
-    rows = math.ceil(k / cols)
-    sheet = np.full((rows * h, cols * w, 4), 255, np.uint8)
-    tiles = texture_to_uint8(images.permute(0, 2, 3, 1))
-    for i in range(k):
-        r, c = divmod(i, cols)
-        sheet[r * h:(r + 1) * h, c * w:(c + 1) * w, :3] = tiles[i]
-    return sheet
 
 
 def masked_views(images: torch.Tensor, threshold: float) -> torch.Tensor:

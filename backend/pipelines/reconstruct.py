@@ -34,8 +34,8 @@ from PIL import Image
 from ..cameras import Cameras, blender_to_gltf, fovx_to_fovy, load_transforms_json
 from ..geometry.export import write_ply
 from ..stages.mesh_export import bake_from_views, export_mesh, write_textured_asset
-from ..stages.reconstruction import Views, calibration_cameras, fit_gaussians, psnr  # noqa: F401 (psnr re-exported)
-from .base import CancelToken, Emitter, JobRequest, ParamError, Result
+from ..stages.reconstruction import Views, calibration_cameras, fit_gaussians
+from ..contracts import CancelToken, Emitter, JobRequest, ParamError, Result
 from .specs.reconstruct import ReconstructSpec
 
 

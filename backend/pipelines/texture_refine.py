@@ -32,8 +32,8 @@ from ..render.mesh import TexturedMesh, render_mesh
 from ..schedules import make_schedule
 from ..stages.mesh_export import rgba_preview
 from ..stages.texture import optimise_texture
-from .base import CancelToken, Emitter, JobRequest, Result, schedule_kwargs
-from .specs.texture_refine import DEFAULT_REF_FOVY, MAX_TRIANGLES, TextureRefineSpec, non_manifold_edges  # noqa: F401 (re-exported)
+from ..contracts import CancelToken, Emitter, JobRequest, Result, schedule_kwargs
+from .specs.texture_refine import DEFAULT_REF_FOVY, TextureRefineSpec
 
 
 def normalising_transform(vertices: np.ndarray) -> tuple[np.ndarray, float]:

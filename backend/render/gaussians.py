@@ -18,7 +18,6 @@ Model parameters follow gsplat's naming so its strategies can edit them in place
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

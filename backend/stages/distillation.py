@@ -32,8 +32,8 @@ from ..cameras import Cameras, OrbitSampler, orbit_cameras
 from ..geometry.export import texture_to_uint8, write_ply
 from ..geometry.uv import UVMesh, bake_texture
 from ..images import load_rgba, recenter, to_white_background
-from ..guidance import load_job_teacher
-from ..pipelines.base import CancelToken, Emitter, JobRequest, Result, parse_sizes, schedule_kwargs
+from ..guidance import load_job_teacher, load_teacher
+from ..contracts import CancelToken, Emitter, JobRequest, Result, parse_sizes, schedule_kwargs
 from ..render.gaussians import GaussianModel, render
 from ..render.mesh import TexturedMesh, render_mesh
 from ..schedules import Ramp, TimestepSchedule, make_schedule, sds_weighting, step_levels
@@ -83,6 +83,63 @@ def reference_view(inputs: dict, p: dict, teacher, radius: float, job_dir: Path,
         alpha_t = torch.from_numpy(alpha)[None, None].to(device)
     Image.fromarray(rgba).save(job_dir / "reference.png")
     return {"rgb": rgb_t, "alpha": alpha_t, "camera": camera}
+
+
+def image_teacher_and_reference(p: dict, inputs: dict, request: JobRequest, emit: Emitter) -> tuple[object, dict]:
+    """The opening of a method that distils from Zero-1-to-3 around a reference image (DTC123,
+    DreamCraft3D): Zero-1-to-3 (or the oracle) at CFG ``zero123_cfg``, the reference view
+    (:func:`reference_view`, ``reference.png`` written) with the teacher's condition encoded from
+    it, and, with ``lambda_depth`` > 0, its monocular depth (:func:`add_reference_depth`).
+
+    Returns:
+        (the teacher, the reference dict).
+    """
+    device, radius = request.device, p["radius"]
+    teacher = load_job_teacher(dict(p, guidance_scale=p["zero123_cfg"]), True, device, cache=request.models,
+                               models_dir=request.models_dir)
+    ref = reference_view(inputs, p, teacher, radius, request.job_dir, device)
+    teacher.encode_condition(image=ref["rgb"], elevation=p["elevation"], azimuth=0.0, radius=radius)
+    if p["lambda_depth"] > 0:
+        add_reference_depth(p["weights"], ref, device, emit, models_dir=request.models_dir, cache=request.models)
+    return teacher, ref
+
+
+def prompt_teacher(p: dict, zero123, request: JobRequest, emit: Emitter, prompt: str, negative_prompt: str = "",
+                   absent: str = "", loaded=None):
+    """Stable Diffusion beside Zero-1-to-3 (DTC123's hand-over, DreamCraft3D's hybrid SDS): with
+    the oracle, the oracle itself; without a ``prompt``, None and the ``absent`` sentence in the
+    log; else Stable Diffusion at CFG ``sd_cfg`` (``loaded``, when the job loaded it already),
+    view-dependent prompts on (DreamFusion's front / side / back / overhead suffixes), the prompt
+    encoded."""
+    if p["teacher"] == "oracle":
+        return zero123
+    if not prompt.strip():
+        if absent:
+            emit.log(absent)
+        return None
+    sd = loaded if loaded is not None else load_teacher(
+        "stable-diffusion", "tiny" if p["weights"] == "tiny" else "default", request.device, cache=request.models,
+        guidance_scale=p["sd_cfg"], models_dir=request.models_dir)
+    sd.view_dependent = True
+    sd.encode_condition(prompt=prompt, negative_prompt=negative_prompt)
+    return sd
+
+
+def denoiser_evaluations(*teachers) -> int:
+    """The denoiser evaluations of a job's teachers, each counted once (the oracle may stand in
+    for several); None entries are skipped."""
+    unique = {id(t): t for t in teachers if t is not None}
+    return sum(t.evaluations for t in unique.values())
+
+
+def write_refined_asset(job_dir: Path, uvm: UVMesh, mesh: TexturedMesh, name: str) -> tuple[dict, dict]:
+    """The closing of a method that refined its extracted mesh (:func:`extract_textured_mesh`):
+    the atlas with the moved vertices and the refined texture as ``asset.glb`` + ``texture.png``
+    (``write_textured_asset``), and ``gaussians.ply`` among the files. Returns (files, arrays)."""
+    moved = UVMesh(mesh.vertices.detach().cpu().numpy().astype(np.float32), uvm.faces, uvm.uv, uvm.vmapping)
+    files, arrays = write_textured_asset(job_dir, moved, mesh.texture, name)
+    files["gaussians.ply"] = job_dir / "gaussians.ply"
+    return files, arrays
 
 
 def add_reference_depth(weights: str, ref: dict, device: str, emit: Emitter, *, models_dir=None, cache=None) -> bool:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..cameras import Cameras
 from ..guidance.depth import depth_correlation_loss
-from ..pipelines.base import CancelToken, Emitter
+from ..contracts import CancelToken, Emitter
 from ..render.mesh import TexturedMesh, render_mesh
 from .mesh_export import rgba_preview
 from .progress import PreviewThrottle

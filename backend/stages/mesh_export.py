@@ -23,7 +23,7 @@ from ..cameras import Cameras, orbit_cameras
 from ..geometry.export import texture_to_uint8, write_glb
 from ..geometry.extract import ExtractedMesh, extract_mesh
 from ..geometry.uv import UVMesh, bake_texture, unwrap
-from ..pipelines.base import CancelToken, Emitter
+from ..contracts import CancelToken, Emitter
 from ..render.gaussians import GaussianModel, render
 
 #: ``bake(uvm) -> texture float32 [S, S, 3]`` in [0, 1]: the method's source of colour.

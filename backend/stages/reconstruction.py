@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..cameras import Cameras, look_at_point, orbit_cameras
 from ..perceptual import BACKBONES, load_lpips
-from ..pipelines.base import CancelToken, Emitter, ParamError
+from ..contracts import CancelToken, Emitter, ParamError
 from ..render.gaussians import GaussianModel, render
 from .gaussians import Densification, expon_lr, image_loss, preview_gaussians, set_lr, step_optimizers
 from .progress import PreviewThrottle

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..pipelines.base import CancelToken, Emitter
+from ..contracts import CancelToken, Emitter
 from ..geometry.export import texture_to_uint8
 from ..images import MaskError, rembg_available, recenter
 

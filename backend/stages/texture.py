@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..pipelines.base import CancelToken, Emitter
+from ..contracts import CancelToken, Emitter
 from ..render.mesh import TexturedMesh, render_mesh
 from ..schedules import TimestepSchedule, make_schedule, sds_weighting
 from .mesh_export import rgba_preview

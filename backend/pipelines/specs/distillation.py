@@ -4,10 +4,10 @@ from a teacher, then mesh and texture), without torch: DreamGaussian's public co
 specifications are built from this table."""
 from __future__ import annotations
 
+from ...contracts import parse_sizes
 from ...guidance.registry import STABLE_DIFFUSION, ZERO123
 from ..base import (BYTES_PER_GAUSSIAN, BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, BYTES_PER_VOXEL, TEACHER_BYTES, InputSpec,
-                    Param, ParamError, Pipeline, check_schedule_params, check_teacher_inputs, grouped, parse_sizes,
-                    schedule_params)
+                    Param, ParamError, Pipeline, check_schedule_params, check_teacher_inputs, grouped, schedule_params)
 
 PARAMS = {
     "mode": Param("choice", "image", "image-to-3D or text-to-3D", choices=("image", "text")),

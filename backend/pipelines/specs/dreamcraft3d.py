@@ -9,7 +9,8 @@ import dataclasses
 import re
 
 from ...guidance.registry import STABLE_DIFFUSION, ZERO123
-from ..base import (BYTES_PER_TEACHER_PIXEL, Param, ParamError, check_schedule_params, grouped, parse_sizes, register,
+from ...contracts import parse_sizes
+from ..base import (BYTES_PER_TEACHER_PIXEL, Param, ParamError, check_schedule_params, grouped, register,
                     schedule_params)
 from .distillation import PARAMS, DistillationSpec
 from .reference import TEXT_ONLY, check_reference, reference_params
