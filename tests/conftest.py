@@ -30,10 +30,38 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def cli(*args: str, columns: int = 250):
+    """Run ``splatsmith ARGS`` in this process (typer's CliRunner: exit code and output, no new
+    interpreter). Tests where the process boundary is the point (signals, exit codes of a fresh
+    interpreter) start ``python -m backend`` instead."""
+    from typer.testing import CliRunner
+
+    from backend.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": str(columns)})
+
+
 #: Seconds a test waits for a (tiny) job at most: a ceiling against hangs, far above a loaded run
 #: (a tiny job takes seconds alone, minutes beside the whole suite on 2 cores). Tests must not
 #: depend on the machine's speed.
 JOB_CEILING = 1800.0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_models(tmp_path_factory):
+    """One cache of the tiny teachers for the whole session: each is written on its first use
+    and read by every later test and every process a test starts (they inherit the variable).
+    Tests that must see a teacher written set a fresh cache of their own. Yields the folder."""
+    import os
+
+    cache = tmp_path_factory.mktemp("tiny-models")
+    before = os.environ.get("SPLATSMITH_CACHE")
+    os.environ["SPLATSMITH_CACHE"] = str(cache)
+    yield cache
+    if before is None:
+        os.environ.pop("SPLATSMITH_CACHE", None)
+    else:
+        os.environ["SPLATSMITH_CACHE"] = before
 
 
 @pytest.fixture

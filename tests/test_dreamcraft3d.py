@@ -5,8 +5,6 @@ figures."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import numpy as np
@@ -22,6 +20,7 @@ from backend.pipelines.dreamcraft3d import DreamCraft3DPipeline, class_word
 from backend.worker import run_local
 from shared_protocol.client import JobError
 from scenes import make_test_object, write_object_glb
+from conftest import cli
 
 
 class Record(Emitter):
@@ -97,34 +96,31 @@ def test_bad_requests_are_refused_in_one_sentence(params, words):
     assert words in str(caught.value)
 
 
-def test_class_word_and_the_cli_text_to_3d_without_rembg_and_reference_only(tmp_path):
+def test_class_word_and_the_cli_text_to_3d_without_rembg_and_reference_only(tmp_path, monkeypatch):
     """Text -> 3D through the CLI on the default install (issue 27, item 1): no matting package
-    (an ``import rembg`` that fails stands in front of any installed one), the drawn reference cut
-    out of its white background, a GLB at the end; then ``--reference-only``."""
+    (``import rembg`` fails here, whatever is installed), the drawn reference cut out of its white
+    background, a GLB at the end; then ``--reference-only``."""
     assert class_word({"class_name": "", "prompt": "a ceramic teapot."}) == "teapot"
     assert class_word({"class_name": "mug", "prompt": "x"}) == "mug"
     assert class_word({"class_name": "", "prompt": ""}) == "object"
-    blocker = tmp_path / "no-rembg" / "rembg"
-    blocker.mkdir(parents=True)
-    (blocker / "__init__.py").write_text("raise ImportError('rembg is not installed here')\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker.parent), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setitem(sys.modules, "rembg", None)  # Python's own "not importable" mark
+    from backend.images import rembg_available
+
+    assert not rembg_available()
     out = tmp_path / "out" / "asset.glb"
-    common = [sys.executable, "-m", "backend.cli", "generate", "--pipeline", "dreamcraft3d", "--preset", "tiny",
-              "--seed", "1", "--device", "cpu", "--output-dir", str(tmp_path / "jobs")]
-    done = subprocess.run(common + ["--prompt", "a red chair", "--out", str(out)], capture_output=True, text=True,
-                          timeout=900, env=env)
-    assert done.returncode == 0, done.stderr
+    common = ["generate", "--pipeline", "dreamcraft3d", "--preset", "tiny", "--seed", "1", "--device", "cpu",
+              "--output-dir", tmp_path / "jobs"]
+    done = cli(*common, "--prompt", "a red chair", "--out", out)
+    assert done.exit_code == 0, done.output[-2000:]
     assert len(trimesh.load(out, force="mesh").faces) > 50 and out.with_suffix(".ply").is_file()
     job = next(p for p in (tmp_path / "jobs").iterdir() if p.is_dir())
     meta = json.loads((job / "result.json").read_text())["meta"]
     assert meta["masked_by"] == "white" and (job / "reference_drawn.png").is_file()
-    ref = subprocess.run(common + ["--prompt", "a chair", "--reference-only", "--out", str(tmp_path / "ref" / "x.glb")],
-                         capture_output=True, text=True, timeout=900, env=env)
-    assert ref.returncode == 0, ref.stderr
+    ref = cli(*common, "--prompt", "a chair", "--reference-only", "--out", tmp_path / "ref" / "x.glb")
+    assert ref.exit_code == 0, ref.output[-2000:]
     assert {"reference_drawn.png", "reference.png"} <= {p.name for p in (tmp_path / "ref").iterdir()}
-    other = subprocess.run(common[:5] + ["dreamgaussian", "--prompt", "x", "--reference-only"], capture_output=True,
-                           text=True, timeout=300)
-    assert other.returncode == 1 and "draws no reference image" in other.stderr
+    other = cli("generate", "--pipeline", "dreamgaussian", "--prompt", "x", "--reference-only")
+    assert other.exit_code == 1 and "draws no reference image" in other.output
 
 
 @pytest.mark.slow

@@ -2,8 +2,6 @@
 cancellation, streaming through a real server, and oracle runs that prove the method."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 
@@ -16,18 +14,12 @@ from backend.geometry.export import load_glb
 from backend.jobs import JobStore
 from backend.worker import run_local
 from backend.pipelines import load_builtin
-from backend.pipelines.base import CancelToken, Emitter, JobCancelled
+from backend.contracts import CancelToken, Emitter, JobCancelled
 from backend.pipelines.dreamgaussian import DreamGaussianPipeline
 from backend.render.gaussians import GaussianModel
 from scenes import held_out_scores, make_test_object, write_object_glb
 from shared_protocol.client import JobError
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tiny_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SPLATSMITH_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
+from conftest import cli
 
 
 def _check_glb(path):
@@ -67,16 +59,18 @@ def test_rgb_without_mask_gets_a_clear_error(tmp_path):
         run_local(JobStore(tmp_path / "jobs"), DreamGaussianPipeline, "tiny", {"mode": "image"}, {"image": rgb}, 0, Emitter())
 
 
-@pytest.mark.parametrize("stage, when", [
-    ("gaussians", lambda m: m["stage"] == "gaussians" and m["step"] == 3),
-    ("extraction", lambda m: m.get("message") == "extracting the surface"),
-    ("unwrapping", lambda m: m.get("message") == "UV unwrapping"),
-    ("baking", lambda m: (m.get("message") or "").startswith("baking")),
-    ("texture", lambda m: m["stage"] == "texture" and m["step"] == 3),
+@pytest.mark.parametrize("stage, when, sizes", [
+    ("gaussians", lambda m: m["stage"] == "gaussians" and m["step"] == 3, {"iters": 200, "mesh_resolution": 32}),
+    # Each later stage reached cheaply, the stage itself made long enough that the cancel lands in it.
+    ("extraction", lambda m: m.get("message") == "extracting the surface", {"mesh_resolution": 192}),
+    ("unwrapping", lambda m: m.get("message") == "UV unwrapping", {"mesh_resolution": 48}),  # xatlas in its own process
+    ("baking", lambda m: (m.get("message") or "").startswith("baking"), {"mesh_resolution": 48, "texture_size": 1024,
+                                                                          "bake_size": 256}),
+    ("texture", lambda m: m["stage"] == "texture" and m["step"] == 3, {"mesh_resolution": 32, "texture_iters": 200}),
 ])
-def test_cancel_in_every_stage_ends_the_job(tmp_path, stage, when):
-    """The cancel flag is set from another thread while the stage runs (sizes raised so that
-    each mesh step takes a while on the CPU); the job must end there, with JobCancelled."""
+def test_cancel_in_every_stage_ends_the_job(tmp_path, stage, when, sizes):
+    """The cancel flag is set from another thread while the stage runs; the job must end there,
+    with JobCancelled."""
     token = CancelToken()
     fired = {}
 
@@ -86,8 +80,7 @@ def test_cancel_in_every_stage_ends_the_job(tmp_path, stage, when):
                 fired["at"] = time.monotonic()
                 threading.Timer(0.05, token.cancel).start()  # lands inside the stage's work
 
-    params = {"mode": "text", "prompt": "a teapot", "iters": 200 if stage == "gaussians" else 20, "texture_iters": 200,
-              "mesh_resolution": 192, "texture_size": 1024, "bake_size": 256}
+    params = {"mode": "text", "prompt": "a teapot", "iters": 20, **sizes}
     with pytest.raises(JobCancelled):
         run_local(JobStore(tmp_path / "jobs"), DreamGaussianPipeline, "tiny", params, {}, 0, CancelIn(), cancel=token)
     assert "at" in fired, f"the {stage} stage was never reached"
@@ -113,14 +106,12 @@ def test_previews_of_all_kinds_arrive_over_a_server(make_server, make_client):
 
 def test_cli_generate_text_tiny(tmp_path):
     out = tmp_path / "chair.glb"
-    done = subprocess.run([sys.executable, "-m", "backend.cli", "generate", "--prompt", "a chair", "--preset", "tiny",
-                           "--out", str(out), "--device", "cpu", "--output-dir", str(tmp_path / "jobs")],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = cli("generate", "--prompt", "a chair", "--preset", "tiny", "--out", out, "--device", "cpu", "--output-dir",
+               tmp_path / "jobs")
+    assert done.exit_code == 0, done.output[-2000:]
     _check_glb(out)
-    both = subprocess.run([sys.executable, "-m", "backend.cli", "generate", "--device", "cpu"], capture_output=True,
-                          text=True, timeout=120)
-    assert both.returncode == 1 and "exactly one of --image" in both.stderr
+    both = cli("generate", "--device", "cpu")
+    assert both.exit_code == 1 and "exactly one of --image" in both.output
 
 
 def _held_out_scores(job_dir, mesh, radius):
@@ -129,8 +120,12 @@ def _held_out_scores(job_dir, mesh, radius):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-@pytest.mark.parametrize("mode", ["image", "text"])
+@pytest.mark.parametrize("mode", ["image"])
 def test_oracle_run_recovers_the_object(tmp_path, mode):
+    """The acceptance run of the distillation stages (DreamGaussian image mode, oracle, ``fast``).
+    Text mode's oracle run (measured 0.981 / 28.39 dB) and DreamTime's, the same code with another
+    schedule (0.978 / 27.98 dB), are measured by ``bench/schedules.py`` (``docs/schedules.md``);
+    DreamCraft3D's acceptance run distils in text mode with the oracle too."""
     mesh, raw = make_test_object()
     glb = write_object_glb(tmp_path / "gt.glb", raw)
     params = {"mode": mode, "teacher": "oracle", "oracle_mesh": str(glb)}
@@ -141,8 +136,8 @@ def test_oracle_run_recovers_the_object(tmp_path, mode):
     job, result = run_local(JobStore(tmp_path / "jobs"), DreamGaussianPipeline, "fast", params, inputs, 0, Emitter())
     scores = _held_out_scores(job.dir, mesh, result.meta["radius"])
     print(f"dreamgaussian oracle {mode}: {time.monotonic() - start:.0f} s", {k: round(v, 3) for k, v in scores.items()})
-    # About 1.5 dB under the measured figures (seed 0, CPU): image 0.982 / 25.64 dB, text 0.981 / 28.39 dB.
-    floor = {"image": 24.0, "text": 26.8}[mode]
+    # About 1.5 dB under the measured figure (seed 0, CPU): 0.982 / 25.64 dB.
+    floor = {"image": 24.0}[mode]
     assert scores["mesh_iou"] >= 0.96 and scores["mesh_psnr"] >= floor, scores
 
 

@@ -23,12 +23,10 @@ from scenes import make_test_object
 
 
 
-@pytest.fixture(scope="module")
-def tiny_cache(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("splatsmith-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SPLATSMITH_CACHE", str(cache))
-        yield cache
+@pytest.fixture
+def tiny_cache(tiny_models):
+    """The session's cache of tiny teachers (conftest)."""
+    return tiny_models
 
 
 @pytest.fixture(scope="module")

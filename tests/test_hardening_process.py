@@ -21,7 +21,7 @@ from shared_protocol import messages
 from shared_protocol.client import Client, JobError, Timeouts
 from shared_protocol.codec import encode
 
-from backend.pipelines.base import CancelToken, JobCancelled
+from backend.contracts import CancelToken, JobCancelled
 
 ROOT = Path(__file__).resolve().parents[1]
 

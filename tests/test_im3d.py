@@ -4,8 +4,6 @@ that proves it."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from backend.pipelines.im3d import IM3DPipeline, masked_views
 from backend.stages.progress import contact_sheet
 from backend.worker import run_local
 from scenes import make_test_object, render_rgba, write_object_glb
+from conftest import cli
 
 
 class Record(Emitter):
@@ -58,12 +57,12 @@ def test_loops_follow_the_strengths_and_no_loop_means_one_fit(tmp_path):
     from backend.images import demo_photo
 
     rgb, mask = demo_photo()
-    _, once = run_local(JobStore(tmp_path / "a"), IM3DPipeline, "tiny", {"loops": 0, "regen_strength": ""},
+    _, once = run_local(JobStore(tmp_path / "a"), IM3DPipeline, "tiny", {"loops": 0, "regen_strength": "", "iters": 10},
                         {"image": rgb, "mask": mask}, 0, Emitter())
     assert once.meta["loops"] == 0 and list(once.meta["seconds"]) == ["generate", "fit_1", "mesh"]
     assert once.meta["denoiser_evaluations"] == 4
     _, three = run_local(JobStore(tmp_path / "b"), IM3DPipeline, "tiny",
-                         {"loops": 3, "regen_strength": "1,0.5,0.2", "iters": 40, "regen_every": 10},
+                         {"loops": 3, "regen_strength": "1,0.5,0.2", "iters": 16, "regen_every": 4},
                          {"image": rgb, "mask": mask}, 0, Emitter())
     assert three.meta["loops"] == 3 and three.meta["denoiser_evaluations"] == 4 + 3 * 2
 
@@ -145,25 +144,16 @@ def test_a_default_run_counts_60_denoiser_evaluations(tmp_path):
     assert result.meta["view_evaluations"] == 60 * 16  # each call denoises the 16 views
 
 
-def test_cli_generate_im3d_image_text_and_oracle(tmp_path):
-    """`splatsmith generate --pipeline im3d (--image | --prompt) [--teacher oracle --oracle-mesh]`."""
-    from PIL import Image
-
-    from backend.images import demo_photo
-
-    gt = write_object_glb(tmp_path / "gt.glb", make_test_object(texture_size=128)[1])
-    rgb, mask = demo_photo()
-    Image.fromarray(rgb).save(tmp_path / "photo.png")
-    Image.fromarray(mask).save(tmp_path / "mask.png")
-    for args in (["--image", str(tmp_path / "photo.png"), "--mask", str(tmp_path / "mask.png")],
-                 ["--prompt", "a red chair"],
-                 ["--image", str(tmp_path / "photo.png"), "--teacher", "oracle", "--oracle-mesh", str(gt)]):
-        out = tmp_path / f"out{len(args)}.glb"
-        done = subprocess.run([sys.executable, "-m", "backend.cli", "generate", "--pipeline", "im3d", *args,
-                               "--preset", "tiny", "--seed", "1", "--out", str(out), "--device", "cpu",
-                               "--output-dir", str(tmp_path / "jobs")], capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, done.stderr
-        assert len(trimesh.load(out, force="mesh").faces) > 50 and out.with_suffix(".ply").is_file()
+def test_cli_generate_im3d_text(tmp_path):
+    """`splatsmith generate --pipeline im3d --prompt`: the reference is drawn first, cut out of its
+    white background (tests/test_cli_messages.py runs the image form through the CLI)."""
+    out = tmp_path / "out.glb"
+    done = cli("generate", "--pipeline", "im3d", "--prompt", "a red chair", "--preset", "tiny", "--seed", "1", "--out",
+               out, "--device", "cpu", "--output-dir", tmp_path / "jobs")
+    assert done.exit_code == 0, done.output[-2000:]
+    assert len(trimesh.load(out, force="mesh").faces) > 50 and out.with_suffix(".ply").is_file()
+    job = next((tmp_path / "jobs").iterdir())
+    assert (job / "reference_drawn.png").is_file() and (job / "reference.png").is_file()
 
 
 @pytest.mark.slow

@@ -56,7 +56,6 @@ def test_the_oracle_generates_its_exact_views_in_one_call_per_step(oracle):
 
 @pytest.mark.parametrize("solver", ["ddim", "dpmsolver++"])
 def test_zero123_generates_k_views_conditioned_on_the_reference(tmp_path_factory, monkeypatch, solver):
-    monkeypatch.setenv("SPLATSMITH_CACHE", str(tmp_path_factory.getbasetemp() / "tiny-cache"))
     teacher = load_teacher("zero123", "tiny", "cpu")
     gen = MultiViewGenerator(teacher, solver)
     batches = _spy_batches(teacher)
@@ -83,7 +82,6 @@ def test_the_generated_views_follow_the_reference_image_and_each_views_camera(tm
     another reference image changes every view, and another camera for one view changes that
     view (its relative-camera embedding) while the views of unchanged cameras keep their
     content (each view is conditioned on its own camera only)."""
-    monkeypatch.setenv("SPLATSMITH_CACHE", str(tmp_path_factory.getbasetemp() / "tiny-cache"))
     gen = MultiViewGenerator(load_teacher("zero123", "tiny", "cpu"))
     g = torch.Generator().manual_seed(0)
     first, second = torch.rand(2, 1, 3, 64, 64, generator=g)

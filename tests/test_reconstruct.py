@@ -2,8 +2,6 @@
 rendered by the project's mesh renderer from 24 views; 16 train, 8 evaluate."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -20,6 +18,7 @@ from backend.render.gaussians import GaussianModel, render
 from backend.render.mesh import render_mesh
 from scenes import make_test_object, render_rgba, spiral_views, write_dataset
 from shared_protocol.client import JobError
+from conftest import cli
 
 TRAIN, TEST = list(range(16)), list(range(16, 24))
 
@@ -126,17 +125,13 @@ def test_bad_inputs_get_clear_errors(scene, make_server, make_client):
 def test_cli_reconstruct_writes_glb_and_ply(scene, tmp_path):
     root, _, _ = scene
     out = tmp_path / "out" / "thing.glb"
-    done = subprocess.run(
-        [sys.executable, "-m", "backend.cli", "reconstruct", str(root), "--out", str(out), "--preset", "fast", "--iters", "25",
-         "--resolution", "48", "--device", "cpu", "--output-dir", str(tmp_path / "jobs")],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = cli("reconstruct", root, "--out", out, "--preset", "fast", "--iters", "25", "--resolution", "48", "--device",
+               "cpu", "--output-dir", tmp_path / "jobs")
+    assert done.exit_code == 0, done.output[-2000:]
     assert out.is_file() and out.with_suffix(".ply").is_file()
     assert len(load_glb(out).faces) > 100
-    missing = subprocess.run([sys.executable, "-m", "backend.cli", "reconstruct", str(tmp_path / "nowhere"), "--device", "cpu"],
-                             capture_output=True, text=True, timeout=120)
-    assert missing.returncode == 1 and "transforms.json" in missing.stderr
+    missing = cli("reconstruct", tmp_path / "nowhere", "--device", "cpu")
+    assert missing.exit_code == 1 and "transforms.json" in missing.output
 
 
 def test_opacity_reset_works_around_gsplat_1_5_3(scene):

