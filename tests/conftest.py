@@ -7,6 +7,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+#: Run in the Blender 5.2 LTS environment by tests/blender/test_blender_lts.py, not in this one.
+collect_ignore = ["blender_lts"]
+
 from pipelines_for_tests import TEST_PIPELINES  # noqa: E402
 
 from backend.guidance.quiet import hide_broken_torchvision  # noqa: E402
