@@ -184,8 +184,9 @@ def extract_mesh(model: GaussianModel, resolution: int = 128, threshold: float =
     match (IoU) the Gaussians' own rendered silhouettes (alpha > 0.5) from those cameras. The
     density is smoothed by a Gaussian filter of ``smooth_voxels`` voxels against voxel-scale bumps.
     ``cancel`` (a ``CancelToken``) is checked between the steps and inside the density grid.
-    ``bounds`` (lo [3], hi [3], metres): where the object can be (:func:`density_grid`); default
-    every Gaussian's 3-sigma box.
+    ``bounds`` (lo [3], hi [3], metres): where the object can be; the grid spans every
+    Gaussian's 3-sigma box (:func:`density_bounds`) clipped to it, so Gaussians that strayed
+    outside add nothing and the grid's resolution is spent on the object.
 
     Raises:
         ExtractionError: no surface at any level tried.
@@ -200,6 +201,9 @@ def extract_mesh(model: GaussianModel, resolution: int = 128, threshold: float =
         if cancel is not None:
             cancel.check()
 
+    if bounds is not None:
+        lo, hi = density_bounds(model)
+        bounds = (np.maximum(lo, bounds[0]), np.minimum(hi, bounds[1]))
     density, origin, spacing = density_grid(model, resolution, bounds, cancel=cancel)
     check()
     if smooth_voxels > 0:
