@@ -798,7 +798,7 @@ def models_download(
             path = download_backbone(net, models_dir)
         except Exception as exc:  # offline, refused, a hash that does not match: all said the same way
             _fail(escape(f"{name}: download from {backbone.url} failed ({type(exc).__name__}: {str(exc)[:200]})"))
-        out.print(f"{name} is in {path}")
+        out.print(f"{name} is in {path}", soft_wrap=True)  # a path stays copyable
         return
     if name not in known:
         _fail(f"unknown model {name!r}; known: {', '.join(sorted(known) + [b.model_id for b in BACKBONES.values()])}")
@@ -811,7 +811,7 @@ def models_download(
                                   report=lambda line: out.print(escape(line)))
     except ModelMissingError as exc:
         _fail(str(exc))
-    out.print(f"{name} is in {path}")
+    out.print(f"{name} is in {path}", soft_wrap=True)
 
 
 def _client(address: str, server_key: Optional[Path], client_key: Optional[Path]) -> Client:

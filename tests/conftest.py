@@ -1,11 +1,31 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist (``-n auto`` in pyproject.toml), give each worker its share of the
+    cores for torch's and OpenMP's threads, before torch loads; the processes a test starts
+    (servers, CLI runs, Blender) inherit it. Several workers each using every core would
+    oversubscribe them (OpenMP's threads spin), and the suite would be slower, not faster."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, threads)
+
+
+_share_the_cores()
+# pytest-xdist's workers inherit COLUMNS=80; the CLI's rich consoles would fix their width at it
+# when backend.cli is first imported, and every CliRunner test would see 80 columns.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 #: Run in the Blender 5.2 LTS environment by tests/blender/test_blender_lts.py, not in this one.
 collect_ignore = ["blender_lts"]

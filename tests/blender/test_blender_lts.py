@@ -26,7 +26,8 @@ def test_the_addon_works_in_blender_52_lts_without_deprecation_warnings(tmp_path
     (tmp_path / "blender_addon").symlink_to(ROOT / "blender_addon", target_is_directory=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(SPLATSMITH_BACKEND_PYTHON=sys.executable, PYTHONPATH=str(tmp_path))
-    done = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error::DeprecationWarning",
+    # "-o addopts=": pyproject's -n (pytest-xdist) is the main environment's; this one runs serially.
+    done = subprocess.run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-W", "error::DeprecationWarning",
                            "--confcutdir", str(ROOT / "tests" / "blender_lts"), str(ROOT / "tests" / "blender_lts")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3000)
     output = done.stdout + done.stderr

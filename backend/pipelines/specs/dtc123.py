@@ -162,7 +162,7 @@ class DTC123Spec(DistillationSpec):
 
     @classmethod
     def estimate_memory(cls, params, inputs):
-        est = dict(super().estimate_memory(dict(params, resolutions=str(params["middle_size"]), texture_render_size=params[
+        est = dict(super().estimate_memory(dict(params, resolutions=",".join([str(params["middle_size"])] * 3), texture_render_size=params[
             "fine_size"]), inputs))
         est.pop("resolutions", None)
         est.pop("texture_render_size", None)
