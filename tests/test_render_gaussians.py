@@ -153,3 +153,19 @@ def test_cpu_and_gsplat_paths_agree():
     assert (cpu.rgb - gpu.rgb.cpu()).abs().max() < 1e-3
     assert (cpu.alpha - gpu.alpha.cpu()).abs().max() < 1e-3
     assert torch.equal(cpu.info["radii"], gpu.info["radii"].cpu())
+
+
+def test_what_an_opaque_gaussian_hides_adds_nothing():
+    """Behind a pixel's T_MIN point nothing is composited (gsplat's rule), so the rasteriser drops
+    those pairs: the near Gaussian alone makes the centre pixel, and the hidden colours get no
+    gradient from it."""
+    colours = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    z = torch.tensor([[0.0, 0.0, 0.4], [0.0, 0.0, 0.0], [0.0, 0.0, -0.4]])  # +Z is nearest the camera
+    model = GaussianModel.from_points(z, colours, scale=0.2, opacity=0.99)
+    cam = orbit_cameras(0.0, 0.0, 3.0, 40.0, 33, 33)
+    out = render(model, cam, background=0.0)
+    assert torch.allclose(out.rgb[0, 16, 16], torch.tensor([0.99, 0.0, 0.0]), atol=1e-4)
+    assert out.alpha[0, 16, 16, 0].item() == pytest.approx(0.99, abs=1e-4)
+    out.rgb[0, 16, 16].sum().backward()
+    sh0 = model.params["sh0"].grad.reshape(3, -1)
+    assert sh0[0].abs().sum() > 0 and sh0[1:].abs().sum() == 0

@@ -368,6 +368,23 @@ def _rasterize_one(means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Te
         is_start[1:] = pix[1:] != pix[:-1]
         seg = torch.cumsum(is_start.long(), 0) - 1
         start_idx = torch.nonzero(is_start).squeeze(1)
+        # Pairs behind the point where a pixel's transmittance falls to T_MIN have weight 0 and
+        # attenuate only pairs behind them: dropping them changes neither the image nor any
+        # gradient, and an opaque surface hides most of what lies behind it (bench/render.py:
+        # 15-30% off a forward + backward step of a shell of Gaussians on the CPU).
+        g = attrs.detach().index_select(0, gid)
+        ddx, ddy = fx - g[:, 0], fy - g[:, 1]
+        alpha0 = (g[:, 5] * torch.exp(-(0.5 * (g[:, 2] * ddx * ddx + g[:, 4] * ddy * ddy) + g[:, 3] * ddx * ddy)))
+        log1m0 = torch.log1p(-alpha0.clamp_max(ALPHA_MAX)).double()
+        through = torch.cumsum(log1m0, 0)  # log T after each pair, before the segment's start
+        t_next = torch.exp(through - (through - log1m0).index_select(0, start_idx).index_select(0, seg))
+        keep = torch.nonzero(t_next > T_MIN).squeeze(1)  # a pixel's first pair always stays
+        if keep.numel() < pix.numel():
+            pix, gid, fx, fy = pix[keep], gid[keep], fx[keep], fy[keep]
+            is_start = torch.ones_like(pix, dtype=torch.bool)
+            is_start[1:] = pix[1:] != pix[:-1]
+            seg = torch.cumsum(is_start.long(), 0) - 1
+            start_idx = torch.nonzero(is_start).squeeze(1)
     if gid.numel() == 0:
         return out + 0 * attrs.sum()
     # Differentiable part. ``split`` (not column indexing) keeps the backward to one ``cat``.
