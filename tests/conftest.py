@@ -41,8 +41,12 @@ from shared_protocol.client import Client, Timeouts  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``cuda`` run on a CUDA GPU and are skipped, saying why, everywhere else
+    """Files holding a ``slow`` test run first (the order is otherwise kept), so that xdist's
+    workers start the long runs early and end together instead of one finishing a long file
+    alone. Tests marked ``cuda`` run on a CUDA GPU and are skipped, saying why, everywhere else
     (``pytest -m cuda`` selects them all on a GPU machine)."""
+    slow_files = {item.path for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: each file stays in order
     import torch
 
     if torch.cuda.is_available():

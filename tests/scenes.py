@@ -26,6 +26,19 @@ def procedural_color(p: torch.Tensor) -> torch.Tensor:
     return torch.stack([r, g, b], -1) * (1.0 - 0.6 * stripe[:, None])
 
 
+#: The test object's atlas per texture size, made once per process: xatlas takes seconds on it
+#: (the same input gives the same atlas), and many tests build the object.
+_ATLASES: dict[int, object] = {}
+
+
+def _unwrapped(vertices, faces, texture_size: int):
+    if texture_size not in _ATLASES:
+        # time_limit: a ceiling against hangs, far above a loaded run (not the product's default).
+        _ATLASES[texture_size] = unwrap(vertices, faces, resolution=texture_size, padding=4, time_limit=1800.0)
+    uvm = _ATLASES[texture_size]
+    return type(uvm)(**{k: v.copy() if isinstance(v, np.ndarray) else v for k, v in vars(uvm).items()})
+
+
 def make_test_object(texture_size: int = 512) -> tuple[TexturedMesh, dict]:
     """A torus (concave inside its hole) standing on a slab with a notch, about 1.1 m wide,
     centred near the origin, UV-unwrapped with a procedural colour texture.
@@ -40,7 +53,7 @@ def make_test_object(texture_size: int = 512) -> tuple[TexturedMesh, dict]:
     block.apply_translation([0.32, -0.17, 0.12])
     mesh = trimesh.util.concatenate([torus, slab, block])
     mesh = mesh.subdivide_to_size(0.06)
-    uvm = unwrap(mesh.vertices, mesh.faces, resolution=texture_size, padding=4)
+    uvm = _unwrapped(mesh.vertices, mesh.faces, texture_size)
     verts = torch.from_numpy(uvm.vertices)
     faces = torch.from_numpy(uvm.faces)
     corner_uv = torch.from_numpy(uvm.corner_uv)
