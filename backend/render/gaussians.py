@@ -314,7 +314,8 @@ def _rasterize_one(means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Te
     depth per pixel. Pixel/Gaussian pairs are enumerated row by row over the exact span of
     each Gaussian's alpha >= 1/255 ellipse (inside its bounding box), sorted by (pixel,
     depth), and composited with a segmented exclusive cumulative sum of log(1 - alpha) in
-    float64. All per-Gaussian attributes are
+    float64; pairs behind the point where a pixel's transmittance falls to ``T_MIN`` (gsplat's
+    early stop) are dropped before the differentiable part. All per-Gaussian attributes are
     gathered in one ``index_select`` so the backward pass is one ``index_add``.
     """
     device = means2d.device
