@@ -169,3 +169,35 @@ def test_what_an_opaque_gaussian_hides_adds_nothing():
     out.rgb[0, 16, 16].sum().backward()
     sh0 = model.params["sh0"].grad.reshape(3, -1)
     assert sh0[0].abs().sum() > 0 and sh0[1:].abs().sum() == 0
+
+
+def test_the_written_out_backward_is_the_derivative_of_the_compositing():
+    """The compositing's hand-written backward against torch's numerical Jacobian, in float64, on
+    pairs whose pixels hold one to five Gaussians (the first in front of the rest), opacities up
+    to the 0.999 clamp and some alphas under 1/255 (which attenuate but add nothing)."""
+    from backend.render.gaussians import _Composite
+
+    g = torch.Generator().manual_seed(3)
+    n, n_ch, hw = 7, 3, 6
+    attrs = torch.cat([torch.rand(n, 2, generator=g) * 4,                      # means2d, px
+                       torch.rand(n, 1, generator=g) * 0.4 + 0.1,              # conic a
+                       (torch.rand(n, 1, generator=g) - 0.5) * 0.1,            # conic b
+                       torch.rand(n, 1, generator=g) * 0.4 + 0.1,              # conic c
+                       torch.tensor([[0.9], [0.5], [0.7], [0.003], [0.8], [0.6], [0.95]]),  # opacity
+                       torch.rand(n, 1, generator=g) + 1,                      # depth
+                       torch.rand(n, n_ch, generator=g)], 1).T.contiguous().double().requires_grad_(True)
+    per_pixel = [1, 3, 5, 2, 4, 0]
+    pix = torch.cat([torch.full((k,), p) for p, k in enumerate(per_pixel)]).long()
+    gid = torch.cat([torch.randperm(n, generator=g)[:k] for k in per_pixel]).long()
+    fx = (pix % 3).double() + 0.5
+    fy = (pix // 3).double() + 0.5
+    is_start = torch.ones_like(pix, dtype=torch.bool)
+    is_start[1:] = pix[1:] != pix[:-1]
+    seg = torch.cumsum(is_start.long(), 0) - 1
+    start_idx = torch.nonzero(is_start).squeeze(1)
+
+    def composite(a):
+        return _Composite.apply(a, gid, fx, fy, pix, is_start, seg, start_idx, hw)
+
+    assert torch.autograd.gradcheck(composite, (attrs,), eps=1e-6, atol=1e-7)
+    assert composite(attrs)[:, 5].abs().sum() == 0  # a pixel with no pair stays empty

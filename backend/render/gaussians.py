@@ -306,24 +306,100 @@ def project(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opac
     return Projection(means2d, conics, z, radii)
 
 
+class _Composite(torch.autograd.Function):
+    """Front-to-back alpha compositing of depth-sorted pixel/Gaussian pairs, with its gradient
+    written out (3DGS eq. 3; the backward pass is gsplat's ``rasterize_to_pixels`` backward,
+    done here over all pairs at once instead of per tile).
+
+    Forward, for the pairs i of one pixel in depth order:
+    alpha_i = min(o_i exp(-sigma_i), ALPHA_MAX), sigma_i = 0.5 (a dx^2 + c dy^2) + b dx dy,
+    T_i = prod_{j<i} (1 - alpha_j), w_i = T_i alpha_i [T_i (1 - alpha_i) > T_MIN][alpha_i >= ALPHA_MIN],
+    out = sum_i w_i (colour_i, 1, depth_i). Backward, with g_i = dL/dw_i and
+    S_i = sum_{k>i} g_k w_k (a reverse segmented cumulative sum):
+    dL/dalpha_i = g_i T_i m_i - S_i / (1 - alpha_i), m_i the indicator above (held constant, as
+    gsplat does). The backward is written out because autograd's graph of these ~25 elementwise
+    ops keeps every intermediate and replays each of them (``bench/render.py`` times the step).
+
+    Tensors are channel-first, a row per attribute: every per-pair attribute is contiguous, and
+    the gathers and scatters move whole rows (on the CPU, scattering [P, K] rows of a few floats
+    each is several times slower).
+
+    Inputs: ``attrs`` float [7 + n_ch, N] (means2d x, y; conic a, b, c; opacity; depth; colour),
+    ``gid`` int64 [P] the Gaussian of each pair, ``fx``, ``fy`` float [P] pixel centres,
+    ``pix`` int64 [P] pixel index (sorted), ``is_start`` bool [P] a pixel's first pair,
+    ``seg`` int64 [P] the pixel segment of each pair, ``start_idx`` int64 [S] the first pair of
+    each segment, ``hw`` the pixel count.
+    Output: float [n_ch + 2, hw].
+    """
+
+    @staticmethod
+    def forward(ctx, attrs, gid, fx, fy, pix, is_start, seg, start_idx, hw):
+        n_ch = attrs.shape[0] - 7
+        g = attrs.index_select(1, gid)
+        dx = fx - g[0]
+        dy = fy - g[1]
+        e = torch.exp(-(0.5 * (g[2] * dx * dx + g[4] * dy * dy) + g[3] * dx * dy))
+        raw = g[5] * e
+        alpha = raw.clamp_max(ALPHA_MAX)
+        log1m = torch.log1p(-alpha).double()
+        excl = torch.cumsum(log1m, 0) - log1m
+        T = torch.exp(excl - excl.index_select(0, start_idx).index_select(0, seg)).to(attrs.dtype)
+        # Pairs behind the point where a pixel's transmittance falls to T_MIN have weight 0 and
+        # attenuate only pairs behind them, so they get no gradient: the rest is done on the
+        # pairs in front (a prefix of each pixel's pairs, its first always among them), which
+        # an opaque surface makes a fraction of all.
+        keep = torch.nonzero(T * (1.0 - alpha) > T_MIN).squeeze(1)
+        if keep.numel() < pix.numel():
+            g = g.index_select(1, keep)
+            dx, dy, e, raw, alpha, T, gid, pix, seg = (v.index_select(0, keep) for v in (dx, dy, e, raw, alpha, T,
+                                                                                         gid, pix, seg))
+            start_idx = torch.nonzero(is_start.index_select(0, keep)).squeeze(1)
+        m = alpha >= ALPHA_MIN
+        w = T * alpha * m
+        values = torch.cat([w * g[7:], w[None], (w * g[6])[None]], 0)
+        ctx.save_for_backward(attrs, g, gid, dx, dy, e, raw, alpha, T, m, w, pix, start_idx, seg)
+        ctx.n_ch = n_ch
+        return torch.zeros(n_ch + 2, hw, device=attrs.device, dtype=attrs.dtype).index_add_(1, pix, values)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        attrs, g, gid, dx, dy, e, raw, alpha, T, m, w, pix, start_idx, seg = ctx.saved_tensors
+        n_ch = ctx.n_ch
+        gp = grad_out.index_select(1, pix)
+        g_col, g_acc, g_dep = gp[:n_ch], gp[n_ch], gp[n_ch + 1]
+        gw = (g_col * g[7:]).sum(0) + g_acc + g_dep * g[6]
+        incl = torch.cumsum((gw * w).double(), 0)
+        # The last pair of each pixel's segment: the one before the next segment's start.
+        end_idx = torch.cat([start_idx[1:] - 1, start_idx.new_full((1,), pix.numel() - 1)])
+        behind = (incl.index_select(0, end_idx).index_select(0, seg) - incl).to(attrs.dtype)  # S_i
+        d_alpha = (gw * T * m - behind / (1.0 - alpha)) * (raw <= ALPHA_MAX)
+        d_sigma = -d_alpha * raw
+        d_dx = d_sigma * (g[2] * dx + g[3] * dy)
+        d_dy = d_sigma * (g[4] * dy + g[3] * dx)
+        grads = torch.cat([torch.stack([-d_dx, -d_dy, 0.5 * d_sigma * dx * dx, d_sigma * dx * dy,
+                                        0.5 * d_sigma * dy * dy, d_alpha * e, w * g_dep], 0), w * g_col], 0)
+        d_attrs = torch.zeros_like(attrs).index_add_(1, gid, grads)
+        return d_attrs, None, None, None, None, None, None, None, None
+
+
 def _rasterize_one(means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Tensor, opacities: torch.Tensor,
                    depths: torch.Tensor, radii: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Composite one camera's projected Gaussians.
 
-    Returns float [H*W, 3 + 2]: colour, accumulated alpha and accumulated (not normalised)
+    Returns float [3 + 2, H*W]: colour, accumulated alpha and accumulated (not normalised)
     depth per pixel. Pixel/Gaussian pairs are enumerated row by row over the exact span of
     each Gaussian's alpha >= 1/255 ellipse (inside its bounding box), sorted by (pixel,
     depth), and composited with a segmented exclusive cumulative sum of log(1 - alpha) in
-    float64; pairs behind the point where a pixel's transmittance falls to ``T_MIN`` (gsplat's
-    early stop) are dropped before the differentiable part. All per-Gaussian attributes are
-    gathered in one ``index_select`` so the backward pass is one ``index_add``.
+    float64 by :class:`_Composite`, whose backward is written out; pairs behind the point where
+    a pixel's transmittance falls to ``T_MIN`` (gsplat's early stop) take no part in it. All
+    per-Gaussian attributes travel in one tensor, so the gradient reaches them in one ``index_add``.
     """
     device = means2d.device
     hw = width * height
     n_ch = colors.shape[-1]
-    # [N, 2 + 3 + 1 + 1 + n_ch]: means2d, conic, opacity, depth, colour.
-    attrs = torch.cat([means2d, conics, opacities[:, None], depths[:, None], colors], 1)
-    out = torch.zeros(hw, n_ch + 2, device=device)
+    # [2 + 3 + 1 + 1 + n_ch, N]: means2d, conic, opacity, depth, colour.
+    attrs = torch.cat([means2d.T, conics.T, opacities[None], depths[None], colors.T], 0)
+    out = torch.zeros(n_ch + 2, hw, device=device)
     vis = torch.nonzero(radii[:, 0] > 0).squeeze(1)
     if vis.numel() == 0:
         return out + 0 * attrs.sum()
@@ -331,9 +407,9 @@ def _rasterize_one(means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Te
         # Front to back, so that pairs come out depth-sorted and a stable sort by pixel keeps
         # the depth order within each pixel.
         vis = vis[torch.argsort(depths.detach()[vis])]
-        a = attrs.detach().index_select(0, vis)
-        mx, my, A, B, Cc = a[:, 0], a[:, 1], a[:, 2], a[:, 3], a[:, 4]
-        level = torch.log((a[:, 5] * 255.0).clamp_min(1.0))  # alpha >= 1/255  <=>  sigma <= level
+        a = attrs.detach().index_select(1, vis)
+        mx, my, A, B, Cc = a[0], a[1], a[2], a[3], a[4]
+        level = torch.log((a[5] * 255.0).clamp_min(1.0))  # alpha >= 1/255  <=>  sigma <= level
         r = radii.index_select(0, vis).float()
         y0 = torch.ceil(my - r[:, 1] - 0.5).clamp(0, height - 1).long()
         y1 = torch.floor(my + r[:, 1] - 0.5).clamp(0, height - 1).long()
@@ -354,55 +430,24 @@ def _rasterize_one(means2d: torch.Tensor, conics: torch.Tensor, colors: torch.Te
         x0 = torch.ceil(lo - 0.5).clamp(0, width).long()
         x1 = torch.floor(hi - 0.5).clamp(-1, width - 1).long()
         n_pix = torch.where(disc >= 0, (x1 - x0 + 1).clamp_min(0), torch.zeros_like(x0))
+        # Each pair's pixel index from its row's first one (one gather per pair, not three).
+        row_pix = row_y * width + x0 - (torch.cumsum(n_pix, 0) - n_pix)
         pair_row = torch.repeat_interleave(torch.arange(row_g.numel(), device=device), n_pix)
-        px = x0.index_select(0, pair_row) + (torch.arange(pair_row.numel(), device=device)
-                                              - (torch.cumsum(n_pix, 0) - n_pix).index_select(0, pair_row))
-        py = row_y.index_select(0, pair_row)
-        gid = vis.index_select(0, row_g.index_select(0, pair_row))
-        pix = py * width + px
-        order = torch.sort(pix, stable=True).indices
-        pix = pix.index_select(0, order)
+        pix = row_pix.index_select(0, pair_row) + torch.arange(pair_row.numel(), device=device)
+        gid = vis.index_select(0, row_g).index_select(0, pair_row)
+        pix, order = torch.sort(pix.int(), stable=True)  # int32: a radix sort of half the passes
+        pix = pix.long()
         gid = gid.index_select(0, order)
-        fx = px.index_select(0, order).float() + 0.5
-        fy = py.index_select(0, order).float() + 0.5
+        fy = torch.div(pix, width, rounding_mode="floor")
+        fx = (pix - fy * width).float() + 0.5
+        fy = fy.float() + 0.5
         is_start = torch.ones_like(pix, dtype=torch.bool)
         is_start[1:] = pix[1:] != pix[:-1]
         seg = torch.cumsum(is_start.long(), 0) - 1
         start_idx = torch.nonzero(is_start).squeeze(1)
-        # Pairs behind the point where a pixel's transmittance falls to T_MIN have weight 0 and
-        # attenuate only pairs behind them: dropping them changes neither the image nor any
-        # gradient, and an opaque surface hides most of what lies behind it (bench/render.py:
-        # 15-30% off a forward + backward step of a shell of Gaussians on the CPU).
-        g = attrs.detach().index_select(0, gid)
-        ddx, ddy = fx - g[:, 0], fy - g[:, 1]
-        alpha0 = (g[:, 5] * torch.exp(-(0.5 * (g[:, 2] * ddx * ddx + g[:, 4] * ddy * ddy) + g[:, 3] * ddx * ddy)))
-        log1m0 = torch.log1p(-alpha0.clamp_max(ALPHA_MAX)).double()
-        through = torch.cumsum(log1m0, 0)  # log T after each pair, before the segment's start
-        t_next = torch.exp(through - (through - log1m0).index_select(0, start_idx).index_select(0, seg))
-        keep = torch.nonzero(t_next > T_MIN).squeeze(1)  # a pixel's first pair always stays
-        if keep.numel() < pix.numel():
-            pix, gid, fx, fy = pix[keep], gid[keep], fx[keep], fy[keep]
-            is_start = torch.ones_like(pix, dtype=torch.bool)
-            is_start[1:] = pix[1:] != pix[:-1]
-            seg = torch.cumsum(is_start.long(), 0) - 1
-            start_idx = torch.nonzero(is_start).squeeze(1)
     if gid.numel() == 0:
         return out + 0 * attrs.sum()
-    # Differentiable part. ``split`` (not column indexing) keeps the backward to one ``cat``.
-    gx, gy, ga, gb, gc, gop, gdepth, gcolor = attrs.index_select(0, gid).split([1, 1, 1, 1, 1, 1, 1, n_ch], dim=1)
-    dx = fx[:, None] - gx
-    dy = fy[:, None] - gy
-    sigma = (0.5 * (ga * dx * dx + gc * dy * dy) + gb * dx * dy)[:, 0]
-    alpha = (gop[:, 0] * torch.exp(-sigma)).clamp_max(ALPHA_MAX)
-    log1m = torch.log1p(-alpha).double()
-    excl = torch.cumsum(log1m, 0) - log1m
-    T = torch.exp(excl - excl.index_select(0, start_idx).index_select(0, seg)).float()
-    with torch.no_grad():  # gsplat skips alpha < 1/255 and stops before T would fall to 1e-4
-        go = (((T * (1.0 - alpha.detach())) > T_MIN) & (alpha.detach() >= ALPHA_MIN)).float()
-    weight = T * alpha * go
-    w = weight[:, None]
-    values = torch.cat([w * gcolor, w, w * gdepth], 1)
-    return out.index_add(0, pix, values)
+    return _Composite.apply(attrs, gid, fx, fy, pix, is_start, seg, start_idx, hw)
 
 
 @dataclass
@@ -534,7 +579,7 @@ def render(model: GaussianModel, cameras: Cameras, background: torch.Tensor | tu
     else:
         colors = (SH_C0 * sh[None, :, 0, :] + 0.5).clamp_min(0.0).expand(C, -1, -1)
     images = [
-        _rasterize_one(proj.means2d[c], proj.conics[c], colors[c], opac, proj.depths[c], proj.radii[c], W, H).reshape(H, W, -1)
+        _rasterize_one(proj.means2d[c], proj.conics[c], colors[c], opac, proj.depths[c], proj.radii[c], W, H).T.reshape(H, W, -1)
         for c in range(C)
     ]
     image = torch.stack(images)
