@@ -65,6 +65,7 @@ def test_the_gradient_is_w_times_the_dreambooth_minus_the_lora_noise(boosted):
     assert torch.allclose(leaf.grad, expected / len(z), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_the_vsd_lora_learns_the_renders_and_the_dreambooth_adapter_stays_as_it_was(boosted):
     sd, bsd, images, cams = boosted
     unet = sd.parts.unet

@@ -6,6 +6,7 @@ import json
 import time
 
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -42,6 +43,7 @@ def test_schedules_show_says_what_it_wrote(tmp_path):
     assert result.exit_code == 0 and result.output.strip().splitlines()[-1] == f"wrote {tmp_path / 's.png'}"
 
 
+@pytest.mark.slow
 def test_in_process_im3d_keeps_a_log_finds_models_dir_reports_each_step_and_keeps_the_common_scale(tmp_path):
     """``generate --models-dir`` reaches the job (LPIPS's backbone found there: no "LPIPS off"
     in its log.txt, which in-process jobs now keep too); IM-3D reports each solver step of its

@@ -68,6 +68,7 @@ def _running_on(server, job_id: str) -> dict:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_four_jobs_from_two_clients_run_on_both_workers_with_their_files_and_previews(ray_server):
     a, b = _client(ray_server), _client(ray_server)
     welcome = a.hello()
@@ -160,6 +161,7 @@ def test_a_cancel_that_comes_while_the_job_is_on_its_way_to_the_actor_is_kept(ra
     assert outcome["code"] == "cancelled" and "restarted" not in outcome["text"], outcome
 
 
+@pytest.mark.slow
 def test_a_job_that_ignores_cancel_while_reporting_has_its_actor_restarted_after_the_grace(ray_server):
     dispatcher, client = ray_server.dispatcher, _client(ray_server)
     saved, dispatcher.cancel_grace = dispatcher.cancel_grace, 1.0
@@ -215,6 +217,7 @@ def test_the_queue_and_client_quotas_count_jobs_running_on_every_worker(ray_serv
             client.close()
 
 
+@pytest.mark.slow
 def test_a_killed_worker_loses_the_job_which_runs_again_and_the_server_keeps_answering(ray_server):
     client, pinger = _client(ray_server), _client(ray_server)
     statuses = []
@@ -272,6 +275,7 @@ def test_the_jobs_command_lists_the_workers(ray_server):
     assert "workers" in out.stdout and "ray-1" in out.stdout and "ray-2" in out.stdout and "idle" in out.stdout
 
 
+@pytest.mark.slow
 def test_without_ray_the_server_says_how_to_install_it_and_nothing_else_imports_ray(tmp_path):
     code = f"""
 import sys

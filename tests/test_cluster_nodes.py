@@ -17,6 +17,7 @@ from pipelines_for_tests import TEST_PIPELINES  # noqa: E402
 from shared_protocol.client import Client, Timeouts  # noqa: E402
 
 
+@pytest.mark.slow
 def test_workers_auto_follows_the_nodes_of_a_cluster_it_joins(tmp_path, monkeypatch):
     import os
 

@@ -53,6 +53,7 @@ def test_two_adapters_live_on_one_unet_start_as_the_base_and_switch(renders):
         finetune_lora(sd, "lora", images[:2], ["x"], 1, lr=1e-2)
 
 
+@pytest.mark.slow
 def test_dreambooth_loss_on_the_restored_renders_falls_by_a_third_and_the_saved_lora_reloads(renders, tmp_path):
     images, cams = renders
     sd = load_teacher("stable-diffusion", "tiny", "cpu")

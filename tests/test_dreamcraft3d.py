@@ -32,6 +32,7 @@ class Record(Emitter):
         self.log_lines.append(line)
 
 
+@pytest.mark.slow
 def test_tiny_image_run_over_a_server_boosts_with_dreambooth_and_bsd(make_server, make_client):
     from backend.images import demo_photo
 
@@ -96,6 +97,7 @@ def test_bad_requests_are_refused_in_one_sentence(params, words):
     assert words in str(caught.value)
 
 
+@pytest.mark.slow
 def test_class_word_and_the_cli_text_to_3d_without_rembg_and_reference_only(tmp_path, monkeypatch):
     """Text -> 3D through the CLI on the default install (issue 27, item 1): no matting package
     (``import rembg`` fails here, whatever is installed), the drawn reference cut out of its white
@@ -171,6 +173,7 @@ class Progress(Emitter):
         self.messages.append((msg["stage"], msg["message"] or ""))
 
 
+@pytest.mark.slow
 def test_batch_size_and_the_timestep_schedule_are_honoured(tmp_path, monkeypatch):
     """batch_size B gives B views to every SDS step of sculpting, geometry refinement and boosting
     (issue 27, item 3), and timestep_schedule=dreamtime replaces the configs' interval anneal in

@@ -32,6 +32,7 @@ def _check_glb(path):
     return mesh
 
 
+@pytest.mark.slow
 def test_tiny_image_to_3d_on_a_real_photo_is_deterministic(tmp_path):
     rgb, mask = demo_photo()
     store = JobStore(tmp_path / "jobs")
@@ -44,6 +45,7 @@ def test_tiny_image_to_3d_on_a_real_photo_is_deterministic(tmp_path):
     assert result.arrays["faces"].shape[1] == 3 and len(mesh.faces) == len(result.arrays["faces"])
 
 
+@pytest.mark.slow
 def test_tiny_text_to_3d(tmp_path):
     job, result = run_local(JobStore(tmp_path / "jobs"), DreamGaussianPipeline, "tiny",
                             {"mode": "text", "prompt": "a wooden chair, studio lighting"}, {}, 1, Emitter())
@@ -87,6 +89,7 @@ def test_cancel_in_every_stage_ends_the_job(tmp_path, stage, when, sizes):
     assert time.monotonic() - fired["at"] < 30  # a ceiling against a stage that ignores cancel; figures: bench/hardening.py
 
 
+@pytest.mark.slow
 def test_previews_of_all_kinds_arrive_over_a_server(make_server, make_client):
     server = make_server(pipelines=load_builtin())
     client = make_client(server.endpoint)
@@ -104,6 +107,7 @@ def test_previews_of_all_kinds_arrive_over_a_server(make_server, make_client):
         client.wait(client.submit("dreamgaussian", preset="tiny", params={"mode": "text"}), timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_generate_text_tiny(tmp_path):
     out = tmp_path / "chair.glb"
     done = cli("generate", "--prompt", "a chair", "--preset", "tiny", "--out", out, "--device", "cpu", "--output-dir",
@@ -142,6 +146,7 @@ def test_oracle_run_recovers_the_object(tmp_path, mode):
     assert scores["mesh_iou"] >= 0.96 and scores["mesh_psnr"] >= floor, scores
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dreamtime", "uniform"])
 def test_the_timestep_schedule_is_chosen_by_name(tmp_path, name):
     from backend.schedules import make_schedule

@@ -29,6 +29,7 @@ class RecordT(Emitter):
             self.seen.append((msg["step"], int(msg["message"].split("t=")[1].split(",")[0])))
 
 
+@pytest.mark.slow
 def test_the_method_runs_tp_sds_with_its_prior_and_the_teachers_noise_schedule(tmp_path):
     from backend.guidance import load_teacher
 
@@ -85,6 +86,7 @@ def test_every_distilling_stage_takes_the_dreamtime_prior():
         registry["dreamgaussian"].resolve("default", {"mode": "text", "prompt": "x", "t_min": 900, "t_max": 100}, {})
 
 
+@pytest.mark.slow
 def test_cli_generate_dreamtime_text_and_image(tmp_path):
     """`splatsmith generate --pipeline dreamtime (--prompt | --image --mask)`."""
     from PIL import Image

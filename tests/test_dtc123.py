@@ -36,6 +36,7 @@ class Record(Emitter):
         self.log_lines.append(line)
 
 
+@pytest.mark.slow
 def test_tiny_run_over_a_server_traces_the_curriculum_and_hands_the_teachers_over(make_server, make_client):
     from backend.images import demo_photo
 
@@ -127,6 +128,7 @@ def test_curriculum_follows_the_stage_lengths():
     assert handover.at(400, total)["stable-diffusion"] == 1.0 and handover.at(401, total)["zero123"] == 0.1
 
 
+@pytest.mark.slow
 def test_cli_generate_dtc123(tmp_path):
     from PIL import Image
 
@@ -183,6 +185,7 @@ def test_schedules_show_prints_and_plots_a_jobs_trace(tmp_path):
     assert bad.exit_code == 1 and "curriculum.json" in bad.output
 
 
+@pytest.mark.slow
 def test_batch_size_gives_every_sds_step_that_many_views(tmp_path, monkeypatch):
     """Issue 27, item 3: B cameras per step from the curriculum's own de-biased sampler, in the
     Gaussian stages and the fine stage; a batch of 4 gives another mesh than a batch of 1."""

@@ -92,6 +92,7 @@ def test_vertex_normals_point_out_of_a_sphere():
     assert float(cos.min()) > 0.999 and torch.allclose(n.norm(dim=-1), torch.ones(len(v)))
 
 
+@pytest.mark.slow
 def test_a_perfect_mesh_stays_put_when_the_oracle_draws_as_the_student_does(tmp_path):
     """The fine stage renders its student antialiased; an oracle that draws its targets
     aliased pulls even the object itself off its shape, one drawing like the student does not

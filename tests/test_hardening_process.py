@@ -37,6 +37,7 @@ def _until(predicate, timeout=120.0, what="condition", poll=None):
 
 
 # ---------------------------------------------------------------------- item 3: the worker process
+@pytest.mark.slow
 @pytest.mark.parametrize("how, signame", [("segv", "SIGSEGV"), ("abort", "SIGABRT"), ("kill", "SIGKILL")])
 def test_a_native_crash_costs_one_job_not_the_server(make_server, make_client, how, signame):
     server = make_server()
@@ -54,6 +55,7 @@ def test_a_native_crash_costs_one_job_not_the_server(make_server, make_client, h
     assert json.loads((server.store.root / crash.job_id / "state.json").read_text())["state"] == "failed"
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_worker_mid_job(make_server, make_client):
     server = make_server()
     client = make_client(server.endpoint)
@@ -67,6 +69,7 @@ def test_sigkill_of_the_worker_mid_job(make_server, make_client):
     assert client.wait(client.submit("fit", params={"steps": 3}), timeout=120)["meta"]["steps"] == 3
 
 
+@pytest.mark.slow
 def test_a_job_that_ignores_cancel_is_stopped_by_killing_its_worker(make_server, make_client):
     server = make_server(cancel_grace=1.0)
     client = make_client(server.endpoint)
@@ -122,6 +125,7 @@ def _fill(disk: Path) -> Path:
     return filler
 
 
+@pytest.mark.slow
 def test_a_full_disk_fails_jobs_with_disk_full_and_the_queue_goes_on(make_server, make_client, small_disk):
     server = make_server(output_dir=small_disk / "jobs", min_free_mb=0)
     client = make_client(server.endpoint)

@@ -84,6 +84,7 @@ def hostile_frames(draw):
     return [head] + draw(st.lists(st.binary(max_size=40), max_size=3))
 
 
+@pytest.mark.slow
 @settings(max_examples=3000, deadline=None)
 @given(hostile_frames())
 def test_decode_raises_only_protocol_errors(frames):
@@ -93,6 +94,7 @@ def test_decode_raises_only_protocol_errors(frames):
         assert exc.code in messages.ERROR_CODES
 
 
+@pytest.mark.slow
 def test_a_running_server_answers_thousands_of_hostile_messages_and_stays_up(make_server):
     server = make_server(limits=Limits(max_total_bytes=1 << 16, max_array_bytes=1 << 16))
     sock = zmq.Context.instance().socket(zmq.DEALER)
@@ -269,6 +271,7 @@ def test_queue_and_client_quota_answer_queue_full(make_server, make_client):
 
 
 # ---------------------------------------------------------------------- item 8: fetch follows
+@pytest.mark.slow
 def test_fetching_a_queued_job_follows_it_past_the_transfer_timeout(make_server, make_client, tmp_path):
     from typer.testing import CliRunner
 
@@ -435,6 +438,7 @@ def test_host_port_addresses_are_accepted_and_bad_ones_explained(make_server, ma
 
 
 # ---------------------------------------------------------------------- item 14: keys explained
+@pytest.mark.slow
 def test_plain_client_and_wrong_server_key_are_told_what_is_wrong(make_server, make_client, tmp_path):
     keys = tmp_path / "keys"
     (keys / "clients").mkdir(parents=True)
@@ -456,6 +460,7 @@ def test_plain_client_and_wrong_server_key_are_told_what_is_wrong(make_server, m
 
 
 # ---------------------------------------------------------------------- item 15: ids in tables
+@pytest.mark.slow
 def test_tables_never_cut_ids_at_80_columns(make_server, make_client):
     server = make_server()
     client = make_client(server.endpoint)

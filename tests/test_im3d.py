@@ -34,6 +34,7 @@ class Record(Emitter):
         self.stages.add(msg["stage"])
 
 
+@pytest.mark.slow
 def test_tiny_image_run_loops_and_reports_evaluations_and_phases(tmp_path):
     from backend.images import demo_photo
 
@@ -53,6 +54,7 @@ def test_tiny_image_run_loops_and_reports_evaluations_and_phases(tmp_path):
     assert len(trimesh.load(job.dir / "asset.glb", force="mesh").faces) > 50 and (job.dir / "gaussians.ply").is_file()
 
 
+@pytest.mark.slow
 def test_loops_follow_the_strengths_and_no_loop_means_one_fit(tmp_path):
     from backend.images import demo_photo
 
@@ -130,6 +132,7 @@ def test_default_preset_is_the_papers_and_within_the_evaluation_budget():
     assert p["gen_steps"] + p["loops"] * p["regen_steps"] <= 80
 
 
+@pytest.mark.slow
 def test_a_default_run_counts_60_denoiser_evaluations(tmp_path):
     """A ``default`` run's schedule (40 generation steps, regenerations at strengths 0.5 and 0.3
     of 10 steps each) with the sizes shrunk and the tiny models: the meta counts 40 + 10 + 10."""
@@ -144,6 +147,7 @@ def test_a_default_run_counts_60_denoiser_evaluations(tmp_path):
     assert result.meta["view_evaluations"] == 60 * 16  # each call denoises the 16 views
 
 
+@pytest.mark.slow
 def test_cli_generate_im3d_text(tmp_path):
     """`splatsmith generate --pipeline im3d --prompt`: the reference is drawn first, cut out of its
     white background (tests/test_cli_messages.py runs the image form through the CLI)."""

@@ -137,6 +137,7 @@ def test_client_disconnects_mid_job_and_fetches_later(make_server, make_client):
     assert late["files"] == {} and late["meta"]["files"] == ["points.bin"]
 
 
+@pytest.mark.slow
 def test_server_restarted_between_submit_and_fetch(make_server, make_client, tmp_path):
     out = tmp_path / "persist"
     server = make_server(output_dir=out)
@@ -159,6 +160,7 @@ def test_server_restarted_between_submit_and_fetch(make_server, make_client, tmp
     assert info.value.code == "interrupted"
 
 
+@pytest.mark.slow
 def test_pipeline_exception_fails_only_that_job(make_server, make_client):
     server = make_server()
     client = make_client(server.endpoint)

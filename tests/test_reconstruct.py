@@ -85,6 +85,7 @@ def _small(camera_angle_x):
             "texture_size": 128, "max_faces": 3000}
 
 
+@pytest.mark.slow
 def test_reconstruct_through_the_server_streams_all_preview_kinds(scene, make_server, make_client):
     from backend.pipelines import load_builtin
 
@@ -122,6 +123,7 @@ def test_bad_inputs_get_clear_errors(scene, make_server, make_client):
         ReconstructPipeline.resolve("fast", {"iters": 0}, {})
 
 
+@pytest.mark.slow
 def test_cli_reconstruct_writes_glb_and_ply(scene, tmp_path):
     root, _, _ = scene
     out = tmp_path / "out" / "thing.glb"
@@ -173,6 +175,7 @@ def test_the_im3d_loss_and_its_fallback_without_lpips_weights():
         robust_image_loss(pred, target, alpha, mask, "l2", w_ssim=0.2, w_mask=1.0, w_lpips=1.0)
 
 
+@pytest.mark.slow
 def test_fitting_with_the_im3d_loss_says_what_it_uses_and_fits(scene):
     from backend.pipelines.base import CancelToken
     from backend.pipelines.reconstruct import views_from_arrays

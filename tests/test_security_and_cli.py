@@ -45,6 +45,7 @@ def _keys(tmp_path: Path):
     return root
 
 
+@pytest.mark.slow
 def test_curve_known_client_is_served_unknown_is_not(tmp_path, make_server, make_client):
     root = _keys(tmp_path)
     server = make_server(curve=CurveConfig.from_dir(root))
@@ -103,6 +104,7 @@ def test_cli_serve_jobs_and_refusals(tmp_path):
     assert proc.returncode == 0 and "stopped" in output
 
 
+@pytest.mark.slow
 def test_cli_keygen_and_doctor(tmp_path):
     made = _run("keygen", str(tmp_path / "k"))
     assert made.returncode == 0

@@ -60,6 +60,7 @@ HEADER = {"v": PROTOCOL_VERSION, "type": "submit", "pipeline": "fit"}
     ("unknown job", encode(messages.make("fetch", job_id="nope")), "unknown_job"),
     ("bad field type", encode(messages.make("submit", pipeline=["fit"])), "bad_field"),
 ])
+@pytest.mark.slow
 def test_hostile_request_gets_error_and_server_keeps_serving(raw, name, frames, code):
     reply = raw(frames)
     assert reply["type"] == "error", name

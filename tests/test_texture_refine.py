@@ -79,6 +79,7 @@ def test_a_mesh_without_uvs_is_unwrapped_and_textured_geometry_untouched(tmp_pat
     assert load_glb(job.dir / "textured.glb").texture is not None
 
 
+@pytest.mark.slow
 def test_prompt_and_real_photo_through_a_server(make_server, make_client):
     server = make_server(pipelines=load_builtin())
     client = make_client(server.endpoint)

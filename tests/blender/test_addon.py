@@ -121,6 +121,7 @@ def test_register_and_unregister_twice():
     assert not hasattr(bpy.types, "VIEW3D_PT_splatsmith") and not hasattr(bpy.types.Scene, "splatsmith")
 
 
+@pytest.mark.slow
 def test_text_generation_then_regenerate_and_variation(addon, backend):
     assert bpy.ops.splatsmith.connect(address=backend) == {"FINISHED"}
     welcome = client_glue.session.welcome
@@ -156,6 +157,7 @@ def test_text_generation_then_regenerate_and_variation(addon, backend):
     assert {first.name, second.name, third.name} <= names
 
 
+@pytest.mark.slow
 def test_image_generation_from_the_panel_with_a_blend_image(addon, backend, tmp_path):
     sys.path.insert(0, str(ROOT / "tests"))
     from scenes import make_test_object, render_rgba, spiral_views
@@ -192,6 +194,7 @@ def test_image_generation_from_the_panel_with_a_blend_image(addon, backend, tmp_
         bpy.ops.splatsmith.generate(image_path=str(tmp_path / "missing.png"), preset="tiny")
 
 
+@pytest.mark.slow
 def test_an_ordinary_photo_with_a_mask_from_the_panel_and_regenerate(addon, backend, tmp_path):
     """Issue 28, item 8: the panel offers a mask next to the reference image; an RGB photo with
     its mask file makes an object, Regenerate sends the mask again, and a mask of another size is
@@ -238,6 +241,7 @@ def test_cancel_mid_job(addon, backend):
         bpy.ops.splatsmith.cancel()
 
 
+@pytest.mark.slow
 def test_a_blender_busy_for_seconds_during_a_stream_of_updates_survives(addon, backend):
     """The add-on's client while Blender does not read it for 7 s at a time (longer than the
     heartbeat timeout the client once had), three times, while a job streams a preview every few
@@ -282,6 +286,7 @@ def test_backend_not_running_gives_a_clear_error(offline_addon):
         bpy.ops.splatsmith.generate(params=_text("a cup"), preset="tiny")
 
 
+@pytest.mark.slow
 def test_backend_killed_mid_job_then_restarted_and_fetched(addon, tmp_path):
     address, jobs = f"tcp://127.0.0.1:{_port()}", tmp_path / "jobs"
     proc = _start_backend(address, jobs)
@@ -326,6 +331,7 @@ def test_backend_killed_mid_job_then_restarted_and_fetched(addon, tmp_path):
     assert (listed[state.job_id]["state"], listed[state.job_id]["error_code"]) == ("failed", "interrupted")
 
 
+@pytest.mark.slow
 def test_refused_keys_version_mismatch_and_out_of_memory_are_explained(offline_addon, make_server, tmp_path):
     import zmq.auth
 
@@ -381,6 +387,7 @@ def ray_backend(tmp_path_factory):
     proc.wait(60)
 
 
+@pytest.mark.slow
 def test_the_addon_works_unchanged_against_a_ray_backed_server(offline_addon, ray_backend):
     assert bpy.ops.splatsmith.connect(address=ray_backend) == {"FINISHED"}
     assert len(client_glue.session.welcome["workers"]) == 2

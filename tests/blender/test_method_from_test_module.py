@@ -137,6 +137,7 @@ def _glb_texture_mean(path: Path) -> np.ndarray:
     return used.mean(0)
 
 
+@pytest.mark.slow
 def test_the_cli_lists_and_runs_the_test_method(swatch_server, tmp_path):
     from typer.testing import CliRunner
 
@@ -291,6 +292,7 @@ def test_the_panel_follows_each_methods_description(blender_addon_connected, tmp
     assert settings["dreamgaussian.mode"] == 1 and settings["dreamgaussian.guidance_scale:set"]
 
 
+@pytest.mark.slow
 def test_dreamtime_is_in_the_panel_with_its_schedule_described_and_runs(blender_addon_connected):
     """DreamTime's method: listed, its schedule choice drawn with the chosen schedule's one-line
     description (and each choice's description in the menu), run from the panel to an object."""
@@ -326,6 +328,7 @@ def test_dreamtime_is_in_the_panel_with_its_schedule_described_and_runs(blender_
     assert state.handle.result["meta"]["timestep_schedule"] == "dreamtime"
 
 
+@pytest.mark.slow
 def test_im3d_from_the_panel_shows_its_generated_views_as_an_image(blender_addon_connected):
     """IM-3D in the panel (text mode, tiny): the run lands as an object and the generated views
     arrive as the image '<preview> views' (a contact sheet, 2 x 2 tiles of the tiny preset's 4
@@ -352,6 +355,7 @@ def test_im3d_from_the_panel_shows_its_generated_views_as_an_image(blender_addon
     assert scene_io.show_in_image_editors(views) == 0  # headless: no editor open, and no error
 
 
+@pytest.mark.slow
 def test_dtc123_from_the_panel_with_an_image_and_a_prompt(blender_addon_connected, tmp_path):
     """DTC123 in the panel (image plus an optional prompt, tiny): listed, its prompt drawn without a
     mode switch, run to an object whose meta carries the curriculum's stages and Stable
@@ -380,6 +384,7 @@ def test_dtc123_from_the_panel_with_an_image_and_a_prompt(blender_addon_connecte
     assert meta["stable_diffusion_prompt"] == "a torus on a slab"
 
 
+@pytest.mark.slow
 def test_dreamcraft3d_from_the_panel_draws_a_reference_then_uses_it(blender_addon_connected):
     """DreamCraft3D in the panel (tiny): a reference-only run ends with the reference image in
     the .blend (not an object), cut out of its white background by the backend, and "Use This
@@ -405,6 +410,7 @@ def test_dreamcraft3d_from_the_panel_draws_a_reference_then_uses_it(blender_addo
     assert len(obj.data.polygons) > 50 and final.handle.result["meta"]["boost"]["rounds"] == 2
 
 
+@pytest.mark.slow
 def test_dreamcraft3d_regenerate_reuses_the_objects_dreambooth_lora(blender_addon_connected, tmp_path):
     """A DreamCraft3D result (image mode, tiny Stable Diffusion) remembers that the backend kept
     its DreamBooth LoRA; Regenerate sends that job's id as ``reuse_lora``, so the new version

@@ -26,6 +26,7 @@ def _geometry(obj) -> tuple[np.ndarray, np.ndarray]:
     return co, corner
 
 
+@pytest.mark.slow
 def test_refine_a_mesh_with_uvs_keeps_geometry_and_the_old_material(addon, backend):
     from scenes import make_test_object
 
