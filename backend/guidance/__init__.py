@@ -26,7 +26,7 @@ def ensure_teacher_model(kind: str, weights: str = "default", models_dir=None, m
 def load_teacher(kind: str, preset: str = "default", device: str = "cpu", *, models_dir=None, cache=None,
                  oracle_mesh=None, guidance_scale: float | None = None, weighting: str = "sds", fp16: bool | None = None,
                  attention_slicing: bool = False, cpu_offload: bool = False,
-                 model_id: str | None = None):
+                 model_id: str | None = None, oracle_modes: int = 1, oracle_sigma: float = 0.0):
     """Build a teacher by its registry name (``guidance.registry``).
 
     Args:
@@ -37,6 +37,8 @@ def load_teacher(kind: str, preset: str = "default", device: str = "cpu", *, mod
         cache: a ``backend.models.ModelCache``: loaded components are reused between jobs and
             evicted least-recently-used.
         oracle_mesh: the ground-truth GLB for ``kind="oracle"``.
+        oracle_modes, oracle_sigma: the prior oracle's K and sigma (``guidance.oracle``; 1 and 0:
+            the object exactly).
         guidance_scale: CFG scale (default: the teacher's ``default_cfg``).
         attention_slicing, cpu_offload: memory savers for small GPUs.
         model_id: override the model id.
@@ -51,7 +53,8 @@ def load_teacher(kind: str, preset: str = "default", device: str = "cpu", *, mod
     if kind == "oracle":
         if oracle_mesh is None:
             raise ValueError("the oracle teacher needs --oracle-mesh GT.glb")
-        return load_reference(spec.guidance).from_glb(oracle_mesh, device, weighting=weighting)
+        return load_reference(spec.guidance).from_glb(oracle_mesh, device, weighting=weighting, modes=oracle_modes,
+                                                      sigma=oracle_sigma)
     mid = model_id or spec.model(preset)[0]
     key = f"{kind}:{mid}:{device}:{fp16}:{attention_slicing}:{cpu_offload}"
 
@@ -71,13 +74,16 @@ def load_job_teacher(params: dict, image_mode: bool, device: str, *, cache=None,
     Diffusion; ``"oracle"``: the verification oracle from ``oracle_mesh``), ``weights``
     (``default``/``stable``/``tiny``; ``stable`` only exists for Zero-1-to-3, Stable Diffusion
     then uses ``default``) and ``guidance_scale`` (None: the teacher's default, 5 for
-    Zero-1-to-3, 100 for Stable Diffusion, the public DreamGaussian configs). Raises as
+    Zero-1-to-3, 100 for Stable Diffusion, the public DreamGaussian configs); with the oracle,
+    ``oracle_modes`` and ``oracle_sigma`` (the prior oracle, default 1 and 0). Raises as
     :func:`load_teacher`.
     """
     from .registry import get_teacher
 
     if params["teacher"] == "oracle":
-        return load_teacher("oracle", device=device, oracle_mesh=params["oracle_mesh"])
+        return load_teacher("oracle", device=device, oracle_mesh=params["oracle_mesh"],
+                            oracle_modes=int(params.get("oracle_modes", 1)),
+                            oracle_sigma=float(params.get("oracle_sigma", 0.0)))
     kind = "zero123" if image_mode else "stable-diffusion"
     scale = params["guidance_scale"] if params["guidance_scale"] is not None else get_teacher(kind).default_cfg
     weights = params["weights"] if params["weights"] in get_teacher(kind).variants else "default"

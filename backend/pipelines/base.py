@@ -455,6 +455,18 @@ BYTES_PER_GAUSSIAN = 2048
 TEACHER_BYTES = {"default": 5 << 30, "stable": 5 << 30, "tiny": 64 << 20}
 
 
+#: The prior oracle's parameters (``guidance/oracle.py``), in every method that takes teacher=oracle.
+PRIOR_ORACLE_PARAMS = {
+    "oracle_modes": Param("int", 1, "teacher=oracle: the prior's modes K: the object and its texture's hue turned by "
+                          "360 k / K degrees (1: the object alone)", min=1, max=8),
+    "oracle_sigma": Param("float", 0.0, "teacher=oracle: each mode's spread, in x0's [-1, 1] units (0: the object "
+                          "exactly; above 0 a lightly noised image keeps its own content, as with a real model)",
+                          min=0, max=2),
+}
+#: ``grouped(when=...)`` of :data:`PRIOR_ORACLE_PARAMS`: shown only with teacher=oracle.
+PRIOR_ORACLE_WHEN = {name: ("teacher", ("oracle",)) for name in PRIOR_ORACLE_PARAMS}
+
+
 def check_teacher_inputs(params: dict, inputs: dict) -> None:
     """Checks shared by pipelines with a teacher and a reference image: ``teacher="oracle"``
     needs ``oracle_mesh``; a ``mask`` must match the ``image``'s height and width.

@@ -7,7 +7,7 @@ from __future__ import annotations
 from ...contracts import parse_sizes
 from ...guidance.registry import STABLE_DIFFUSION, ZERO123
 from ..base import (BYTES_PER_GAUSSIAN, BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, BYTES_PER_VOXEL, TEACHER_BYTES, InputSpec,
-                    Param, ParamError, Pipeline, check_schedule_params, check_teacher_inputs, grouped, schedule_params)
+                    PRIOR_ORACLE_PARAMS, PRIOR_ORACLE_WHEN, Param, ParamError, Pipeline, check_schedule_params, check_teacher_inputs, grouped, schedule_params)
 
 PARAMS = {
     "mode": Param("choice", "image", "image-to-3D or text-to-3D", choices=("image", "text")),
@@ -16,6 +16,7 @@ PARAMS = {
     "teacher": Param("choice", "auto", "auto: Zero-1-to-3 (image) / Stable Diffusion (text); oracle: verification",
                      choices=("auto", "oracle")),
     "oracle_mesh": Param("str", "", "ground-truth GLB for teacher=oracle (a path on the server)", max_len=4096, path=True),
+    **PRIOR_ORACLE_PARAMS,
     "weights": Param("choice", "default", "teacher weights: default, stable (stable-zero123) or tiny",
                      choices=("default", "stable", "tiny")),
     "iters": Param("int", 500, "stage 1 steps", min=1, max=100_000),
@@ -88,7 +89,8 @@ PARAMS = {
 }
 PARAMS = grouped(PARAMS, groups={
     "input": ("mode", "prompt", "negative_prompt", "elevation", "ref_size"),
-    "teacher": ("teacher", "oracle_mesh", "weights", "guidance_scale", "batch_size", "view_prompts"),
+    "teacher": ("teacher", "oracle_mesh", "oracle_modes", "oracle_sigma", "weights", "guidance_scale", "batch_size",
+                "view_prompts"),
     "schedule": ("t_min", "t_max", "resolutions"),
     "gaussians": ("iters", "init_points", "init_radius", "init_opacity", "sh_degree", "lr_means",
                   "lr_means_final", "lr_means_steps", "lr_colors", "lr_opacities", "lr_scales", "lr_quats", "radius",
@@ -102,7 +104,8 @@ PARAMS = grouped(PARAMS, groups={
                 "refine_strength_end"),
 }, basic=("mode", "prompt", "negative_prompt", "elevation", "iters", "guidance_scale", "texture_size",
           "timestep_schedule"),
-   when={name: ("mode", ("image",)) for name in ("elevation", "ref_size", "lambda_rgb", "lambda_mask", "reference_warmup")}
+   when={**{name: ("mode", ("image",)) for name in ("elevation", "ref_size", "lambda_rgb", "lambda_mask", "reference_warmup")},
+         **PRIOR_ORACLE_WHEN}
    | {name: ("mode", ("text",)) for name in ("negative_prompt", "view_prompts")})
 
 INPUTS = {

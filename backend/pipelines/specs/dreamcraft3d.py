@@ -156,7 +156,7 @@ class DreamCraft3DSpec(DistillationSpec):
     params = grouped(_params(), groups={
         "input": ("mode", "prompt", "negative_prompt", "class_name", "token", "elevation", "ref_size", "reference_only",
                   "reference_seed", "reference_size", "reference_steps", "reference_cfg", "mask_threshold"),
-        "teacher": ("teacher", "oracle_mesh", "weights", "sd_cfg", "zero123_cfg", "sd_weight", "zero123_weight",
+        "teacher": ("teacher", "oracle_mesh", "oracle_modes", "oracle_sigma", "weights", "sd_cfg", "zero123_cfg", "sd_weight", "zero123_weight",
                     "batch_size"),
         "schedule": ("timestep_schedule", "t_min", "t_max", "m1", "m2", "s1", "s2", "t_start", "t_end",
                      "t_anneal_steps", "resolutions", "widen_steps", "start_azimuth", "azimuth_block"),

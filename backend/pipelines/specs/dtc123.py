@@ -119,7 +119,7 @@ class DTC123Spec(DistillationSpec):
     works_on = ("image",)
     params = grouped(_params(), groups={
         "input": ("mode", "prompt", "class_name", "elevation", "ref_size"),
-        "teacher": ("teacher", "oracle_mesh", "oracle_zero123_blur", "weights", "zero123_cfg", "sd_cfg", "sd_weight",
+        "teacher": ("teacher", "oracle_mesh", "oracle_modes", "oracle_sigma", "oracle_zero123_blur", "weights", "zero123_cfg", "sd_cfg", "sd_weight",
                     "zero123_fine_weight", "batch_size"),
         "schedule": ("coarse_iters", "middle_iters", "fine_iters", "coarse_band", "middle_band", "fine_band",
                      "band_width", "coarse_size", "middle_size", "fine_size", "widen_fraction", "start_azimuth",

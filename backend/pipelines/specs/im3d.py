@@ -6,7 +6,7 @@ from ...guidance.registry import STABLE_DIFFUSION, ZERO123
 from .fitting import fit_params
 from .reference import TEXT_ONLY, check_reference, reference_params
 from ..base import (BYTES_PER_GAUSSIAN, BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, BYTES_PER_VOXEL, TEACHER_BYTES, InputSpec,
-                    Param, ParamError, Pipeline, check_teacher_inputs, grouped, register)
+                    PRIOR_ORACLE_PARAMS, PRIOR_ORACLE_WHEN, Param, ParamError, Pipeline, check_teacher_inputs, grouped, register)
 
 
 @register
@@ -25,6 +25,7 @@ class IM3DSpec(Pipeline):
         "teacher": Param("choice", "auto", "auto: Zero-1-to-3 generates the views; oracle: exact renders (verification)",
                          choices=("auto", "oracle")),
         "oracle_mesh": Param("str", "", "ground-truth GLB for teacher=oracle (a path on the server)", max_len=4096, path=True),
+        **PRIOR_ORACLE_PARAMS,
         "oracle_jitter": Param("float", 0.0, "teacher=oracle: the first generation's cameras jittered by up to this many "
                                "degrees in azimuth and elevation (inconsistent views, to verify that the loop repairs "
                                "them)", min=0, max=45),
@@ -74,7 +75,7 @@ class IM3DSpec(Pipeline):
     }
     params = grouped(params, groups={
         "input": ("mode", "prompt", "negative_prompt", "elevation", "ref_size") + TEXT_ONLY,
-        "teacher": ("teacher", "oracle_mesh", "oracle_jitter", "weights", "guidance_scale", "solver", "gen_steps", "loops", "regen_strength",
+        "teacher": ("teacher", "oracle_mesh", "oracle_modes", "oracle_sigma", "oracle_jitter", "weights", "guidance_scale", "solver", "gen_steps", "loops", "regen_strength",
                     "regen_steps", "views", "view_elevations", "view_size", "radius", "fovy", "mask_threshold"),
         "gaussians": ("iters", "regen_every", "views_per_step", "init", "init_points", "init_radius", "sh_degree", "lr_means",
                       "lr_scales", "lr_quats", "lr_opacities", "lr_colors", "loss", "w_lpips", "w_ssim", "w_mask"),
@@ -84,7 +85,7 @@ class IM3DSpec(Pipeline):
         "texture": ("texture_size",),
     }, basic=("mode", "prompt", "negative_prompt", "elevation", "views", "loops", "texture_size"),
        when={**{name: ("mode", ("text",)) for name in ("prompt", "negative_prompt") + TEXT_ONLY},
-             "oracle_jitter": ("teacher", ("oracle",))})
+             "oracle_jitter": ("teacher", ("oracle",)), **PRIOR_ORACLE_WHEN})
     works_on = ("prompt", "image")
     presets = {
         "default": {},

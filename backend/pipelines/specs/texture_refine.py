@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...guidance.registry import STABLE_DIFFUSION, ZERO123
-from ..base import (BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, TEACHER_BYTES, InputSpec, Param, ParamError, Pipeline,
+from ..base import (BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, TEACHER_BYTES, PRIOR_ORACLE_PARAMS, PRIOR_ORACLE_WHEN, InputSpec, Param,
+                    ParamError, Pipeline,
                     check_teacher_inputs, grouped, register,
                     schedule_params, check_schedule_params)
 
@@ -39,6 +40,7 @@ class TextureRefineSpec(Pipeline):
                          "oracle: verification", choices=("auto", "oracle")),
         "oracle_mesh": Param("str", "", "ground-truth GLB for teacher=oracle, in the mesh's frame (a path on the server)",
                              max_len=4096, path=True),
+        **PRIOR_ORACLE_PARAMS,
         "weights": Param("choice", "default", "teacher weights: default or tiny", choices=("default", "stable", "tiny")),
         "texture_iters": Param("int", 200, "texture optimisation steps", min=0, max=100_000),
         "texture_size": Param("int", 1024, "texture side, texels", min=512, max=4096),
@@ -66,12 +68,12 @@ class TextureRefineSpec(Pipeline):
     }
     params = grouped(params, groups={
         "input": ("prompt", "negative_prompt", "use_existing_texture"),
-        "teacher": ("teacher", "oracle_mesh", "weights", "guidance_scale", "refine_strength_start", "refine_strength_end", "refine_steps", "lambda_sds"),
+        "teacher": ("teacher", "oracle_mesh", "oracle_modes", "oracle_sigma", "weights", "guidance_scale", "refine_strength_start", "refine_strength_end", "refine_steps", "lambda_sds"),
         "texture": ("texture_iters", "texture_size", "views", "texture_render_size", "texture_supersample", "texture_lr", "lambda_ref", "elevation_min", "elevation_max",
                     "radius", "fovy"),
         "mesh": ("unwrap_time_limit",),
     }, basic=("prompt", "negative_prompt", "texture_iters", "texture_size", "use_existing_texture",
-                 "refine_strength_start"))
+                 "refine_strength_start"), when=PRIOR_ORACLE_WHEN)
     works_on = ("mesh", "prompt", "image")
     presets = {
         "default": {},
