@@ -335,7 +335,7 @@ class _Composite(torch.autograd.Function):
     @staticmethod
     def forward(ctx, attrs, gid, fx, fy, pix, is_start, seg, start_idx, hw):
         n_ch = attrs.shape[0] - 7
-        g = attrs.index_select(1, gid)
+        g = attrs[:6].index_select(1, gid)  # what alpha needs, for every pair
         dx = fx - g[0]
         dy = fy - g[1]
         e = torch.exp(-(0.5 * (g[2] * dx * dx + g[4] * dy * dy) + g[3] * dx * dy))
@@ -350,10 +350,10 @@ class _Composite(torch.autograd.Function):
         # an opaque surface makes a fraction of all.
         keep = torch.nonzero(T * (1.0 - alpha) > T_MIN).squeeze(1)
         if keep.numel() < pix.numel():
-            g = g.index_select(1, keep)
             dx, dy, e, raw, alpha, T, gid, pix, seg = (v.index_select(0, keep) for v in (dx, dy, e, raw, alpha, T,
                                                                                          gid, pix, seg))
             start_idx = torch.nonzero(is_start.index_select(0, keep)).squeeze(1)
+        g = attrs.index_select(1, gid)  # every attribute, for the pairs that count
         m = alpha >= ALPHA_MIN
         w = T * alpha * m
         values = torch.cat([w * g[7:], w[None], (w * g[6])[None]], 0)
