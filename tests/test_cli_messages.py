@@ -46,7 +46,7 @@ def test_schedules_show_says_what_it_wrote(tmp_path):
 @pytest.mark.slow
 def test_in_process_im3d_keeps_a_log_finds_models_dir_reports_each_step_and_keeps_the_common_scale(tmp_path):
     """``generate --models-dir`` reaches the job (LPIPS's backbone found there: no "LPIPS off"
-    in its log.txt, which in-process jobs now keep too); IM-3D reports each solver step of its
+    in its log.txt, which in-process jobs now keep too; 8 fitting steps with LPIPS suffice); IM-3D reports each solver step of its
     generations; its mesh stays within the framing every method shares (+- radius tan(fovy/2))."""
     import trimesh
     from PIL import Image
@@ -64,7 +64,8 @@ def test_in_process_im3d_keeps_a_log_finds_models_dir_reports_each_step_and_keep
     Image.fromarray(rgb).save(tmp_path / "cat.png")
     Image.fromarray(mask).save(tmp_path / "mask.png")
     result = _run("generate", "--pipeline", "im3d", "--image", str(tmp_path / "cat.png"), "--mask",
-                  str(tmp_path / "mask.png"), "--preset", "tiny", "--device", "cpu", "--output-dir",
+                  str(tmp_path / "mask.png"), "--preset", "tiny", "--param", "iters=8", "--param", "regen_every=4",
+                  "--device", "cpu", "--output-dir",
                   str(tmp_path / "jobs"), "--models-dir", str(models), "--out", str(tmp_path / "out.glb"))
     assert result.exit_code == 0, result.output
     job = next((tmp_path / "jobs").iterdir())
