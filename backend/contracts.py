@@ -186,6 +186,12 @@ def schedule_kwargs(params: dict) -> dict:
     return {k: params[k] for k in ("m1", "m2", "s1", "s2") if k in params}
 
 
+#: Bounds of the prior oracle's ``oracle_modes`` (K) and ``oracle_sigma`` (x0's [-1, 1] units),
+#: read by ``guidance.oracle`` and by the methods' parameter tables.
+ORACLE_MAX_MODES = 8
+ORACLE_MAX_SIGMA = 2.0
+
+
 #: The largest render side any method accepts in a list of sizes (the public DreamGaussian
 #: code renders at most 512).
 MAX_RENDER_SIZE = 2048

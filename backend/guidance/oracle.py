@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..cameras import Cameras
+from ..contracts import ORACLE_MAX_MODES, ORACLE_MAX_SIGMA
 from ..geometry.export import load_glb
 from ..render.mesh import TexturedMesh, render_mesh
 from .base import Guidance
@@ -32,11 +33,6 @@ SD_SCHEDULER_CONFIG = {
     "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
     "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
 }
-
-
-#: Bounds of the prior oracle's parameters (``oracle_modes``, ``oracle_sigma``).
-MAX_MODES = 8
-MAX_SIGMA = 2.0
 
 
 def hue_rotated(mesh: TexturedMesh, degrees: float) -> TexturedMesh:
@@ -107,10 +103,10 @@ class OracleGuidance(Guidance):
         super().__init__(guidance_scale, weighting, device)
         from diffusers import DDIMScheduler
 
-        if not (isinstance(modes, int) and 1 <= modes <= MAX_MODES):
-            raise ValueError(f"oracle_modes must be a whole number from 1 to {MAX_MODES}, got {modes!r}")
-        if not 0.0 <= float(sigma) <= MAX_SIGMA:
-            raise ValueError(f"oracle_sigma must lie in [0, {MAX_SIGMA}], got {sigma!r}")
+        if not (isinstance(modes, int) and 1 <= modes <= ORACLE_MAX_MODES):
+            raise ValueError(f"oracle_modes must be a whole number from 1 to {ORACLE_MAX_MODES}, got {modes!r}")
+        if not 0.0 <= float(sigma) <= ORACLE_MAX_SIGMA:
+            raise ValueError(f"oracle_sigma must lie in [0, {ORACLE_MAX_SIGMA}], got {sigma!r}")
         self.modes, self.sigma = modes, float(sigma)
         self.mesh = mesh.to(self.device)
         self._scheduler = DDIMScheduler.from_config(SD_SCHEDULER_CONFIG)
@@ -126,8 +122,15 @@ class OracleGuidance(Guidance):
     @mesh.setter
     def mesh(self, mesh: TexturedMesh) -> None:
         self._mesh = mesh
-        #: The objects of the prior's means: the truth, then its hue turned by 360 k / K degrees.
-        self.mode_meshes = [mesh] + [hue_rotated(mesh, 360.0 * k / self.modes) for k in range(1, self.modes)]
+        self._modes_of = None  # the hue-turned modes are made when first asked for
+
+    @property
+    def mode_meshes(self) -> list[TexturedMesh]:
+        """The objects of the prior's means: the truth, then its hue turned by 360 k / K degrees
+        (made once per truth: a stage that moves the truth after construction pays once)."""
+        if self._modes_of is None:
+            self._modes_of = [self._mesh] + [hue_rotated(self._mesh, 360.0 * k / self.modes) for k in range(1, self.modes)]
+        return self._modes_of
 
     @classmethod
     def from_glb(cls, path: str | Path, device: str = "cpu", **kwargs: Any) -> "OracleGuidance":
@@ -186,12 +189,11 @@ class OracleGuidance(Guidance):
                        background: torch.Tensor | None) -> torch.Tensor:
         """E[x0 | x_t] under the prior at these cameras, float [B, 3, H, W]
         (:func:`mixture_posterior_mean` of the K modes' renders)."""
-        ab = self._alphas[t.long()].to(x_t.dtype)
         size = tuple(x_t.shape[-2:])
         if self.modes == 1 and self.sigma == 0.0:
             return self.target(cameras, size, background).to(x_t.dtype)
         mus = torch.stack([self.target(cameras, size, background, k).to(x_t.dtype) for k in range(self.modes)])
-        return mixture_posterior_mean(x_t, mus, ab, self.sigma)
+        return mixture_posterior_mean(x_t, mus, self._alphas[t.long()].to(x_t.dtype), self.sigma)
 
     def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cameras: Cameras, background: torch.Tensor | None) -> torch.Tensor:
         """eps_hat = (x_t - sqrt(ab) E[x0 | x_t]) / sqrt(1 - ab), float [B, 3, H, W]."""

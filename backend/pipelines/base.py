@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 # The contract types are the plugin API too: a method module imports them from here or from contracts.
+from ..contracts import ORACLE_MAX_MODES, ORACLE_MAX_SIGMA
 from ..contracts import TIMESTEP_SCHEDULES, CancelToken, Emitter, JobRequest, ParamError, Result  # noqa: F401
 from ..importing import load_reference
 
@@ -458,10 +459,10 @@ TEACHER_BYTES = {"default": 5 << 30, "stable": 5 << 30, "tiny": 64 << 20}
 #: The prior oracle's parameters (``guidance/oracle.py``), in every method that takes teacher=oracle.
 PRIOR_ORACLE_PARAMS = {
     "oracle_modes": Param("int", 1, "teacher=oracle: the prior's modes K: the object and its texture's hue turned by "
-                          "360 k / K degrees (1: the object alone)", min=1, max=8),
+                          "360 k / K degrees (1: the object alone)", min=1, max=ORACLE_MAX_MODES),
     "oracle_sigma": Param("float", 0.0, "teacher=oracle: each mode's spread, in x0's [-1, 1] units (0: the object "
                           "exactly; above 0 a lightly noised image keeps its own content, as with a real model)",
-                          min=0, max=2),
+                          min=0, max=ORACLE_MAX_SIGMA),
 }
 #: ``grouped(when=...)`` of :data:`PRIOR_ORACLE_PARAMS`: shown only with teacher=oracle.
 PRIOR_ORACLE_WHEN = {name: ("teacher", ("oracle",)) for name in PRIOR_ORACLE_PARAMS}
