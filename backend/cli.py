@@ -529,9 +529,43 @@ def _run_job(pipeline: str, preset: str, params: dict, inputs: dict, seed: int, 
     return {name: Path(path).read_bytes() for name, path in result.files.items()}, result.meta, f"job folder {job.dir}"
 
 
+_MESH_OPTIONS_HELP = "The mesh to texture (GLB/glTF; its UVs are kept when present, else xatlas unwraps it)."
+
+
+def _texture_mesh_job(pipeline: str, mesh: Path, params: dict, param: list[str], inputs_extra: dict, teacher: str,
+                      oracle_mesh: Optional[Path], preset: str, seed: int, out: Path, server: Optional[str],
+                      server_key: Optional[Path], client_key: Optional[Path], device: str, output_dir: Path,
+                      models_dir: Optional[Path]) -> None:
+    """What ``refine-texture`` and ``paint-texture`` share: the mesh read from MESH, the oracle,
+    ``--param`` checked against the pipeline's schema, the job run, ``OUT.glb`` and ``OUT.png`` written."""
+    from .stages.mesh_input import job_inputs_from_glb
+
+    if not mesh.is_file():
+        _fail(f"{mesh} not found")
+    try:
+        inputs = job_inputs_from_glb(mesh)
+    except ValueError as exc:
+        _fail(escape(str(exc)))
+    inputs.update(inputs_extra)
+    params["teacher"] = teacher
+    if teacher == "oracle":
+        if oracle_mesh is None:
+            _fail("--teacher oracle needs --oracle-mesh GT.glb")
+        params["oracle_mesh"] = str(oracle_mesh.resolve())
+    if param:
+        params.update(_parse_params(pipeline, _describe_pipelines(server, server_key, client_key)[pipeline]["params"], param))
+    files, meta, where = _run_job(pipeline, preset, params, inputs, seed, mesh.stem, server, server_key,
+                                  client_key, device, output_dir, models_dir=models_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(files["textured.glb"])
+    out.with_suffix(".png").write_bytes(files["texture.png"])
+    console.print(f"wrote {out} and {out.with_suffix('.png')} ({meta['faces']} faces, texture {meta['texture_size']}², "
+                  f"{meta['total_seconds']:.0f} s); {where}")
+
+
 @app.command("refine-texture")
 def refine_texture(
-    mesh: Path = typer.Argument(..., help="The mesh to texture (GLB/glTF; its UVs and texture are used when present)."),
+    mesh: Path = typer.Argument(..., help=_MESH_OPTIONS_HELP),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="What the texture should show."),
     image: Optional[Path] = typer.Option(None, "--image", help="Reference image (RGBA, or RGB: the mesh's silhouette is the mask)."),
     mask: Optional[Path] = typer.Option(None, "--mask", help="Foreground mask for an RGB reference image."),
@@ -543,6 +577,7 @@ def refine_texture(
     fresh: bool = typer.Option(False, "--fresh", help="Ignore the mesh's existing texture."),
     teacher: str = typer.Option("auto", help="auto | oracle (verification teacher, needs --oracle-mesh)"),
     oracle_mesh: Optional[Path] = typer.Option(None, help="Ground-truth GLB for --teacher oracle (same frame as MESH)."),
+    param: list[str] = typer.Option([], "--param", help="KEY=VALUE for any parameter of texture_refine (repeatable; see `splatsmith pipelines texture_refine`)."),
     out: Path = typer.Option(Path("refined.glb"), "--out", help="Where to write the textured GLB (texture PNG beside it)."),
     device: str = typer.Option("auto", help="auto | cuda | cpu (in-process runs)"),
     output_dir: Path = typer.Option(DEFAULT_OUTPUT, help="Folder for the job folder (in-process runs)."),
@@ -552,34 +587,42 @@ def refine_texture(
     models_dir: Optional[Path] = typer.Option(None, "--models-dir", help="In-process runs: an extra folder of model weights (org/name sub-folders, as `splatsmith models download --models-dir` writes them)."),
 ) -> None:
     """A new or improved texture for MESH from a prompt and/or a reference image; the geometry is kept as it is."""
-    from .pipelines.texture_refine import job_inputs_from_glb
-
     if prompt is None and image is None and teacher != "oracle":
         _fail("give --prompt TEXT, --image PATH, or both")
-    if not mesh.is_file():
-        _fail(f"{mesh} not found")
-    try:
-        inputs = job_inputs_from_glb(mesh)
-    except ValueError as exc:
-        _fail(escape(str(exc)))
-    if image is not None:
-        inputs.update(_load_image_inputs(image, mask))
-    params: dict = {"teacher": teacher, "use_existing_texture": not fresh}
+    params: dict = {"use_existing_texture": not fresh}
     for key, value in (("prompt", prompt), ("texture_iters", steps), ("texture_size", texture_size),
                        ("refine_strength_start", strength), ("refine_strength_end", None if strength is None else strength / 4)):
         if value is not None:
             params[key] = value
-    if teacher == "oracle":
-        if oracle_mesh is None:
-            _fail("--teacher oracle needs --oracle-mesh GT.glb")
-        params["oracle_mesh"] = str(oracle_mesh.resolve())
-    files, meta, where = _run_job("texture_refine", preset, params, inputs, seed, mesh.stem, server, server_key,
-                                  client_key, device, output_dir, models_dir=models_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(files["textured.glb"])
-    out.with_suffix(".png").write_bytes(files["texture.png"])
-    console.print(f"wrote {out} and {out.with_suffix('.png')} ({meta['faces']} faces, texture {meta['texture_size']}², "
-                  f"{meta['total_seconds']:.0f} s); {where}")
+    extra = _load_image_inputs(image, mask) if image is not None else {}
+    _texture_mesh_job("texture_refine", mesh, params, param, extra, teacher, oracle_mesh, preset, seed, out, server,
+                      server_key, client_key, device, output_dir, models_dir)
+
+
+@app.command("paint-texture")
+def paint_texture(
+    mesh: Path = typer.Argument(..., help=_MESH_OPTIONS_HELP),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="What the new texture should show."),
+    preset: str = typer.Option("default", help="default | fast | tiny"),
+    seed: int = typer.Option(0, min=0, help="Random seed."),
+    teacher: str = typer.Option("auto", help="auto | oracle (verification teacher, needs --oracle-mesh)"),
+    oracle_mesh: Optional[Path] = typer.Option(None, help="Ground-truth GLB for --teacher oracle (same frame as MESH)."),
+    param: list[str] = typer.Option([], "--param", help="KEY=VALUE for any parameter of texture_paint (repeatable; see `splatsmith pipelines texture_paint`)."),
+    out: Path = typer.Option(Path("painted.glb"), "--out", help="Where to write the textured GLB (texture PNG beside it)."),
+    device: str = typer.Option("auto", help="auto | cuda | cpu (in-process runs)"),
+    output_dir: Path = typer.Option(DEFAULT_OUTPUT, help="Folder for the job folder (in-process runs)."),
+    server: Optional[str] = typer.Option(None, help="Run on a backend at this address instead of in this process."),
+    server_key: Optional[Path] = typer.Option(None, help="The server's public CURVE key file."),
+    client_key: Optional[Path] = typer.Option(None, help="This client's secret CURVE key file."),
+    models_dir: Optional[Path] = typer.Option(None, "--models-dir", help="In-process runs: an extra folder of model weights (org/name sub-folders, as `splatsmith models download --models-dir` writes them)."),
+) -> None:
+    """A new texture for MESH painted from a prompt (Stable Diffusion with a depth ControlNet, views
+    synchronised through the mesh's UVs as SyncMVD); the geometry and the UVs are kept as they are."""
+    if prompt is None and teacher != "oracle":
+        _fail("give --prompt TEXT: what the new texture should show")
+    params: dict = {} if prompt is None else {"prompt": prompt}
+    _texture_mesh_job("texture_paint", mesh, params, param, {}, teacher, oracle_mesh, preset, seed, out, server,
+                      server_key, client_key, device, output_dir, models_dir)
 
 
 @app.command()
@@ -807,7 +850,7 @@ def models_download(
         if revision == "local":
             path = ensure_teacher_model(teacher, weights, models_dir)
         else:
-            path = download_model(name, revision, models_dir, TEACHERS[teacher].components,
+            path = download_model(name, revision, models_dir, TEACHERS[teacher].components_of(weights),
                                   report=lambda line: out.print(escape(line)))
     except ModelMissingError as exc:
         _fail(str(exc))

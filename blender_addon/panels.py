@@ -56,6 +56,8 @@ def draw_method(col, settings, obj) -> None:
     if info is None:
         col.label(text="Connect to a backend to choose a method", icon="INFO")
         return
+    if name in properties.TEXTURING_PIPELINES.values() and obj is not None and obj.type == "MESH":
+        col.row().prop(settings, "texturing", expand=True)  # paint a new texture, or refine the one it has
     col.prop(settings, "preset")
     values = params.panel_values(settings, name, info)
     if any(v is None for v in values.values()):

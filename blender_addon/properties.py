@@ -52,6 +52,21 @@ def _on_pipeline(self, context):
         params.sync(self, {name: info})
 
 
+#: The texturing choice on a selected mesh -> the server's pipeline that does it.
+TEXTURING_PIPELINES = {"PAINT": "texture_paint", "REFINE": "texture_refine"}
+TEXTURING_ITEMS = [("PAINT", "Paint a new texture", "A new texture from the prompt: depth-conditioned views painted "
+                    "together through the object's own UVs (texture_paint)"),
+                   ("REFINE", "Refine the existing texture", "Improve the object's texture, or one baked from a reference "
+                    "image (texture_refine)")]
+
+
+def _on_texturing(self, context):
+    """Choosing Paint or Refine selects the method that does it (when the server has it)."""
+    name = TEXTURING_PIPELINES[self.texturing]
+    if name in pipelines() and self.pipeline != name:
+        self.pipeline = name
+
+
 class SplatsmithSettings(bpy.types.PropertyGroup):
     pipeline: bpy.props.EnumProperty(name="Method", items=_pipeline_items, update=_on_pipeline,
                                      description="The generation method (the server's pipelines)")
@@ -75,6 +90,8 @@ class SplatsmithSettings(bpy.types.PropertyGroup):
         ("VIEWPORT", "Viewport", "the reference image matches the current 3D viewport"),
         ("FRONT", "Front", "in front of the object (-Y), the backend's default")],
         description="Where the reference image was seen from (methods that work on a selected mesh)")
+    texturing: bpy.props.EnumProperty(name="Texturing", items=TEXTURING_ITEMS, default="REFINE", update=_on_texturing,
+                                      description="What to do to the selected object's texture")
     update_in_place: bpy.props.BoolProperty(name="Update the image in place", default=False,
                                             description="Write into the object's existing image node instead of a new material slot")
 

@@ -1,8 +1,8 @@
-"""Refine Texture: a new or improved texture for the active mesh object, streamed onto it.
+"""Texturing the active mesh object: a new texture painted (``texture_paint``) or the existing one
+refined (``texture_refine``), streamed onto it.
 
 The evaluated mesh (modifiers applied, triangulated, object space, glTF axes) is sent with its
-active UV map and base-colour image; the backend's ``texture_refine`` pipeline never changes
-geometry. While the job runs, the texture updates live on a new material in a new slot (or in
+active UV map and base-colour image; neither pipeline changes geometry. While the job runs, the texture updates live on a new material in a new slot (or in
 the existing image, with ``update_in_place``). The previous material stays in the file and in
 its slot: Undo, or assigning the old slot back, restores the old look.
 """
@@ -13,7 +13,7 @@ import numpy as np
 
 from shared_protocol.client import ClientError
 
-from . import scene_io
+from . import properties, scene_io
 from .operators import MethodRequest, _fail, _load_inputs, run_request
 
 NEW_UV = "Splatsmith UV"
@@ -22,8 +22,9 @@ NEW_UV = "Splatsmith UV"
 class _Target:
     """Where one refinement job writes on the object: the image shown live, the UV map."""
 
-    def __init__(self, obj: bpy.types.Object, arrays: dict, in_place: bool, existing: bpy.types.Image | None):
-        self.object_name = obj.name
+    def __init__(self, obj: bpy.types.Object, arrays: dict, in_place: bool, existing: bpy.types.Image | None,
+                 word: str = "refined"):
+        self.object_name, self.word = obj.name, word
         self.tri_loops = arrays["tri_loops"]
         self.uv_name = arrays["uv_name"] or NEW_UV
         self.in_place = in_place and existing is not None
@@ -36,8 +37,8 @@ class _Target:
             self.previous_size = tuple(existing.size)
             self.image = existing
         else:
-            self.image = bpy.data.images.new(f"{obj.name} refined", 64, 64, alpha=True)
-            self.material = scene_io.textured_material(f"{obj.name} refined", self.image, self.uv_name)
+            self.image = bpy.data.images.new(f"{obj.name} {word}", 64, 64, alpha=True)
+            self.material = scene_io.textured_material(f"{obj.name} {word}", self.image, self.uv_name)
             obj.data.materials.append(self.material)  # a new slot; the old slots keep their materials
             slot = len(obj.data.materials) - 1
             obj.data.polygons.foreach_set("material_index", np.full(len(obj.data.polygons), slot, np.int32))
@@ -79,7 +80,7 @@ class _Target:
         rgba = np.concatenate([texture, np.full(texture.shape[:2] + (1,), 255, np.uint8)], -1)
         scene_io.write_pixels(self.image, rgba)
         if not self.in_place:
-            packed = scene_io.packed_image_from_png(f"{obj.name} refined texture",
+            packed = scene_io.packed_image_from_png(f"{obj.name} {self.word} texture",
                                                     np.asarray(result["files"]["texture.png"]).tobytes())
             for node in self.material.node_tree.nodes:
                 if node.type == "TEX_IMAGE":
@@ -100,6 +101,10 @@ class SPLATSMITH_OT_refine_texture(MethodRequest, bpy.types.Operator):
 
     use_scene_settings: bpy.props.BoolProperty(default=False, options={"HIDDEN", "SKIP_SAVE"})
     pipeline: bpy.props.StringProperty(name="Method", default="texture_refine", description="A pipeline that works on a mesh")
+    texturing: bpy.props.EnumProperty(name="Texturing", default="METHOD", items=[
+        ("METHOD", "The method", "run the method named by 'pipeline' (the panel's method with the panel's settings)"),
+        *properties.TEXTURING_ITEMS], description="Paint a new texture (texture_paint) or refine the existing one "
+                                                 "(texture_refine); METHOD keeps 'pipeline'")
     view: bpy.props.EnumProperty(name="Reference view", default="CAMERA", items=[
         ("CAMERA", "Active camera", "the reference image was taken from the scene's active camera"),
         ("VIEWPORT", "Viewport", "the reference image matches the current 3D viewport"),
@@ -112,8 +117,10 @@ class SPLATSMITH_OT_refine_texture(MethodRequest, bpy.types.Operator):
         return obj is not None and obj.type == "MESH"
 
     def read_scene(self, context) -> dict:
-        chosen = super().read_scene(context)
         s = context.scene.splatsmith
+        if self.texturing != "METHOD" and s.pipeline != properties.TEXTURING_PIPELINES[self.texturing]:
+            s.texturing = self.texturing  # selects that method in the panel, with its own settings
+        chosen = super().read_scene(context)
         self.update_in_place = s.update_in_place
         self.view = s.reference_view if s.reference_view != "CAMERA" or context.scene.camera is not None else "VIEWPORT"
         return chosen
@@ -142,7 +149,9 @@ class SPLATSMITH_OT_refine_texture(MethodRequest, bpy.types.Operator):
     def execute(self, context):
         obj = context.active_object
         if obj is None or obj.type != "MESH":
-            return _fail(self, "Splatsmith: select a mesh object to refine")
+            return _fail(self, "Splatsmith: select a mesh object to texture")
+        if self.texturing != "METHOD":
+            self.pipeline = properties.TEXTURING_PIPELINES[self.texturing]
         try:
             info, request = self.method(context, self.use_scene_settings)
         except ClientError as exc:
@@ -174,12 +183,13 @@ class SPLATSMITH_OT_refine_texture(MethodRequest, bpy.types.Operator):
 
         def attach(state) -> None:
             # Only once the job is accepted does the object get its new slot (nothing to undo on refusal).
-            target = _Target(obj, arrays, self.update_in_place, existing)
+            target = _Target(obj, arrays, self.update_in_place, existing, word)
             state.on_preview, state.on_result, state.on_failure = target.on_preview, target.on_result, target.on_failure
 
+        word = "painted" if self.pipeline == "texture_paint" else "refined"
         request = dict(request, label=f"{obj.name} texture", image_path="", image_name="")
         return run_request(self, request, self.wait, self.timeout, inputs, attach, what="texture job",
-                           done=f"refined {obj.name}")
+                           done=f"{word} {obj.name}")
 
 
 def register():

@@ -16,7 +16,8 @@ from backend.pipelines import load_builtin
 from backend.pipelines.base import Emitter, ParamError
 from backend.stages.reconstruction import psnr
 from backend.pipelines.specs.texture_refine import MAX_TRIANGLES, non_manifold_edges
-from backend.pipelines.texture_refine import TextureRefinePipeline, corner_uv_mesh
+from backend.pipelines.texture_refine import TextureRefinePipeline
+from backend.stages.mesh_input import corner_uv_mesh
 from backend.render.mesh import render_mesh
 from scenes import make_test_object, render_rgba, spiral_views, write_object_glb
 from shared_protocol.client import JobError

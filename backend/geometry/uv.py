@@ -122,6 +122,39 @@ def fill_empty_texels(texture: np.ndarray, filled: np.ndarray) -> np.ndarray:
     return texture[iy, ix]
 
 
+def texel_view_links(pos: torch.Tensor, normal: torch.Tensor, cameras: Cameras, c: int, depth_map: torch.Tensor,
+                     min_cos: float = 0.1, depth_tolerance: float = 0.01
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where texels land in view ``c`` and whether it sees them.
+
+    Args:
+        pos, normal: float [T, 3], the texels' surface points and unit normals (world).
+        cameras: the views; ``c`` the one asked about.
+        depth_map: float [H, W], view ``c``'s rasterised camera depth (0 where empty).
+        min_cos: the view sees a texel only above this cosine between normal and direction to
+            the camera (grazing views are ignored).
+        depth_tolerance: relative depth slack of the visibility test.
+    Returns:
+        (ok bool [T]: inside the image, unoccluded and above ``min_cos``; grid float [T, 2]: the
+        texels' pixel positions as ``grid_sample`` coordinates (x right, y down, in [-1, 1],
+        align_corners=False), always finite; cos float [T]).
+    """
+    H, W = depth_map.shape
+    pc = pos @ cameras.viewmats[c, :3, :3].T + cameras.viewmats[c, :3, 3]
+    K = cameras.Ks[c]
+    z = pc[:, 2]
+    x = K[0, 0] * pc[:, 0] / z.clamp_min(1e-6) + K[0, 2]
+    y = K[1, 1] * pc[:, 1] / z.clamp_min(1e-6) + K[1, 2]
+    inside = (z > 1e-4) & (x >= 0) & (x < W) & (y >= 0) & (y < H)
+    d = depth_map[y.long().clamp(0, H - 1), x.long().clamp(0, W - 1)]
+    visible = inside & (d > 0) & (z <= d * (1.0 + depth_tolerance) + 1e-4)
+    cos = (normal * F.normalize(cameras.centers[c][None] - pos, dim=-1)).sum(-1)
+    # Finite by construction; nan_to_num keeps a non-finite coordinate from ever reaching
+    # grid_sample, whose CPU backward crashes on NaN (pytorch issue 24823).
+    grid = torch.nan_to_num(torch.stack([x / W * 2 - 1, y / H * 2 - 1], -1), 0.0, 1.0, -1.0)
+    return visible & (cos > min_cos), grid, cos
+
+
 #: Views whose depth maps :func:`bake_texture` rasterises at once.
 _DEPTH_CHUNK = 8
 
@@ -158,30 +191,16 @@ def bake_texture(mesh: UVMesh, cameras: Cameras, images: torch.Tensor, weights: 
     wsum = torch.zeros(pos.shape[0], device=device)
     C, H, W = images.shape[0], images.shape[1], images.shape[2]
     cams = cameras.to(device)
-    w2c, Ks = cams.viewmats, cams.Ks
     depth_maps = None
     for c in range(C):
         if cancel is not None:
             cancel.check()
         if c % _DEPTH_CHUNK == 0:  # depth maps a few views at a time, so that a cancel lands between them
             depth_maps = rasterize(verts, faces, cams[c:c + _DEPTH_CHUNK]).depth  # [<=chunk, H, W]
-        pc = pos @ w2c[c, :3, :3].T + w2c[c, :3, 3]
-        z = pc[:, 2]
-        x = Ks[c, 0, 0] * pc[:, 0] / z.clamp_min(1e-6) + Ks[c, 0, 2]
-        y = Ks[c, 1, 1] * pc[:, 1] / z.clamp_min(1e-6) + Ks[c, 1, 2]
-        inside = (z > 1e-4) & (x >= 0) & (x < W) & (y >= 0) & (y < H)
-        xi = x.long().clamp(0, W - 1)
-        yi = y.long().clamp(0, H - 1)
-        d = depth_maps[c % _DEPTH_CHUNK][yi, xi]
-        visible = inside & (d > 0) & (z <= d * (1.0 + depth_tolerance) + 1e-4)
-        to_cam = F.normalize(cams.centers[c][None] - pos, dim=-1)
-        cos = (normal * to_cam).sum(-1)
-        ok = visible & (cos > min_cos)
+        ok, grid, cos = texel_view_links(pos, normal, cams, c, depth_maps[c % _DEPTH_CHUNK], min_cos, depth_tolerance)
         if not ok.any():
             continue
-        # Finite by construction; nan_to_num keeps a non-finite coordinate from ever reaching
-        # grid_sample, whose CPU backward crashes on NaN (pytorch issue 24823).
-        grid = torch.nan_to_num(torch.stack([x / W * 2 - 1, y / H * 2 - 1], -1)[ok], 0.0, 1.0, -1.0).reshape(1, -1, 1, 2)
+        grid = grid[ok].reshape(1, -1, 1, 2)
         # Sample premultiplied colour and its weight together, so that pixels of zero weight
         # (e.g. the background next to a silhouette) do not bleed into the texture.
         pw = weights[c] if weights is not None else torch.ones(H, W, device=device)

@@ -58,20 +58,27 @@ def load_teacher(kind: str, preset: str = "default", device: str = "cpu", *, mod
     mid = model_id or spec.model(preset)[0]
     key = f"{kind}:{mid}:{device}:{fp16}:{attention_slicing}:{cpu_offload}"
 
+    companions = {name: get_teacher(name).model(preset)[0] for name in spec.companions}
+    key += "".join(f":{mid}" for mid in companions.values())
+
     def load():
         folder = ensure_teacher_model(kind, preset, models_dir, mid)
-        return load_reference(spec.loader)(folder, mid, device, fp16, attention_slicing, cpu_offload)
+        extra = {"companions": {name: (cid, ensure_teacher_model(name, preset, models_dir, cid))
+                                for name, cid in companions.items()}} if companions else {}
+        return load_reference(spec.loader)(folder, mid, device, fp16, attention_slicing, cpu_offload, **extra)
 
     parts = cache.get(key, load) if cache is not None else load()
     scale = spec.default_cfg if guidance_scale is None else guidance_scale
     return load_reference(spec.guidance)(parts, scale, weighting)
 
 
-def load_job_teacher(params: dict, image_mode: bool, device: str, *, cache=None, models_dir=None):
-    """The teacher a pipeline's parameters ask for (DreamGaussian's and texture refinement's).
+def load_job_teacher(params: dict, image_mode: bool, device: str, *, cache=None, models_dir=None,
+                     kind: str | None = None):
+    """The teacher a pipeline's parameters ask for (DreamGaussian's, texture refinement's and
+    texture painting's).
 
-    Reads ``params``: ``teacher`` (``"auto"``: Zero-1-to-3 when ``image_mode``, else Stable
-    Diffusion; ``"oracle"``: the verification oracle from ``oracle_mesh``), ``weights``
+    Reads ``params``: ``teacher`` (``"auto"``: ``kind`` when given, else Zero-1-to-3 when
+    ``image_mode``, else Stable Diffusion; ``"oracle"``: the verification oracle from ``oracle_mesh``), ``weights``
     (``default``/``stable``/``tiny``; ``stable`` only exists for Zero-1-to-3, Stable Diffusion
     then uses ``default``) and ``guidance_scale`` (None: the teacher's default, 5 for
     Zero-1-to-3, 100 for Stable Diffusion, the public DreamGaussian configs); with the oracle,
@@ -84,7 +91,7 @@ def load_job_teacher(params: dict, image_mode: bool, device: str, *, cache=None,
         return load_teacher("oracle", device=device, oracle_mesh=params["oracle_mesh"],
                             oracle_modes=int(params.get("oracle_modes", 1)),
                             oracle_sigma=float(params.get("oracle_sigma", 0.0)))
-    kind = "zero123" if image_mode else "stable-diffusion"
+    kind = kind or ("zero123" if image_mode else "stable-diffusion")
     scale = params["guidance_scale"] if params["guidance_scale"] is not None else get_teacher(kind).default_cfg
     weights = params["weights"] if params["weights"] in get_teacher(kind).variants else "default"
     teacher = load_teacher(kind, weights, device, cache=cache, guidance_scale=scale, models_dir=models_dir)

@@ -214,8 +214,9 @@ class LatentDiffusionGuidance(Guidance):
         super().__init__(guidance_scale, weighting, str(parts.device))
         self.parts = parts
         self._alphas = parts.scheduler.alphas_cumprod.to(parts.device, torch.float32)
-        vae_scale = 2 ** (len(parts.vae.config.block_out_channels) - 1)
-        self.image_size = int(parts.unet.config.sample_size) * vae_scale
+        #: Image pixels per latent pixel along a side (8 for Stable Diffusion's VAE).
+        self.latent_factor = 2 ** (len(parts.vae.config.block_out_channels) - 1)
+        self.image_size = int(parts.unet.config.sample_size) * self.latent_factor
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:

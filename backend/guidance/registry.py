@@ -34,6 +34,11 @@ class TeacherSpec:
             ``splatsmith models download`` fetches, with ``model_index.json``).
         former_ids: model id -> an id it was published under before (a local copy under the
             old id still works, and a missing-model message names both).
+        companions: other registry entries loaded with this one, in the same weights variant
+            (a depth ControlNet beside its Stable Diffusion); the loader then gets
+            ``companions={name: (model id, folder)}``.
+        variant_components: weights variant -> its own ``components`` where they differ (SDXL
+            has a second tokenizer and text encoder).
     """
 
     name: str
@@ -45,6 +50,12 @@ class TeacherSpec:
     default_cfg: float = 1.0
     components: tuple[str, ...] = ()
     former_ids: dict[str, str] = field(default_factory=dict)
+    companions: tuple[str, ...] = ()
+    variant_components: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def components_of(self, weights: str = "default") -> tuple[str, ...]:
+        """The sub-folders the loader reads for a weights variant."""
+        return self.variant_components.get(weights, self.components)
 
     def model(self, weights: str = "default") -> tuple[str, str]:
         """(model id, revision) of a weights variant; an unknown variant uses ``default``."""
@@ -55,7 +66,8 @@ class TeacherSpec:
 
 
 #: How progress messages name the teachers.
-SHORT_NAMES = {"zero123": "Zero-1-to-3", "stable-diffusion": "Stable Diffusion", "oracle": "oracle"}
+SHORT_NAMES = {"zero123": "Zero-1-to-3", "stable-diffusion": "Stable Diffusion", "oracle": "oracle",
+               "sd-depth": "Stable Diffusion + depth ControlNet"}
 
 
 #: The teachers known to this process, by name.
@@ -136,4 +148,32 @@ DEPTH = register_teacher(TeacherSpec(
     variants={"default": ("Intel/dpt-hybrid-midas", "main"), "tiny": ("splatsmith/tiny-dpt", "local")},
     loader="backend.guidance.depth:load_dpt",
     tiny_writer="backend.guidance.depth:write_tiny_dpt",
+))
+
+DEPTH_CONTROLNET = register_teacher(TeacherSpec(
+    name="controlnet-depth",
+    title="Depth ControlNet (not a teacher alone: loaded with sd-depth)",
+    # SyncMVD's ControlNet (its README); the SDXL one is diffusers' own depth ControlNet.
+    # ControlNet repositories hold one model at their top level: ``models download`` fetches it whole.
+    variants={"default": ("lllyasviel/control_v11f1p_sd15_depth", "main"),
+              "xl": ("diffusers/controlnet-depth-sdxl-1.0", "main"),
+              "tiny": ("splatsmith/tiny-controlnet-depth", "local")},
+    tiny_writer="backend.guidance.tiny:write_tiny_controlnet",
+))
+
+SD_DEPTH = register_teacher(TeacherSpec(
+    name="sd-depth",
+    title="Stable Diffusion 1.5 (or SDXL) with a depth ControlNet (texture painting)",
+    variants={"default": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "main"),
+              "xl": ("stabilityai/stable-diffusion-xl-base-1.0", "main"),
+              "tiny": ("splatsmith/tiny-stable-diffusion-depth", "local")},
+    # runwayml removed stable-diffusion-v1-5 from the hub in August 2024; stable-diffusion-v1-5's copy is maintained.
+    former_ids={"stable-diffusion-v1-5/stable-diffusion-v1-5": "runwayml/stable-diffusion-v1-5"},
+    components=("tokenizer", "text_encoder", "unet", "vae", "scheduler"),
+    variant_components={"xl": ("tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2", "unet", "vae", "scheduler")},
+    companions=("controlnet-depth",),
+    loader="backend.guidance.controlnet:load_depth_controlnet",
+    guidance="backend.guidance.controlnet:DepthControlNetGuidance",
+    tiny_writer="backend.guidance.tiny:write_tiny_stable_diffusion",
+    default_cfg=15.5,  # SyncMVD src/configs.py --guidance_scale
 ))

@@ -217,3 +217,31 @@ def real_size_overrides(root: str | Path) -> dict[str, str]:
             writer(folder, real_size=True)
         out[spec.model()[0]] = str(folder)
     return out
+
+
+def write_tiny_controlnet(folder: str | Path, seed: int = 0, real_size: bool = False) -> Path:
+    """Write a tiny depth ControlNet in ``ControlNetModel``'s layout (config.json and safetensors
+    at the top of the folder, as ``lllyasviel/control_v11f1p_sd15_depth``), made with diffusers'
+    ``ControlNetModel.from_unet`` from the tiny Stable Diffusion UNet's architecture (its
+    conditioning embedding downsamples 2x, as the tiny VAE does; its zero convolutions given
+    random weights), or with ``real_size`` from Stable Diffusion 1.5's (768-d context, 8x), random
+    weights either way. A ``model_index.json``
+    marks the folder complete (:func:`ensure_tiny`)."""
+    from diffusers import ControlNetModel
+
+    folder = Path(folder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if real_size:
+            net = ControlNetModel.from_unet(_real_size_unet(4, 768, 64, 8, False))
+        else:
+            net = ControlNetModel.from_unet(_tiny_unet(4, 32, 16), conditioning_embedding_out_channels=(16, 32))
+        # from_unet zero-initialises the "zero convolutions" (ControlNet's training start, Zhang et
+        # al. 2023 section 3.1), which would make an untrained ControlNet a no-op: give them
+        # random weights so that the depth reaches the UNet, as in a trained one.
+        zero = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
+        for conv in zero:
+            torch.nn.init.normal_(conv.weight, std=0.05)
+    net.save_pretrained(str(folder), safe_serialization=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "ControlNetModel"}))
+    return folder

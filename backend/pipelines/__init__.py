@@ -9,7 +9,7 @@ import importlib
 from ..contracts import CancelToken, Emitter, JobCancelled, JobRequest, ParamError, Result
 from .base import REGISTRY, InputSpec, Param, Pipeline, register
 
-BUILTIN = ("reconstruct", "dreamgaussian", "dreamtime", "texture_refine", "im3d", "dtc123", "dreamcraft3d")
+BUILTIN = ("reconstruct", "dreamgaussian", "dreamtime", "texture_refine", "texture_paint", "im3d", "dtc123", "dreamcraft3d")
 
 
 def load_builtin() -> dict:

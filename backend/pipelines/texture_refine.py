@@ -9,15 +9,14 @@ With a reference image, the reference view's MSE under the image's mask is added
 eq. 6 restricted to RGB) and Zero-1-to-3 is the teacher (conditioned on the reference image at
 the reference camera's orbit angles); a prompt alone uses Stable Diffusion.
 
-Frames: the mesh arrives in glTF axes, object space, metres. It is rendered in a normalised
-frame (centred on its bounding box, bounding sphere radius 0.5, DreamGaussian's object scale)
-with orbit cameras at ``radius`` around the centre; the reference camera is mapped into that
-frame too. The mesh returned is the input mesh: same vertices, faces and their order.
+Frames: the mesh is rendered in the normalised frame of ``stages.mesh_input`` (bounding sphere
+radius 0.5, DreamGaussian's object scale) with orbit cameras at ``radius`` around the centre;
+the reference camera is mapped into that frame too. The mesh returned is the input mesh: same
+vertices, faces and their order.
 """
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,34 +24,16 @@ from PIL import Image
 
 from ..cameras import Cameras, OrbitSampler, orbit_angles, orbit_cameras
 from ..geometry.export import texture_to_uint8, write_glb
-from ..geometry.uv import UVMesh, bake_texture, fill_empty_texels, unwrap
+from ..geometry.uv import bake_texture, fill_empty_texels
 from ..guidance import load_job_teacher
 from ..images import load_rgba, recenter, to_white_background
 from ..render.mesh import TexturedMesh, render_mesh
 from ..schedules import make_schedule
 from ..stages.mesh_export import rgba_preview
+from ..stages.mesh_input import MeshInput, corner_uv_mesh, prepare_mesh
 from ..stages.texture import optimise_texture
 from ..contracts import CancelToken, Emitter, JobRequest, Result, schedule_kwargs
 from .specs.texture_refine import DEFAULT_REF_FOVY, TextureRefineSpec
-
-
-def normalising_transform(vertices: np.ndarray) -> tuple[np.ndarray, float]:
-    """(centre [3], scale): ``(v - centre) * scale`` puts the bounding box's centre at the origin
-    and its half-diagonal (a bound on the bounding sphere) at 0.5."""
-    lo, hi = vertices.min(0), vertices.max(0)
-    centre = (lo + hi) / 2
-    half_diagonal = float(np.linalg.norm(hi - lo)) / 2
-    return centre.astype(np.float32), 0.5 / max(half_diagonal, 1e-8)
-
-
-def corner_uv_mesh(vertices: np.ndarray, faces: np.ndarray, corner_uv: np.ndarray) -> UVMesh:
-    """A :class:`UVMesh` (vertices split where their UVs differ) from per-corner UVs
-    float [F*3, 2], for baking and for glTF export; face order kept."""
-    flat = faces.reshape(-1)
-    keys = np.concatenate([flat[:, None].astype(np.float64), np.round(corner_uv.astype(np.float64) * 2**20)], 1)
-    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    return UVMesh(vertices[flat[first]].astype(np.float32), inverse.reshape(-1, 3).astype(np.int64),
-                  corner_uv[first].astype(np.float32), flat[first].astype(np.int64))
 
 
 class TextureRefinePipeline(TextureRefineSpec):
@@ -63,28 +44,14 @@ class TextureRefinePipeline(TextureRefineSpec):
         p, inputs, device = dict(request.params), request.inputs, request.device
         t0 = time.monotonic()
         gen = torch.Generator().manual_seed(request.seed)
-        vertices = np.asarray(inputs["vertices"], np.float32)
-        faces = np.asarray(inputs["faces"], np.int64)
-        centre, scale = normalising_transform(vertices)
-
         emit.progress("prepare", 0, 3, message="UV atlas")
-        if "uv" in inputs:
-            corner_uv = np.asarray(inputs["uv"], np.float32)
-            unwrapped = False
-        else:
-            uvm = unwrap(vertices, faces, resolution=p["texture_size"], time_limit=p["unwrap_time_limit"], cancel=cancel)
-            corner_uv = uvm.corner_uv.reshape(-1, 2).astype(np.float32)
-            unwrapped = True
-            emit.preview("mesh", {"vertices": vertices, "faces": faces.astype(np.int32), "uv": corner_uv},
-                         {"unwrapped": True})
-        cancel.check()
-        normalised = torch.from_numpy((vertices - centre) * scale).to(device)
-        mesh = TexturedMesh(normalised, torch.from_numpy(faces).to(device),
-                            torch.from_numpy(corner_uv.reshape(-1, 3, 2)).to(device))
+        given = prepare_mesh(inputs, device, p["texture_size"], p["unwrap_time_limit"], emit, cancel)
+        vertices, faces, corner_uv, mesh = given.vertices, given.faces, given.corner_uv, given.mesh
+        centre, scale, unwrapped = given.centre, given.scale, given.unwrapped
 
         emit.progress("prepare", 1, 3, message="teacher")
         ref = self._reference(request, p, centre, scale, mesh, device) if "image" in inputs else None
-        teacher = self._teacher(request, p, centre, scale, ref, device)
+        teacher = self._teacher(request, p, given, ref, device)
         cancel.check()
         emit.progress("prepare", 2, 3, message="initial texture")
         texture, init = self._initial_texture(p, inputs, mesh, faces, corner_uv, ref, device)
@@ -153,14 +120,12 @@ class TextureRefinePipeline(TextureRefineSpec):
         return {"rgb": torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device),
                 "alpha": torch.from_numpy(alpha)[None, None].to(device), "camera": camera, "rgba": rgba}
 
-    def _teacher(self, request: JobRequest, p: dict, centre: np.ndarray, scale: float, ref: dict | None, device: str):
+    def _teacher(self, request: JobRequest, p: dict, given: MeshInput, ref: dict | None, device: str):
         """The teacher with its condition encoded: the reference image at its camera's orbit
         angles (Zero-1-to-3), the prompt (Stable Diffusion), or the oracle in the mesh's frame."""
         teacher = load_job_teacher(p, ref is not None, device, cache=request.models, models_dir=request.models_dir)
         if p["teacher"] == "oracle":
-            m = teacher.mesh  # the ground truth is given in the mesh's frame: normalise it the same way
-            teacher.mesh = TexturedMesh((m.vertices - torch.from_numpy(centre).to(m.vertices)) * scale, m.faces, m.uv,
-                                        m.texture, m.vertex_colors)
+            teacher.mesh = given.normalise(teacher.mesh)  # the ground truth is given in the mesh's frame
         elif ref is not None:
             el, az, r = (float(x[0]) for x in orbit_angles(ref["camera"].to("cpu")))
             centred = recenter(ref["rgba"], 256)  # Zero-1-to-3 sees the object centred, as it was trained
@@ -184,19 +149,4 @@ class TextureRefinePipeline(TextureRefineSpec):
                 baked = fill_empty_texels(np.where(seen[..., None], baked, 0.5).astype(np.float32), seen)
                 return torch.from_numpy(np.ascontiguousarray(baked)).to(device), "reference bake"
         return torch.full((size, size, 3), 0.5, device=device), "grey"
-
-
-def job_inputs_from_glb(path: str | Path) -> dict[str, np.ndarray]:
-    """Input arrays of a texture-refinement job from a GLB/glTF: vertices, faces, and per-corner
-    UVs and texture when the file has them (the CLI's ``refine-texture MESH.glb``)."""
-    from ..geometry.export import load_glb
-
-    mesh = load_glb(path)
-    out = {"vertices": mesh.vertices.numpy().astype(np.float32), "faces": mesh.faces.numpy().astype(np.int32)}
-    if mesh.uv is not None:
-        out["uv"] = mesh.uv.reshape(-1, 2).numpy().astype(np.float32)
-    if mesh.texture is not None:
-        out["texture"] = texture_to_uint8(mesh.texture)
-    return out
-
 

@@ -104,3 +104,57 @@ def test_refine_a_mesh_without_uvs_from_a_photo_and_the_active_camera(addon, bac
     assert image.packed_file is not None
     uv_node = node.inputs["Vector"].links[0].from_node
     assert uv_node.type == "UVMAP" and uv_node.uv_map == "Splatsmith UV"
+
+
+@pytest.mark.slow
+def test_paint_a_new_texture_from_the_panel_live_in_a_new_slot_and_undo_restores_the_old(addon, backend):
+    """The panel's texturing choice "Paint a new texture" selects texture_paint; run from the
+    panel's settings with the tiny models, the texture lands live in a new material slot (the UVs
+    and geometry kept), and the old material is kept in its slot: assigning it back restores the
+    old look, which is what Undo does in the UI (``ed.undo`` needs a window, and bpy in background
+    mode has none: its poll fails)."""
+    from blender_addon import panels, params, properties
+    from scenes import make_test_object
+
+    _, raw = make_test_object(texture_size=64)
+    obj = scene_io.apply_mesh("vase", raw["vertices"], raw["faces"], raw["uv"])
+    old_image = scene_io.image_from_rgba("vase old", np.full((8, 8, 4), 200, np.uint8))
+    old = scene_io.assign_texture(obj, old_image, "vase old material")
+    bpy.context.view_layer.objects.active = obj
+    before = _geometry(obj)
+    bpy.ops.splatsmith.connect(address=backend)
+    settings = bpy.context.scene.splatsmith
+    settings.pipeline = "texture_refine"
+
+    class Layout:  # records what the panel draws
+        def __init__(self, log):
+            self.log = log
+
+        def __getattr__(self, name):
+            def call(*args, **kwargs):
+                self.log.append((name, *[a for a in args if isinstance(a, str)]))
+                return self
+            return call
+
+    drawn: list = []
+    panels.draw_method(Layout(drawn), settings, obj)
+    assert ("prop", "texturing") in drawn  # the choice is offered on a mesh
+    settings.texturing = "PAINT"
+    assert settings.pipeline == "texture_paint"
+    settings.preset = "tiny"
+    settings[params.key("texture_paint", "prompt")] = "a blue glazed vase"
+    assert bpy.ops.splatsmith.refine_texture(use_scene_settings=True, wait=True, timeout=JOB_CEILING) == {"FINISHED"}
+    state = client_glue.session.jobs[-1]
+    assert state.handle.state == "done" and state.request["pipeline"] == "texture_paint"
+    assert state.handle.preview_counts.get("texture", 0) >= 2 and "texture" in state.applied  # it formed live
+    after = _geometry(obj)
+    assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
+    assert [m.name for m in obj.data.materials] == ["vase old material", "vase painted"]
+    image, _ = scene_io.base_color_image(obj)
+    assert image.packed_file is not None and image.name == "vase painted texture" and tuple(image.size) == (128, 128)
+    indices = np.empty(len(obj.data.polygons), np.int32)
+    obj.data.polygons.foreach_get("material_index", indices)
+    assert (indices == 1).all()
+    obj.data.polygons.foreach_set("material_index", np.zeros_like(indices))  # the old slot back
+    obj.active_material_index = 0
+    assert scene_io.base_color_image(obj)[0] == old_image and bpy.data.materials.get(old.name) is not None

@@ -25,6 +25,48 @@ def non_manifold_edges(faces: np.ndarray) -> int:
     return int((counts > 2).sum())
 
 
+#: The mesh a texturing method takes (texture refinement, texture painting).
+MESH_INPUTS = {
+    "vertices": InputSpec(("float32",), (None, 3), True, 3 * 4 * MAX_TRIANGLES,
+                          "vertices float32 [V, 3], glTF axes (+Y up), object space, metres"),
+    "faces": InputSpec(("int32", "uint32"), (None, 3), True, 3 * MAX_TRIANGLES * 4,
+                       "triangles int32 [F, 3], counter-clockwise seen from outside"),
+    "uv": InputSpec(("float32",), (None, 2), help="per-corner UVs float32 [F*3, 2], origin bottom-left"),
+    "texture": InputSpec(("uint8",), (None, None, (3, 4)), help="existing texture uint8 [H, W, 3|4], row 0 at the top"),
+}
+
+
+def check_mesh_inputs(inputs: dict, method: str) -> None:
+    """The submit checks of a texturing method's mesh (``method`` names it in the messages).
+
+    Raises:
+        ParamError: too many triangles (never decimated silently), non-finite or collapsed
+            vertices, faces that index missing vertices, a non-manifold mesh, or UVs that are not
+            one per corner; each message says what to do.
+    """
+    verts, faces = inputs["vertices"], inputs["faces"]
+    if len(faces) > MAX_TRIANGLES:
+        raise ParamError(f"the mesh has {len(faces)} triangles; {method} takes at most {MAX_TRIANGLES}. "
+                         "Decimate it (e.g. Blender's Decimate modifier) and try again.")
+    if not np.isfinite(verts).all():
+        raise ParamError("the mesh has vertices that are NaN or infinite: remove them (in Blender: Mesh > Clean Up) "
+                         "and try again")
+    extent = float((verts.max(0) - verts.min(0)).max()) if len(verts) else 0.0
+    if not extent > 1e-6:
+        raise ParamError(f"the mesh's bounding box has size {extent:g}: all its vertices are (nearly) at one point, "
+                         "so there is no surface to texture")
+    if "uv" in inputs and not np.isfinite(inputs["uv"]).all():
+        raise ParamError("'uv' holds NaN or infinite values: fix or recreate the UV map")
+    if faces.min() < 0 or faces.max() >= len(verts):
+        raise ParamError(f"'faces' index vertices 0..{int(faces.max())} but there are {len(verts)} vertices")
+    bad = non_manifold_edges(np.asarray(faces, np.int64))
+    if bad:
+        raise ParamError(f"the mesh is non-manifold: {bad} edges are shared by more than two triangles. In Blender: "
+                         "Edit Mode > Select > All by Trait > Non Manifold, then fix or separate those parts.")
+    if "uv" in inputs and inputs["uv"].shape[0] != 3 * len(faces):
+        raise ParamError(f"'uv' must hold one UV per triangle corner: [{3 * len(faces)}, 2], got {inputs['uv'].shape}")
+
+
 @register
 class TextureRefineSpec(Pipeline):
     """A new or improved texture for a given mesh, from a prompt and/or a reference image."""
@@ -81,12 +123,7 @@ class TextureRefineSpec(Pipeline):
         "tiny": {"weights": "tiny", "texture_iters": 6, "texture_size": 512, "texture_render_size": 64, "refine_steps": 4},
     }
     inputs = {
-        "vertices": InputSpec(("float32",), (None, 3), True, 3 * 4 * MAX_TRIANGLES,
-                              "vertices float32 [V, 3], glTF axes (+Y up), object space, metres"),
-        "faces": InputSpec(("int32", "uint32"), (None, 3), True, 3 * MAX_TRIANGLES * 4,
-                           "triangles int32 [F, 3], counter-clockwise seen from outside"),
-        "uv": InputSpec(("float32",), (None, 2), help="per-corner UVs float32 [F*3, 2], origin bottom-left"),
-        "texture": InputSpec(("uint8",), (None, None, (3, 4)), help="existing texture uint8 [H, W, 3|4], row 0 at the top"),
+        **MESH_INPUTS,
         "image": InputSpec(("uint8",), (None, None, (3, 4)), help="reference image uint8 [H, W, 3|4]; alpha = object"),
         "mask": InputSpec(("uint8",), (None, None), help="foreground mask uint8 [H, W] for an RGB reference image"),
         "ref_camera": InputSpec(("float32",), (4, 4), help="reference camera-to-world float32 [4, 4], glTF axes, object "
@@ -99,32 +136,12 @@ class TextureRefineSpec(Pipeline):
     @classmethod
     def check_request(cls, params, inputs):
         check_schedule_params(params)
-        verts, faces = inputs["vertices"], inputs["faces"]
-        if len(faces) > MAX_TRIANGLES:
-            raise ParamError(f"the mesh has {len(faces)} triangles; texture refinement takes at most {MAX_TRIANGLES}. "
-                             "Decimate it (e.g. Blender's Decimate modifier) and try again.")
-        if not np.isfinite(verts).all():
-            raise ParamError("the mesh has vertices that are NaN or infinite: remove them (in Blender: Mesh > Clean Up) "
-                             "and try again")
-        extent = float((verts.max(0) - verts.min(0)).max()) if len(verts) else 0.0
-        if not extent > 1e-6:
-            raise ParamError(f"the mesh's bounding box has size {extent:g}: all its vertices are (nearly) at one point, "
-                             "so there is no surface to texture")
+        check_mesh_inputs(inputs, "texture refinement")
         if "ref_fovy" in inputs and not MIN_FOVY <= float(inputs["ref_fovy"][0]) <= MAX_FOVY:
             raise ParamError(f"'ref_fovy' is {float(inputs['ref_fovy'][0]):g} degrees; it must be from {MIN_FOVY:g} to "
                              f"{MAX_FOVY:g} (NaN is not allowed)")
-        for name in ("uv", "ref_camera"):
-            if name in inputs and not np.isfinite(inputs[name]).all():
-                raise ParamError(f"'{name}' holds NaN or infinite values: "
-                                 + ("fix or recreate the UV map" if name == "uv" else "send a valid camera matrix"))
-        if faces.min() < 0 or faces.max() >= len(verts):
-            raise ParamError(f"'faces' index vertices 0..{int(faces.max())} but there are {len(verts)} vertices")
-        bad = non_manifold_edges(np.asarray(faces, np.int64))
-        if bad:
-            raise ParamError(f"the mesh is non-manifold: {bad} edges are shared by more than two triangles. In Blender: "
-                             "Edit Mode > Select > All by Trait > Non Manifold, then fix or separate those parts.")
-        if "uv" in inputs and inputs["uv"].shape[0] != 3 * len(faces):
-            raise ParamError(f"'uv' must hold one UV per triangle corner: [{3 * len(faces)}, 2], got {inputs['uv'].shape}")
+        if "ref_camera" in inputs and not np.isfinite(inputs["ref_camera"]).all():
+            raise ParamError("'ref_camera' holds NaN or infinite values: send a valid camera matrix")
         if not params["prompt"].strip() and "image" not in inputs and params["teacher"] != "oracle":
             raise ParamError("give a 'prompt', a reference 'image', or both")
         check_teacher_inputs(params, inputs)

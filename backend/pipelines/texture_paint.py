@@ -1,0 +1,135 @@
+"""Texture painting of a given mesh: a new texture from a prompt, the object's own UVs and
+geometry kept (SyncMVD, Liu et al. 2023, arXiv 2311.12891).
+
+N views (a ring and two from above by default, SyncMVD's cameras) are denoised together by a
+geometry-conditioned teacher (Stable Diffusion with a depth ControlNet, ``guidance.controlnet``)
+and made to agree through the mesh's UV texture at every step
+(:func:`~backend.stages.synchronised_views.synchronised_denoise`); the final views are baked
+into the texture (cos^6-weighted, as the last step's synchronisation), texels no view saw are
+filled within their UV island and the atlas is padded (``geometry.view_projection.fill_texture``).
+An optional short ``texture_refine`` polish follows (``polish_iters``, off by default).
+
+Frames and contract as ``texture_refine``: the mesh is rendered in the normalised frame of
+``stages.mesh_input``; the result holds the input's vertices, faces and order, its UVs (or
+xatlas's for a mesh without), the texture and a GLB.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..cameras import Cameras, OrbitSampler, orbit_cameras
+from ..contracts import CancelToken, Emitter, JobRequest, Result
+from ..geometry.export import texture_to_uint8, write_glb
+from ..geometry.view_projection import ViewTextureProjection, fill_texture
+from ..guidance import load_job_teacher
+from ..stages.mesh_export import rgba_preview
+from ..stages.mesh_input import MeshInput, corner_uv_mesh, prepare_mesh
+from ..stages.progress import PreviewThrottle
+from ..stages.synchronised_views import SyncSettings, synchronised_denoise
+from ..stages.texture import optimise_texture
+from .specs.texture_paint import CAP_VIEWS, TexturePaintSpec
+
+
+def painting_cameras(p: dict, size: int) -> Cameras:
+    """The views: ``ring_views`` azimuths evenly from -180 degrees at ``ring_elevation`` (SyncMVD's
+    ring: -180, -135, ..., 135 for 8), then the ``cap_views`` at +-``cap_elevation``, all looking at
+    the origin from ``radius`` with ``fovy``, ``size`` x ``size`` pixels."""
+    n = p["ring_views"]
+    el = [float(p["ring_elevation"])] * n
+    az = [-180.0 + 360.0 * k / n for k in range(n)]
+    for sign, azimuth in CAP_VIEWS[p["cap_views"]]:
+        el.append(sign * float(p["cap_elevation"]))
+        az.append(azimuth)
+    return orbit_cameras(torch.tensor(el), torch.tensor(az), p["radius"], p["fovy"], size, size)
+
+
+class TexturePaintPipeline(TexturePaintSpec):
+    """A new texture for a given mesh from a prompt, by synchronised multi-view diffusion."""
+
+    def run(self, request: JobRequest, emit: Emitter, cancel: CancelToken) -> Result:
+        p, device = dict(request.params), request.device
+        t0 = time.monotonic()
+        gen = torch.Generator().manual_seed(request.seed)
+        emit.progress("prepare", 0, 3, message="UV atlas")
+        given = prepare_mesh(request.inputs, device, p["texture_size"], p["unwrap_time_limit"], emit, cancel)
+        emit.progress("prepare", 1, 3, message="teacher")
+        teacher = self._teacher(request, p, given)
+        cancel.check()
+        emit.progress("prepare", 2, 3, message="views")
+        size = p["view_size"]
+        cameras = painting_cameras(p, size).to(device)
+        latent_side = size if teacher.space == "pixel" else size // teacher.latent_factor
+        rgb_links = ViewTextureProjection.build(given.mesh, cameras, p["texture_size"], cancel=cancel)
+        latent_links = rgb_links if teacher.space == "pixel" else ViewTextureProjection.build(
+            given.mesh, cameras.resized(latent_side, latent_side), p["latent_texture_size"], cancel=cancel)
+        emit.progress("prepare", 3, 3)
+
+        live = PreviewThrottle()
+
+        def on_texture(texture, weight, step):
+            if live.due(step, p["steps"]):
+                emit.preview("texture", {"rgba": rgba_preview(self._filled(texture, weight, rgb_links))},
+                             {"step": step, "phase": "rgb"})
+
+        settings = SyncSettings(**{k: p[k] for k in SyncSettings.__dataclass_fields__})
+        views = synchronised_denoise(teacher, cameras, latent_links, rgb_links, settings, gen, emit, cancel,
+                                     on_texture=on_texture)
+        emit.progress("fill", 0, 1, message="bake and fill")
+        texture, weight = rgb_links.to_texture(views, p["cos_power_end"])
+        texture = torch.from_numpy(self._filled(texture, weight, rgb_links)).to(device)
+        emit.progress("fill", 1, 1)
+        emit.preview("texture", {"rgba": rgba_preview(texture)}, {"step": p["steps"], "phase": "fill"})
+        if p["polish_iters"] > 0:
+            texture = self._polish(p, given, teacher, texture, gen, emit, cancel)
+        return self._result(request, given, texture, teacher, t0)
+
+    # ------------------------------------------------------------------ parts
+    @staticmethod
+    def _teacher(request: JobRequest, p: dict, given: MeshInput):
+        """The depth ControlNet teacher with the prompt encoded and the mesh as its geometry (its
+        views encoded at the view size), or the oracle moved into the normalised frame."""
+        teacher = load_job_teacher(p, False, request.device, cache=request.models, models_dir=request.models_dir,
+                                   kind="sd-depth")
+        if p["teacher"] == "oracle":
+            teacher.mesh = given.normalise(teacher.mesh)
+        else:
+            teacher.geometry = given.mesh
+            teacher.image_size = p["view_size"]
+            teacher.encode_condition(prompt=p["prompt"], negative_prompt=p["negative_prompt"])
+        return teacher
+
+    @staticmethod
+    def _filled(texture: torch.Tensor, weight: torch.Tensor, links: ViewTextureProjection) -> np.ndarray:
+        """The baked texture float [S, S, 3] with its unseen texels filled and its charts padded."""
+        seen = (weight > 1e-8).cpu().numpy()
+        return np.clip(fill_texture(texture.float().cpu().numpy(), seen, links.covered.cpu().numpy()), 0.0, 1.0)
+
+    @staticmethod
+    def _polish(p, given: MeshInput, teacher, texture, gen, emit, cancel):
+        """``polish_iters`` steps of DreamGaussian's stage-2 refinement (``stages.texture``) with
+        ``texture_refine``'s defaults: SDEdit at strength 0.2 -> 0.05 from random views."""
+        side = min(p["view_size"], 512)
+        views = OrbitSampler(1, (-20.0, 60.0), p["radius"], p["fovy"], gen, device=str(texture.device))
+        return optimise_texture(given.mesh, texture, teacher, lambda step: views(step, side), p["polish_iters"], lr=0.2,
+                                strength_start=0.2, strength_end=0.05, refine_steps=p["steps"], ref=None, emit=emit,
+                                cancel=cancel, generator=gen, lambda_ref=0.0, lambda_sds=0.0, sds_schedule=None,
+                                supersample=False, reference_mask="render+reference")
+
+    @staticmethod
+    def _result(request: JobRequest, given: MeshInput, texture: torch.Tensor, teacher, t0: float) -> Result:
+        tex8 = texture_to_uint8(texture)
+        Image.fromarray(tex8).save(request.job_dir / "texture.png")
+        split = corner_uv_mesh(given.vertices, given.faces, given.corner_uv)
+        glb = write_glb(request.job_dir / "textured.glb", split.vertices, split.faces, split.uv, tex8, name="painted")
+        return Result(
+            files={"texture.png": request.job_dir / "texture.png", "textured.glb": glb},
+            arrays={"vertices": given.vertices, "faces": given.faces.astype(np.int32), "uv": given.corner_uv, "texture": tex8},
+            meta={"unwrapped": given.unwrapped, "init": "painted", "faces": int(len(given.faces)),
+                  "texture_size": int(tex8.shape[0]), "teacher": type(teacher).__name__,
+                  "synchronised": bool(request.params["synchronise"]), "evaluations": teacher.evaluations,
+                  "total_seconds": round(time.monotonic() - t0, 2)},
+        )

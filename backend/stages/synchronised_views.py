@@ -1,0 +1,158 @@
+"""Synchronised multi-view denoising through a UV texture (SyncMVD, Liu et al. 2023, arXiv
+2311.12891, section 3.2): N fixed views of a mesh denoised together so that they agree.
+
+At every DDIM step (Song et al. 2021) each view's noise prediction eps (the teacher conditioned
+on that view, e.g. on its depth) gives its x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab); all x0 are
+projected into one texture (per texel, the cos^power-weighted mean over the views that see it,
+:class:`~backend.geometry.view_projection.ViewTextureProjection`), the texture is rendered back
+into every view, and each view takes its scheduler step from that synchronised x0 (its noise
+direction (x_t - sqrt(ab) x0_sync) / sqrt(1 - ab)). While t > (1 - ``latent_sync_end``) T the
+synchronisation runs in the teacher's latent space (latent views, a latent texture), after it in
+RGB: the x0 are decoded, baked into a colour texture, rendered back and encoded again.
+SyncMVD's own code steps the noisy texture itself with DDPM and stops synchronising after
+``mvd_end`` = 0.8 (``src/syncmvd/step.py``, ``src/pipeline.py``); here every view keeps its own
+DDIM step from the synchronised x0 and the rest of the schedule is synchronised in RGB
+instead of not at all. The cosine's exponent rises linearly over the steps
+(SyncMVD ``exp_start`` 0 -> ``exp_end`` 6); the starting noise is one noise texture rendered
+into every view (nearest texel, so it stays unit-variance; SyncMVD ``set_noise_texture``), fresh
+noise off the mesh. With ``synchronise=False`` the same views are denoised apart (the baseline).
+
+The depth ControlNet's conditioning scale follows SyncMVD's code (``src/pipeline.py``, the
+update after each step): with u = 1 - t/T, scale = a s0 + (1 - a) s1, a = u / 0.99, from the
+second step on (the first uses s0); the option's help text says it rises towards s1, the code
+moves it from about s1 back to s0, and the code is what is followed here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..cameras import Cameras
+from ..contracts import CancelToken, Emitter
+from ..geometry.view_projection import ViewTextureProjection
+from .progress import PreviewThrottle, contact_sheet
+
+#: SyncMVD's ``control_guidance_end`` (``src/pipeline.py``).
+CONTROL_GUIDANCE_END = 0.99
+
+
+def syncmvd_conditioning_scale(t: int, train_steps: int, start: float, end: float) -> float:
+    """The ControlNet's conditioning scale after a step at timestep ``t`` (module docstring)."""
+    u = 1.0 - t / train_steps
+    if u > CONTROL_GUIDANCE_END:
+        return end
+    a = u / CONTROL_GUIDANCE_END
+    return a * start + (1.0 - a) * end
+
+
+@dataclass
+class SyncSettings:
+    """The loop's settings (the ``texture_paint`` parameters of the same names)."""
+
+    steps: int = 30
+    synchronise: bool = True
+    latent_sync_end: float = 0.8
+    cos_power_start: float = 0.0
+    cos_power_end: float = 6.0
+    shared_noise: bool = True
+    max_batch: int = 10
+    conditioning_scale: float = 0.7
+    conditioning_scale_end: float = 0.9
+
+
+def synchronised_denoise(teacher, cameras: Cameras, latent_links: ViewTextureProjection,
+                         rgb_links: ViewTextureProjection, settings: SyncSettings, generator: torch.Generator,
+                         emit: Emitter, cancel: CancelToken, background: float = 1.0,
+                         on_texture=None) -> torch.Tensor:
+    """Denoise N views of a mesh together (module docstring).
+
+    Args:
+        teacher: a :class:`~backend.guidance.base.Guidance` whose ``predict_noise`` sees each view
+            through its camera; a pixel-space teacher (the oracle) uses ``rgb_links`` for both phases.
+        cameras: the N views at the colour size (``rgb_links``' views).
+        latent_links: the links at the latent views' size (the colour size / 8 for a latent teacher).
+        rgb_links: the links at the colour views' size.
+        generator: for the starting noise.
+        emit: progress (phase ``latent`` / ``rgb``, step/total) and ``views`` previews (the current
+            x0 as a contact sheet).
+        background: the background colour the views are composited over (the oracle's targets).
+        on_texture: called as ``on_texture(texture float [S, S, 3], weight [S, S], step)`` with the
+            colour texture as it forms during the RGB phase (the live texture preview).
+    Returns:
+        The final views, float [N, 3, H, W] in [0, 1] (the last step's synchronised x0, decoded).
+    Raises:
+        JobCancelled: ``cancel`` fired (checked before every step).
+    """
+    from diffusers import DDIMScheduler
+
+    N, H, W = len(cameras), cameras.height, cameras.width
+    pixel = teacher.space == "pixel"
+    if pixel:
+        latent_links = rgb_links
+    device = teacher.device
+    sched = DDIMScheduler.from_config(teacher.scheduler.config)
+    sched.set_timesteps(settings.steps, device=device)
+    T = sched.config.num_train_timesteps
+    bg = torch.full((N, 3), float(background), device=device)
+    with torch.no_grad():
+        shape = teacher.encode(torch.full((1, 3, H, W), float(background), device=device)).shape[1:]
+    noise = torch.randn((N, *shape), generator=generator).to(device)
+    if settings.shared_noise and settings.synchronise:
+        noise_texture = torch.randn((latent_links.size, latent_links.size, shape[0]), generator=generator).to(device)
+        rendered, ok = latent_links.to_views(noise_texture, mode="nearest")
+        noise = torch.where(ok, rendered.to(noise.dtype), noise)
+    x = noise * sched.init_noise_sigma
+    alphas = sched.alphas_cumprod.to(device)
+    throttle = PreviewThrottle()
+    if hasattr(teacher, "conditioning_scale"):
+        teacher.conditioning_scale = settings.conditioning_scale
+    x0_sync = None
+    total = len(sched.timesteps)
+    for i, t in enumerate(sched.timesteps):
+        cancel.check()
+        ab = alphas[t].to(x.dtype)
+        with torch.no_grad():
+            eps = torch.cat([teacher.predict_noise(x[s:s + settings.max_batch], t.expand(len(x[s:s + settings.max_batch])).long(),
+                                                   cameras[s:s + settings.max_batch], bg[s:s + settings.max_batch])
+                             for s in range(0, N, settings.max_batch)])
+            teacher.evaluations += math.ceil(N / settings.max_batch)
+            teacher.view_evaluations += N
+            x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+            power = settings.cos_power_start + (settings.cos_power_end - settings.cos_power_start) * i / max(total - 1, 1)
+            latent_phase = int(t) > (1.0 - settings.latent_sync_end) * T
+            phase = "latent" if latent_phase else "rgb"
+            if not settings.synchronise:
+                x0_sync = x0
+            elif latent_phase or pixel:
+                x0_sync = latent_links.synchronise(x0, power)
+                if pixel and on_texture is not None and not latent_phase:
+                    on_texture(*rgb_links.to_texture(x0_sync / 2 + 0.5, power), i + 1)
+            else:
+                images = teacher.decode(x0)
+                if images.shape[-2:] != (H, W):
+                    images = torch.nn.functional.interpolate(images, (H, W), mode="bilinear", align_corners=False)
+                texture, weight = rgb_links.to_texture(images, power)
+                rendered, ok = rgb_links.to_views(texture, weight)
+                x0_sync = teacher.encode(torch.where(ok, rendered, images))
+                if on_texture is not None:
+                    on_texture(texture, weight, i + 1)
+            x = sched.step((x - ab.sqrt() * x0_sync) / (1 - ab).sqrt(), t, x).prev_sample
+            if hasattr(teacher, "conditioning_scale"):
+                teacher.conditioning_scale = syncmvd_conditioning_scale(int(t), T, settings.conditioning_scale,
+                                                                        settings.conditioning_scale_end)
+        emit.progress(phase if settings.synchronise else "denoise", i + 1, total, message=f"t={int(t)}")
+        if throttle.due(i + 1, total):
+            with torch.no_grad():
+                emit.preview("views", {"rgba": contact_sheet(_decoded(teacher, x0_sync, H, W))},
+                             {"phase": phase, "step": i + 1, "of": total})
+    with torch.no_grad():
+        return _decoded(teacher, x0_sync, H, W)
+
+
+def _decoded(teacher, x0: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    images = teacher.decode(x0).float()
+    if images.shape[-2:] != (H, W):
+        images = torch.nn.functional.interpolate(images, (H, W), mode="bilinear", align_corners=False)
+    return images.clamp(0, 1)
