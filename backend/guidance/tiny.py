@@ -94,29 +94,35 @@ def _tiny_vae(real_size: bool = False):
     )
 
 
-def write_tiny_stable_diffusion(folder: str | Path, seed: int = 0, real_size: bool = False) -> Path:
+def write_tiny_stable_diffusion(folder: str | Path, seed: int = 0, real_size: bool = False, arch: str = "sd21") -> Path:
     """Write a tiny Stable Diffusion (32x32 images, 16x16 latents) in diffusers' layout, or
-    with ``real_size`` one with Stable Diffusion 2.1 base's architecture (512x512 images),
-    random weights either way (for benchmarks of the real compute)."""
+    with ``real_size`` one with the real architecture of ``arch``: ``"sd21"`` Stable Diffusion 2.1
+    base (OpenCLIP ViT-H text tower, 1024-d context), ``"sd15"`` Stable Diffusion 1.5 (CLIP ViT-L/14
+    text tower, 768-d context), 512x512 images; random weights either way (for benchmarks of the
+    real compute)."""
     folder = Path(folder)
     with torch.random.fork_rng(devices=[]):  # leave the caller's random state alone
         torch.manual_seed(seed)
-        return _write_tiny_sd(folder, real_size)
+        return _write_tiny_sd(folder, real_size, arch)
 
 
-def _write_tiny_sd(folder: Path, real_size: bool = False) -> Path:
+def _write_tiny_sd(folder: Path, real_size: bool = False, arch: str = "sd21") -> Path:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     vocab_size = write_tiny_tokenizer(folder / "tokenizer")
     tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
-    width, layers, heads, inner = (1024, 23, 16, 4096) if real_size else (32, 2, 4, 64)  # OpenCLIP ViT-H text tower
+    # OpenCLIP ViT-H's text tower (SD 2.1, its penultimate layer: 23 of 24) or CLIP ViT-L/14's (SD 1.5)
+    towers = {"sd21": (1024, 23, 16, 4096), "sd15": (768, 12, 12, 3072)}
+    width, layers, heads, inner = towers[arch] if real_size else (32, 2, 4, 64)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=vocab_size, hidden_size=width, intermediate_size=inner, num_hidden_layers=layers,
         num_attention_heads=heads, max_position_embeddings=77, projection_dim=32, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     ))
-    unet = _real_size_unet(4, 1024, 64, (5, 10, 20, 20), True) if real_size else _tiny_unet(4, 32, 16)
+    unets = {"sd21": lambda: _real_size_unet(4, 1024, 64, (5, 10, 20, 20), True),
+             "sd15": lambda: _real_size_unet(4, 768, 64, 8, False)}
+    unet = unets[arch]() if real_size else _tiny_unet(4, 32, 16)
     pipe = StableDiffusionPipeline(
         vae=_tiny_vae(real_size), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
         scheduler=DDIMScheduler.from_config(_DDIM_CONFIG), safety_checker=None, feature_extractor=None,
@@ -245,3 +251,21 @@ def write_tiny_controlnet(folder: str | Path, seed: int = 0, real_size: bool = F
     net.save_pretrained(str(folder), safe_serialization=True)
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "ControlNetModel"}))
     return folder
+
+
+def real_size_paint_overrides(root: str | Path) -> dict[str, str]:
+    """Random-weight models with the real architectures of texture painting's ``default`` teacher
+    (Stable Diffusion 1.5 and its depth ControlNet), written once under ``root``, as model-id
+    overrides (``backend.models.set_model_overrides``), for benchmarks of the real compute."""
+    from .registry import DEPTH_CONTROLNET, SD_DEPTH
+
+    root = Path(root)
+    out = {}
+    for spec, name, write in ((SD_DEPTH, "sd15", lambda f: write_tiny_stable_diffusion(f, real_size=True, arch="sd15")),
+                              (DEPTH_CONTROLNET, "controlnet-sd15", lambda f: write_tiny_controlnet(f, real_size=True))):
+        folder = root / name
+        if not (folder / "model_index.json").is_file():
+            print(f"writing a real-size random {spec.name} to {folder} ...", flush=True)
+            write(folder)
+        out[spec.model()[0]] = str(folder)
+    return out

@@ -53,6 +53,7 @@ class TexturePaintPipeline(TexturePaintSpec):
     def run(self, request: JobRequest, emit: Emitter, cancel: CancelToken) -> Result:
         p, device = dict(request.params), request.device
         t0 = time.monotonic()
+        clock: dict[str, float] = {}
         gen = torch.Generator().manual_seed(request.seed)
         emit.progress("prepare", 0, 3, message="UV atlas")
         given = prepare_mesh(request.inputs, device, p["texture_size"], p["unwrap_time_limit"], emit, cancel)
@@ -67,6 +68,7 @@ class TexturePaintPipeline(TexturePaintSpec):
         latent_links = rgb_links if teacher.space == "pixel" else ViewTextureProjection.build(
             given.mesh, cameras.resized(latent_side, latent_side), p["latent_texture_size"], cancel=cancel)
         emit.progress("prepare", 3, 3)
+        clock["prepare"] = time.monotonic() - t0
 
         live = PreviewThrottle()
 
@@ -77,15 +79,21 @@ class TexturePaintPipeline(TexturePaintSpec):
 
         settings = SyncSettings(**{k: p[k] for k in SyncSettings.__dataclass_fields__})
         views = synchronised_denoise(teacher, cameras, latent_links, rgb_links, settings, gen, emit, cancel,
-                                     on_texture=on_texture)
+                                     on_texture=on_texture, clock=clock)
+        started = time.monotonic()
         emit.progress("fill", 0, 1, message="bake and fill")
         texture, weight = rgb_links.to_texture(views, p["cos_power_end"])
         texture = torch.from_numpy(self._filled(texture, weight, rgb_links)).to(device)
         emit.progress("fill", 1, 1)
+        clock["fill"] = time.monotonic() - started
         emit.preview("texture", {"rgba": rgba_preview(texture)}, {"step": p["steps"], "phase": "fill"})
         if p["polish_iters"] > 0:
+            started = time.monotonic()
             texture = self._polish(p, given, teacher, texture, gen, emit, cancel)
-        return self._result(request, given, texture, teacher, t0)
+            clock["polish"] = time.monotonic() - started
+        result = self._result(request, given, texture, teacher, t0, clock)
+        result.meta.update(views=len(cameras), view_size=size, steps=p["steps"])
+        return result
 
     # ------------------------------------------------------------------ parts
     @staticmethod
@@ -120,7 +128,8 @@ class TexturePaintPipeline(TexturePaintSpec):
                                 supersample=False, reference_mask="render+reference")
 
     @staticmethod
-    def _result(request: JobRequest, given: MeshInput, texture: torch.Tensor, teacher, t0: float) -> Result:
+    def _result(request: JobRequest, given: MeshInput, texture: torch.Tensor, teacher, t0: float,
+                clock: dict[str, float]) -> Result:
         tex8 = texture_to_uint8(texture)
         Image.fromarray(tex8).save(request.job_dir / "texture.png")
         split = corner_uv_mesh(given.vertices, given.faces, given.corner_uv)
@@ -131,5 +140,6 @@ class TexturePaintPipeline(TexturePaintSpec):
             meta={"unwrapped": given.unwrapped, "init": "painted", "faces": int(len(given.faces)),
                   "texture_size": int(tex8.shape[0]), "teacher": type(teacher).__name__,
                   "synchronised": bool(request.params["synchronise"]), "evaluations": teacher.evaluations,
+                  "seconds": {k: round(v, 3) for k, v in clock.items()},
                   "total_seconds": round(time.monotonic() - t0, 2)},
         )

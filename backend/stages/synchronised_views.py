@@ -25,6 +25,7 @@ moves it from about s1 back to s0, and the code is what is followed here.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -65,7 +66,7 @@ class SyncSettings:
 def synchronised_denoise(teacher, cameras: Cameras, latent_links: ViewTextureProjection,
                          rgb_links: ViewTextureProjection, settings: SyncSettings, generator: torch.Generator,
                          emit: Emitter, cancel: CancelToken, background: float = 1.0,
-                         on_texture=None) -> torch.Tensor:
+                         on_texture=None, clock: dict[str, float] | None = None) -> torch.Tensor:
     """Denoise N views of a mesh together (module docstring).
 
     Args:
@@ -80,6 +81,7 @@ def synchronised_denoise(teacher, cameras: Cameras, latent_links: ViewTexturePro
         background: the background colour the views are composited over (the oracle's targets).
         on_texture: called as ``on_texture(texture float [S, S, 3], weight [S, S], step)`` with the
             colour texture as it forms during the RGB phase (the live texture preview).
+        clock: seconds per phase (``latent``, ``rgb``, or ``denoise`` unsynchronised) are added to it.
     Returns:
         The final views, float [N, 3, H, W] in [0, 1] (the last step's synchronised x0, decoded).
     Raises:
@@ -110,8 +112,10 @@ def synchronised_denoise(teacher, cameras: Cameras, latent_links: ViewTexturePro
         teacher.conditioning_scale = settings.conditioning_scale
     x0_sync = None
     total = len(sched.timesteps)
+    clock = {} if clock is None else clock
     for i, t in enumerate(sched.timesteps):
         cancel.check()
+        started = time.monotonic()
         ab = alphas[t].to(x.dtype)
         with torch.no_grad():
             eps = torch.cat([teacher.predict_noise(x[s:s + settings.max_batch], t.expand(len(x[s:s + settings.max_batch])).long(),
@@ -142,7 +146,11 @@ def synchronised_denoise(teacher, cameras: Cameras, latent_links: ViewTexturePro
             if hasattr(teacher, "conditioning_scale"):
                 teacher.conditioning_scale = syncmvd_conditioning_scale(int(t), T, settings.conditioning_scale,
                                                                         settings.conditioning_scale_end)
-        emit.progress(phase if settings.synchronise else "denoise", i + 1, total, message=f"t={int(t)}")
+        phase = phase if settings.synchronise else "denoise"
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        clock[phase] = clock.get(phase, 0.0) + time.monotonic() - started
+        emit.progress(phase, i + 1, total, message=f"t={int(t)}")
         if throttle.due(i + 1, total):
             with torch.no_grad():
                 emit.preview("views", {"rgba": contact_sheet(_decoded(teacher, x0_sync, H, W))},
