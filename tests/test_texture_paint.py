@@ -242,3 +242,20 @@ def test_cli_paint_texture(tmp_path):
     assert nothing.exit_code == 1 and "--prompt" in nothing.output
     bad = cli("paint-texture", glb, "--prompt", "x", "--param", "view_size=100")
     assert bad.exit_code == 1 and "multiple of 8" in " ".join(bad.output.split())
+
+
+def test_the_sdxl_layout_paints_through_the_same_code(tmp_path):
+    """The ``xl`` path (two text towers, pooled embeddings and SDXL's size ids into the UNet and
+    the ControlNet) on tiny random models in SDXL's layout, read by the same loader."""
+    from backend.guidance import load_teacher
+
+    teacher = load_teacher("sd-depth", "tiny-xl", "cpu")
+    assert teacher.parts.xl and teacher.parts.controlnet.config.addition_embed_type == "text_time"
+    _, raw = make_test_object(texture_size=64)
+    inputs = _grey_student(raw)
+    _, result = run_local(JobStore(tmp_path / "jobs"), TexturePaintPipeline, "tiny",
+                          {"prompt": "a marble bust", "weights": "tiny-xl", "steps": 2}, inputs, 0, Emitter())
+    assert result.meta["teacher"] == "DepthControlNetGuidance" and result.arrays["texture"].shape == (128, 128, 3)
+    assert np.array_equal(result.arrays["uv"], inputs["uv"])
+    teacher.encode_condition(prompt="a marble bust")  # an empty negative prompt is zeros, as SDXL's pipeline has it
+    assert teacher.condition["uncond"].abs().max() == 0 and teacher.condition["pooled"].shape == (1, 32)

@@ -16,10 +16,11 @@ def ensure_teacher_model(kind: str, weights: str = "default", models_dir=None, m
 
     spec = get_teacher(kind)
     mid = model_id or spec.model(weights)[0]
-    if mid.startswith("splatsmith/") and mid not in model_overrides() and spec.tiny_writer:
+    writer = spec.variant_tiny_writers.get(weights, spec.tiny_writer)
+    if mid.startswith("splatsmith/") and mid not in model_overrides() and writer:
         from .tiny import ensure_tiny
 
-        ensure_tiny(mid, splatsmith_cache_dir(), load_reference(spec.tiny_writer))
+        ensure_tiny(mid, splatsmith_cache_dir(), load_reference(writer))
     return resolve_model(mid, models_dir, spec.former_ids.get(mid))
 
 

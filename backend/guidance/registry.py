@@ -39,6 +39,8 @@ class TeacherSpec:
             ``companions={name: (model id, folder)}``.
         variant_components: weights variant -> its own ``components`` where they differ (SDXL
             has a second tokenizer and text encoder).
+        variant_tiny_writers: weights variant -> its own tiny writer where it differs (a tiny
+            stand-in in SDXL's layout).
     """
 
     name: str
@@ -52,6 +54,7 @@ class TeacherSpec:
     former_ids: dict[str, str] = field(default_factory=dict)
     companions: tuple[str, ...] = ()
     variant_components: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    variant_tiny_writers: dict[str, str] = field(default_factory=dict)
 
     def components_of(self, weights: str = "default") -> tuple[str, ...]:
         """The sub-folders the loader reads for a weights variant."""
@@ -157,8 +160,10 @@ DEPTH_CONTROLNET = register_teacher(TeacherSpec(
     # ControlNet repositories hold one model at their top level: ``models download`` fetches it whole.
     variants={"default": ("lllyasviel/control_v11f1p_sd15_depth", "main"),
               "xl": ("diffusers/controlnet-depth-sdxl-1.0", "main"),
-              "tiny": ("splatsmith/tiny-controlnet-depth", "local")},
+              "tiny": ("splatsmith/tiny-controlnet-depth", "local"),
+              "tiny-xl": ("splatsmith/tiny-controlnet-depth-xl", "local")},
     tiny_writer="backend.guidance.tiny:write_tiny_controlnet",
+    variant_tiny_writers={"tiny-xl": "backend.guidance.tiny:write_tiny_controlnet_xl"},
 ))
 
 SD_DEPTH = register_teacher(TeacherSpec(
@@ -166,7 +171,8 @@ SD_DEPTH = register_teacher(TeacherSpec(
     title="Stable Diffusion 1.5 (or SDXL) with a depth ControlNet (texture painting)",
     variants={"default": ("stable-diffusion-v1-5/stable-diffusion-v1-5", "main"),
               "xl": ("stabilityai/stable-diffusion-xl-base-1.0", "main"),
-              "tiny": ("splatsmith/tiny-stable-diffusion-depth", "local")},
+              "tiny": ("splatsmith/tiny-stable-diffusion-depth", "local"),
+              "tiny-xl": ("splatsmith/tiny-sdxl", "local")},
     # runwayml removed stable-diffusion-v1-5 from the hub in August 2024; stable-diffusion-v1-5's copy is maintained.
     former_ids={"stable-diffusion-v1-5/stable-diffusion-v1-5": "runwayml/stable-diffusion-v1-5"},
     components=("tokenizer", "text_encoder", "unet", "vae", "scheduler"),
@@ -175,5 +181,6 @@ SD_DEPTH = register_teacher(TeacherSpec(
     loader="backend.guidance.controlnet:load_depth_controlnet",
     guidance="backend.guidance.controlnet:DepthControlNetGuidance",
     tiny_writer="backend.guidance.tiny:write_tiny_stable_diffusion",
+    variant_tiny_writers={"tiny-xl": "backend.guidance.tiny:write_tiny_sdxl"},
     default_cfg=15.5,  # SyncMVD src/configs.py --guidance_scale
 ))

@@ -225,14 +225,59 @@ def real_size_overrides(root: str | Path) -> dict[str, str]:
     return out
 
 
-def write_tiny_controlnet(folder: str | Path, seed: int = 0, real_size: bool = False) -> Path:
+def _tiny_sdxl_unet():
+    """A tiny UNet in SDXL's layout: 64-d context (two 32-d text towers side by side) and the
+    "text_time" added embedding (the pooled text embedding and six size/crop numbers)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=64, attention_head_dim=8, norm_num_groups=32, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8,
+    )
+
+
+def write_tiny_sdxl(folder: str | Path, seed: int = 0) -> Path:
+    """Write a tiny SDXL in the layout of ``stabilityai/stable-diffusion-xl-base-1.0`` (tokenizer and
+    text_encoder, tokenizer_2 and text_encoder_2 with a projection, a UNet with SDXL's added
+    embeddings, vae, scheduler), random weights, 32x32 images: the ``xl`` code path without a
+    download."""
+    from diffusers import DDIMScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vocab_size = write_tiny_tokenizer(folder / "tokenizer")
+        write_tiny_tokenizer(folder / "tokenizer_2")
+        tok = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
+        config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        CLIPTextModel(config).save_pretrained(str(folder / "text_encoder"), safe_serialization=True)
+        CLIPTextModelWithProjection(config).save_pretrained(str(folder / "text_encoder_2"), safe_serialization=True)
+        _tiny_sdxl_unet().save_pretrained(str(folder / "unet"), safe_serialization=True)
+        _tiny_vae().save_pretrained(str(folder / "vae"), safe_serialization=True)
+    DDIMScheduler.from_config(_DDIM_CONFIG).save_pretrained(str(folder / "scheduler"))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    return folder
+
+
+def write_tiny_controlnet_xl(folder: str | Path, seed: int = 0) -> Path:
+    """A tiny depth ControlNet of the tiny SDXL UNet (:func:`write_tiny_controlnet`, SDXL's layout)."""
+    return write_tiny_controlnet(folder, seed, xl=True)
+
+
+def write_tiny_controlnet(folder: str | Path, seed: int = 0, real_size: bool = False, xl: bool = False) -> Path:
     """Write a tiny depth ControlNet in ``ControlNetModel``'s layout (config.json and safetensors
     at the top of the folder, as ``lllyasviel/control_v11f1p_sd15_depth``), made with diffusers'
     ``ControlNetModel.from_unet`` from the tiny Stable Diffusion UNet's architecture (its
     conditioning embedding downsamples 2x, as the tiny VAE does; its zero convolutions given
-    random weights), or with ``real_size`` from Stable Diffusion 1.5's (768-d context, 8x), random
-    weights either way. A ``model_index.json``
-    marks the folder complete (:func:`ensure_tiny`)."""
+    random weights; ``xl``: of the tiny SDXL UNet), or with ``real_size`` from Stable Diffusion 1.5's
+    (768-d context, 8x), random weights either way. A ``model_index.json`` marks the folder complete
+    (:func:`ensure_tiny`)."""
     from diffusers import ControlNetModel
 
     folder = Path(folder)
@@ -241,13 +286,14 @@ def write_tiny_controlnet(folder: str | Path, seed: int = 0, real_size: bool = F
         if real_size:
             net = ControlNetModel.from_unet(_real_size_unet(4, 768, 64, 8, False))
         else:
-            net = ControlNetModel.from_unet(_tiny_unet(4, 32, 16), conditioning_embedding_out_channels=(16, 32))
-        # from_unet zero-initialises the "zero convolutions" (ControlNet's training start, Zhang et
-        # al. 2023 section 3.1), which would make an untrained ControlNet a no-op: give them
-        # random weights so that the depth reaches the UNet, as in a trained one.
-        zero = [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]
-        for conv in zero:
-            torch.nn.init.normal_(conv.weight, std=0.05)
+            net = ControlNetModel.from_unet(_tiny_sdxl_unet() if xl else _tiny_unet(4, 32, 16),
+                                            conditioning_embedding_out_channels=(16, 32))
+        if not real_size:
+            # from_unet zero-initialises the "zero convolutions" (ControlNet's training start, Zhang
+            # et al. 2023 section 3.1), which would make an untrained ControlNet a no-op: give them
+            # random weights so that the depth reaches the UNet, as in a trained one.
+            for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]:
+                torch.nn.init.normal_(conv.weight, std=0.05)
     net.save_pretrained(str(folder), safe_serialization=True)
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "ControlNetModel"}))
     return folder
@@ -257,8 +303,10 @@ def real_size_paint_overrides(root: str | Path) -> dict[str, str]:
     """Random-weight models with the real architectures of texture painting's ``default`` teacher
     (Stable Diffusion 1.5 and its depth ControlNet), written once under ``root``, as model-id
     overrides (``backend.models.set_model_overrides``), for benchmarks of the real compute."""
+    from .quiet import quiet_libraries
     from .registry import DEPTH_CONTROLNET, SD_DEPTH
 
+    quiet_libraries()
     root = Path(root)
     out = {}
     for spec, name, write in ((SD_DEPTH, "sd15", lambda f: write_tiny_stable_diffusion(f, real_size=True, arch="sd15")),

@@ -453,7 +453,7 @@ BYTES_PER_TEXEL = 96
 BYTES_PER_VOXEL = 16
 BYTES_PER_GAUSSIAN = 2048
 #: Teacher weights resident during a job, bytes, by ``weights`` variant (fp32 upper bound).
-TEACHER_BYTES = {"default": 5 << 30, "stable": 5 << 30, "xl": 10 << 30, "tiny": 64 << 20}
+TEACHER_BYTES = {"default": 5 << 30, "stable": 5 << 30, "xl": 10 << 30, "tiny": 64 << 20, "tiny-xl": 64 << 20}
 
 
 #: The prior oracle's parameters (``guidance/oracle.py``), in every method that takes teacher=oracle.

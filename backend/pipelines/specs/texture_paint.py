@@ -39,7 +39,8 @@ class TexturePaintSpec(Pipeline):
                              max_len=4096, path=True),
         **PRIOR_ORACLE_PARAMS,
         "weights": Param("choice", "default", "default: Stable Diffusion 1.5 + depth ControlNet (SyncMVD); xl: SDXL + "
-                         "its depth ControlNet; tiny: random stand-ins", choices=("default", "xl", "tiny")),
+                         "its depth ControlNet; tiny, tiny-xl: random stand-ins in those layouts",
+                         choices=("default", "xl", "tiny", "tiny-xl")),
         "steps": Param("int", 30, "denoising steps (DDIM)", min=1, max=1000),
         "guidance_scale": Param("float", None, "classifier-free guidance scale (unset: the teacher's own, 15.5 as SyncMVD)",
                                 min=0, max=1000),
@@ -106,5 +107,5 @@ class TexturePaintSpec(Pipeline):
             "texture_size": (params["texture_size"] ** 2 + params["latent_texture_size"] ** 2) * BYTES_PER_TEXEL,
             "render_size": params["view_size"] ** 2 * min(views, params["max_batch"]) * BYTES_PER_TEACHER_PIXEL // 16,
             "vertices": sum(int(a.nbytes) for a in inputs.values()) * 8,
-            "weights": TEACHER_BYTES.get(params["weights"], TEACHER_BYTES["default"]) * (2 if params["weights"] == "xl" else 1),
+            "weights": TEACHER_BYTES[params["weights"]],
         }
