@@ -166,9 +166,9 @@ class ViewTextureProjection:
 
 
 def fill_texture(texture: np.ndarray, seen: np.ndarray, covered: np.ndarray) -> np.ndarray:
-    """A texture with every texel set (see the module docstring: nearest seen texel within each
-    UV chart, a chart's mean where it saw nothing... the mean of all seen texels, then padding
-    outside the charts from the nearest chart texel).
+    """A texture with every texel set (the module docstring): an unseen texel inside a chart takes
+    the nearest seen texel of the same chart, a chart with no seen texel the mean of all seen
+    texels, and texels outside every chart the nearest chart texel (padding).
 
     Args:
         texture: float [S, S, D]; only texels where ``seen`` are trusted.

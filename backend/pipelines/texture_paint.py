@@ -47,6 +47,11 @@ def painting_cameras(p: dict, size: int) -> Cameras:
     return orbit_cameras(torch.tensor(el), torch.tensor(az), p["radius"], p["fovy"], size, size)
 
 
+#: Least time between two live texture previews, seconds: each decodes the views and projects them
+#: (the views' own preview, a contact sheet, comes at the usual pace).
+LIVE_TEXTURE_INTERVAL_S = 2.0
+
+
 class TexturePaintPipeline(TexturePaintSpec):
     """A new texture for a given mesh from a prompt, by synchronised multi-view diffusion."""
 
@@ -70,12 +75,11 @@ class TexturePaintPipeline(TexturePaintSpec):
         emit.progress("prepare", 3, 3)
         clock["prepare"] = time.monotonic() - t0
 
-        live = PreviewThrottle()
+        live = PreviewThrottle(LIVE_TEXTURE_INTERVAL_S)
 
-        def on_texture(texture, weight, step):
-            if live.due(step, p["steps"]):
-                emit.preview("texture", {"rgba": rgba_preview(self._filled(texture, weight, rgb_links))},
-                             {"step": step, "phase": "rgb"})
+        def on_texture(step, make):  # the texture on the object as it forms, latest wins
+            if live.due(step, p["steps"] + 1):  # the filled final texture is the last one
+                emit.preview("texture", {"rgba": rgba_preview(self._filled(*make(), rgb_links))}, {"step": step})
 
         settings = SyncSettings(**{k: p[k] for k in SyncSettings.__dataclass_fields__})
         views = synchronised_denoise(teacher, cameras, latent_links, rgb_links, settings, gen, emit, cancel,

@@ -79,8 +79,10 @@ def synchronised_denoise(teacher, cameras: Cameras, latent_links: ViewTexturePro
         emit: progress (phase ``latent`` / ``rgb``, step/total) and ``views`` previews (the current
             x0 as a contact sheet).
         background: the background colour the views are composited over (the oracle's targets).
-        on_texture: called as ``on_texture(texture float [S, S, 3], weight [S, S], step)`` with the
-            colour texture as it forms during the RGB phase (the live texture preview).
+        on_texture: called after every step as ``on_texture(step, make)``; ``make()`` returns the
+            colour texture as it stands (texture float [S, S, 3], weight [S, S]: the current x0
+            decoded and projected, or the RGB phase's own texture), so that a live preview pays for
+            it only when it shows it.
         clock: seconds per phase (``latent``, ``rgb``, or ``denoise`` unsynchronised) are added to it.
     Returns:
         The final views, float [N, 3, H, W] in [0, 1] (the last step's synchronised x0, decoded).
@@ -131,17 +133,15 @@ def synchronised_denoise(teacher, cameras: Cameras, latent_links: ViewTexturePro
                 x0_sync = x0
             elif latent_phase or pixel:
                 x0_sync = latent_links.synchronise(x0, power)
-                if pixel and on_texture is not None and not latent_phase:
-                    on_texture(*rgb_links.to_texture(x0_sync / 2 + 0.5, power), i + 1)
             else:
-                images = teacher.decode(x0)
-                if images.shape[-2:] != (H, W):
-                    images = torch.nn.functional.interpolate(images, (H, W), mode="bilinear", align_corners=False)
+                images = _decoded(teacher, x0, H, W)
                 texture, weight = rgb_links.to_texture(images, power)
                 rendered, ok = rgb_links.to_views(texture, weight)
                 x0_sync = teacher.encode(torch.where(ok, rendered, images))
-                if on_texture is not None:
-                    on_texture(texture, weight, i + 1)
+            if on_texture is not None:
+                latest = x0_sync
+                made = (texture, weight) if settings.synchronise and not (latent_phase or pixel) else None
+                on_texture(i + 1, lambda: made or rgb_links.to_texture(_decoded(teacher, latest, H, W), power))
             x = sched.step((x - ab.sqrt() * x0_sync) / (1 - ab).sqrt(), t, x).prev_sample
             if hasattr(teacher, "conditioning_scale"):
                 teacher.conditioning_scale = syncmvd_conditioning_scale(int(t), T, settings.conditioning_scale,
@@ -160,6 +160,7 @@ def synchronised_denoise(teacher, cameras: Cameras, latent_links: ViewTexturePro
 
 
 def _decoded(teacher, x0: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """x0 (latents or pixels) as images float [N, 3, H, W] in [0, 1] at the colour views' size."""
     images = teacher.decode(x0).float()
     if images.shape[-2:] != (H, W):
         images = torch.nn.functional.interpolate(images, (H, W), mode="bilinear", align_corners=False)
