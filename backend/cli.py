@@ -603,6 +603,8 @@ def refine_texture(
 def paint_texture(
     mesh: Path = typer.Argument(..., help=_MESH_OPTIONS_HELP),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="What the new texture should show."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Optional reference image, given to the teacher through an IP-Adapter (RGBA: the object over white)."),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="Foreground mask for an RGB reference image (optional)."),
     preset: str = typer.Option("default", help="default | fast | tiny"),
     seed: int = typer.Option(0, min=0, help="Random seed."),
     teacher: str = typer.Option("auto", help="auto | oracle (verification teacher, needs --oracle-mesh)"),
@@ -616,12 +618,14 @@ def paint_texture(
     client_key: Optional[Path] = typer.Option(None, help="This client's secret CURVE key file."),
     models_dir: Optional[Path] = typer.Option(None, "--models-dir", help="In-process runs: an extra folder of model weights (org/name sub-folders, as `splatsmith models download --models-dir` writes them)."),
 ) -> None:
-    """A new texture for MESH painted from a prompt (Stable Diffusion with a depth ControlNet, views
-    synchronised through the mesh's UVs as SyncMVD); the geometry and the UVs are kept as they are."""
+    """A new texture for MESH painted from a prompt and an optional reference image (Stable Diffusion
+    with a depth ControlNet and an IP-Adapter, views synchronised through the mesh's UVs as SyncMVD);
+    the geometry and the UVs are kept as they are."""
     if prompt is None and teacher != "oracle":
         _fail("give --prompt TEXT: what the new texture should show")
     params: dict = {} if prompt is None else {"prompt": prompt}
-    _texture_mesh_job("texture_paint", mesh, params, param, {}, teacher, oracle_mesh, preset, seed, out, server,
+    extra = _load_image_inputs(image, mask) if image is not None else {}
+    _texture_mesh_job("texture_paint", mesh, params, param, extra, teacher, oracle_mesh, preset, seed, out, server,
                       server_key, client_key, device, output_dir, models_dir)
 
 

@@ -145,7 +145,7 @@ def select_download_files(files: dict[str, int], components: tuple[str, ...]) ->
 
     Args:
         files: repository path -> size in bytes (a hub listing).
-        components: the sub-folders the loader reads.
+        components: the sub-folders the loader reads (or single files, taken as they are).
     Returns:
         The chosen paths, sorted.
     Raises:
@@ -153,6 +153,9 @@ def select_download_files(files: dict[str, int], components: tuple[str, ...]) ->
     """
     chosen = [name for name in files if name == "model_index.json"]
     for sub in components:
+        if sub in files:  # a single file the loader reads (an adapter's weights)
+            chosen.append(sub)
+            continue
         inside = [name for name in files if name.startswith(sub + "/")]
         if not inside:
             raise ValueError(f"the repository has no {sub}/ folder")

@@ -232,8 +232,13 @@ def test_cli_paint_texture(tmp_path):
     _, raw = make_test_object(texture_size=64)
     glb = write_object_glb(tmp_path / "object.glb", raw)
     out = tmp_path / "painted.glb"
-    done = cli("paint-texture", glb, "--prompt", "rusty metal", "--preset", "tiny", "--param", "steps=3", "--out", out,
-               "--device", "cpu", "--output-dir", tmp_path / "jobs")
+    from PIL import Image
+
+    from backend.cli import demo_photo
+
+    Image.fromarray(demo_photo()[0]).save(tmp_path / "ref.png")
+    done = cli("paint-texture", glb, "--prompt", "rusty metal", "--image", tmp_path / "ref.png", "--preset", "tiny",
+               "--param", "steps=3", "--out", out, "--device", "cpu", "--output-dir", tmp_path / "jobs")
     assert done.exit_code == 0, done.output[-2000:]
     painted, original = load_glb(out), load_glb(glb)
     assert painted.texture.shape == (128, 128, 3) and out.with_suffix(".png").stat().st_size > 100
@@ -259,3 +264,30 @@ def test_the_sdxl_layout_paints_through_the_same_code(tmp_path):
     assert np.array_equal(result.arrays["uv"], inputs["uv"])
     teacher.encode_condition(prompt="a marble bust")  # an empty negative prompt is zeros, as SDXL's pipeline has it
     assert teacher.condition["uncond"].abs().max() == 0 and teacher.condition["pooled"].shape == (1, 32)
+
+
+def test_a_reference_image_conditions_the_painting_through_the_ip_adapter(tmp_path):
+    """An optional reference image reaches the UNet through the IP-Adapter (tiny: a random image
+    encoder and adapter in h94/IP-Adapter's layout, loaded by diffusers' load_ip_adapter): the same
+    seed paints a different texture with it, and the shared UNet gets its own processors back."""
+    from backend.cli import demo_photo
+    from backend.guidance import load_teacher
+    from backend.models import ModelCache
+
+    _, raw = make_test_object(texture_size=64)
+    inputs = _grey_student(raw)
+    photo, _ = demo_photo()
+    store, cache = JobStore(tmp_path / "jobs"), ModelCache()
+    params = {"prompt": "a painted wooden toy", "steps": 3}
+    _, plain = run_local(store, TexturePaintPipeline, "tiny", params, inputs, 0, Emitter(), models=cache)
+    _, with_image = run_local(store, TexturePaintPipeline, "tiny", params, dict(inputs, image=photo), 0, Emitter(),
+                              models=cache)
+    _, plain_again = run_local(store, TexturePaintPipeline, "tiny", params, inputs, 0, Emitter(), models=cache)
+    difference = np.abs(plain.arrays["texture"].astype(int) - with_image.arrays["texture"].astype(int)).mean()
+    assert difference > 1.0
+    assert np.array_equal(plain.arrays["texture"], plain_again.arrays["texture"])  # the adapter was unloaded
+    teacher = load_teacher("sd-depth", "tiny", "cpu", cache=cache)
+    assert not any("IPAdapter" in type(p).__name__ for p in teacher.parts.unet.attn_processors.values())
+    with pytest.raises(ParamError, match="tiny-xl stand-ins have no IP-Adapter"):
+        run_local(store, TexturePaintPipeline, "tiny", dict(params, weights="tiny-xl"), dict(inputs, image=photo), 0,
+                  Emitter())

@@ -163,6 +163,44 @@ class DepthControlNetGuidance(LatentDiffusionGuidance):
         self.geometry: TexturedMesh | None = None
         self.conditioning_scale = 0.7
         self._control: dict[tuple, torch.Tensor] = {}
+        self._ip_pipe = None  # a diffusers pipeline over these components, while an IP-Adapter is loaded
+        self._image_embeds: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ IP-Adapter
+    def load_ip_adapter(self, folder: str | Path, subfolder: str, weight_name: str, scale: float = 1.0) -> None:
+        """Load an IP-Adapter (Ye et al. 2023; ``h94/IP-Adapter``) into this teacher's UNet with
+        diffusers' ``load_ip_adapter`` (its image encoder from ``subfolder/image_encoder``) at
+        ``scale``. The UNet is shared through the model cache: :meth:`unload_ip_adapter` must
+        follow (the pipeline does it when the job ends, however it ends).
+
+        Raises:
+            ModelMissingError: the weights file or the image encoder is missing.
+        """
+        from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
+
+        from ..models import ModelMissingError
+
+        folder = Path(folder)
+        for needed in (folder / subfolder / weight_name, folder / subfolder / "image_encoder" / "config.json"):
+            if not needed.is_file():
+                raise ModelMissingError("h94/IP-Adapter", f"{needed} is missing")
+        p = self.parts
+        common = dict(vae=p.vae, text_encoder=p.text_encoder, tokenizer=p.tokenizer, unet=p.unet, controlnet=p.controlnet,
+                      scheduler=p.scheduler, feature_extractor=None, image_encoder=None)
+        if p.xl:
+            pipe = StableDiffusionXLControlNetPipeline(text_encoder_2=p.text_encoder_2, tokenizer_2=p.tokenizer_2, **common)
+        else:
+            pipe = StableDiffusionControlNetPipeline(safety_checker=None, requires_safety_checker=False, **common)
+        pipe.load_ip_adapter(str(folder), subfolder=subfolder, weight_name=weight_name)
+        pipe.image_encoder.to(self.device, p.dtype).requires_grad_(False)
+        pipe.set_ip_adapter_scale(scale)
+        self._ip_pipe = pipe
+
+    def unload_ip_adapter(self) -> None:
+        """Give the UNet its own attention processors back (diffusers' ``unload_ip_adapter``)."""
+        if self._ip_pipe is not None:
+            self._ip_pipe.unload_ip_adapter()
+            self._ip_pipe, self._image_embeds = None, None
 
     # ------------------------------------------------------------------ condition
     @torch.no_grad()
@@ -182,15 +220,28 @@ class DepthControlNetGuidance(LatentDiffusionGuidance):
         two = p.text_encoder_2(tokens(p.tokenizer_2), output_hidden_states=True)
         return torch.cat([one.hidden_states[-2], two.hidden_states[-2]], -1), two[0]
 
-    def encode_condition(self, prompt: str = "", negative_prompt: str = "", **_: Any) -> None:
+    def encode_condition(self, prompt: str = "", negative_prompt: str = "", image: Any = None, **_: Any) -> None:
         """Embeddings of the prompt and the negative prompt (CFG's other branch). SDXL with an
         empty negative prompt uses zeros there, as its pipeline does (``force_zeros_for_empty_prompt``).
+        With an IP-Adapter loaded, ``image`` (a PIL image or uint8 [H, W, 3]) is its reference:
+        its CLIP image embedding conditions the UNet, zeros the unconditional branch (diffusers'
+        ``prepare_ip_adapter_image_embeds``).
 
         Raises:
-            ValueError: an empty prompt.
+            ValueError: an empty prompt, or an image without a loaded IP-Adapter.
         """
         if not prompt.strip():
             raise ValueError("the depth ControlNet teacher needs a prompt")
+        self._image_embeds = None
+        if image is not None:
+            if self._ip_pipe is None:
+                raise ValueError("a reference image needs an IP-Adapter: call load_ip_adapter first")
+            from PIL import Image
+
+            picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
+            with torch.no_grad():
+                embeds = self._ip_pipe.prepare_ip_adapter_image_embeds(picture, None, self.device, 1, True)[0]
+            self._image_embeds = embeds.to(self.parts.dtype)  # [2, 1, D]: zeros' embedding, then the image's
         cond, pooled = self._embed([prompt])
         uncond, pooled_u = self._embed([negative_prompt])
         if self.parts.xl and not negative_prompt.strip():
@@ -228,15 +279,19 @@ class DepthControlNetGuidance(LatentDiffusionGuidance):
         control = self.control_image(cameras).to(p.dtype)
         sample, steps = torch.cat([x_t, x_t]).to(p.dtype), torch.cat([t, t])
         added = None
+        unet_added: dict | None = None
         if p.xl:
             side = self.image_size
             time_ids = torch.tensor([side, side, 0, 0, side, side], device=self.device, dtype=p.dtype).expand(2 * B, 6)
             pooled = torch.cat([c["pooled_uncond"].expand(B, -1), c["pooled"].expand(B, -1)]).to(p.dtype)
             added = {"text_embeds": pooled, "time_ids": time_ids}
+        if self._image_embeds is not None:
+            neg, pos = self._image_embeds.chunk(2)
+            unet_added = {**(added or {}), "image_embeds": [torch.cat([neg.expand(B, -1, -1), pos.expand(B, -1, -1)])]}
         down, mid = p.controlnet(sample, steps, encoder_hidden_states=text, controlnet_cond=torch.cat([control, control]),
                                  conditioning_scale=float(self.conditioning_scale), added_cond_kwargs=added,
                                  return_dict=False)
         eps = p.unet(sample, steps, encoder_hidden_states=text, down_block_additional_residuals=down,
-                     mid_block_additional_residual=mid, added_cond_kwargs=added).sample
+                     mid_block_additional_residual=mid, added_cond_kwargs=unet_added or added).sample
         eps_uncond, eps_cond = eps.chunk(2)
         return cfg(eps_uncond, eps_cond, self.guidance_scale).to(x_t.dtype)

@@ -184,3 +184,19 @@ SD_DEPTH = register_teacher(TeacherSpec(
     variant_tiny_writers={"tiny-xl": "backend.guidance.tiny:write_tiny_sdxl"},
     default_cfg=15.5,  # SyncMVD src/configs.py --guidance_scale
 ))
+
+IP_ADAPTER = register_teacher(TeacherSpec(
+    name="ip-adapter",
+    title="IP-Adapter (a reference image as a prompt; loaded into sd-depth when a painting job has an image)",
+    # One repository holds the SD 1.5 and the SDXL adapters (models/, sdxl_models/); the loader reads
+    # the one of its variant and its image encoder (IP_ADAPTER_FILES).
+    variants={"default": ("h94/IP-Adapter", "main"), "xl": ("h94/IP-Adapter", "main"),
+              "tiny": ("splatsmith/tiny-ip-adapter", "local")},
+    components=("models/image_encoder", "models/ip-adapter_sd15.safetensors"),
+    variant_components={"xl": ("sdxl_models/image_encoder", "sdxl_models/ip-adapter_sdxl.safetensors")},
+    tiny_writer="backend.guidance.tiny:write_tiny_ip_adapter",
+))
+
+#: Where in the IP-Adapter repository each weights variant's adapter lies: (sub-folder, weights file).
+IP_ADAPTER_FILES = {"default": ("models", "ip-adapter_sd15.safetensors"), "tiny": ("models", "ip-adapter_sd15.safetensors"),
+                    "xl": ("sdxl_models", "ip-adapter_sdxl.safetensors")}

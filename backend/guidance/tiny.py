@@ -317,3 +317,42 @@ def real_size_paint_overrides(root: str | Path) -> dict[str, str]:
             write(folder)
         out[spec.model()[0]] = str(folder)
     return out
+
+
+def write_tiny_ip_adapter(folder: str | Path, seed: int = 0) -> Path:
+    """Write a tiny IP-Adapter in the layout of ``h94/IP-Adapter`` for the tiny Stable Diffusion
+    UNet: ``models/image_encoder`` (a ``CLIPVisionModelWithProjection``) and
+    ``models/ip-adapter_sd15.safetensors`` with the keys diffusers' ``load_ip_adapter`` reads
+    (``image_proj.proj``/``norm``: the image embedding to 4 tokens of the UNet's context;
+    ``ip_adapter.{1,3,5,...}.to_k_ip``/``to_v_ip``: one pair per cross-attention layer, in the
+    order of ``unet.attn_processors``), random weights."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    folder = Path(folder)
+    sub = folder / "models"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        embed = 32
+        CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8,
+            projection_dim=embed)).save_pretrained(str(sub / "image_encoder"), safe_serialization=True)
+        unet = _tiny_unet(4, 32, 16)
+        cross, tokens = unet.config.cross_attention_dim, 4
+        tensors = {"image_proj.proj.weight": torch.randn(cross * tokens, embed) * 0.2,
+                   "image_proj.proj.bias": torch.zeros(cross * tokens),
+                   "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
+        key_id = 1
+        for name, proc in unet.attn_processors.items():
+            if name.endswith("attn1.processor"):
+                continue
+            block = name.split(".")[0]
+            channels = unet.config.block_out_channels
+            hidden = (channels[-1] if block == "mid_block" else
+                      list(reversed(channels))[int(name.split(".")[1])] if block == "up_blocks" else channels[int(name.split(".")[1])])
+            for kind in ("to_k_ip", "to_v_ip"):
+                tensors[f"ip_adapter.{key_id}.{kind}.weight"] = torch.randn(hidden, cross) * 0.2
+            key_id += 2
+    save_file(tensors, str(sub / "ip-adapter_sd15.safetensors"))
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "IPAdapter"}))
+    return folder

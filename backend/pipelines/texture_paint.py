@@ -25,7 +25,9 @@ from ..cameras import Cameras, OrbitSampler, orbit_cameras
 from ..contracts import CancelToken, Emitter, JobRequest, Result
 from ..geometry.export import texture_to_uint8, write_glb
 from ..geometry.view_projection import ViewTextureProjection, fill_texture
-from ..guidance import load_job_teacher
+from ..guidance import ensure_teacher_model, load_job_teacher
+from ..guidance.registry import IP_ADAPTER_FILES
+from ..images import load_rgba, to_white_background
 from ..stages.mesh_export import rgba_preview
 from ..stages.mesh_input import MeshInput, corner_uv_mesh, prepare_mesh
 from ..stages.progress import PreviewThrottle
@@ -58,12 +60,21 @@ class TexturePaintPipeline(TexturePaintSpec):
     def run(self, request: JobRequest, emit: Emitter, cancel: CancelToken) -> Result:
         p, device = dict(request.params), request.device
         t0 = time.monotonic()
-        clock: dict[str, float] = {}
         gen = torch.Generator().manual_seed(request.seed)
         emit.progress("prepare", 0, 3, message="UV atlas")
         given = prepare_mesh(request.inputs, device, p["texture_size"], p["unwrap_time_limit"], emit, cancel)
         emit.progress("prepare", 1, 3, message="teacher")
         teacher = self._teacher(request, p, given)
+        try:
+            return self._paint(request, p, given, teacher, t0, gen, emit, cancel)
+        finally:
+            if hasattr(teacher, "unload_ip_adapter"):
+                teacher.unload_ip_adapter()  # the UNet is shared through the model cache
+
+    def _paint(self, request: JobRequest, p: dict, given: MeshInput, teacher, t0: float, gen: torch.Generator,
+               emit: Emitter, cancel: CancelToken) -> Result:
+        device = request.device
+        clock: dict[str, float] = {}
         cancel.check()
         emit.progress("prepare", 2, 3, message="views")
         size = p["view_size"]
@@ -102,16 +113,30 @@ class TexturePaintPipeline(TexturePaintSpec):
     # ------------------------------------------------------------------ parts
     @staticmethod
     def _teacher(request: JobRequest, p: dict, given: MeshInput):
-        """The depth ControlNet teacher with the prompt encoded and the mesh as its geometry (its
-        views encoded at the view size), or the oracle moved into the normalised frame."""
+        """The depth ControlNet teacher with the prompt (and the reference image, through the
+        IP-Adapter) encoded and the mesh as its geometry (its views encoded at the view size), or
+        the oracle moved into the normalised frame."""
         teacher = load_job_teacher(p, False, request.device, cache=request.models, models_dir=request.models_dir,
                                    kind="sd-depth")
         if p["teacher"] == "oracle":
             teacher.mesh = given.normalise(teacher.mesh)
-        else:
-            teacher.geometry = given.mesh
-            teacher.image_size = p["view_size"]
-            teacher.encode_condition(prompt=p["prompt"], negative_prompt=p["negative_prompt"])
+            return teacher
+        teacher.geometry = given.mesh
+        teacher.image_size = p["view_size"]
+        image = None
+        if "image" in request.inputs:
+            sub, weight = IP_ADAPTER_FILES[p["weights"]]
+            teacher.load_ip_adapter(ensure_teacher_model("ip-adapter", p["weights"], request.models_dir), sub, weight,
+                                    p["ip_adapter_scale"])
+            image = np.asarray(request.inputs["image"])
+            if image.shape[2] == 4 or "mask" in request.inputs:  # the object over white, as a product shot
+                rgb, _ = to_white_background(load_rgba(image, request.inputs.get("mask")))
+                image = texture_to_uint8(torch.from_numpy(rgb))
+        try:
+            teacher.encode_condition(prompt=p["prompt"], negative_prompt=p["negative_prompt"], image=image)
+        except BaseException:
+            teacher.unload_ip_adapter()
+            raise
         return teacher
 
     @staticmethod

@@ -10,9 +10,9 @@ cosine exponent rising from 0 to 6 over the steps, views of 768^2 pixels (SyncMV
 """
 from __future__ import annotations
 
-from ...guidance.registry import DEPTH_CONTROLNET, SD_DEPTH
-from ..base import (BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, PRIOR_ORACLE_PARAMS, PRIOR_ORACLE_WHEN, TEACHER_BYTES, Param,
-                    ParamError, Pipeline, check_teacher_inputs, grouped, register)
+from ...guidance.registry import DEPTH_CONTROLNET, IP_ADAPTER, SD_DEPTH
+from ..base import (BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, PRIOR_ORACLE_PARAMS, PRIOR_ORACLE_WHEN, TEACHER_BYTES, InputSpec,
+                    Param, ParamError, Pipeline, check_teacher_inputs, grouped, register)
 from .texture_refine import MESH_INPUTS, check_mesh_inputs
 
 #: SyncMVD's default negative prompt (``src/configs.py``).
@@ -23,8 +23,9 @@ CAP_VIEWS = {"above": ((1, 0.0), (1, 180.0)), "above_below": ((1, 0.0), (-1, 180
 
 @register
 class TexturePaintSpec(Pipeline):
-    """A new texture painted on a given mesh from a prompt: depth-conditioned views denoised
-    together, synchronised through the mesh's own UV texture (SyncMVD)."""
+    """A new texture painted on a given mesh from a prompt (and optionally a reference image):
+    depth-conditioned views denoised together, synchronised through the mesh's own UV texture
+    (SyncMVD)."""
 
     implementation = "backend.pipelines.texture_paint:TexturePaintPipeline"
 
@@ -47,6 +48,8 @@ class TexturePaintSpec(Pipeline):
         "conditioning_scale": Param("float", 0.7, "weight of the depth ControlNet at the first step", min=0.0, max=5.0),
         "conditioning_scale_end": Param("float", 0.9, "weight of the depth ControlNet it moves to (SyncMVD's schedule)",
                                         min=0.0, max=5.0),
+        "ip_adapter_scale": Param("float", 1.0, "weight of the reference image through the IP-Adapter (diffusers' "
+                                  "default 1.0)", min=0.0, max=5.0),
         "synchronise": Param("bool", True, "make the views agree through the texture at every step (false: denoise "
                              "them apart and blend the results, the baseline)"),
         "latent_sync_end": Param("float", 0.8, "synchronise in the teacher's latent space while t > (1 - this) T, then "
@@ -74,21 +77,26 @@ class TexturePaintSpec(Pipeline):
     params = grouped(params, groups={
         "input": ("prompt", "negative_prompt"),
         "teacher": ("teacher", "oracle_mesh", "oracle_modes", "oracle_sigma", "weights", "steps", "guidance_scale",
-                    "conditioning_scale", "conditioning_scale_end"),
+                    "conditioning_scale", "conditioning_scale_end", "ip_adapter_scale"),
         "texture": ("synchronise", "latent_sync_end", "cos_power_start", "cos_power_end", "shared_noise", "ring_views",
                     "ring_elevation", "cap_views", "cap_elevation", "view_size", "latent_texture_size", "texture_size",
                     "radius", "fovy", "max_batch", "polish_iters"),
         "mesh": ("unwrap_time_limit",),
     }, basic=("prompt", "negative_prompt", "steps", "texture_size"), when=PRIOR_ORACLE_WHEN)
-    works_on = ("mesh", "prompt")
+    works_on = ("mesh", "prompt", "image")
     presets = {
         "default": {},
         "fast": {"view_size": 128, "latent_texture_size": 512, "texture_size": 512},
         "tiny": {"weights": "tiny", "steps": 4, "view_size": 32, "latent_texture_size": 64, "texture_size": 128},
     }
-    inputs = dict(MESH_INPUTS)
-    models = {"default": [SD_DEPTH.model()[0], DEPTH_CONTROLNET.model()[0]],
-              "xl": [SD_DEPTH.model("xl")[0], DEPTH_CONTROLNET.model("xl")[0]]}
+    inputs = {
+        **MESH_INPUTS,
+        "image": InputSpec(("uint8",), (None, None, (3, 4)), help="optional reference image uint8 [H, W, 3|4] (alpha = "
+                           "object), given to the teacher through an IP-Adapter"),
+        "mask": InputSpec(("uint8",), (None, None), help="foreground mask uint8 [H, W] for an RGB reference image"),
+    }
+    models = {"default": [SD_DEPTH.model()[0], DEPTH_CONTROLNET.model()[0], IP_ADAPTER.model()[0]],
+              "xl": [SD_DEPTH.model("xl")[0], DEPTH_CONTROLNET.model("xl")[0], IP_ADAPTER.model("xl")[0]]}
 
     @classmethod
     def check_request(cls, params, inputs):
@@ -98,6 +106,9 @@ class TexturePaintSpec(Pipeline):
         if params["view_size"] % 8:
             raise ParamError(f"'view_size' must be a multiple of 8 (the teacher's latents are 8x smaller), got "
                              f"{params['view_size']}; try {params['view_size'] // 8 * 8 or 8}")
+        if "image" in inputs and params["weights"] == "tiny-xl" and params["teacher"] != "oracle":
+            raise ParamError("the tiny-xl stand-ins have no IP-Adapter: paint from the prompt alone, or use weights=tiny "
+                             "or xl with a reference image")
         check_teacher_inputs(params, inputs)
 
     @classmethod
