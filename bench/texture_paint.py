@@ -7,6 +7,13 @@ grey) from a prompt with the real pipeline and prints the job's own phase clock
     python bench/texture_paint.py                          # CPU, tiny models, the tiny preset
     python bench/texture_paint.py --teacher oracle --preset fast   # CPU, the oracle, the fast preset
     python bench/texture_paint.py --weights real-size --preset default   # GPU: SD 1.5 + ControlNet sizes
+    python bench/texture_paint.py --acceptance --seeds 2   # the prior oracle's figures on three objects
+
+``--acceptance`` paints the test object, a capsule and a box under a ball (``tests/scenes.py``),
+grey with their own UVs, ``fast``, with the prior oracle (K=2, sigma=0.3): synchronised, with the
+views denoised apart, synchronised without the reference sweep (``reference_sync_end=0``), and
+with the plain oracle, and prints per object and seed the held-out PSNR against the closer mode
+(``tests/test_texture_paint.py``'s cameras) and how many modes the ten views settled on.
 
 ``--weights real-size`` writes randomly initialised models with the real architectures of the
 ``default`` teacher (Stable Diffusion 1.5's UNet, VAE and CLIP ViT-L text tower, and a depth
@@ -38,13 +45,66 @@ from clock import print_clock, print_peak_memory  # noqa: E402
 from scenes import make_test_object, write_object_glb  # noqa: E402
 
 
+def modes_settled(job_dir: Path, mesh) -> int:
+    """How many of the prior's two modes the painted texture shows across the ten painting views
+    (each view counted for the mode its render is closer to)."""
+    from backend.geometry.export import load_glb
+    from backend.guidance.oracle import OracleGuidance
+    from backend.pipelines.specs.texture_paint import TexturePaintSpec
+    from backend.pipelines.texture_paint import painting_cameras
+    from backend.render.mesh import TexturedMesh, render_mesh
+    from backend.stages.mesh_input import normalising_transform
+    from backend.stages.reconstruction import psnr
+
+    centre, scale = normalising_transform(mesh.vertices.numpy())
+
+    def framed(m):
+        return TexturedMesh((m.vertices - torch.from_numpy(centre)) * scale, m.faces, m.uv, m.texture)
+
+    p = {k: v.default for k, v in TexturePaintSpec.params.items()} | TexturePaintSpec.presets["fast"]
+    cams = painting_cameras(p, p["view_size"])
+    with torch.no_grad():
+        got = render_mesh(framed(load_glb(job_dir / "textured.glb")), cams, background=1.0).rgb
+        modes = [render_mesh(m, cams, background=1.0).rgb for m in OracleGuidance(framed(mesh), modes=2).mode_meshes]
+    return len({max(range(2), key=lambda k: psnr(got[i:i + 1], modes[k][i:i + 1])) for i in range(len(cams))})
+
+
+def acceptance(seeds: int) -> None:
+    from scenes import make_simple_object
+    from test_texture_paint import _scores
+
+    runs = {"synchronised": {}, "apart": {"synchronise": False}, "no sweep": {"reference_sync_end": 0.0}}
+    print(f"{'object':<9}{'seed':>5}" + "".join(f"{name:>22}" for name in runs) + f"{'plain oracle':>14}")
+    for kind in ("test", "capsule", "boxball"):
+        mesh, raw = make_test_object() if kind == "test" else make_simple_object(kind)
+        inputs = {"vertices": raw["vertices"].astype(np.float32), "faces": raw["faces"].astype(np.int32),
+                  "uv": raw["uv"][raw["faces"]].reshape(-1, 2).astype(np.float32)}
+        with tempfile.TemporaryDirectory() as tmp:
+            glb = str(write_object_glb(Path(tmp) / "gt.glb", raw))
+            for seed in range(seeds):
+                cells = []
+                for extra in runs.values():
+                    params = {"teacher": "oracle", "oracle_mesh": glb, "oracle_modes": 2, "oracle_sigma": 0.3, **extra}
+                    job, result = run_local(JobStore(Path(tmp) / "jobs"), TexturePaintPipeline, "fast", params, inputs,
+                                            seed, Emitter())
+                    cells.append(f"{max(_scores(job.dir, mesh, 2)):.2f} dB, {modes_settled(job.dir, mesh)} mode(s)")
+                job, _ = run_local(JobStore(Path(tmp) / "jobs"), TexturePaintPipeline, "fast",
+                                   {"teacher": "oracle", "oracle_mesh": glb}, inputs, seed, Emitter())
+                print(f"{kind:<9}{seed:>5}" + "".join(f"{c:>22}" for c in cells) + f"{max(_scores(job.dir, mesh, 1)):>11.2f} dB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--weights", choices=("tiny", "real-size", "default"), default="tiny")
     parser.add_argument("--teacher", choices=("auto", "oracle"), default="auto")
     parser.add_argument("--preset", choices=("tiny", "fast", "default"), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--acceptance", action="store_true")
+    parser.add_argument("--seeds", type=int, default=2)
     args = parser.parse_args()
+    if args.acceptance:
+        acceptance(args.seeds)
+        return
     from backend.guidance import tiny
 
     if args.weights == "real-size":

@@ -69,6 +69,31 @@ def make_test_object(texture_size: int = 512) -> tuple[TexturedMesh, dict]:
     return textured, raw
 
 
+def make_simple_object(kind: str, texture_size: int = 512) -> tuple[TexturedMesh, dict]:
+    """Two more textured objects for checks beyond the test object: ``"capsule"`` (lying along Z)
+    or ``"boxball"`` (a ball resting on a box), unwrapped, with the procedural colour field
+    (scaled and shifted so it differs from the test object's). Returns as :func:`make_test_object`."""
+    if kind == "capsule":
+        mesh = trimesh.creation.capsule(height=0.6, radius=0.25, count=[32, 32])
+        mesh.apply_transform(trimesh.transformations.rotation_matrix(math.pi / 2, [1, 0, 0]))
+    elif kind == "boxball":
+        ball = trimesh.creation.icosphere(3, 0.22)
+        ball.apply_translation([0, 0.3, 0])
+        mesh = trimesh.util.concatenate([trimesh.creation.box(extents=[0.6, 0.4, 0.4]), ball])
+    else:
+        raise ValueError(f"unknown object {kind!r}; use capsule or boxball")
+    mesh = mesh.subdivide_to_size(0.05)
+    uvm = unwrap(mesh.vertices, mesh.faces, resolution=texture_size, padding=4, time_limit=1800.0)
+    verts, faces, corner_uv = torch.from_numpy(uvm.vertices), torch.from_numpy(uvm.faces), torch.from_numpy(uvm.corner_uv)
+    rast = rasterize_uv(corner_uv, texture_size)
+    pos = interpolate(verts, faces, rast)[0]
+    texture = procedural_color(pos.reshape(-1, 3) * 1.3 + 0.2).reshape(texture_size, texture_size, 3)
+    from backend.geometry.uv import fill_empty_texels
+    tex = torch.from_numpy(np.ascontiguousarray(fill_empty_texels(texture.numpy(), rast.mask[0].numpy()))).float().clamp(0, 1)
+    raw = {"vertices": uvm.vertices, "faces": uvm.faces, "uv": uvm.uv, "texture": texture_to_uint8(tex)}
+    return TexturedMesh(verts, faces, corner_uv, tex), raw
+
+
 def spiral_views(n: int, radius: float = 1.8, fovy: float = 49.1, size: int = 128, seed: int = 0) -> Cameras:
     """``n`` cameras spread over the sphere (golden-angle azimuths, elevations in [-25, 55])."""
     golden = math.degrees(math.pi * (3.0 - math.sqrt(5.0)))

@@ -291,3 +291,50 @@ def test_a_reference_image_conditions_the_painting_through_the_ip_adapter(tmp_pa
     with pytest.raises(ParamError, match="tiny-xl stand-ins have no IP-Adapter"):
         run_local(store, TexturePaintPipeline, "tiny", dict(params, weights="tiny-xl"), dict(inputs, image=photo), 0,
                   Emitter())
+
+
+@pytest.mark.slow
+def test_the_reference_sweep_makes_all_views_settle_on_one_mode():
+    """With the prior oracle (K=2, sigma=0.3) the texture alone couples only neighbouring views:
+    for these seeds the views decide at once and settle into regions of different modes. Swept
+    outward from the front view while t > 0.8 T, every view ends on the same mode."""
+    from backend.contracts import CancelToken
+    from backend.guidance.oracle import OracleGuidance
+    from backend.pipelines.specs.texture_paint import TexturePaintSpec
+    from backend.stages.synchronised_views import SyncSettings, synchronised_denoise
+
+    mesh, _ = make_test_object()
+    centre, scale = normalising_transform(mesh.vertices.numpy())
+    normal = TexturedMesh((mesh.vertices - torch.from_numpy(centre)) * scale, mesh.faces, mesh.uv, mesh.texture)
+    p = {k: v.default for k, v in TexturePaintSpec.params.items()} | TexturePaintSpec.presets["fast"]
+    oracle = OracleGuidance(normal, modes=2, sigma=0.3)
+    cams = painting_cameras(p, p["view_size"])
+    links = ViewTextureProjection.build(TexturedMesh(normal.vertices, normal.faces, normal.uv), cams, p["texture_size"])
+    with torch.no_grad():
+        modes = [render_mesh(m, cams, background=1.0).rgb.permute(0, 3, 1, 2) for m in oracle.mode_meshes]
+
+    def chosen(seed: int, sweep: float) -> set[int]:
+        settings = SyncSettings(**{k: p[k] for k in SyncSettings.__dataclass_fields__} | {"reference_sync_end": sweep})
+        views = synchronised_denoise(oracle, cams, links, links, settings, torch.Generator().manual_seed(seed), Emitter(),
+                                     CancelToken())
+        return {int(np.argmax([psnr(views[i:i + 1], m[i:i + 1]) for m in modes])) for i in range(len(cams))}
+
+    for seed in (2, 6, 9):
+        assert len(chosen(seed, 0.0)) == 2, seed  # apart regions
+        assert len(chosen(seed, 0.2)) == 1, seed  # one mode everywhere
+
+
+def test_the_ip_adapter_download_takes_its_variants_adapter_and_image_encoder_only():
+    from backend.guidance.registry import IP_ADAPTER
+    from backend.models import select_download_files
+
+    listing = {"models/ip-adapter_sd15.safetensors": 44_642_768, "models/ip-adapter-plus_sd15.safetensors": 98_183_288,
+               "models/image_encoder/config.json": 560, "models/image_encoder/model.safetensors": 2_528_373_448,
+               "models/image_encoder/pytorch_model.bin": 2_528_481_905,
+               "sdxl_models/ip-adapter_sdxl.safetensors": 702_585_376, "sdxl_models/image_encoder/config.json": 576,
+               "sdxl_models/image_encoder/model.safetensors": 3_689_912_664}
+    assert select_download_files(listing, IP_ADAPTER.components_of("default")) == [
+        "models/image_encoder/config.json", "models/image_encoder/model.safetensors", "models/ip-adapter_sd15.safetensors"]
+    assert select_download_files(listing, IP_ADAPTER.components_of("xl")) == [
+        "sdxl_models/image_encoder/config.json", "sdxl_models/image_encoder/model.safetensors",
+        "sdxl_models/ip-adapter_sdxl.safetensors"]

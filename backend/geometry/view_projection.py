@@ -93,45 +93,47 @@ class ViewTextureProjection:
     def views(self) -> int:
         return len(self.links)
 
-    def to_texture(self, views: torch.Tensor, power: float, pixel_weight: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_texture(self, views: torch.Tensor, power: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Project images into the texture: per texel, the mean of the views that see it weighted by
-        cos^power (times ``pixel_weight`` sampled at the texel's pixel when given).
+        cos^power.
 
         Args:
             views: float [N, D, H, W] (any D channels: latents or colours).
             power: the cosine's exponent (0: every view that sees the texel counts the same).
-            pixel_weight: float [N, H, W] confidence per pixel, or None.
         Returns:
             (texture float [size, size, D], zero where no view sees the texel; weight float
             [size, size], the sum of the weights).
         """
-        N, D = views.shape[:2]
-        T = self.texel_yx[0].shape[0]
-        acc = views.new_zeros(T, D)
-        wsum = views.new_zeros(T)
-        for c, (idx, grid, cos) in enumerate(self.links):
-            if idx.numel() == 0:
-                continue
-            stack = views[c] if pixel_weight is None else torch.cat([views[c] * pixel_weight[c][None], pixel_weight[c][None]])
-            sampled = F.grid_sample(stack[None].float(), grid.view(1, -1, 1, 2), mode="bilinear", align_corners=False,
-                                    padding_mode="border")[0, :, :, 0].T
-            w = cos ** power
-            if pixel_weight is not None:
-                conf = sampled[:, D]
-                w = w * conf
-                sampled = sampled[:, :D] / conf.clamp_min(1e-6)[:, None]
-            acc.index_add_(0, idx, w[:, None] * sampled)
-            wsum.index_add_(0, idx, w)
-        texture = views.new_zeros(self.size, self.size, D)
-        weight = views.new_zeros(self.size, self.size)
+        acc = views.new_zeros(self.texel_yx[0].shape[0], views.shape[1])
+        wsum = views.new_zeros(self.texel_yx[0].shape[0])
+        for c in range(len(self.links)):
+            self.accumulate(acc, wsum, c, views[c], power)
+        return self.texture_of(acc, wsum)
+
+    def accumulate(self, acc: torch.Tensor, wsum: torch.Tensor, c: int, view: torch.Tensor, power: float) -> None:
+        """Add view ``c``'s image float [D, H, W] to running per-texel sums (``acc`` float [T, D],
+        ``wsum`` float [T], in the order of :attr:`texel_yx`) with the weights of :meth:`to_texture`
+        (views synchronised one after another)."""
+        idx, grid, cos = self.links[c]
+        if idx.numel() == 0:
+            return
+        sampled = F.grid_sample(view[None].float(), grid.view(1, -1, 1, 2), mode="bilinear", align_corners=False,
+                                padding_mode="border")[0, :, :, 0].T
+        w = cos ** power
+        acc.index_add_(0, idx, w[:, None] * sampled)
+        wsum.index_add_(0, idx, w)
+
+    def texture_of(self, acc: torch.Tensor, wsum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(texture float [size, size, D], weight float [size, size]) from running sums."""
+        texture = acc.new_zeros(self.size, self.size, acc.shape[1])
+        weight = acc.new_zeros(self.size, self.size)
         ys, xs = self.texel_yx
         texture[ys, xs] = acc / wsum.clamp_min(1e-12)[:, None]
         weight[ys, xs] = wsum
         return texture, weight
 
-    def to_views(self, texture: torch.Tensor, weight: torch.Tensor | None = None, mode: str = "bilinear"
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_views(self, texture: torch.Tensor, weight: torch.Tensor | None = None, mode: str = "bilinear",
+                 only: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Render the texture into every view.
 
         Args:
@@ -140,20 +142,24 @@ class ViewTextureProjection:
                 Sampling is then normalised by it, so texels no view saw do not darken their
                 neighbours and pixels that land only on such texels are reported invalid.
             mode: ``"bilinear"``, or ``"nearest"`` (keeps a noise texture's unit variance).
+            only: render view ``only`` alone (then N = 1 below).
         Returns:
             (images float [N, D, H, W], zero where invalid; valid bool [N, 1, H, W]: pixels on the
             mesh whose texels hold a value).
         """
+        pixel_uv, pixel_mask = self.pixel_uv, self.pixel_mask
+        if only is not None:
+            pixel_uv, pixel_mask = pixel_uv[only:only + 1], pixel_mask[only:only + 1]
         D = texture.shape[-1]
         valid = torch.ones_like(texture[..., :1]) if weight is None else (weight > 0).to(texture.dtype)[..., None]
         stack = torch.cat([texture * valid, valid], -1).permute(2, 0, 1)[None]
-        N, H, W = self.pixel_mask.shape
-        uv = self.pixel_uv.reshape(1, -1, 1, 2)
+        N, H, W = pixel_mask.shape
+        uv = pixel_uv.reshape(1, -1, 1, 2)
         grid = torch.nan_to_num(torch.stack([uv[..., 0] * 2 - 1, (1 - uv[..., 1]) * 2 - 1], -1), 0.0, 1.0, -1.0)
         out = F.grid_sample(stack.float(), grid.float(), mode=mode, align_corners=False, padding_mode="border")[0, :, :, 0]
         out = out.reshape(D + 1, N, H, W).permute(1, 0, 2, 3)
         conf = out[:, D:]
-        ok = (conf > 1e-3) & self.pixel_mask[:, None]
+        ok = (conf > 1e-3) & pixel_mask[:, None]
         images = torch.where(ok, out[:, :D] / conf.clamp_min(1e-6), torch.zeros_like(out[:, :D]))
         return images.to(texture.dtype), ok
 

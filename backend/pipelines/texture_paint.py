@@ -3,8 +3,9 @@ geometry kept (SyncMVD, Liu et al. 2023, arXiv 2311.12891).
 
 N views (a ring and two from above by default, SyncMVD's cameras) are denoised together by a
 geometry-conditioned teacher (Stable Diffusion with a depth ControlNet, ``guidance.controlnet``)
-and made to agree through the mesh's UV texture at every step
-(:func:`~backend.stages.synchronised_views.synchronised_denoise`); the final views are baked
+and made to agree through the mesh's UV texture at every step (for the first fifth of the
+schedule view after view outward from the front view;
+:func:`~backend.stages.synchronised_views.synchronised_denoise`); the final views are baked
 into the texture (cos^6-weighted, as the last step's synchronisation), texels no view saw are
 filled within their UV island and the atlas is padded (``geometry.view_projection.fill_texture``).
 An optional short ``texture_refine`` polish follows (``polish_iters``, off by default).

@@ -13,9 +13,12 @@ SyncMVD's own code steps the noisy texture itself with DDPM and stops synchronis
 ``mvd_end`` = 0.8 (``src/syncmvd/step.py``, ``src/pipeline.py``); here every view keeps its own
 DDIM step from the synchronised x0 and the rest of the schedule is synchronised in RGB
 instead of not at all. The cosine's exponent rises linearly over the steps
-(SyncMVD ``exp_start`` 0 -> ``exp_end`` 6); the starting noise is one noise texture rendered
-into every view (nearest texel, so it stays unit-variance; SyncMVD ``set_noise_texture``), fresh
-noise off the mesh. With ``synchronise=False`` the same views are denoised apart (the baseline).
+(SyncMVD ``exp_start`` 0 -> ``exp_end`` 6). The starting noise is fresh per view, or with
+``shared_noise`` one noise texture rendered into every view (nearest texel, so it stays
+unit-variance; SyncMVD ``set_noise_texture``), fresh noise off the mesh (docs/methods.md says
+why fresh noise is the default). While t > (1 - ``reference_sync_end``) T the views are denoised
+one after another outward from the front view (:func:`_reference_sweep`). With
+``synchronise=False`` the same views are denoised apart (the baseline).
 
 The depth ControlNet's conditioning scale follows SyncMVD's code (``src/pipeline.py``, the
 update after each step): with u = 1 - t/T, scale = a s0 + (1 - a) s1, a = u / 0.99, from the
@@ -57,8 +60,9 @@ class SyncSettings:
     latent_sync_end: float = 0.8
     cos_power_start: float = 0.0
     cos_power_end: float = 6.0
-    shared_noise: bool = True
+    shared_noise: bool = False
     max_batch: int = 10
+    reference_sync_end: float = 0.2
     conditioning_scale: float = 0.7
     conditioning_scale_end: float = 0.9
 
@@ -112,7 +116,8 @@ def synchronised_denoise(teacher, cameras: Cameras, latent_links: ViewTexturePro
     throttle = PreviewThrottle()
     if hasattr(teacher, "conditioning_scale"):
         teacher.conditioning_scale = settings.conditioning_scale
-    x0_sync = None
+    x0_sync = torch.zeros_like(x)  # x_T holds no signal yet
+    order = _outward_from_reference(cameras)
     total = len(sched.timesteps)
     clock = {} if clock is None else clock
     for i, t in enumerate(sched.timesteps):
@@ -120,14 +125,21 @@ def synchronised_denoise(teacher, cameras: Cameras, latent_links: ViewTexturePro
         started = time.monotonic()
         ab = alphas[t].to(x.dtype)
         with torch.no_grad():
-            eps = torch.cat([teacher.predict_noise(x[s:s + settings.max_batch], t.expand(len(x[s:s + settings.max_batch])).long(),
-                                                   cameras[s:s + settings.max_batch], bg[s:s + settings.max_batch])
-                             for s in range(0, N, settings.max_batch)])
-            teacher.evaluations += math.ceil(N / settings.max_batch)
-            teacher.view_evaluations += N
-            x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
             power = settings.cos_power_start + (settings.cos_power_end - settings.cos_power_start) * i / max(total - 1, 1)
             latent_phase = int(t) > (1.0 - settings.latent_sync_end) * T
+            sweep = (settings.synchronise and (latent_phase or pixel)
+                     and int(t) > (1.0 - settings.reference_sync_end) * T)
+            if sweep:
+                x, eps = _reference_sweep(teacher, x, x0_sync, t, ab, cameras, bg, latent_links, order, power)
+                teacher.evaluations += N
+            else:
+                eps = torch.cat([teacher.predict_noise(x[s:s + settings.max_batch],
+                                                       t.expand(len(x[s:s + settings.max_batch])).long(),
+                                                       cameras[s:s + settings.max_batch], bg[s:s + settings.max_batch])
+                                 for s in range(0, N, settings.max_batch)])
+                teacher.evaluations += math.ceil(N / settings.max_batch)
+            teacher.view_evaluations += N
+            x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
             phase = "latent" if latent_phase else "rgb"
             if not settings.synchronise:
                 x0_sync = x0
@@ -157,6 +169,47 @@ def synchronised_denoise(teacher, cameras: Cameras, latent_links: ViewTexturePro
                              {"phase": phase, "step": i + 1, "of": total})
     with torch.no_grad():
         return _decoded(teacher, x0_sync, H, W)
+
+
+def _outward_from_reference(cameras: Cameras) -> list[int]:
+    """The views ordered by the angle between their direction and the reference view's (the one
+    closest to the front: azimuth 0 at the lowest elevation given), nearest first."""
+    from ..cameras import orbit_angles
+
+    el, az, _ = orbit_angles(cameras.to("cpu"))
+    front = ((az + 180) % 360 - 180).abs() + 1e-3 * (el - el.min())
+    ref = int(front.argmin())
+    dirs = torch.nn.functional.normalize(cameras.centers.detach().cpu().float(), dim=-1)
+    return torch.argsort(-(dirs @ dirs[ref]), stable=True).tolist()
+
+
+def _reference_sweep(teacher, x: torch.Tensor, x0_prev: torch.Tensor, t: torch.Tensor, ab: torch.Tensor,
+                     cameras: Cameras, bg: torch.Tensor, links: ViewTextureProjection, order: list[int],
+                     power: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's noise predictions made view after view outward from the reference view, each
+    view first moved to agree with the texture of the views before it where they overlap
+    (x_t + sqrt(ab) (render - its previous x0): its signal replaced, its noise kept). Returns
+    (x_t as moved [N, C, h, w], eps [N, C, h, w]).
+
+    The texture alone couples only neighbouring views, and views that all decide at once settle
+    into regions that disagree (measured on the prior oracle: see docs/methods.md); SyncMVD couples
+    them globally by letting every view attend to a reference view while t > 0.8 T
+    (``ref_attention_end`` 0.2, ``src/pipeline.py``), which needs the teacher's attention layers.
+    This sweep is a teacher-agnostic stand-in in the same window: information travels from the
+    reference view round the object within one step, as in sequential texturing (TEXTure,
+    Richardson et al. 2023)."""
+    x = x.clone()
+    eps = torch.empty_like(x)
+    acc = x.new_zeros(links.texel_yx[0].shape[0], x.shape[1])
+    wsum = x.new_zeros(links.texel_yx[0].shape[0])
+    for k, c in enumerate(order):
+        if k:
+            texture, weight = links.texture_of(acc, wsum)
+            rendered, ok = links.to_views(texture, weight, only=c)
+            x[c] = torch.where(ok[0], x[c] + ab.sqrt() * (rendered[0] - x0_prev[c]), x[c])
+        eps[c] = teacher.predict_noise(x[c:c + 1], t.expand(1).long(), cameras[c:c + 1], bg[c:c + 1])[0]
+        links.accumulate(acc, wsum, c, (x[c] - (1 - ab).sqrt() * eps[c]) / ab.sqrt(), power)
+    return x, eps
 
 
 def _decoded(teacher, x0: torch.Tensor, H: int, W: int) -> torch.Tensor:

@@ -54,6 +54,9 @@ class TexturePaintSpec(Pipeline):
                              "them apart and blend the results, the baseline)"),
         "latent_sync_end": Param("float", 0.8, "synchronise in the teacher's latent space while t > (1 - this) T, then "
                                  "in RGB (decoded views baked into a colour texture)", min=0.0, max=1.0),
+        "reference_sync_end": Param("float", 0.2, "while t > (1 - this) T the views are synchronised one after another "
+                                    "outward from the front view (our stand-in for SyncMVD's reference attention; 0: off)",
+                                    min=0.0, max=1.0),
         "cos_power_start": Param("float", 0.0, "exponent of the view-surface cosine in the texel weights, first step",
                                  min=0.0, max=32.0),
         "cos_power_end": Param("float", 6.0, "exponent of the cosine at the last step", min=0.0, max=32.0),
@@ -78,7 +81,7 @@ class TexturePaintSpec(Pipeline):
         "input": ("prompt", "negative_prompt"),
         "teacher": ("teacher", "oracle_mesh", "oracle_modes", "oracle_sigma", "weights", "steps", "guidance_scale",
                     "conditioning_scale", "conditioning_scale_end", "ip_adapter_scale"),
-        "texture": ("synchronise", "latent_sync_end", "cos_power_start", "cos_power_end", "shared_noise", "ring_views",
+        "texture": ("synchronise", "latent_sync_end", "reference_sync_end", "cos_power_start", "cos_power_end", "shared_noise", "ring_views",
                     "ring_elevation", "cap_views", "cap_elevation", "view_size", "latent_texture_size", "texture_size",
                     "radius", "fovy", "max_batch", "polish_iters"),
         "mesh": ("unwrap_time_limit",),
