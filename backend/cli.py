@@ -850,12 +850,15 @@ def models_download(
     if name not in known:
         _fail(f"unknown model {name!r}; known: {', '.join(sorted(known) + [b.model_id for b in BACKBONES.values()])}")
     teacher, weights, revision = known[name]
+    # Every variant's sub-folders for an id that several variants share (h94/IP-Adapter: SD 1.5 and SDXL).
+    spec = TEACHERS[teacher]
+    components = tuple(dict.fromkeys(c for w, (mid, _) in spec.variants.items() if mid == name
+                                     for c in spec.components_of(w)))
     try:
         if revision == "local":
             path = ensure_teacher_model(teacher, weights, models_dir)
         else:
-            path = download_model(name, revision, models_dir, TEACHERS[teacher].components_of(weights),
-                                  report=lambda line: out.print(escape(line)))
+            path = download_model(name, revision, models_dir, components, report=lambda line: out.print(escape(line)))
     except ModelMissingError as exc:
         _fail(str(exc))
     out.print(f"{name} is in {path}", soft_wrap=True)

@@ -60,7 +60,7 @@ def load_teacher(kind: str, preset: str = "default", device: str = "cpu", *, mod
     key = f"{kind}:{mid}:{device}:{fp16}:{attention_slicing}:{cpu_offload}"
 
     companions = {name: get_teacher(name).model(preset)[0] for name in spec.companions}
-    key += "".join(f":{mid}" for mid in companions.values())
+    key += "".join(f":{cid}" for cid in companions.values())
 
     def load():
         folder = ensure_teacher_model(kind, preset, models_dir, mid)
