@@ -7,12 +7,12 @@ grey) from a prompt with the real pipeline and prints the job's own phase clock
     python bench/texture_paint.py                          # CPU, tiny models, the tiny preset
     python bench/texture_paint.py --teacher oracle --preset fast   # CPU, the oracle, the fast preset
     python bench/texture_paint.py --weights real-size --preset default   # GPU: SD 1.5 + ControlNet sizes
-    python bench/texture_paint.py --acceptance --seeds 2   # the prior oracle's figures on three objects
+    python bench/texture_paint.py --acceptance --seeds 2 [--objects test,capsule,boxball]   # prior oracle figures
 
 ``--acceptance`` paints the test object, a capsule and a box under a ball (``tests/scenes.py``),
 grey with their own UVs, ``fast``, with the prior oracle (K=2, sigma=0.3): synchronised, with the
-views denoised apart, synchronised without the reference sweep (``reference_sync_end=0``), and
-with the plain oracle, and prints per object and seed the held-out PSNR against the closer mode
+views denoised apart, synchronised without the reference sweep (``reference_sync_end=0``), from
+fresh noise in every view (``shared_noise=false``), and with the plain oracle, and prints per object and seed the held-out PSNR against the closer mode
 (``tests/test_texture_paint.py``'s cameras) and how many modes the ten views settled on.
 
 ``--weights real-size`` writes randomly initialised models with the real architectures of the
@@ -69,13 +69,14 @@ def modes_settled(job_dir: Path, mesh) -> int:
     return len({max(range(2), key=lambda k: psnr(got[i:i + 1], modes[k][i:i + 1])) for i in range(len(cams))})
 
 
-def acceptance(seeds: int) -> None:
+def acceptance(seeds: int, objects: list[str]) -> None:
     from scenes import make_simple_object
     from test_texture_paint import _scores
 
-    runs = {"synchronised": {}, "apart": {"synchronise": False}, "no sweep": {"reference_sync_end": 0.0}}
+    runs = {"synchronised": {}, "apart": {"synchronise": False}, "no sweep": {"reference_sync_end": 0.0},
+            "fresh noise": {"shared_noise": False}}
     print(f"{'object':<9}{'seed':>5}" + "".join(f"{name:>22}" for name in runs) + f"{'plain oracle':>14}")
-    for kind in ("test", "capsule", "boxball"):
+    for kind in objects:
         mesh, raw = make_test_object() if kind == "test" else make_simple_object(kind)
         inputs = {"vertices": raw["vertices"].astype(np.float32), "faces": raw["faces"].astype(np.int32),
                   "uv": raw["uv"][raw["faces"]].reshape(-1, 2).astype(np.float32)}
@@ -101,9 +102,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--acceptance", action="store_true")
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--objects", default="test,capsule,boxball", help="comma-separated: test, capsule, boxball")
     args = parser.parse_args()
     if args.acceptance:
-        acceptance(args.seeds)
+        acceptance(args.seeds, args.objects.split(","))
         return
     from backend.guidance import tiny
 

@@ -13,10 +13,9 @@ SyncMVD's own code steps the noisy texture itself with DDPM and stops synchronis
 ``mvd_end`` = 0.8 (``src/syncmvd/step.py``, ``src/pipeline.py``); here every view keeps its own
 DDIM step from the synchronised x0 and the rest of the schedule is synchronised in RGB
 instead of not at all. The cosine's exponent rises linearly over the steps
-(SyncMVD ``exp_start`` 0 -> ``exp_end`` 6). The starting noise is fresh per view, or with
-``shared_noise`` one noise texture rendered into every view (nearest texel, so it stays
-unit-variance; SyncMVD ``set_noise_texture``), fresh noise off the mesh (docs/methods.md says
-why fresh noise is the default). While t > (1 - ``reference_sync_end``) T the views are denoised
+(SyncMVD ``exp_start`` 0 -> ``exp_end`` 6). The starting noise is one noise texture rendered into
+every view (nearest texel, so it stays unit-variance; SyncMVD ``set_noise_texture``), fresh noise
+off the mesh; ``shared_noise=False`` starts every view from its own noise. While t > (1 - ``reference_sync_end``) T the views are denoised
 one after another outward from the front view (:func:`_reference_sweep`). With
 ``synchronise=False`` the same views are denoised apart (the baseline).
 
@@ -60,7 +59,7 @@ class SyncSettings:
     latent_sync_end: float = 0.8
     cos_power_start: float = 0.0
     cos_power_end: float = 6.0
-    shared_noise: bool = False
+    shared_noise: bool = True
     max_batch: int = 10
     reference_sync_end: float = 0.2
     conditioning_scale: float = 0.7

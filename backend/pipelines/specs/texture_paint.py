@@ -60,8 +60,8 @@ class TexturePaintSpec(Pipeline):
         "cos_power_start": Param("float", 0.0, "exponent of the view-surface cosine in the texel weights, first step",
                                  min=0.0, max=32.0),
         "cos_power_end": Param("float", 6.0, "exponent of the cosine at the last step", min=0.0, max=32.0),
-        "shared_noise": Param("bool", False, "start every view from one noise texture rendered into it (SyncMVD; off by "
-                              "default: see texture_paint's docstring)"),
+        "shared_noise": Param("bool", True, "start every view from one noise texture rendered into it (SyncMVD; false: "
+                              "fresh noise per view)"),
         "ring_views": Param("int", 8, "views on the ring around the object", min=1, max=32),
         "ring_elevation": Param("float", 0.0, "elevation of the ring, degrees", min=-89, max=89),
         "cap_views": Param("choice", "above", "views besides the ring: two from above (SyncMVD), one above and one "
