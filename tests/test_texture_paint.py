@@ -285,6 +285,10 @@ def test_a_reference_image_conditions_the_painting_through_the_ip_adapter(tmp_pa
     _, plain_again = run_local(store, TexturePaintPipeline, "tiny", params, inputs, 0, Emitter(), models=cache)
     difference = np.abs(plain.arrays["texture"].astype(int) - with_image.arrays["texture"].astype(int)).mean()
     assert difference > 1.0
+    opaque = np.concatenate([photo, np.full(photo.shape[:2] + (1,), 255, np.uint8)], -1)  # RGBA, nothing transparent
+    _, as_rgba = run_local(store, TexturePaintPipeline, "tiny", params, dict(inputs, image=opaque), 0, Emitter(),
+                           models=cache)
+    assert np.array_equal(as_rgba.arrays["texture"], with_image.arrays["texture"])  # taken as the photo it is
     assert np.array_equal(plain.arrays["texture"], plain_again.arrays["texture"])  # the adapter was unloaded
     teacher = load_teacher("sd-depth", "tiny", "cpu", cache=cache)
     assert not any("IPAdapter" in type(p).__name__ for p in teacher.parts.unet.attn_processors.values())

@@ -104,8 +104,8 @@ class ViewTextureProjection:
             (texture float [size, size, D], zero where no view sees the texel; weight float
             [size, size], the sum of the weights).
         """
-        acc = views.new_zeros(self.texel_yx[0].shape[0], views.shape[1])
-        wsum = views.new_zeros(self.texel_yx[0].shape[0])
+        acc = views.new_zeros(self.texel_yx[0].shape[0], views.shape[1], dtype=torch.float32)
+        wsum = views.new_zeros(self.texel_yx[0].shape[0], dtype=torch.float32)
         for c in range(len(self.links)):
             self.accumulate(acc, wsum, c, views[c], power)
         return self.texture_of(acc, wsum)
@@ -165,10 +165,10 @@ class ViewTextureProjection:
 
     def synchronise(self, views: torch.Tensor, power: float) -> torch.Tensor:
         """The views made to agree: projected into one texture and rendered back; pixels off the
-        mesh (or on texels no view saw) keep their own value. float [N, D, H, W] -> same."""
+        mesh (or on texels no view saw) keep their own value. float [N, D, H, W] -> same dtype."""
         texture, weight = self.to_texture(views, power)
         rendered, ok = self.to_views(texture, weight)
-        return torch.where(ok, rendered, views)
+        return torch.where(ok, rendered.to(views.dtype), views)
 
 
 def fill_texture(texture: np.ndarray, seen: np.ndarray, covered: np.ndarray) -> np.ndarray:

@@ -259,7 +259,7 @@ class DepthControlNetGuidance(LatentDiffusionGuidance):
             raise RuntimeError("DepthControlNetGuidance.geometry must be set to the mesh before predicting noise")
         key = (self.image_size, tuple(cameras.c2w.detach().cpu().reshape(-1).tolist()), tuple(cameras.fovy.reshape(-1).tolist()))
         if key not in self._control:
-            if len(self._control) > 8:
+            if len(self._control) >= 64:  # one entry per camera set: a batch, or one view of the sweep
                 self._control.clear()
             cams = cameras.resized(self.image_size, self.image_size).to(self.geometry.vertices.device)
             with torch.no_grad():
@@ -271,7 +271,8 @@ class DepthControlNetGuidance(LatentDiffusionGuidance):
     # ------------------------------------------------------------------ denoiser
     def predict_noise(self, x_t, t, cameras: Cameras, background=None) -> torch.Tensor:
         """eps_hat with CFG for latents x_t [B, 4, h, w] at timesteps t [B], the ControlNet seeing
-        the depth of :attr:`geometry` from ``cameras`` (h = w = image_size / 8)."""
+        the depth of :attr:`geometry` from ``cameras`` (h = w = image_size / latent_factor, 8 for
+        Stable Diffusion's VAE)."""
         p = self.parts
         B = x_t.shape[0]
         c = self.condition

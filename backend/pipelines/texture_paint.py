@@ -130,9 +130,12 @@ class TexturePaintPipeline(TexturePaintSpec):
             teacher.load_ip_adapter(ensure_teacher_model("ip-adapter", p["weights"], request.models_dir), sub, weight,
                                     p["ip_adapter_scale"])
             image = np.asarray(request.inputs["image"])
-            if image.shape[2] == 4 or "mask" in request.inputs:  # the object over white, as a product shot
+            opaque = image.shape[2] == 3 or bool((image[..., 3] == 255).all())
+            if "mask" in request.inputs or not opaque:  # the object over white, as a product shot
                 rgb, _ = to_white_background(load_rgba(image, request.inputs.get("mask")))
                 image = texture_to_uint8(torch.from_numpy(rgb))
+            else:  # a photo as it is: the IP-Adapter takes the whole picture
+                image = np.ascontiguousarray(image[..., :3])
         try:
             teacher.encode_condition(prompt=p["prompt"], negative_prompt=p["negative_prompt"], image=image)
         except BaseException:

@@ -199,13 +199,13 @@ def _reference_sweep(teacher, x: torch.Tensor, x0_prev: torch.Tensor, t: torch.T
     Richardson et al. 2023)."""
     x = x.clone()
     eps = torch.empty_like(x)
-    acc = x.new_zeros(links.texel_yx[0].shape[0], x.shape[1])
-    wsum = x.new_zeros(links.texel_yx[0].shape[0])
+    acc = x.new_zeros(links.texel_yx[0].shape[0], x.shape[1], dtype=torch.float32)
+    wsum = x.new_zeros(links.texel_yx[0].shape[0], dtype=torch.float32)
     for k, c in enumerate(order):
         if k:
             texture, weight = links.texture_of(acc, wsum)
             rendered, ok = links.to_views(texture, weight, only=c)
-            x[c] = torch.where(ok[0], x[c] + ab.sqrt() * (rendered[0] - x0_prev[c]), x[c])
+            x[c] = torch.where(ok[0], x[c] + ab.sqrt() * (rendered[0].to(x.dtype) - x0_prev[c]), x[c])
         eps[c] = teacher.predict_noise(x[c:c + 1], t.expand(1).long(), cameras[c:c + 1], bg[c:c + 1])[0]
         links.accumulate(acc, wsum, c, (x[c] - (1 - ab).sqrt() * eps[c]) / ab.sqrt(), power)
     return x, eps

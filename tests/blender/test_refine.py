@@ -142,6 +142,7 @@ def test_paint_a_new_texture_from_the_panel_live_in_a_new_slot_and_undo_restores
     settings.texturing = "PAINT"
     assert settings.pipeline == "texture_paint"
     settings.preset = "tiny"
+    settings.image_source, settings.image_path = "FILE", ""  # from the prompt alone
     settings[params.key("texture_paint", "prompt")] = "a blue glazed vase"
     assert bpy.ops.splatsmith.refine_texture(use_scene_settings=True, wait=True, timeout=JOB_CEILING) == {"FINISHED"}
     state = client_glue.session.jobs[-1]
