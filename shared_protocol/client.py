@@ -52,6 +52,8 @@ CHUNK_CREDIT = 4
 #: active it asks for their status after ``Timeouts.heartbeat`` seconds of silence and fails them
 #: after ``Timeouts.lost`` (the server does the same with TCP keepalive, never ZMTP heartbeats).
 SOCKET_OPTIONS: dict[str, int] = {"LINGER": 0, "RCVHWM": 32, "HEARTBEAT_IVL": 0}
+#: How long a send that finds no connection waits for a refused handshake to be reported, seconds.
+REFUSAL_WAIT_S = 0.5
 
 
 class ClientError(Exception):
@@ -233,7 +235,17 @@ class Client:
         try:
             self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again as exc:
-            raise ClientError("timeout", f"cannot send to {self.address}: the outgoing queue is full") from exc
+            # A DEALER also refuses to queue while it has no connection at all, which is what a
+            # refused CURVE handshake leaves: its monitor event can lag the dropped connection by a
+            # moment, so wait for it briefly before saying anything else.
+            deadline = time.monotonic() + REFUSAL_WAIT_S
+            while self.refused is None and time.monotonic() < deadline:
+                if self._monitor.poll(20):
+                    self._check_monitor()
+            if self.refused:
+                raise ClientError("refused", self.refused) from exc
+            raise ClientError("timeout", f"cannot send to {self.address}: no connection to the backend, or its "
+                                         "incoming queue is full") from exc
 
     def request(self, message: dict, on_reply: Callable[[dict], None], timeout: float) -> str:
         """Send a request without blocking; ``on_reply`` gets its reply (or an ``error``

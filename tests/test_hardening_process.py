@@ -203,7 +203,13 @@ def test_a_killed_server_leaves_no_worker_running(serve_process, tmp_path):
 
 def _children(pid: int) -> list[int]:
     """The child processes of ``pid`` (every thread's: the worker is started by a thread)."""
-    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:  # the thread ended between the listing and the read
+            continue
+    return found
 
 
 def _running(pid: int) -> bool:
