@@ -140,15 +140,16 @@ def texel_view_links(pos: torch.Tensor, normal: torch.Tensor, cameras: Cameras, 
         align_corners=False), always finite; cos float [T]).
     """
     H, W = depth_map.shape
-    pc = pos @ cameras.viewmats[c, :3, :3].T + cameras.viewmats[c, :3, 3]
-    K = cameras.Ks[c]
+    cam = cameras[c]  # this view's matrices only (they are derived from c2w on every access)
+    w2c, K, centre = cam.viewmats[0], cam.Ks[0], cam.centers[0]
+    pc = pos @ w2c[:3, :3].T + w2c[:3, 3]
     z = pc[:, 2]
     x = K[0, 0] * pc[:, 0] / z.clamp_min(1e-6) + K[0, 2]
     y = K[1, 1] * pc[:, 1] / z.clamp_min(1e-6) + K[1, 2]
     inside = (z > 1e-4) & (x >= 0) & (x < W) & (y >= 0) & (y < H)
     d = depth_map[y.long().clamp(0, H - 1), x.long().clamp(0, W - 1)]
     visible = inside & (d > 0) & (z <= d * (1.0 + depth_tolerance) + 1e-4)
-    cos = (normal * F.normalize(cameras.centers[c][None] - pos, dim=-1)).sum(-1)
+    cos = (normal * F.normalize(centre[None] - pos, dim=-1)).sum(-1)
     # Finite by construction; nan_to_num keeps a non-finite coordinate from ever reaching
     # grid_sample, whose CPU backward crashes on NaN (pytorch issue 24823).
     grid = torch.nan_to_num(torch.stack([x / W * 2 - 1, y / H * 2 - 1], -1), 0.0, 1.0, -1.0)

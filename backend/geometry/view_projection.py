@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from ..cameras import Cameras
 from ..render.mesh import TexturedMesh, interpolate, rasterize, rasterize_uv
-from .uv import texel_view_links
+from .uv import fill_empty_texels, texel_view_links
 
 
 @dataclass
@@ -203,7 +203,4 @@ def fill_texture(texture: np.ndarray, seen: np.ndarray, covered: np.ndarray) -> 
             continue
         _, (iy, ix) = ndimage.distance_transform_edt(~have, return_indices=True)
         patch[need] = patch[iy[need], ix[need]]
-    if not covered.all():
-        _, (iy, ix) = ndimage.distance_transform_edt(~covered, return_indices=True)
-        out = out[iy, ix]
-    return out
+    return fill_empty_texels(out, covered)

@@ -20,17 +20,16 @@ import time
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..cameras import Cameras, OrbitSampler, orbit_cameras
 from ..contracts import CancelToken, Emitter, JobRequest, Result
-from ..geometry.export import texture_to_uint8, write_glb
+from ..geometry.export import texture_to_uint8
 from ..geometry.view_projection import ViewTextureProjection, fill_texture
 from ..guidance import ensure_teacher_model, load_job_teacher
 from ..guidance.registry import IP_ADAPTER_FILES
 from ..images import load_rgba, to_white_background
 from ..stages.mesh_export import rgba_preview
-from ..stages.mesh_input import MeshInput, corner_uv_mesh, prepare_mesh
+from ..stages.mesh_input import MeshInput, prepare_mesh
 from ..stages.progress import PreviewThrottle
 from ..stages.synchronised_views import SyncSettings, synchronised_denoise
 from ..stages.texture import optimise_texture
@@ -163,15 +162,11 @@ class TexturePaintPipeline(TexturePaintSpec):
     @staticmethod
     def _result(request: JobRequest, given: MeshInput, texture: torch.Tensor, teacher, t0: float,
                 clock: dict[str, float]) -> Result:
-        tex8 = texture_to_uint8(texture)
-        Image.fromarray(tex8).save(request.job_dir / "texture.png")
-        split = corner_uv_mesh(given.vertices, given.faces, given.corner_uv)
-        glb = write_glb(request.job_dir / "textured.glb", split.vertices, split.faces, split.uv, tex8, name="painted")
+        files, arrays = given.write_textured(request.job_dir, texture, "painted")
         return Result(
-            files={"texture.png": request.job_dir / "texture.png", "textured.glb": glb},
-            arrays={"vertices": given.vertices, "faces": given.faces.astype(np.int32), "uv": given.corner_uv, "texture": tex8},
+            files=files, arrays=arrays,
             meta={"unwrapped": given.unwrapped, "init": "painted", "faces": int(len(given.faces)),
-                  "texture_size": int(tex8.shape[0]), "teacher": type(teacher).__name__,
+                  "texture_size": int(arrays["texture"].shape[0]), "teacher": type(teacher).__name__,
                   "synchronised": bool(request.params["synchronise"]), "evaluations": teacher.evaluations,
                   "seconds": {k: round(v, 3) for k, v in clock.items()},
                   "total_seconds": round(time.monotonic() - t0, 2)},

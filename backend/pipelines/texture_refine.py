@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from ..cameras import Cameras, OrbitSampler, orbit_angles, orbit_cameras
-from ..geometry.export import texture_to_uint8, write_glb
+from ..geometry.export import texture_to_uint8
 from ..geometry.uv import bake_texture, fill_empty_texels
 from ..guidance import load_job_teacher
 from ..images import load_rgba, recenter, to_white_background
@@ -46,7 +46,7 @@ class TextureRefinePipeline(TextureRefineSpec):
         gen = torch.Generator().manual_seed(request.seed)
         emit.progress("prepare", 0, 3, message="UV atlas")
         given = prepare_mesh(inputs, device, p["texture_size"], p["unwrap_time_limit"], emit, cancel)
-        vertices, faces, corner_uv, mesh = given.vertices, given.faces, given.corner_uv, given.mesh
+        faces, corner_uv, mesh = given.faces, given.corner_uv, given.mesh
         centre, scale, unwrapped = given.centre, given.scale, given.unwrapped
 
         emit.progress("prepare", 1, 3, message="teacher")
@@ -69,17 +69,13 @@ class TextureRefinePipeline(TextureRefineSpec):
                                                               alphas_cumprod=teacher.alphas_cumprod, **schedule_kwargs(p)),
                                    supersample=p["texture_supersample"],
                                    reference_mask="render+reference")
-        tex8 = texture_to_uint8(texture)
-        Image.fromarray(tex8).save(request.job_dir / "texture.png")
-        split = corner_uv_mesh(vertices, faces, corner_uv)
-        glb = write_glb(request.job_dir / "textured.glb", split.vertices, split.faces, split.uv, tex8, name="refined")
-        files = {"texture.png": request.job_dir / "texture.png", "textured.glb": glb}
+        files, arrays = given.write_textured(request.job_dir, texture, "refined")
         if ref is not None:
             files["reference.png"] = request.job_dir / "reference.png"
         return Result(
-            files=files,
-            arrays={"vertices": vertices, "faces": faces.astype(np.int32), "uv": corner_uv, "texture": tex8},
-            meta={"unwrapped": unwrapped, "init": init, "faces": int(len(faces)), "texture_size": int(tex8.shape[0]),
+            files=files, arrays=arrays,
+            meta={"unwrapped": unwrapped, "init": init, "faces": int(len(faces)),
+                  "texture_size": int(arrays["texture"].shape[0]),
                   "teacher": type(teacher).__name__, "total_seconds": round(time.monotonic() - t0, 2)},
         )
 

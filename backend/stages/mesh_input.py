@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..contracts import CancelToken, Emitter
-from ..geometry.export import texture_to_uint8
+from ..geometry.export import texture_to_uint8, write_glb
 from ..geometry.uv import UVMesh, unwrap
 from ..render.mesh import TexturedMesh
 
@@ -58,6 +59,19 @@ class MeshInput:
     centre: np.ndarray
     scale: float
     mesh: TexturedMesh
+
+    def write_textured(self, job_dir: Path, texture: np.ndarray | torch.Tensor, name: str
+                       ) -> tuple[dict[str, Path], dict[str, np.ndarray]]:
+        """Write ``texture.png`` and ``textured.glb`` (this mesh split along its UV seams, with the
+        texture float [S, S, 3] in [0, 1]) into ``job_dir``; returns the result's (files, arrays):
+        the input's vertices and faces int32 in their order, its per-corner UVs and the texture
+        uint8 [S, S, 3]."""
+        tex8 = texture_to_uint8(texture)
+        Image.fromarray(tex8).save(job_dir / "texture.png")
+        split = corner_uv_mesh(self.vertices, self.faces, self.corner_uv)
+        glb = write_glb(job_dir / "textured.glb", split.vertices, split.faces, split.uv, tex8, name=name)
+        return ({"texture.png": job_dir / "texture.png", "textured.glb": glb},
+                {"vertices": self.vertices, "faces": self.faces.astype(np.int32), "uv": self.corner_uv, "texture": tex8})
 
     def normalise(self, mesh: TexturedMesh) -> TexturedMesh:
         """Another mesh given in this mesh's frame (an oracle's ground truth), moved into the

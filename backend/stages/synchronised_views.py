@@ -15,9 +15,10 @@ DDIM step from the synchronised x0 and the rest of the schedule is synchronised 
 instead of not at all. The cosine's exponent rises linearly over the steps
 (SyncMVD ``exp_start`` 0 -> ``exp_end`` 6). The starting noise is one noise texture rendered into
 every view (nearest texel, so it stays unit-variance; SyncMVD ``set_noise_texture``), fresh noise
-off the mesh; ``shared_noise=False`` starts every view from its own noise. While t > (1 - ``reference_sync_end``) T the views are denoised
-one after another outward from the front view (:func:`_reference_sweep`). With
-``synchronise=False`` the same views are denoised apart (the baseline).
+off the mesh; ``shared_noise=False`` starts every view from its own noise. While
+t > (1 - ``reference_sync_end``) T the views are denoised one after another outward from the
+front view (:func:`_reference_sweep`). With ``synchronise=False`` the same views are denoised
+apart (the baseline).
 
 The depth ControlNet's conditioning scale follows SyncMVD's code (``src/pipeline.py``, the
 update after each step): with u = 1 - t/T, scale = a s0 + (1 - a) s1, a = u / 0.99, from the
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..cameras import Cameras
+from ..cameras import Cameras, orbit_angles
 from ..contracts import CancelToken, Emitter
 from ..geometry.view_projection import ViewTextureProjection
 from .progress import PreviewThrottle, contact_sheet
@@ -173,8 +174,6 @@ def synchronised_denoise(teacher, cameras: Cameras, latent_links: ViewTexturePro
 def _outward_from_reference(cameras: Cameras) -> list[int]:
     """The views ordered by the angle between their direction and the reference view's (the one
     closest to the front: azimuth 0 at the lowest elevation given), nearest first."""
-    from ..cameras import orbit_angles
-
     el, az, _ = orbit_angles(cameras.to("cpu"))
     front = ((az + 180) % 360 - 180).abs() + 1e-3 * (el - el.min())
     ref = int(front.argmin())

@@ -26,6 +26,17 @@ def _geometry(obj) -> tuple[np.ndarray, np.ndarray]:
     return co, corner
 
 
+def _assigning_the_old_slot_back_restores_the_old_look(obj, old_image, old) -> None:
+    """Every face uses the new slot (1); switched back to slot 0, the object shows the old image
+    and the old material is still in the file."""
+    indices = np.empty(len(obj.data.polygons), np.int32)
+    obj.data.polygons.foreach_get("material_index", indices)
+    assert (indices == 1).all()
+    obj.data.polygons.foreach_set("material_index", np.zeros_like(indices))
+    obj.active_material_index = 0
+    assert scene_io.base_color_image(obj)[0] == old_image and bpy.data.materials.get(old.name) is not None
+
+
 @pytest.mark.slow
 def test_refine_a_mesh_with_uvs_keeps_geometry_and_the_old_material(addon, backend):
     from scenes import make_test_object
@@ -59,12 +70,7 @@ def test_refine_a_mesh_with_uvs_keeps_geometry_and_the_old_material(addon, backe
     pixels = np.empty(512 * 512 * 4, np.float32)
     image.pixels.foreach_get(pixels)
     assert pixels.reshape(-1, 4)[:, :3].std() > 0.01
-    indices = np.empty(len(obj.data.polygons), np.int32)
-    obj.data.polygons.foreach_get("material_index", indices)
-    assert (indices == 1).all()
-    obj.data.polygons.foreach_set("material_index", np.zeros_like(indices))  # switch the slot back
-    obj.active_material_index = 0
-    assert scene_io.base_color_image(obj)[0] == old_image and bpy.data.materials.get(old.name) is not None
+    _assigning_the_old_slot_back_restores_the_old_look(obj, old_image, old)
 
 
 def test_refine_a_mesh_without_uvs_from_a_photo_and_the_active_camera(addon, backend, tmp_path):
@@ -113,7 +119,8 @@ def test_paint_a_new_texture_from_the_panel_live_in_a_new_slot_and_undo_restores
     and geometry kept), and the old material is kept in its slot: assigning it back restores the
     old look, which is what Undo does in the UI (``ed.undo`` needs a window, and bpy in background
     mode has none: its poll fails)."""
-    from blender_addon import panels, params, properties
+    from blender.test_method_from_test_module import _Layout
+    from blender_addon import panels, params
     from scenes import make_test_object
 
     _, raw = make_test_object(texture_size=64)
@@ -126,19 +133,9 @@ def test_paint_a_new_texture_from_the_panel_live_in_a_new_slot_and_undo_restores
     settings = bpy.context.scene.splatsmith
     settings.pipeline = "texture_refine"
 
-    class Layout:  # records what the panel draws
-        def __init__(self, log):
-            self.log = log
-
-        def __getattr__(self, name):
-            def call(*args, **kwargs):
-                self.log.append((name, *[a for a in args if isinstance(a, str)]))
-                return self
-            return call
-
     drawn: list = []
-    panels.draw_method(Layout(drawn), settings, obj)
-    assert ("prop", "texturing") in drawn  # the choice is offered on a mesh
+    panels.draw_method(_Layout(drawn), settings, obj)
+    assert ("prop", "texturing", None) in drawn  # the choice is offered on a mesh
     settings.texturing = "PAINT"
     assert settings.pipeline == "texture_paint"
     settings.preset = "tiny"
@@ -153,9 +150,4 @@ def test_paint_a_new_texture_from_the_panel_live_in_a_new_slot_and_undo_restores
     assert [m.name for m in obj.data.materials] == ["vase old material", "vase painted"]
     image, _ = scene_io.base_color_image(obj)
     assert image.packed_file is not None and image.name == "vase painted texture" and tuple(image.size) == (128, 128)
-    indices = np.empty(len(obj.data.polygons), np.int32)
-    obj.data.polygons.foreach_get("material_index", indices)
-    assert (indices == 1).all()
-    obj.data.polygons.foreach_set("material_index", np.zeros_like(indices))  # the old slot back
-    obj.active_material_index = 0
-    assert scene_io.base_color_image(obj)[0] == old_image and bpy.data.materials.get(old.name) is not None
+    _assigning_the_old_slot_back_restores_the_old_look(obj, old_image, old)
