@@ -43,6 +43,17 @@ def test_the_import_linter_contracts_hold():
     assert done.returncode == 0 and "0 broken" in done.stdout, done.stdout[-3000:]
 
 
+def test_every_built_in_method_is_in_the_independence_contract():
+    """A new method is covered by "no method imports another" as soon as it is built in."""
+    import tomllib
+
+    from backend.pipelines import BUILTIN
+
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    independent = next(c for c in contracts if c["type"] == "independence")
+    assert set(independent["modules"]) == {f"backend.pipelines.{name}" for name in BUILTIN}
+
+
 def test_a_stage_that_imports_a_method_breaks_the_layers(tmp_path):
     """The contracts see what they are for: the same tree with one stage importing a method's
     module fails the layers contract (and names the import)."""
