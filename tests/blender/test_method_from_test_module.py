@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from backend.pipelines.base import InputSpec, Param, Pipeline, Result, grouped, register
+from panel_layout import PanelLayout as _Layout
 
 HUES = {"red": (0.85, 0.1, 0.1), "green": (0.1, 0.75, 0.15), "blue": (0.1, 0.2, 0.85)}
 
@@ -170,37 +171,6 @@ def blender_addon_connected(swatch_server):
         yield bpy, client_glue
     finally:
         blender_addon.unregister()
-
-
-class _Layout:
-    """Records what a panel draws. Blender's UILayout exists only inside a drawing window,
-    which a headless Blender has not: this stand-in records the calls, and every property path
-    drawn is resolved on the real settings."""
-
-    def __init__(self, log: list):
-        self.log, self.enabled = log, True
-
-    def _child(self, *args, **kwargs):
-        return _Layout(self.log)
-
-    row = column = box = _child
-
-    def prop(self, data, path, **kwargs):
-        data.path_resolve(path) if path.startswith("[") else getattr(data, path)
-        self.log.append(("prop", path, kwargs.get("text")))
-
-    def label(self, text="", **kwargs):
-        self.log.append(("label", text))
-
-    def operator(self, idname, **kwargs):
-        self.log.append(("operator", idname, kwargs.get("text")))
-        return type("Props", (), {})()
-
-    def template_ID(self, *args, **kwargs):
-        self.log.append(("template_ID",))
-
-    def progress(self, **kwargs):
-        self.log.append(("progress",))
 
 
 def test_the_panel_draws_the_test_methods_parameters_and_runs_it(blender_addon_connected, swatch_server):

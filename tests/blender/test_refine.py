@@ -119,7 +119,7 @@ def test_paint_a_new_texture_from_the_panel_live_in_a_new_slot_and_undo_restores
     and geometry kept), and the old material is kept in its slot: assigning it back restores the
     old look, which is what Undo does in the UI (``ed.undo`` needs a window, and bpy in background
     mode has none: its poll fails)."""
-    from blender.test_method_from_test_module import _Layout
+    from panel_layout import PanelLayout
     from blender_addon import panels, params
     from scenes import make_test_object
 
@@ -134,7 +134,7 @@ def test_paint_a_new_texture_from_the_panel_live_in_a_new_slot_and_undo_restores
     settings.pipeline = "texture_refine"
 
     drawn: list = []
-    panels.draw_method(_Layout(drawn), settings, obj)
+    panels.draw_method(PanelLayout(drawn), settings, obj)
     assert ("prop", "texturing", None) in drawn  # the choice is offered on a mesh
     settings.texturing = "PAINT"
     assert settings.pipeline == "texture_paint"
