@@ -7,19 +7,21 @@ grey) from a prompt with the real pipeline and prints the job's own phase clock
     python bench/texture_paint.py                          # CPU, tiny models, the tiny preset
     python bench/texture_paint.py --teacher oracle --preset fast   # CPU, the oracle, the fast preset
     python bench/texture_paint.py --weights real-size --preset default   # GPU: SD 1.5 + ControlNet sizes
+    python bench/texture_paint.py --weights real-size --variant xl --preset default   # GPU: SDXL + ControlNet sizes
     python bench/texture_paint.py --acceptance --seeds 2 [--objects test,capsule,boxball]   # prior oracle figures
 
 ``--acceptance`` paints the test object, a capsule and a box under a ball (``tests/scenes.py``),
 grey with their own UVs, ``fast``, with the prior oracle (K=2, sigma=0.3): synchronised, with the
 views denoised apart, synchronised without the reference sweep (``reference_sync_end=0``), from
-fresh noise in every view (``shared_noise=false``), and with the plain oracle, and prints per object and seed the held-out PSNR against the closer mode
+fresh noise in every view (``shared_noise=false``), with DDIM steps (``sampler=ddim``), and with the plain oracle, and prints per object and seed the held-out PSNR against the closer mode
 (``tests/test_texture_paint.py``'s cameras) and how many modes the ten views settled on.
 
 ``--weights real-size`` writes randomly initialised models with the real architectures of the
 ``default`` teacher (Stable Diffusion 1.5's UNet, VAE and CLIP ViT-L text tower, and a depth
 ControlNet of the same UNet) once into the cache and points the real loading code at them, so
-the compute of 10 views at 768^2 and 30 steps is measured without downloading anything. The
-``xl`` variant has no real-size stand-in here yet.
+the compute of 10 views at 768^2 and 30 steps is measured without downloading anything;
+``--variant xl`` does the same with SDXL base 1.0's architectures (its UNet of 2.57 B parameters,
+both text towers) and its depth ControlNet (about 11 GB written once, fp32).
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ def acceptance(seeds: int, objects: list[str]) -> None:
     from test_texture_paint import _scores
 
     runs = {"synchronised": {}, "apart": {"synchronise": False}, "no sweep": {"reference_sync_end": 0.0},
-            "fresh noise": {"shared_noise": False}}
+            "fresh noise": {"shared_noise": False}, "DDIM": {"sampler": "ddim"}}
     print(f"{'object':<9}{'seed':>5}" + "".join(f"{name:>22}" for name in runs) + f"{'plain oracle':>14}")
     for kind in objects:
         mesh, raw = make_test_object() if kind == "test" else make_simple_object(kind)
@@ -98,6 +100,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--weights", choices=("tiny", "real-size", "default"), default="tiny")
     parser.add_argument("--teacher", choices=("auto", "oracle"), default="auto")
+    parser.add_argument("--variant", choices=("default", "xl"), default="default",
+                        help="the teacher variant of --weights real-size / default")
     parser.add_argument("--preset", choices=("tiny", "fast", "default"), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--acceptance", action="store_true")
@@ -110,7 +114,8 @@ def main() -> None:
     from backend.guidance import tiny
 
     if args.weights == "real-size":
-        set_model_overrides(tiny.real_size_paint_overrides(splatsmith_cache_dir() / "bench-real-size" / "texture-paint"))
+        set_model_overrides(tiny.real_size_paint_overrides(splatsmith_cache_dir() / "bench-real-size" / "texture-paint",
+                                                           args.variant))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         _, raw = make_test_object(texture_size=128)
@@ -120,13 +125,14 @@ def main() -> None:
         if args.teacher == "oracle":
             params.update(teacher="oracle", oracle_mesh=str(write_object_glb(Path(tmp) / "gt.glb", raw)))
         elif args.weights != "tiny":
-            params["weights"] = "default"
+            params["weights"] = args.variant
         start = time.monotonic()
         _, result = run_local(JobStore(Path(tmp) / "jobs"), TexturePaintPipeline, args.preset, params, inputs, args.seed,
                               Emitter(), device=device)
     total = time.monotonic() - start
     meta = result.meta
-    print(f"texture_paint, preset {args.preset}, teacher {args.teacher}, weights {args.weights}, device {device}: "
+    print(f"texture_paint, preset {args.preset}, teacher {args.teacher}, weights {args.weights} ({args.variant}), "
+          f"device {device}: "
           f"{meta['views']} views of {meta['view_size']}^2, {meta['steps']} steps, {meta['faces']} faces, "
           f"texture {meta['texture_size']}^2")
     print_clock("phase", meta["seconds"], total)

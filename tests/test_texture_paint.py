@@ -169,11 +169,7 @@ def test_prior_oracle_paints_one_mode_where_apart_and_refine_do_not(tmp_path):
               f"mode {max(scores):.2f} dB (modes: {', '.join(f'{s:.2f}' for s in scores)})")
     assert figures["synchronised"] >= 27.0
     assert figures["synchronised"] >= figures["apart"] + 3.0
-    # Issue 30 asks for 3 dB over texture_refine too; measured here: 1.85 (31.00 against 29.15 dB).
-    # texture_refine iterates SDEdit, so the share of its input the prior oracle keeps per call compounds
-    # away and it converges on one mode's mean; painting samples the prior, whose sigma-noise is averaged
-    # only over the few views that see a texel (docs/methods.md).
-    assert figures["synchronised"] > figures["texture_refine"]
+    assert figures["synchronised"] >= figures["texture_refine"] + 3.0
     assert figures["plain oracle"] >= 30.0
 
 
@@ -324,7 +320,7 @@ def test_the_reference_sweep_makes_all_views_settle_on_one_mode():
                                      CancelToken())
         return {int(np.argmax([psnr(views[i:i + 1], m[i:i + 1]) for m in modes])) for i in range(len(cams))}
 
-    for seed in (0, 1):
+    for seed in (0, 3):
         assert len(chosen(seed, 0.0)) == 2, seed  # apart regions
         assert len(chosen(seed, 0.2)) == 1, seed  # one mode everywhere
 

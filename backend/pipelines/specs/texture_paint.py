@@ -42,7 +42,7 @@ class TexturePaintSpec(Pipeline):
         "weights": Param("choice", "default", "default: Stable Diffusion 1.5 + depth ControlNet (SyncMVD); xl: SDXL + "
                          "its depth ControlNet; tiny, tiny-xl: random stand-ins in those layouts",
                          choices=("default", "xl", "tiny", "tiny-xl")),
-        "steps": Param("int", 30, "denoising steps (DDIM)", min=1, max=1000),
+        "steps": Param("int", 30, "denoising steps", min=1, max=1000),
         "guidance_scale": Param("float", None, "classifier-free guidance scale (unset: the teacher's own, 15.5 as SyncMVD)",
                                 min=0, max=1000),
         "conditioning_scale": Param("float", 0.7, "weight of the depth ControlNet at the first step", min=0.0, max=5.0),
@@ -62,6 +62,8 @@ class TexturePaintSpec(Pipeline):
         "cos_power_end": Param("float", 6.0, "exponent of the cosine at the last step", min=0.0, max=32.0),
         "shared_noise": Param("bool", True, "start every view from one noise texture rendered into it (SyncMVD; false: "
                               "fresh noise per view)"),
+        "sampler": Param("choice", "ddpm", "each view's scheduler step from the synchronised x0: DDPM (SyncMVD) "
+                         "or DDIM (eta 0)", choices=("ddpm", "ddim")),
         "ring_views": Param("int", 8, "views on the ring around the object", min=1, max=32),
         "ring_elevation": Param("float", 0.0, "elevation of the ring, degrees", min=-89, max=89),
         "cap_views": Param("choice", "above", "views besides the ring: two from above (SyncMVD), one above and one "
@@ -81,7 +83,7 @@ class TexturePaintSpec(Pipeline):
         "input": ("prompt", "negative_prompt"),
         "teacher": ("teacher", "oracle_mesh", "oracle_modes", "oracle_sigma", "weights", "steps", "guidance_scale",
                     "conditioning_scale", "conditioning_scale_end", "ip_adapter_scale"),
-        "texture": ("synchronise", "latent_sync_end", "reference_sync_end", "cos_power_start", "cos_power_end", "shared_noise", "ring_views",
+        "texture": ("synchronise", "latent_sync_end", "reference_sync_end", "cos_power_start", "cos_power_end", "shared_noise", "sampler", "ring_views",
                     "ring_elevation", "cap_views", "cap_elevation", "view_size", "latent_texture_size", "texture_size",
                     "radius", "fovy", "max_batch", "polish_iters"),
         "mesh": ("unwrap_time_limit",),
