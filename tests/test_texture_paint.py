@@ -339,3 +339,21 @@ def test_the_ip_adapter_download_takes_its_variants_adapter_and_image_encoder_on
     assert select_download_files(listing, IP_ADAPTER.components_of("xl")) == [
         "sdxl_models/image_encoder/config.json", "sdxl_models/image_encoder/model.safetensors",
         "sdxl_models/ip-adapter_sdxl.safetensors"]
+
+
+def test_the_real_size_sdxl_stand_in_has_sdxls_architecture():
+    """The bench's real-size SDXL stand-in is built with SDXL base 1.0's UNet (2,567,463,684
+    parameters, its published count) and a ControlNet of it; an unknown variant is refused.
+    Built on the meta device: no memory, no weights."""
+    from diffusers import ControlNetModel
+
+    from backend.guidance import tiny
+
+    with torch.device("meta"):
+        unet = tiny._tiny_sdxl_unet(real_size=True)
+        controlnet = ControlNetModel.from_unet(unet)
+    assert sum(p.numel() for p in unet.parameters()) == 2_567_463_684
+    assert unet.config.cross_attention_dim == 2048 and unet.config.addition_embed_type == "text_time"
+    assert 1.2e9 < sum(p.numel() for p in controlnet.parameters()) < 1.3e9
+    with pytest.raises(ValueError, match="no real-size stand-in for the variant 'tiny'"):
+        tiny.real_size_paint_overrides("/nonexistent", "tiny")
