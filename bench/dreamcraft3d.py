@@ -70,9 +70,8 @@ def main() -> None:
 def oracle_figures(seed: int, device: str) -> None:
     from PIL import Image
 
-    from backend.geometry.export import load_glb
     from backend.render.mesh import TexturedMesh
-    from scenes import held_out_scores, make_test_object, write_object_glb
+    from scenes import held_out_scores, load_asset, make_test_object, write_object_glb
 
     with tempfile.TemporaryDirectory() as tmp:
         mesh, raw = make_test_object()
@@ -81,7 +80,7 @@ def oracle_figures(seed: int, device: str) -> None:
         job, result = run_local(JobStore(Path(tmp) / "jobs"), DreamCraft3DPipeline, "fast", {
             "teacher": "oracle", "oracle_mesh": str(glb), "prompt": "the test object"}, {}, seed, Emitter(), device=device)
         seconds = time.monotonic() - start
-        final = load_glb(job.dir / "asset.glb")
+        final = load_asset(job.dir)
         before = torch.from_numpy(np.asarray(Image.open(job.dir / "texture_before_boost.png"), np.float32) / 255.0)
         s_after = held_out_scores(mesh, result.meta["radius"], None, final)
         s_before = held_out_scores(mesh, result.meta["radius"], None,

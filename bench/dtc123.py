@@ -70,9 +70,8 @@ def main() -> None:
 
 
 def oracle_comparison(seed: int, device: str) -> None:
-    from backend.geometry.export import load_glb
     from backend.render.gaussians import GaussianModel
-    from scenes import held_out_scores, make_test_object, write_object_glb
+    from scenes import held_out_scores, load_asset, make_test_object, write_object_glb
 
     with tempfile.TemporaryDirectory() as tmp:
         mesh, raw = make_test_object()
@@ -86,7 +85,7 @@ def oracle_comparison(seed: int, device: str) -> None:
             job, result = run_local(JobStore(Path(tmp) / name), cls, "fast", params, {}, seed, Emitter(), device=device)
             seconds = time.monotonic() - start
             s = held_out_scores(mesh, result.meta["radius"], GaussianModel.load_ply(job.dir / "gaussians.ply"),
-                                load_glb(job.dir / "asset.glb"))
+                                load_asset(job.dir))
             clock = result.meta.get("seconds") or {k: round(v, 1) for k, v in result.meta["stage1_seconds"].items()
                                                   if k != "steps"}
             print(f"{name:<15}{seconds:>9.1f}{s['gaussian_iou']:>15.3f}{s['gaussian_psnr']:>8.2f}{s['mesh_iou']:>10.3f}"

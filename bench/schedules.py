@@ -24,13 +24,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from backend.geometry.export import load_glb  # noqa: E402
 from backend.jobs import JobStore  # noqa: E402
 from backend.pipelines.base import Emitter, TIMESTEP_SCHEDULES  # noqa: E402
 from backend.pipelines.dreamtime import DreamTimePipeline  # noqa: E402
 from backend.stages.distillation import run_distillation  # noqa: E402
 from backend.worker import run_local  # noqa: E402
-from scenes import held_out_scores, make_test_object, write_object_glb  # noqa: E402
+from scenes import held_out_scores, load_asset, make_test_object, write_object_glb  # noqa: E402
 
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
@@ -57,7 +56,7 @@ def run_one(schedule: str, seed: int, preset: str, iters: int | None, glb: Path,
 
     start = time.perf_counter()
     job, result = run_local(JobStore(tmp / f"{schedule}-{seed}"), Probe, preset, params, {}, seed, Emitter(), device)
-    final = held_out_scores(mesh, result.meta["radius"], textured=load_glb(job.dir / "asset.glb"))
+    final = held_out_scores(mesh, result.meta["radius"], textured=load_asset(job.dir))
     return {"curve": curve, "mesh": (final["mesh_iou"], final["mesh_psnr"]), "seconds": time.perf_counter() - start}
 
 

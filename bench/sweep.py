@@ -22,13 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from backend.geometry.export import load_glb  # noqa: E402
 from backend.jobs import JobStore  # noqa: E402
 from backend.pipelines import load_builtin  # noqa: E402
 from backend.pipelines.base import Emitter, Param  # noqa: E402
 from backend.render.gaussians import GaussianModel  # noqa: E402
 from backend.worker import run_local  # noqa: E402
-from scenes import held_out_scores, make_test_object, write_object_glb  # noqa: E402
+from scenes import held_out_scores, load_asset, make_test_object, write_object_glb  # noqa: E402
 
 
 def parse(spec, pair: str) -> tuple[str, list]:
@@ -72,7 +71,7 @@ def main() -> None:
                 radius = result.meta.get("radius", 2.0)
                 gaussians = job.dir / "gaussians.ply"
                 scores = held_out_scores(mesh, radius, GaussianModel.load_ply(gaussians) if gaussians.is_file() else None,
-                                         load_glb(job.dir / "asset.glb"))
+                                         load_asset(job.dir))
                 splats = (f"Gaussians {scores['gaussian_iou']:.3f} / {scores['gaussian_psnr']:.2f}  "
                           if "gaussian_iou" in scores else "")
                 print(f"{key}={value!s:<14} seed {seed}  {splats}mesh {scores['mesh_iou']:.3f} / "

@@ -351,10 +351,15 @@ def _finalize(state: JobState) -> None:
         _finalize_image(state, files)
         return
     name = _new_object_name(state.label or result["job_id"])
-    obj = scene_io.apply_mesh(name, arrays["vertices"], arrays["faces"], arrays.get("uv"))
+    obj = scene_io.apply_mesh(name, arrays["vertices"], arrays["faces"], arrays.get("uv"), arrays.get("normals"))
     if "texture.png" in files:
         image = scene_io.packed_image_from_png(f"{name} texture", np.asarray(files["texture.png"]).tobytes())
-        scene_io.assign_texture(obj, image, f"{name} material")
+        material = scene_io.assign_texture(obj, image, f"{name} material")
+        if "normal.png" in files:
+            normal = scene_io.packed_image_from_png(f"{name} normal", np.asarray(files["normal.png"]).tobytes())
+            scene_io.add_normal_map(material, normal)
+    # The backend puts the origin at the bottom centre of the asset (stages.asset_output), so at
+    # the cursor it stands on the cursor's height, its front (glTF +Z) towards Blender's -Y.
     obj.location = bpy.context.scene.cursor.location
     obj["splatsmith_job_id"] = result["job_id"]
     obj["splatsmith_request"] = _request_record(state)

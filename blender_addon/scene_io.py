@@ -158,13 +158,20 @@ def apply_gaussian_preview(name: str, means: np.ndarray, rgb: np.ndarray, opacit
     return obj
 
 
-def apply_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None = None) -> bpy.types.Object:
-    """Create or update a mesh object. ``uv`` is per-vertex float32 [V, 2] (origin bottom-left).
+def apply_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None = None,
+               normals: np.ndarray | None = None) -> bpy.types.Object:
+    """Create or update a mesh object. ``uv`` is per-vertex float32 [V, 2] (origin bottom-left);
+    ``normals`` per-vertex unit float32 [V, 3] (glTF axes): the mesh is then shaded smooth with
+    them as its custom normals (the frame a normal map was baked in, the same across UV seams).
 
     Raises:
         SceneDataError: malformed arrays or face indices out of range (nothing changes).
     """
     vertices, faces, uv = check_mesh(vertices, faces, uv)
+    if normals is not None:
+        normals = _array("normals", normals, "f", 2, (3,), MAX_VERTICES)
+        if len(normals) != len(vertices):
+            raise SceneDataError(f"the backend sent {len(normals)} normals for {len(vertices)} vertices")
     obj = _object(name)
     mesh = obj.data
     if "Points" in obj.modifiers:
@@ -173,6 +180,9 @@ def apply_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarra
     if uv is not None:  # a FLOAT2 corner attribute is a UV map; its foreach_set is ~4x faster than uv_layers'
         layer = mesh.attributes.get("UVMap") or mesh.attributes.new("UVMap", "FLOAT2", "CORNER")
         layer.data.foreach_set("vector", np.asarray(uv, np.float32)[np.asarray(faces).ravel()].ravel())
+    if normals is not None and len(faces):
+        mesh.shade_smooth()
+        mesh.normals_split_custom_set_from_vertices(gltf_to_blender(np.asarray(normals, np.float32)))
     return obj
 
 
@@ -239,6 +249,21 @@ def assign_texture(obj: bpy.types.Object, image: bpy.types.Image, material_name:
     else:
         obj.data.materials.append(material)
     return material
+
+
+def add_normal_map(material: bpy.types.Material, image: bpy.types.Image, uv_name: str = "UVMap") -> None:
+    """Wire a tangent-space normal map into the material's Principled BSDF: an image node (the
+    image read as non-colour data) into a Normal Map node (tangent space, on ``uv_name``, whose
+    tangents Blender computes with MikkTSpace, as the map was baked for) into the BSDF's Normal."""
+    nodes, links = material.node_tree.nodes, material.node_tree.links
+    bsdf = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None) or nodes.new("ShaderNodeBsdfPrincipled")
+    image.colorspace_settings.name = "Non-Color"
+    tex = next((n for n in nodes if n.type == "TEX_IMAGE" and n.label == "Normal"), None) or nodes.new("ShaderNodeTexImage")
+    tex.label, tex.image = "Normal", image
+    node = next((n for n in nodes if n.type == "NORMAL_MAP"), None) or nodes.new("ShaderNodeNormalMap")
+    node.space, node.uv_map = "TANGENT", uv_name
+    links.new(tex.outputs["Color"], node.inputs["Color"])
+    links.new(node.outputs["Normal"], bsdf.inputs["Normal"])
 
 
 def remove_object(name: str) -> None:

@@ -158,3 +158,17 @@ def held_out_scores(mesh: TexturedMesh, radius: float, gaussians=None, textured:
             out = render_mesh(textured, cams, background=1.0)
             scores.update(mesh_iou=iou(out.alpha[..., 0] > 0.5, gt[..., 3] > 0.5), mesh_psnr=psnr(out.rgb, gt_rgb))
     return scores
+
+
+def load_asset(job_dir: Path) -> TexturedMesh:
+    """A job's ``asset.glb`` moved back into the job's own frame (the one its cameras and the
+    oracle's truth live in): ``stages.asset_output`` placed it (placed = x scale + offset,
+    ``result.json``'s ``meta["output"]``), so held-out views compare like with like."""
+    import json
+
+    from backend.geometry.export import load_glb
+
+    mesh = load_glb(Path(job_dir) / "asset.glb")
+    output = json.loads((Path(job_dir) / "result.json").read_text())["meta"]["output"]
+    offset = torch.tensor(output["offset"], dtype=mesh.vertices.dtype)
+    return TexturedMesh((mesh.vertices - offset) / output["scale"], mesh.faces, mesh.uv, mesh.texture)

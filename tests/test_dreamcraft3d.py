@@ -19,7 +19,7 @@ from backend.pipelines.base import Emitter, ParamError
 from backend.pipelines.dreamcraft3d import DreamCraft3DPipeline, class_word
 from backend.worker import run_local
 from shared_protocol.client import JobError
-from scenes import make_test_object, write_object_glb
+from scenes import load_asset, make_test_object, write_object_glb
 from conftest import cli
 
 
@@ -131,7 +131,6 @@ def test_oracle_text_run_sculpts_and_boosting_does_not_hurt_the_texture(tmp_path
     """The oracle for both teachers (its front render the reference image, its exact noise both
     LoRA terms), text mode, ``fast``, seed 0: held-out mask IoU and textured-mesh PSNR about 1.5
     dB under the measured figures, and the texture after boosting no worse than before it."""
-    from backend.geometry.export import load_glb
     from backend.render.mesh import TexturedMesh
     from scenes import held_out_scores
 
@@ -139,7 +138,7 @@ def test_oracle_text_run_sculpts_and_boosting_does_not_hurt_the_texture(tmp_path
     glb = write_object_glb(tmp_path / "gt.glb", raw)
     job, result = run_local(JobStore(tmp_path / "jobs"), DreamCraft3DPipeline, "fast", {
         "teacher": "oracle", "oracle_mesh": str(glb), "prompt": "the test object"}, {}, 0, Emitter())
-    final = load_glb(job.dir / "asset.glb")
+    final = load_asset(job.dir)
     after = held_out_scores(mesh, result.meta["radius"], None, final)
     before_texture = torch.from_numpy(np.asarray(Image.open(job.dir / "texture_before_boost.png"), np.float32) / 255.0)
     before = held_out_scores(mesh, result.meta["radius"], None,
@@ -180,7 +179,6 @@ def test_batch_size_and_the_timestep_schedule_are_honoured(tmp_path, monkeypatch
     sculpting and geometry refinement with TP-SDS's non-increasing t (item 5)."""
     import re
 
-    from backend.geometry.export import load_glb
     from backend.schedules import make_schedule, timesteps
 
     _, raw = make_test_object(texture_size=64)
@@ -195,7 +193,7 @@ def test_batch_size_and_the_timestep_schedule_are_honoured(tmp_path, monkeypatch
     job4, result = run_local(JobStore(tmp_path / "b4"), DreamCraft3DPipeline, "tiny",
                              dict(oracle, batch_size=4, timestep_schedule="dreamtime"), {}, 0, record)
     assert set(batches) == {4} and len(batches) == 12 + 3 + 2 * 2
-    assert not torch.equal(load_glb(job1.dir / "asset.glb").texture, load_glb(job4.dir / "asset.glb").texture)
+    assert not torch.equal(load_asset(job1.dir).texture, load_asset(job4.dir).texture)
     assert result.meta["timestep_schedule"] == "dreamtime"
 
     def drawn(stage):

@@ -10,14 +10,13 @@ import pytest
 import trimesh
 
 from backend.cli import demo_photo
-from backend.geometry.export import load_glb
 from backend.jobs import JobStore
 from backend.worker import run_local
 from backend.pipelines import load_builtin
 from backend.contracts import CancelToken, Emitter, JobCancelled
 from backend.pipelines.dreamgaussian import DreamGaussianPipeline
 from backend.render.gaussians import GaussianModel
-from scenes import held_out_scores, make_test_object, write_object_glb
+from scenes import held_out_scores, load_asset, make_test_object, write_object_glb
 from shared_protocol.client import JobError
 from conftest import cli
 
@@ -119,7 +118,7 @@ def test_cli_generate_text_tiny(tmp_path):
 
 
 def _held_out_scores(job_dir, mesh, radius):
-    return held_out_scores(mesh, radius, GaussianModel.load_ply(job_dir / "gaussians.ply"), load_glb(job_dir / "asset.glb"))
+    return held_out_scores(mesh, radius, GaussianModel.load_ply(job_dir / "gaussians.ply"), load_asset(job_dir))
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from backend.pipelines import load_builtin
 from backend.pipelines.base import Emitter, ParamError
 from backend.pipelines.dtc123 import DTC123Pipeline, build_curriculum
 from backend.worker import run_local
-from scenes import make_test_object, write_object_glb
+from scenes import load_asset, make_test_object, write_object_glb
 from conftest import cli
 
 
@@ -152,14 +152,13 @@ def test_oracle_run_matches_dreamgaussian_on_the_same_object(tmp_path):
     textured-mesh PSNR about 1.5 dB under the measured 0.986 / 28.47 dB, where DreamGaussian's
     fast image run on the same object and seed gives 0.982 / 25.64 dB (``python bench/dtc123.py
     --oracle`` runs both; docs/methods.md)."""
-    from backend.geometry.export import load_glb
     from scenes import held_out_scores
 
     mesh, raw = make_test_object()
     glb = write_object_glb(tmp_path / "gt.glb", raw)
     job, result = run_local(JobStore(tmp_path / "jobs"), DTC123Pipeline, "fast", {"teacher": "oracle",
                             "oracle_mesh": str(glb)}, {}, 0, Emitter())
-    scores = held_out_scores(mesh, result.meta["radius"], None, load_glb(job.dir / "asset.glb"))
+    scores = held_out_scores(mesh, result.meta["radius"], None, load_asset(job.dir))
     print("dtc123 oracle fast:", scores, result.meta["seconds"])
     assert scores["mesh_iou"] >= 0.97 and scores["mesh_psnr"] >= 27.0, scores  # measured 0.986 / 28.47 dB
 
@@ -189,7 +188,6 @@ def test_schedules_show_prints_and_plots_a_jobs_trace(tmp_path):
 def test_batch_size_gives_every_sds_step_that_many_views(tmp_path, monkeypatch):
     """Issue 27, item 3: B cameras per step from the curriculum's own de-biased sampler, in the
     Gaussian stages and the fine stage; a batch of 4 gives another mesh than a batch of 1."""
-    from backend.geometry.export import load_glb
     from backend.guidance.oracle import OracleGuidance
 
     _, raw = make_test_object(texture_size=64)
@@ -207,7 +205,7 @@ def test_batch_size_gives_every_sds_step_that_many_views(tmp_path, monkeypatch):
     batches.clear()
     four, _ = run_local(JobStore(tmp_path / "b"), DTC123Pipeline, "tiny", dict(params, batch_size=4), {}, 0, Emitter())
     assert set(batches) == {4} and len(batches) >= 11
-    assert not torch.equal(load_glb(one.dir / "asset.glb").vertices, load_glb(four.dir / "asset.glb").vertices)
+    assert not torch.equal(load_asset(one.dir).vertices, load_asset(four.dir).vertices)
 
 
 @pytest.mark.slow
@@ -219,7 +217,6 @@ def test_the_texture_detail_arrives_when_stable_diffusion_takes_over(tmp_path):
     teaches. Held-out PSNR of the fine stage's textured mesh stands 3 dB above the coarse stage's
     Gaussians (measured 20.6 -> 25.1 dB), and 0.8 dB above the same run with Stable Diffusion's
     weight 0, where only the blurred teacher teaches (measured 23.5 dB)."""
-    from backend.geometry.export import load_glb
     from backend.render.gaussians import GaussianModel
     from scenes import held_out_scores
 
@@ -230,7 +227,7 @@ def test_the_texture_detail_arrives_when_stable_diffusion_takes_over(tmp_path):
               "texture_size": 256, "bake_size": 96, "coarse_densify_until": 60, "init_points": 2000}
 
     def final_psnr(job):
-        return held_out_scores(mesh, 2.0, None, load_glb(job.dir / "asset.glb"), size=64)["mesh_psnr"]
+        return held_out_scores(mesh, 2.0, None, load_asset(job.dir), size=64)["mesh_psnr"]
     job, _ = run_local(JobStore(tmp_path / "handover"), DTC123Pipeline, "fast", params, {}, 0, Emitter())
     coarse = held_out_scores(mesh, 2.0, GaussianModel.load_ply(job.dir / "gaussians_coarse.ply"), size=64)
     fine = final_psnr(job)

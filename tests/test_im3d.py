@@ -17,7 +17,7 @@ from backend.pipelines.base import Emitter, ParamError
 from backend.pipelines.im3d import IM3DPipeline, masked_views
 from backend.stages.progress import contact_sheet
 from backend.worker import run_local
-from scenes import make_test_object, render_rgba, write_object_glb
+from scenes import load_asset, make_test_object, render_rgba, write_object_glb
 from conftest import cli
 
 
@@ -167,7 +167,6 @@ def test_oracle_image_run_recovers_the_object(tmp_path):
     IoU >= 0.95 and textured-mesh PSNR >= 25 dB, the issue's figures (measured 0.980 / 26.8).
     What each loop gains on a jittered first generation is measured by ``bench/im3d.py
     --loop-check``."""
-    from backend.geometry.export import load_glb
     from backend.render.gaussians import GaussianModel
     from scenes import held_out_scores
 
@@ -176,7 +175,7 @@ def test_oracle_image_run_recovers_the_object(tmp_path):
     params = {"teacher": "oracle", "oracle_mesh": str(glb)}
     job, result = run_local(JobStore(tmp_path / "jobs"), IM3DPipeline, "fast", params, {}, 0, Emitter())
     scores = held_out_scores(mesh, result.meta["radius"], GaussianModel.load_ply(job.dir / "gaussians.ply"),
-                             load_glb(job.dir / "asset.glb"))
+                             load_asset(job.dir))
     print("im3d oracle fast:", scores, result.meta)
     assert scores["mesh_iou"] >= 0.95 and scores["mesh_psnr"] >= 25.0, scores
 

@@ -16,7 +16,7 @@ from backend.pipelines.reconstruct import ReconstructPipeline, load_dataset
 from backend.stages.reconstruction import psnr
 from backend.render.gaussians import GaussianModel, render
 from backend.render.mesh import render_mesh
-from scenes import make_test_object, render_rgba, spiral_views, write_dataset
+from scenes import load_asset, make_test_object, render_rgba, spiral_views, write_dataset
 from shared_protocol.client import JobError
 from conftest import cli
 
@@ -57,7 +57,7 @@ def test_fast_preset_reconstructs_held_out_views(scene, tmp_path):
     gt_mask = gt[..., 3] > 0.5
     with torch.no_grad():
         splats = render(GaussianModel.load_ply(job.dir / "gaussians.ply"), test_cams, background=1.0)
-        textured = render_mesh(load_glb(job.dir / "asset.glb"), test_cams, background=1.0)
+        textured = render_mesh(load_asset(job.dir), test_cams, background=1.0)
     figures = {
         "seconds": round(seconds, 1),
         "gaussian_psnr": round(psnr(splats.rgb, gt_rgb), 2),
@@ -71,12 +71,15 @@ def test_fast_preset_reconstructs_held_out_views(scene, tmp_path):
     assert figures["gaussian_iou"] >= 0.95, figures
     assert figures["mesh_psnr"] >= 23.0, figures
     assert previews.get("gaussians", 0) >= 2 and previews.get("mesh") == 1 and previews.get("texture") == 1
-    # The asset stands where the object stood: same place, scale and orientation (glTF axes).
-    got = load_glb(job.dir / "asset.glb").vertices
+    # The asset stands where the object stood: same place, scale and orientation (glTF axes;
+    # reconstruct's default height 0 keeps the poses' frame).
+    assert result.meta["output"]["origin"] == "job frame"
+    got = load_asset(job.dir).vertices
     lo, hi = got.min(0).values, got.max(0).values
     glo, ghi = mesh.vertices.min(0).values, mesh.vertices.max(0).values
     assert torch.allclose(lo, glo, atol=0.05) and torch.allclose(hi, ghi, atol=0.05), (lo, hi, glo, ghi)
-    assert set(result.files) == {"asset.glb", "gaussians.ply", "texture.png"}
+    normal = {"normal.png"} if "normal" in result.meta["output"]["maps"] else set()
+    assert set(result.files) == {"asset.glb", "gaussians.ply", "texture.png"} | normal
     assert result.arrays["faces"].dtype == np.int32 and result.arrays["texture"].shape == (512, 512, 3)
 
 

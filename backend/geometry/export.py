@@ -27,21 +27,28 @@ def texture_to_uint8(texture: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 def make_trimesh(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None = None,
-                 texture: np.ndarray | None = None, name: str = "splatsmith") -> trimesh.Trimesh:
+                 texture: np.ndarray | None = None, name: str = "splatsmith",
+                 normal_texture: np.ndarray | None = None, normals: np.ndarray | None = None) -> trimesh.Trimesh:
     """A trimesh with a PBR material whose base colour is ``texture`` (uint8 [H, W, 3|4]).
 
     Args:
         vertices: float [V, 3]; faces: int [F, 3].
         uv: float [V, 2] per-vertex UVs (origin bottom-left), required with a texture.
         texture: uint8 [H, W, 3|4], row 0 at the top.
+        normal_texture: uint8 [H, W, 3], a tangent-space normal map on the same UVs (glTF's
+            ``normalTexture``; tangents are left to the client's MikkTSpace, as glTF allows).
+        normals: float [V, 3] unit vertex normals (glTF's ``NORMAL``), e.g. shared across UV
+            seams; None: trimesh's own from the faces.
     """
-    mesh = trimesh.Trimesh(np.asarray(vertices, np.float32), np.asarray(faces, np.int64), process=False)
+    mesh = trimesh.Trimesh(np.asarray(vertices, np.float32), np.asarray(faces, np.int64), process=False,
+                           vertex_normals=None if normals is None else np.asarray(normals, np.float64))
     if texture is not None:
         if uv is None:
             raise ValueError("a texture needs per-vertex UVs")
         material = trimesh.visual.material.PBRMaterial(
             name=f"{name}_material", baseColorTexture=Image.fromarray(np.asarray(texture)),
             metallicFactor=0.0, roughnessFactor=0.9, doubleSided=False,
+            normalTexture=None if normal_texture is None else Image.fromarray(np.asarray(normal_texture)),
         )
         mesh.visual = trimesh.visual.TextureVisuals(uv=np.asarray(uv, np.float64), material=material)
     mesh.metadata["name"] = name
@@ -49,9 +56,11 @@ def make_trimesh(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None 
 
 
 def write_glb(path: str | Path, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None = None,
-              texture: np.ndarray | None = None, name: str = "splatsmith") -> Path:
-    """Write a binary glTF with one mesh and its base-colour texture. Returns the path."""
-    mesh = make_trimesh(vertices, faces, uv, texture, name)
+              texture: np.ndarray | None = None, name: str = "splatsmith",
+              normal_texture: np.ndarray | None = None, normals: np.ndarray | None = None) -> Path:
+    """Write a binary glTF with one mesh, its base-colour texture and optionally its normal map
+    (:func:`make_trimesh`). Returns the path."""
+    mesh = make_trimesh(vertices, faces, uv, texture, name, normal_texture, normals)
     path = Path(path)
     path.write_bytes(trimesh.exchange.gltf.export_glb(trimesh.Scene({name: mesh})))
     return path

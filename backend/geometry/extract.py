@@ -162,12 +162,15 @@ def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
 
 @dataclass
 class ExtractedMesh:
-    """The result of :func:`extract_mesh`: the mesh, the iso-level used, and the silhouette IoU
-    of the mesh against the Gaussians' renders (None when not calibrated)."""
+    """The result of :func:`extract_mesh`: the mesh (decimated to the face budget), the iso-level
+    used, the silhouette IoU of the mesh against the Gaussians' renders (None when not
+    calibrated), and the full-resolution surface before decimation (the same object as ``mesh``
+    when no decimation was needed), from which a normal map is baked."""
 
     mesh: trimesh.Trimesh
     level: float
     silhouette_iou: float | None
+    full: trimesh.Trimesh | None = None
 
 
 def extract_mesh(model: GaussianModel, resolution: int = 128, threshold: float = 1.0, max_faces: int = 50_000,
@@ -219,7 +222,7 @@ def extract_mesh(model: GaussianModel, resolution: int = 128, threshold: float =
     if calibration_cameras is None:
         mesh = surface(threshold)
         check()
-        return ExtractedMesh(decimate(mesh, max_faces), threshold, None)
+        return ExtractedMesh(decimate(mesh, max_faces), threshold, None, mesh)
     with torch.no_grad():
         target = render(model, calibration_cameras, background=0.0).alpha[..., 0].cpu() > 0.5
     best: tuple[trimesh.Trimesh, float, float] | None = None
@@ -237,7 +240,7 @@ def extract_mesh(model: GaussianModel, resolution: int = 128, threshold: float =
             f"the density (range {density.min():.3g}..{density.max():.3g}) crosses none of the levels around {threshold:g}"
         )
     check()
-    return ExtractedMesh(decimate(best[0], max_faces), best[1], best[2])
+    return ExtractedMesh(decimate(best[0], max_faces), best[1], best[2], best[0])
 
 
 def ellipsoid_radii(sigmas: np.ndarray, opacity: float, threshold: float) -> np.ndarray:

@@ -361,7 +361,17 @@ class Pipeline:
 
 
 #: The parameter groups, one vocabulary for every method (clients group their fields by them).
-PARAM_GROUPS = ("input", "gaussians", "densification", "teacher", "schedule", "mesh", "texture", "general")
+PARAM_GROUPS = ("input", "gaussians", "densification", "teacher", "schedule", "mesh", "texture", "output", "general")
+
+#: The output parameters of every method that writes a textured mesh (``stages.asset_output``),
+#: in group ``output``.
+OUTPUT_PARAMS = {
+    "height": Param("float", 1.0, "the asset's height, metres: it is scaled to it and stands on its origin, the "
+                    "bottom centre of its bounding box (0: the job's own scale and place)", min=0.0, max=1000.0,
+                    group="output"),
+    "normal_map": Param("bool", True, "bake the full-resolution surface into a tangent-space normal map on the "
+                        "decimated mesh (glTF normalTexture)", group="output"),
+}
 
 def grouped(params: dict[str, Param], groups: dict[str, tuple[str, ...]], basic: tuple[str, ...] = (),
             when: dict[str, tuple[str, tuple]] | None = None) -> dict[str, Param]:

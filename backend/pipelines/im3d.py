@@ -52,7 +52,8 @@ from ..guidance.multiview import MultiViewGenerator
 from ..images import load_rgba, recenter
 from ..render.gaussians import render
 from ..stages.gaussians import preview_gaussians
-from ..stages.mesh_export import bake_from_views, export_mesh, write_textured_asset
+from ..stages.asset_output import write_asset
+from ..stages.mesh_export import bake_from_views, export_mesh
 from ..stages.progress import PreviewThrottle, contact_sheet
 from ..stages.reference_image import draw_reference, on_white
 from ..stages.reconstruction import GaussianFit, Views, calibration_cameras
@@ -190,7 +191,8 @@ class IM3DPipeline(IM3DSpec):
                                max_faces=p["max_faces"], calibration_cameras=calibration_cameras(final.cameras),
                                texture_size=p["texture_size"], unwrap_time_limit=p["unwrap_time_limit"], emit=emit,
                                cancel=cancel, bounds=(np.full(3, -extent), np.full(3, extent)))
-        files, arrays = write_textured_asset(request.job_dir, exported.uvm, exported.texture, "im3d")
+        files, arrays, output = write_asset(request.job_dir, exported.uvm, exported.texture, "im3d", p, emit, cancel,
+                                            full=exported.extracted.full)
         files["gaussians.ply"] = request.job_dir / "gaussians.ply"
         if drawn_meta is not None:
             files.update({name: request.job_dir / name for name in ("reference.png", "reference_drawn.png")})
@@ -201,5 +203,5 @@ class IM3DPipeline(IM3DSpec):
             "mode": p["mode"], "views": k, "view_elevations": [round(float(e), 3) for e in elevations], "loops": loop, "denoiser_evaluations": evaluations,
             "view_evaluations": view_evaluations,
             "gaussians": len(model), "faces": int(len(exported.uvm.faces)), "seconds": clock,
-            "total_seconds": round(time.monotonic() - t0, 2), "radius": p["radius"],
+            "total_seconds": round(time.monotonic() - t0, 2), "radius": p["radius"], "output": output,
             **({"reference": drawn_meta} if drawn_meta is not None else {})})

@@ -33,7 +33,8 @@ from PIL import Image
 
 from ..cameras import Cameras, blender_to_gltf, fovx_to_fovy, load_transforms_json
 from ..geometry.export import write_ply
-from ..stages.mesh_export import bake_from_views, export_mesh, write_textured_asset
+from ..stages.asset_output import write_asset
+from ..stages.mesh_export import bake_from_views, export_mesh
 from ..stages.reconstruction import Views, calibration_cameras, fit_gaussians
 from ..contracts import CancelToken, Emitter, JobRequest, ParamError, Result
 from .specs.reconstruct import ReconstructSpec
@@ -118,9 +119,10 @@ class ReconstructPipeline(ReconstructSpec):
                                max_faces=p["max_faces"], calibration_cameras=calibration_cameras(views.cameras),
                                texture_size=p["texture_size"], unwrap_time_limit=p["unwrap_time_limit"], emit=emit,
                                cancel=cancel)
-        files, arrays = write_textured_asset(job_dir, exported.uvm, exported.texture, "reconstruction")
+        files, arrays, output = write_asset(job_dir, exported.uvm, exported.texture, "reconstruction", p, emit, cancel,
+                                            full=exported.extracted.full)
         files["gaussians.ply"] = job_dir / "gaussians.ply"
         return Result(files=files, arrays=arrays, meta={
             "gaussians": len(model), "faces": int(len(exported.uvm.faces)), "fit_seconds": round(t_fit, 2),
             "density_level": exported.extracted.level, "silhouette_iou": exported.extracted.silhouette_iou,
-            "total_seconds": round(time.monotonic() - t0, 2)})
+            "total_seconds": round(time.monotonic() - t0, 2), "output": output})

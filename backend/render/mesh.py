@@ -495,6 +495,61 @@ def render_mesh(mesh: TexturedMesh, cameras: Cameras, background=1.0, backend: s
     return MeshRender(rgb, alpha, depth, rast)
 
 
+def perturbed_normals(normal_map: torch.Tensor, uv: torch.Tensor, normal: torch.Tensor, tangent: torch.Tensor,
+                      sign: torch.Tensor) -> torch.Tensor:
+    """The shading normals a tangent-space normal map gives (glTF 2.0 section 3.9.3; what
+    Blender's Normal Map node computes): n = normalize(x T + y B + z N), B = sign cross(N, T),
+    (x, y, z) = 2 map - 1.
+
+    Args:
+        normal_map: float [S, S, 3] in [0, 1], row 0 at the top.
+        uv: float [..., 2] (origin bottom-left); normal, tangent: float [..., 3] (interpolated,
+            not necessarily unit); sign: float [...] (+1 or -1).
+    Returns:
+        unit float [..., 3].
+    """
+    n = F.normalize(normal, dim=-1)
+    t = F.normalize(tangent - n * (tangent * n).sum(-1, keepdim=True), dim=-1)
+    b = torch.linalg.cross(n, t) * sign[..., None]
+    local = sample_texture(normal_map, uv) * 2.0 - 1.0
+    return F.normalize(local[..., :1] * t + local[..., 1:2] * b + local[..., 2:] * n, dim=-1)
+
+
+#: Two directional lights (unit vectors towards them, world) and their weights, and the ambient
+#: term of :func:`render_shaded`: a key light from the upper front right and a fill from the left.
+SHADING_LIGHTS = ((F.normalize(torch.tensor([0.5, 0.8, 0.6]), dim=0), 0.65),
+                  (F.normalize(torch.tensor([-0.7, 0.2, -0.3]), dim=0), 0.25))
+SHADING_AMBIENT = 0.1
+
+
+def render_shaded(vertices: torch.Tensor, faces: torch.Tensor, normals: torch.Tensor, cameras: Cameras,
+                  background: float = 1.0, uv: torch.Tensor | None = None, tangents: torch.Tensor | None = None,
+                  normal_map: torch.Tensor | None = None) -> torch.Tensor:
+    """A grey Lambertian render under :data:`SHADING_LIGHTS`, for comparing surfaces' shading
+    (a normal map against the geometry it stands for).
+
+    Args:
+        vertices: float [V, 3]; faces: int [F, 3]; normals: float [V, 3] (smooth shading).
+        cameras: C cameras.
+        uv: float [V, 2], tangents: float [V, 4] (xyz, sign) and normal_map float [S, S, 3]: with
+            all three, the normals are :func:`perturbed_normals`.
+    Returns:
+        float [C, H, W, 3] in [0, 1] over ``background``.
+    """
+    rast = rasterize(vertices, faces, cameras)
+    n = interpolate(normals, faces, rast)
+    if normal_map is not None:
+        sign = interpolate(tangents[:, 3:], faces, rast)[..., 0].sign()
+        n = perturbed_normals(normal_map, interpolate(uv, faces, rast), n, interpolate(tangents[:, :3], faces, rast), sign)
+    else:
+        n = F.normalize(n, dim=-1)
+    shade = torch.full(n.shape[:-1], SHADING_AMBIENT, device=n.device)
+    for direction, weight in SHADING_LIGHTS:
+        shade = shade + weight * (n * direction.to(n.device)).sum(-1).clamp_min(0.0)
+    alpha = rast.mask.float()
+    return (shade * alpha + (1.0 - alpha) * background)[..., None].expand(*shade.shape, 3).clamp(0, 1)
+
+
 def camera_depth(vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, rast: Rasterization) -> torch.Tensor:
     """Camera-space depth float [C, H, W, 1] (metres, 0 where empty), interpolated from the
     corners' depths with ``rast``'s perspective-correct barycentrics: differentiable w.r.t.

@@ -38,7 +38,8 @@ from ..render.gaussians import GaussianModel, render
 from ..render.mesh import TexturedMesh, render_mesh
 from ..schedules import Ramp, TimestepSchedule, make_schedule, sds_weighting, step_levels
 from .gaussians import Densification, expon_lr, preview_gaussians, reference_view_loss, sds_terms, set_lr, step_optimizers
-from .mesh_export import export_mesh, orbit_bake_cameras, render_bake_views, write_textured_asset
+from .asset_output import write_asset
+from .mesh_export import export_mesh, orbit_bake_cameras, render_bake_views
 from .progress import PreviewThrottle
 from .texture import optimise_texture
 
@@ -132,14 +133,17 @@ def denoiser_evaluations(*teachers) -> int:
     return sum(t.evaluations for t in unique.values())
 
 
-def write_refined_asset(job_dir: Path, uvm: UVMesh, mesh: TexturedMesh, name: str) -> tuple[dict, dict]:
+def write_refined_asset(job_dir: Path, uvm: UVMesh, mesh: TexturedMesh, name: str, p: dict, emit: Emitter,
+                        cancel: CancelToken) -> tuple[dict, dict, dict]:
     """The closing of a method that refined its extracted mesh (:func:`extract_textured_mesh`):
-    the atlas with the moved vertices and the refined texture as ``asset.glb`` + ``texture.png``
-    (``write_textured_asset``), and ``gaussians.ply`` among the files. Returns (files, arrays)."""
+    the atlas with the moved vertices and the refined texture through ``stages.asset_output``
+    (placed; no normal map, since the refined mesh is the finest surface there is: the
+    full-resolution one predates the refinement), and ``gaussians.ply`` among the files.
+    Returns (files, arrays, the output report)."""
     moved = UVMesh(mesh.vertices.detach().cpu().numpy().astype(np.float32), uvm.faces, uvm.uv, uvm.vmapping)
-    files, arrays = write_textured_asset(job_dir, moved, mesh.texture, name)
+    files, arrays, output = write_asset(job_dir, moved, mesh.texture, name, p, emit, cancel)
     files["gaussians.ply"] = job_dir / "gaussians.ply"
-    return files, arrays
+    return files, arrays, output
 
 
 def add_reference_depth(weights: str, ref: dict, device: str, emit: Emitter, *, models_dir=None, cache=None) -> bool:
@@ -282,7 +286,7 @@ def extract_textured_mesh(p: dict, model: GaussianModel, radius: float, job_dir:
 
     Returns:
         (the unwrapped mesh, the same as a :class:`TexturedMesh` on ``device`` with per-corner
-        UVs and the baked texture float [S, S, 3]).
+        UVs and the baked texture float [S, S, 3], the full-resolution surface before decimation).
     """
     write_ply(job_dir / "gaussians.ply", model)
     cancel.check()
@@ -301,7 +305,7 @@ def extract_textured_mesh(p: dict, model: GaussianModel, radius: float, job_dir:
     texture = torch.from_numpy(exported.texture).to(device)
     mesh = TexturedMesh(torch.from_numpy(uvm.vertices).to(device), torch.from_numpy(uvm.faces).to(device),
                         torch.from_numpy(uvm.corner_uv).to(device), texture)
-    return uvm, mesh
+    return uvm, mesh, exported.extracted.full
 
 
 def mesh_and_texture(p: dict, model: GaussianModel, teacher, ref: dict | None, radius: float, job_dir: Path,
@@ -311,15 +315,15 @@ def mesh_and_texture(p: dict, model: GaussianModel, teacher, ref: dict | None, r
     (:func:`refine_texture`), written as ``<name>`` GLB/PNG (and the PLY).
 
     Returns:
-        (files, arrays for the client, face count).
+        (files, arrays for the client, face count, the output report of ``stages.asset_output``).
     """
-    uvm, mesh = extract_textured_mesh(p, model, radius, job_dir, emit, cancel, device)
+    uvm, mesh, full = extract_textured_mesh(p, model, radius, job_dir, emit, cancel, device)
     texture = refine_texture(p, teacher, ref, radius, mesh, mesh.texture, emit, cancel, gen)
-    files, arrays = write_textured_asset(job_dir, uvm, texture, name)
+    files, arrays, output = write_asset(job_dir, uvm, texture, name, p, emit, cancel, full=full)
     files["gaussians.ply"] = job_dir / "gaussians.ply"
     if ref is not None:
         files["reference.png"] = job_dir / "reference.png"
-    return files, arrays, int(len(uvm.faces))
+    return files, arrays, int(len(uvm.faces)), output
 
 
 def refine_texture(p: dict, teacher, ref: dict | None, radius: float, mesh: TexturedMesh, texture: torch.Tensor,
@@ -358,10 +362,10 @@ def run_distillation(request: JobRequest, emit: Emitter, cancel: CancelToken, as
                              **schedule_kwargs(p))
     timings: dict = {}
     model = distil_gaussians(p, teacher, ref, radius, schedule, emit, cancel, gen, device, timings, on_step)
-    files, arrays, faces = mesh_and_texture(p, model, teacher, ref, radius, request.job_dir, emit, cancel, gen, device,
+    files, arrays, faces, output = mesh_and_texture(p, model, teacher, ref, radius, request.job_dir, emit, cancel, gen, device,
                                             asset_name)
     return Result(files=files, arrays=arrays, meta={
         "mode": p["mode"], "timestep_schedule": p["timestep_schedule"], "gaussians": len(model), "faces": faces,
         "denoiser_evaluations": teacher.evaluations, "view_evaluations": teacher.view_evaluations,
         "stage1_seconds": {k: round(v, 4) for k, v in timings.items()},
-        "total_seconds": round(time.monotonic() - t0, 2), "radius": radius})
+        "total_seconds": round(time.monotonic() - t0, 2), "radius": radius, "output": output})

@@ -1,5 +1,5 @@
-"""Mesh export: Gaussians -> surface -> UV atlas -> baked texture -> GLB, PLY and the arrays a
-client receives.
+"""Mesh export: Gaussians -> surface -> UV atlas -> baked texture (``stages.asset_output``
+then places it and writes the GLB and the arrays a client receives).
 
 Steps (DreamGaussian section 3.2, the reconstruction stage of IM-3D): density-field extraction
 with marching cubes, clean-up and decimation (``geometry.extract.extract_mesh``), xatlas
@@ -12,15 +12,13 @@ takes the job's cancel token.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..cameras import Cameras, orbit_cameras
-from ..geometry.export import texture_to_uint8, write_glb
+from ..geometry.export import texture_to_uint8
 from ..geometry.extract import ExtractedMesh, extract_mesh
 from ..geometry.uv import UVMesh, bake_texture, unwrap
 from ..contracts import CancelToken, Emitter
@@ -112,19 +110,3 @@ def rgba_preview(texture: np.ndarray | torch.Tensor) -> np.ndarray:
     """float [H, W, 3] in [0, 1] -> uint8 [H, W, 4] opaque, for ``texture`` previews."""
     tex8 = texture_to_uint8(texture)
     return np.concatenate([tex8, np.full(tex8.shape[:2] + (1,), 255, np.uint8)], -1)
-
-
-def write_textured_asset(job_dir: Path, uvm: UVMesh, texture: np.ndarray | torch.Tensor,
-                         name: str) -> tuple[dict[str, Path], dict[str, np.ndarray]]:
-    """Write ``asset.glb`` (glTF axes, the texture embedded) and ``texture.png``.
-
-    Returns:
-        (files name -> path, arrays for the client: vertices float32 [V, 3], faces int32
-        [F, 3], uv float32 [V, 2], texture uint8 [S, S, 3]).
-    """
-    tex8 = texture_to_uint8(texture)
-    glb = write_glb(job_dir / "asset.glb", uvm.vertices, uvm.faces, uvm.uv, tex8, name=name)
-    Image.fromarray(tex8).save(job_dir / "texture.png")
-    arrays = {"vertices": uvm.vertices.astype(np.float32), "faces": uvm.faces.astype(np.int32),
-              "uv": uvm.uv.astype(np.float32), "texture": tex8}
-    return {"asset.glb": glb, "texture.png": job_dir / "texture.png"}, arrays

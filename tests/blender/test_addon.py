@@ -402,3 +402,73 @@ def test_the_addon_works_unchanged_against_a_ray_backed_server(offline_addon, ra
     listed = {j["job_id"]: j for j in client_glue.session.server_jobs}
     first, second = (listed[state.job_id] for state in states)
     assert first["started"] < second["finished"] and second["started"] < first["finished"]  # they ran side by side
+
+
+def _world_bounds(obj) -> tuple[np.ndarray, np.ndarray]:
+    co = _vertices(obj)
+    m = np.array(obj.matrix_world)
+    world = co @ m[:3, :3].T + m[:3, 3]
+    return world.min(0), world.max(0)
+
+
+@pytest.mark.slow
+def test_a_generated_asset_stands_on_the_cursor_at_its_height_with_its_normal_map(addon, backend):
+    """Two heights: the object's lowest point at the cursor's height, its box centred on the
+    cursor in x and y, as tall as asked; its material reads the baked normal map through a
+    tangent-space Normal Map node on the UV map, shaded smooth with the backend's normals."""
+    assert bpy.ops.splatsmith.connect(address=backend) == {"FINISHED"}
+    bpy.context.scene.cursor.location = (1.0, 2.0, 0.5)
+    for height in (0.5, 0.3):
+        params = json.dumps({"mode": "text", "prompt": "a stone", "height": height})
+        assert bpy.ops.splatsmith.generate(params=params, preset="tiny", seed=1, wait=True,
+                                           timeout=JOB_CEILING) == {"FINISHED"}
+        state = client_glue.session.jobs[-1]
+        obj = bpy.data.objects[state.result_object]
+        lo, hi = _world_bounds(obj)
+        assert abs(lo[2] - 0.5) < 1e-4 and abs(hi[2] - lo[2] - height) < 1e-4, (lo, hi)
+        assert np.allclose((lo[:2] + hi[:2]) / 2, (1.0, 2.0), atol=1e-4), (lo, hi)
+        output = state.handle.result["meta"]["output"]
+        assert output["height"] == height and output["faces_full_resolution"] > output["faces"]
+        nodes = obj.data.materials[0].node_tree.nodes
+        normal_map = next(n for n in nodes if n.type == "NORMAL_MAP")
+        assert normal_map.space == "TANGENT" and normal_map.uv_map == "UVMap"
+        image = next(n for n in nodes if n.type == "TEX_IMAGE" and n.label == "Normal").image
+        assert image.packed_file is not None and image.colorspace_settings.name == "Non-Color"
+        bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
+        assert bsdf.inputs["Normal"].links[0].from_node == normal_map
+        assert all(p.use_smooth for p in obj.data.polygons)
+
+
+def test_the_backends_tangents_are_blenders_mikktspace(offline_addon):
+    """The tangents the normal map is baked in (``geometry.normal_map.mikktspace_tangents``)
+    against Blender's own MikkTSpace (``Mesh.calc_tangents``), which its Normal Map node decodes
+    with, on an unwrapped bumpy sphere with the backend's normals."""
+    import trimesh
+
+    from backend.geometry.normal_map import mikktspace_tangents, vertex_normals
+    from backend.geometry.uv import unwrap
+    from blender_addon import scene_io
+
+    s = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
+    v = np.asarray(s.vertices)
+    v = v * (1 + 0.05 * np.sin(20 * v[:, :1]) * np.sin(20 * v[:, 1:2]))
+    uvm = unwrap(v.astype(np.float32), np.asarray(s.faces), resolution=256)
+    normals = vertex_normals(uvm.vertices, uvm.faces, uvm.vmapping)
+    ours = mikktspace_tangents(uvm.vertices, normals, uvm.uv, uvm.faces)
+    obj = scene_io.apply_mesh("tangent check", uvm.vertices, uvm.faces, uvm.uv, normals)
+    mesh = obj.data
+    mesh.calc_tangents(uvmap="UVMap")
+    n = len(mesh.loops)
+    tangent, sign, vert = np.empty(n * 3, np.float32), np.empty(n, np.float32), np.empty(n, np.int32)
+    mesh.loops.foreach_get("tangent", tangent)
+    mesh.loops.foreach_get("bitangent_sign", sign)
+    mesh.loops.foreach_get("vertex_index", vert)
+    theirs = tangent.reshape(-1, 3)
+    expected = scene_io.gltf_to_blender(ours[vert, :3])
+    cos = np.clip((theirs * expected).sum(1), -1, 1)
+    angle = np.degrees(np.arccos(cos))
+    print(f"tangents against Blender's MikkTSpace: median {np.median(angle):.3f} deg, 99th percentile "
+          f"{np.percentile(angle, 99):.3f} deg, signs equal {np.mean(sign == ours[vert, 3]):.4f}")
+    assert np.median(angle) < 1.0 and np.percentile(angle, 99) < 10.0
+    assert np.mean(sign == ours[vert, 3]) > 0.99
+    scene_io.remove_object("tangent check")

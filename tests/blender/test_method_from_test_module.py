@@ -59,7 +59,8 @@ class SwatchPipeline(Pipeline):
         from backend.cameras import orbit_cameras, sample_orbit_cameras
         from backend.render.gaussians import GaussianModel, render
         from backend.stages.gaussians import preview_gaussians, reference_view_loss, step_optimizers
-        from backend.stages.mesh_export import export_mesh, orbit_bake_cameras, render_bake_views, write_textured_asset
+        from backend.stages.asset_output import write_asset
+        from backend.stages.mesh_export import export_mesh, orbit_bake_cameras, render_bake_views
         from backend.geometry.uv import bake_texture
         from backend.stages.progress import PreviewThrottle
 
@@ -90,8 +91,10 @@ class SwatchPipeline(Pipeline):
         exported = export_mesh(model, bake, resolution=p["mesh_resolution"], density_threshold=1.0, max_faces=5000,
                                calibration_cameras=orbit_cameras([0.0, 60.0], [0.0, 90.0], 2.0, 49.1, 64, 64),
                                texture_size=p["texture_size"], unwrap_time_limit=120.0, emit=emit, cancel=cancel)
-        files, arrays = write_textured_asset(request.job_dir, exported.uvm, exported.texture, "swatch")
-        return Result(files=files, arrays=arrays, meta={"faces": int(len(exported.uvm.faces)), "hue": p["hue"]})
+        files, arrays, output = write_asset(request.job_dir, exported.uvm, exported.texture, "swatch", p, emit, cancel,
+                                            full=exported.extracted.full)
+        return Result(files=files, arrays=arrays, meta={"faces": int(len(exported.uvm.faces)), "hue": p["hue"],
+                                                        "output": output})
 
 
 PIPELINES = {SwatchPipeline.name: SwatchPipeline}
@@ -244,6 +247,11 @@ def test_the_panel_follows_each_methods_description(blender_addon_connected, tmp
     assert ("label", "Guidance scale: 100 (for mode)") in text_mode
     settings["dreamgaussian.guidance_scale:set"] = True
     assert ("prop", '["dreamgaussian.guidance_scale"]', "Guidance scale") in drawn()
+    # the output options, under their own heading, from the server's schema like every parameter
+    log = drawn()
+    at = log.index(("label", "Output"))
+    assert ("prop", '["dreamgaussian.height"]', "Height") in log[at:] and \
+        ("prop", '["dreamgaussian.normal_map"]', "Normal map") in log[at:]
 
     settings.pipeline = "texture_refine"
     bpy.ops.mesh.primitive_cube_add()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ...contracts import parse_sizes
 from ...guidance.registry import STABLE_DIFFUSION, ZERO123
-from ..base import (BYTES_PER_GAUSSIAN, BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, BYTES_PER_VOXEL, TEACHER_BYTES, InputSpec,
+from ..base import (OUTPUT_PARAMS, BYTES_PER_GAUSSIAN, BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, BYTES_PER_VOXEL, TEACHER_BYTES, InputSpec,
                     PRIOR_ORACLE_PARAMS, PRIOR_ORACLE_WHEN, Param, ParamError, Pipeline, check_schedule_params, check_teacher_inputs, grouped, schedule_params)
 
 PARAMS = {
@@ -17,6 +17,7 @@ PARAMS = {
                      choices=("auto", "oracle")),
     "oracle_mesh": Param("str", "", "ground-truth GLB for teacher=oracle (a path on the server)", max_len=4096, path=True),
     **PRIOR_ORACLE_PARAMS,
+    **OUTPUT_PARAMS,
     "weights": Param("choice", "default", "teacher weights: default, stable (stable-zero123) or tiny",
                      choices=("default", "stable", "tiny")),
     "iters": Param("int", 500, "stage 1 steps", min=1, max=100_000),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ...guidance.registry import STABLE_DIFFUSION, ZERO123
 from .fitting import fit_params
 from .reference import TEXT_ONLY, check_reference, reference_params
-from ..base import (BYTES_PER_GAUSSIAN, BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, BYTES_PER_VOXEL, TEACHER_BYTES, InputSpec,
+from ..base import (OUTPUT_PARAMS, BYTES_PER_GAUSSIAN, BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, BYTES_PER_VOXEL, TEACHER_BYTES, InputSpec,
                     PRIOR_ORACLE_PARAMS, PRIOR_ORACLE_WHEN, Param, ParamError, Pipeline, check_teacher_inputs, grouped, register)
 
 
@@ -26,6 +26,7 @@ class IM3DSpec(Pipeline):
                          choices=("auto", "oracle")),
         "oracle_mesh": Param("str", "", "ground-truth GLB for teacher=oracle (a path on the server)", max_len=4096, path=True),
         **PRIOR_ORACLE_PARAMS,
+        **OUTPUT_PARAMS,
         "oracle_jitter": Param("float", 0.0, "teacher=oracle: the first generation's cameras jittered by up to this many "
                                "degrees in azimuth and elevation (inconsistent views, to verify that the loop repairs "
                                "them)", min=0, max=45),

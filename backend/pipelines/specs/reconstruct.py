@@ -2,8 +2,10 @@
 presets, inputs and checks (the method is ``backend.pipelines.reconstruct``)."""
 from __future__ import annotations
 
+import dataclasses
+
 from .fitting import fit_params
-from ..base import (BYTES_PER_GAUSSIAN, BYTES_PER_TEXEL, BYTES_PER_VOXEL, InputSpec, Param, ParamError, Pipeline,
+from ..base import (OUTPUT_PARAMS, BYTES_PER_GAUSSIAN, BYTES_PER_TEXEL, BYTES_PER_VOXEL, InputSpec, Param, ParamError, Pipeline,
                     grouped, register)
 
 
@@ -33,6 +35,9 @@ class ReconstructSpec(Pipeline):
         "densify_until": Param("int", 1800, "last densification step (60% of the default iters, as 3DGS's 15k of 30k)",
                                min=0, max=100_000),
         **fit_params(),
+        **OUTPUT_PARAMS,
+        # the poses give the object's real size and place: kept unless a height is asked for
+        "height": dataclasses.replace(OUTPUT_PARAMS["height"], default=0.0),
     }
     params = grouped(params, groups={
         "input": ("camera_angle_x", "resolution"),

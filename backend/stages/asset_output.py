@@ -1,0 +1,130 @@
+"""The last stage of every method that writes a textured mesh: the asset made ready for a scene.
+
+Every generating method (dreamgaussian, dreamtime, dtc123, dreamcraft3d, im3d, reconstruct)
+ends in :func:`write_asset`, with the output parameters of
+:data:`backend.pipelines.base.OUTPUT_PARAMS`:
+
+- **Placement and size** (``height``, metres): the asset is scaled uniformly so that its bounding
+  box is ``height`` tall (glTF's +Y), and moved so that the origin is the bottom centre of the box
+  (x and z centred, the lowest point at y = 0); ``height`` 0 keeps the job's own scale and place
+  (``reconstruct``'s default: its poses give the real size and place of what was photographed). The front stays +Z (glTF; Blender's importer and
+  the add-on turn it to Blender's -Y, the side its front view shows). The texture maps do not
+  depend on the scale.
+- **A normal map** (``normal_map``): when the mesh was decimated from a finer surface, that
+  surface's shading is baked into a tangent-space normal map on the decimated mesh's UVs
+  (``geometry.normal_map``), written as glTF's ``normalTexture`` and ``normal.png``.
+
+The meta of the result says what was done (``meta["output"]``: height, scale, faces of the
+full-resolution surface and of the asset, the maps written). ``texture_refine`` and
+``texture_paint`` do not come here: they keep their input's geometry and placement.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import trimesh
+from PIL import Image
+
+from ..contracts import CancelToken, Emitter
+from ..geometry.export import texture_to_uint8, write_glb
+from ..geometry.normal_map import bake_normal_map, vertex_normals
+from ..geometry.uv import UVMesh
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """The output parameters of a job (:data:`backend.pipelines.base.OUTPUT_PARAMS`)."""
+
+    height: float = 1.0
+    normal_map: bool = True
+
+    @classmethod
+    def from_params(cls, p: dict) -> "OutputOptions":
+        return cls(height=float(p.get("height", cls.height)), normal_map=bool(p.get("normal_map", cls.normal_map)))
+
+
+def placement(vertices: np.ndarray, height: float) -> tuple[float, np.ndarray]:
+    """The uniform scale and the offset that make the asset ``height`` metres tall (+Y) with its
+    origin at the bottom centre of its bounding box: placed = vertices * scale + offset.
+
+    Args:
+        vertices: float [V, 3] (glTF axes, metres); height: metres, > 0.
+    Returns:
+        (scale float, offset float64 [3]).
+    Raises:
+        ValueError: no vertices, or a mesh with no height (all vertices at one y).
+    """
+    v = np.asarray(vertices, np.float64)
+    if len(v) == 0:
+        raise ValueError("the mesh has no vertices to place")
+    lo, hi = v.min(0), v.max(0)
+    extent = hi[1] - lo[1]
+    if not extent > 0:
+        raise ValueError("the mesh is flat along +Y (no height to scale to); give it some height")
+    scale = float(height) / float(extent)
+    bottom_centre = np.array([(lo[0] + hi[0]) / 2, lo[1], (lo[2] + hi[2]) / 2])
+    return scale, -bottom_centre * scale
+
+
+def write_asset(job_dir: Path, uvm: UVMesh, texture: np.ndarray | torch.Tensor, name: str, p: dict, emit: Emitter,
+                cancel: CancelToken, full: trimesh.Trimesh | None = None) -> tuple[dict[str, Path], dict[str, np.ndarray], dict]:
+    """Place the asset, bake its normal map and write ``asset.glb`` (glTF axes, the maps embedded),
+    ``texture.png`` and ``normal.png``.
+
+    Args:
+        job_dir: where the files go.
+        uvm: the unwrapped mesh (vertices float32 [V, 3] in the job's frame, split along UV seams).
+        texture: the base colour float [S, S, 3] in [0, 1], row 0 at the top.
+        name: the asset's name in the GLB.
+        p: the job's parameters (:class:`OutputOptions` reads its own; ``texture_size`` sizes the
+            normal map).
+        emit: progress (stage ``output``) and a ``texture`` preview is not repeated here.
+        full: the full-resolution surface ``uvm`` was decimated from, in the same frame (None, or
+            no more faces than ``uvm``: no normal map is baked).
+    Returns:
+        (files name -> path; arrays for the client: vertices float32 [V, 3] placed, faces int32
+        [F, 3], uv float32 [V, 2], normals float32 [V, 3] (unit, shared by the copies of a vertex
+        along UV seams, so the surface shades smooth across them, and the frame the normal map was
+        baked in), texture uint8 [S, S, 3] and, when baked, normal_map uint8 [S, S, 3]; the
+        output report for ``meta["output"]``).
+    Raises:
+        ValueError: a mesh with no height.
+        JobCancelled: ``cancel`` fired.
+    """
+    options = OutputOptions.from_params(p)
+    tex8 = texture_to_uint8(texture)
+    report: dict = {"height": options.height, "faces": int(len(uvm.faces)),
+                    "faces_full_resolution": int(len(full.faces)) if full is not None else int(len(uvm.faces)),
+                    "maps": ["base_color"]}
+    normal8 = None
+    if options.normal_map and full is not None and len(full.faces) > len(uvm.faces):
+        emit.progress("output", 0, 1, message="baking the normal map")
+        size = int(p.get("texture_size", tex8.shape[0]))
+        normal = bake_normal_map(uvm.vertices, uvm.faces, uvm.uv, full, size, welded=uvm.vmapping, cancel=cancel)
+        normal8 = texture_to_uint8(normal)
+        report["maps"].append("normal")
+        emit.progress("output", 1, 1)
+    cancel.check()
+    if options.height > 0:
+        scale, offset = placement(uvm.vertices, options.height)
+        report["origin"] = "bottom centre"
+    else:  # the job's own frame (reconstruct: where the photographed object stood)
+        scale, offset = 1.0, np.zeros(3)
+        report["origin"] = "job frame"
+    vertices = (uvm.vertices.astype(np.float64) * scale + offset).astype(np.float32)
+    report.update(scale=scale, offset=[float(x) for x in offset])
+    normals = vertex_normals(uvm.vertices, uvm.faces, uvm.vmapping)  # shared across UV seams: smooth shading
+    glb = write_glb(job_dir / "asset.glb", vertices, uvm.faces, uvm.uv, tex8, name=name, normal_texture=normal8,
+                    normals=normals)
+    Image.fromarray(tex8).save(job_dir / "texture.png")
+    files = {"asset.glb": glb, "texture.png": job_dir / "texture.png"}
+    arrays = {"vertices": vertices, "faces": uvm.faces.astype(np.int32), "uv": uvm.uv.astype(np.float32),
+              "texture": tex8, "normals": normals}
+    if normal8 is not None:
+        Image.fromarray(normal8).save(job_dir / "normal.png")
+        files["normal.png"] = job_dir / "normal.png"
+        arrays["normal_map"] = normal8
+    return files, arrays, report
