@@ -351,7 +351,8 @@ def _finalize(state: JobState) -> None:
         _finalize_image(state, files)
         return
     name = _new_object_name(state.label or result["job_id"])
-    obj = scene_io.apply_mesh(name, arrays["vertices"], arrays["faces"], arrays.get("uv"), arrays.get("normals"))
+    obj = scene_io.apply_mesh(name, arrays["vertices"], arrays["faces"], arrays.get("uv"), arrays.get("normals"),
+                              arrays.get("polygons"), arrays.get("polygon_sizes"))
     if "texture.png" in files:
         image = scene_io.packed_image_from_png(f"{name} texture", np.asarray(files["texture.png"]).tobytes())
         material = scene_io.assign_texture(obj, image, f"{name} material")

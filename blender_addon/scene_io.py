@@ -69,6 +69,20 @@ def check_mesh(vertices, faces, uv=None) -> tuple[np.ndarray, np.ndarray, np.nda
     return vertices, faces, uv
 
 
+def check_polygons(polygons, sizes, vertex_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate polygons (corner indices int [N] into ``vertex_count`` vertices, ``sizes`` int [P]
+    of at least 3 summing to N); raises SceneDataError before Blender sees them."""
+    polygons = _array("polygons", polygons, "iu", 1, None, 4 * MAX_FACES)
+    sizes = _array("polygon sizes", sizes, "iu", 1, None, MAX_FACES)
+    if len(sizes) and (int(sizes.min()) < 3 or int(sizes.sum()) != len(polygons)):
+        raise SceneDataError(f"the backend sent {len(sizes)} polygon sizes (each at least 3) that do not add up to "
+                             f"their {len(polygons)} corners")
+    if len(polygons) and (int(polygons.min()) < 0 or int(polygons.max()) >= vertex_count):
+        raise SceneDataError(f"the backend sent polygons indexing vertex {int(polygons.max())} (or below 0) of a mesh "
+                             f"with {vertex_count} vertices")
+    return polygons, sizes
+
+
 def check_rgba(rgba) -> np.ndarray:
     """Validate an image uint8 [H, W, 4]."""
     arr = np.asarray(rgba)
@@ -105,17 +119,20 @@ def _object(name: str) -> bpy.types.Object:
     return obj
 
 
-def _set_geometry(mesh: bpy.types.Mesh, vertices: np.ndarray, faces: np.ndarray | None) -> None:
+def _set_geometry(mesh: bpy.types.Mesh, vertices: np.ndarray, faces: np.ndarray | None,
+                  sizes: np.ndarray | None = None) -> None:
+    """``faces``: triangles int [F, 3], or with ``sizes`` int [P] the polygons' corners flat."""
     mesh.clear_geometry()
     verts = gltf_to_blender(vertices)
     mesh.vertices.add(len(verts))
     mesh.attributes["position"].data.foreach_set("vector", verts.ravel())  # faster than vertices' "co"
     if faces is not None and len(faces):
-        f = np.asarray(faces, dtype=np.int32)
+        f = np.asarray(faces, dtype=np.int32).ravel()
+        sizes = np.full(f.size // 3, 3, np.int32) if sizes is None else np.asarray(sizes, np.int32)
         mesh.loops.add(f.size)
-        mesh.polygons.add(len(f))
-        mesh.polygons.foreach_set("loop_start", np.arange(0, f.size, 3, dtype=np.int32))
-        mesh.attributes[".corner_vert"].data.foreach_set("value", f.ravel())
+        mesh.polygons.add(len(sizes))
+        mesh.polygons.foreach_set("loop_start", (np.cumsum(sizes) - sizes).astype(np.int32))
+        mesh.attributes[".corner_vert"].data.foreach_set("value", f)
     mesh.update()
 
 
@@ -159,15 +176,22 @@ def apply_gaussian_preview(name: str, means: np.ndarray, rgb: np.ndarray, opacit
 
 
 def apply_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None = None,
-               normals: np.ndarray | None = None) -> bpy.types.Object:
+               normals: np.ndarray | None = None, polygons: np.ndarray | None = None,
+               polygon_sizes: np.ndarray | None = None) -> bpy.types.Object:
     """Create or update a mesh object. ``uv`` is per-vertex float32 [V, 2] (origin bottom-left);
     ``normals`` per-vertex unit float32 [V, 3] (glTF axes): the mesh is then shaded smooth with
     them as its custom normals (the frame a normal map was baked in, the same across UV seams).
+    ``polygons`` int [sum of sizes] with ``polygon_sizes`` int [P] (quads, or any polygons) over
+    the same vertices replace the triangles ``faces`` when given.
 
     Raises:
         SceneDataError: malformed arrays or face indices out of range (nothing changes).
     """
     vertices, faces, uv = check_mesh(vertices, faces, uv)
+    sizes = None
+    if polygons is not None:
+        polygons, sizes = check_polygons(polygons, polygon_sizes, len(vertices))
+        faces = polygons
     if normals is not None:
         normals = _array("normals", normals, "f", 2, (3,), MAX_VERTICES)
         if len(normals) != len(vertices):
@@ -176,10 +200,10 @@ def apply_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarra
     mesh = obj.data
     if "Points" in obj.modifiers:
         obj.modifiers.remove(obj.modifiers["Points"])
-    _set_geometry(mesh, vertices, faces)
+    _set_geometry(mesh, vertices, faces, sizes)
     if uv is not None:  # a FLOAT2 corner attribute is a UV map; its foreach_set is ~4x faster than uv_layers'
         layer = mesh.attributes.get("UVMap") or mesh.attributes.new("UVMap", "FLOAT2", "CORNER")
-        layer.data.foreach_set("vector", np.asarray(uv, np.float32)[np.asarray(faces).ravel()].ravel())
+        layer.data.foreach_set("vector", np.asarray(uv, np.float32)[np.asarray(faces).ravel()].ravel())  # per corner
     if normals is not None and len(faces):
         mesh.shade_smooth()
         mesh.normals_split_custom_set_from_vertices(gltf_to_blender(np.asarray(normals, np.float32)))

@@ -371,6 +371,9 @@ OUTPUT_PARAMS = {
                     group="output"),
     "normal_map": Param("bool", True, "bake the full-resolution surface into a tangent-space normal map on the "
                         "decimated mesh (glTF normalTexture)", group="output"),
+    "remesh": Param("choice", "none", "quad: remesh into quads (Instant Meshes) and bake colour and normals from "
+                    "the full-resolution surface onto them", choices=("none", "quad"), group="output"),
+    "quad_faces": Param("int", 5000, "remesh=quad: about how many quads", min=100, max=200_000, group="output"),
 }
 
 def grouped(params: dict[str, Param], groups: dict[str, tuple[str, ...]], basic: tuple[str, ...] = (),

@@ -12,7 +12,13 @@ ends in :func:`write_asset`, with the output parameters of
   depend on the scale.
 - **A normal map** (``normal_map``): when the mesh was decimated from a finer surface, that
   surface's shading is baked into a tangent-space normal map on the decimated mesh's UVs
-  (``geometry.normal_map``), written as glTF's ``normalTexture`` and ``normal.png``.
+  (``geometry.surface_bake``), written as glTF's ``normalTexture`` and ``normal.png``.
+- **Quads** (``remesh="quad"``, ``quad_faces``): the full-resolution surface (or the mesh itself)
+  remeshed into about ``quad_faces`` quads by Instant Meshes (``geometry.quad_remesh``), unwrapped
+  by xatlas (its triangulation: two triangles per quad), the colour baked from the textured mesh
+  and the normals from the surface the quads were made from. The client receives the quads as
+  polygons (``polygons`` and ``polygon_sizes``: a quad cut by a UV seam through its diagonal
+  becomes its two triangles); the GLB holds the triangles, as glTF requires.
 
 The meta of the result says what was done (``meta["output"]``: height, scale, faces of the
 full-resolution surface and of the asset, the maps written). ``texture_refine`` and
@@ -30,8 +36,9 @@ from PIL import Image
 
 from ..contracts import CancelToken, Emitter
 from ..geometry.export import texture_to_uint8, write_glb
-from ..geometry.normal_map import bake_normal_map, vertex_normals
-from ..geometry.uv import UVMesh
+from ..geometry.quad_remesh import keep_quads_whole, quads_on_split_vertices, remesh_quads, triangulate_quads
+from ..geometry.surface_bake import bake_normal_map, transfer_texture, vertex_normals
+from ..geometry.uv import UVMesh, unwrap
 
 
 @dataclass(frozen=True)
@@ -40,10 +47,13 @@ class OutputOptions:
 
     height: float = 1.0
     normal_map: bool = True
+    remesh: str = "none"
+    quad_faces: int = 5000
 
     @classmethod
     def from_params(cls, p: dict) -> "OutputOptions":
-        return cls(height=float(p.get("height", cls.height)), normal_map=bool(p.get("normal_map", cls.normal_map)))
+        return cls(height=float(p.get("height", cls.height)), normal_map=bool(p.get("normal_map", cls.normal_map)),
+                   remesh=str(p.get("remesh", cls.remesh)), quad_faces=int(p.get("quad_faces", cls.quad_faces)))
 
 
 def placement(vertices: np.ndarray, height: float) -> tuple[float, np.ndarray]:
@@ -83,27 +93,49 @@ def write_asset(job_dir: Path, uvm: UVMesh, texture: np.ndarray | torch.Tensor, 
             normal map).
         emit: progress (stage ``output``) and a ``texture`` preview is not repeated here.
         full: the full-resolution surface ``uvm`` was decimated from, in the same frame (None, or
-            no more faces than ``uvm``: no normal map is baked).
+            no more faces than ``uvm``: no normal map is baked unless the quads replace ``uvm``).
     Returns:
         (files name -> path; arrays for the client: vertices float32 [V, 3] placed, faces int32
         [F, 3], uv float32 [V, 2], normals float32 [V, 3] (unit, shared by the copies of a vertex
         along UV seams, so the surface shades smooth across them, and the frame the normal map was
-        baked in), texture uint8 [S, S, 3] and, when baked, normal_map uint8 [S, S, 3]; the
-        output report for ``meta["output"]``).
+        baked in), texture uint8 [S, S, 3], when baked normal_map uint8 [S, S, 3], with quads
+        polygons int32 [sum of sizes] and polygon_sizes int32 [P] (4 or 3) over the same
+        vertices; the output report for ``meta["output"]``).
     Raises:
         ValueError: a mesh with no height.
+        RemeshError, UnwrapError: the quad remesh or its unwrapping failed.
         JobCancelled: ``cancel`` fired.
     """
     options = OutputOptions.from_params(p)
+    texture = texture.detach().cpu().numpy() if isinstance(texture, torch.Tensor) else np.asarray(texture, np.float32)
+    size = int(p.get("texture_size", texture.shape[0]))
+    report: dict = {"height": options.height, "faces_full_resolution": int(len(full.faces)) if full is not None
+                    else int(len(uvm.faces)), "maps": ["base_color"], "remesh": options.remesh}
+    polygons = None
+    detail = full if full is not None and len(full.faces) > len(uvm.faces) else None
+    if options.remesh == "quad":
+        old = uvm
+        source = trimesh.Trimesh(old.vertices, old.faces, process=False)
+        surface = full if full is not None else trimesh.Trimesh(*_welded(old), process=False)
+        emit.progress("output", 0, 3, message="remeshing into quads (Instant Meshes)")
+        qv, quads = remesh_quads(surface.vertices, surface.faces, options.quad_faces)
+        cancel.check()
+        emit.progress("output", 1, 3, message="UV unwrapping the quads")
+        uvm = keep_quads_whole(unwrap(qv, triangulate_quads(quads), resolution=size,
+                                      time_limit=float(p.get("unwrap_time_limit", 300.0)), cancel=cancel), size)
+        emit.progress("output", 2, 3, message="baking the colour onto the quads")
+        texture = transfer_texture(uvm.vertices, uvm.faces, uvm.uv, source, old.uv, texture, size, cancel=cancel)
+        polygons = quads_on_split_vertices(uvm.faces)
+        report["quads"] = int((polygons[1] == 4).sum())
+        report["quad_fraction"] = round(float((polygons[1] == 4).sum()) / len(polygons[1]), 4)
+        detail = surface  # the quads are a new surface: its detail comes from the one they were made from
+        emit.progress("output", 3, 3)
+    report["faces"] = int(len(uvm.faces))
     tex8 = texture_to_uint8(texture)
-    report: dict = {"height": options.height, "faces": int(len(uvm.faces)),
-                    "faces_full_resolution": int(len(full.faces)) if full is not None else int(len(uvm.faces)),
-                    "maps": ["base_color"]}
     normal8 = None
-    if options.normal_map and full is not None and len(full.faces) > len(uvm.faces):
+    if options.normal_map and detail is not None:
         emit.progress("output", 0, 1, message="baking the normal map")
-        size = int(p.get("texture_size", tex8.shape[0]))
-        normal = bake_normal_map(uvm.vertices, uvm.faces, uvm.uv, full, size, welded=uvm.vmapping, cancel=cancel)
+        normal = bake_normal_map(uvm.vertices, uvm.faces, uvm.uv, detail, size, welded=uvm.vmapping, cancel=cancel)
         normal8 = texture_to_uint8(normal)
         report["maps"].append("normal")
         emit.progress("output", 1, 1)
@@ -123,8 +155,19 @@ def write_asset(job_dir: Path, uvm: UVMesh, texture: np.ndarray | torch.Tensor, 
     files = {"asset.glb": glb, "texture.png": job_dir / "texture.png"}
     arrays = {"vertices": vertices, "faces": uvm.faces.astype(np.int32), "uv": uvm.uv.astype(np.float32),
               "texture": tex8, "normals": normals}
+    if polygons is not None:  # the quads as polygons over the same vertices (the GLB stays triangles)
+        arrays["polygons"], arrays["polygon_sizes"] = polygons
     if normal8 is not None:
         Image.fromarray(normal8).save(job_dir / "normal.png")
         files["normal.png"] = job_dir / "normal.png"
         arrays["normal_map"] = normal8
     return files, arrays, report
+
+
+def _welded(uvm: UVMesh) -> tuple[np.ndarray, np.ndarray]:
+    """A UV-split mesh's surface with the copies along seams merged again: (vertices float32
+    [W, 3], faces int64 [F, 3]), for a remesher that must see one connected surface."""
+    count = int(uvm.vmapping.max()) + 1
+    vertices = np.zeros((count, 3), np.float32)
+    vertices[uvm.vmapping] = uvm.vertices
+    return vertices, uvm.vmapping[uvm.faces].astype(np.int64)

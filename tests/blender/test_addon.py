@@ -413,13 +413,15 @@ def _world_bounds(obj) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.slow
 def test_a_generated_asset_stands_on_the_cursor_at_its_height_with_its_normal_map(addon, backend):
-    """Two heights: the object's lowest point at the cursor's height, its box centred on the
-    cursor in x and y, as tall as asked; its material reads the baked normal map through a
-    tangent-space Normal Map node on the UV map, shaded smooth with the backend's normals."""
+    """Two heights, then quads: the object's lowest point at the cursor's height, its box
+    centred on the cursor in x and y, as tall as asked; its material reads the baked normal map
+    through a tangent-space Normal Map node on the UV map, shaded smooth with the backend's
+    normals; with remesh=quad at least 90% of its faces are quads, colour and normals baked."""
     assert bpy.ops.splatsmith.connect(address=backend) == {"FINISHED"}
     bpy.context.scene.cursor.location = (1.0, 2.0, 0.5)
-    for height in (0.5, 0.3):
-        params = json.dumps({"mode": "text", "prompt": "a stone", "height": height})
+    for height, remesh in ((0.5, "none"), (0.3, "none"), (0.5, "quad")):
+        params = json.dumps({"mode": "text", "prompt": "a stone", "height": height, "remesh": remesh,
+                             "quad_faces": 1000})
         assert bpy.ops.splatsmith.generate(params=params, preset="tiny", seed=1, wait=True,
                                            timeout=JOB_CEILING) == {"FINISHED"}
         state = client_glue.session.jobs[-1]
@@ -428,7 +430,15 @@ def test_a_generated_asset_stands_on_the_cursor_at_its_height_with_its_normal_ma
         assert abs(lo[2] - 0.5) < 1e-4 and abs(hi[2] - lo[2] - height) < 1e-4, (lo, hi)
         assert np.allclose((lo[:2] + hi[:2]) / 2, (1.0, 2.0), atol=1e-4), (lo, hi)
         output = state.handle.result["meta"]["output"]
-        assert output["height"] == height and output["faces_full_resolution"] > output["faces"]
+        assert output["height"] == height and output["remesh"] == remesh
+        sizes = np.array([len(p.vertices) for p in obj.data.polygons])
+        if remesh == "quad":
+            print(f"remesh=quad in Blender: {len(sizes)} faces, {np.mean(sizes == 4):.1%} quads")
+            assert np.mean(sizes == 4) >= 0.9 and output["quads"] == int((sizes == 4).sum()), output
+        else:
+            assert output["faces_full_resolution"] > output["faces"] and np.all(sizes == 3)
+        image = obj.data.materials[0].node_tree.nodes["Image Texture"].image
+        assert image.packed_file is not None and image.size[0] == 128
         nodes = obj.data.materials[0].node_tree.nodes
         normal_map = next(n for n in nodes if n.type == "NORMAL_MAP")
         assert normal_map.space == "TANGENT" and normal_map.uv_map == "UVMap"
@@ -440,12 +450,12 @@ def test_a_generated_asset_stands_on_the_cursor_at_its_height_with_its_normal_ma
 
 
 def test_the_backends_tangents_are_blenders_mikktspace(offline_addon):
-    """The tangents the normal map is baked in (``geometry.normal_map.mikktspace_tangents``)
+    """The tangents the normal map is baked in (``geometry.surface_bake.mikktspace_tangents``)
     against Blender's own MikkTSpace (``Mesh.calc_tangents``), which its Normal Map node decodes
     with, on an unwrapped bumpy sphere with the backend's normals."""
     import trimesh
 
-    from backend.geometry.normal_map import mikktspace_tangents, vertex_normals
+    from backend.geometry.surface_bake import mikktspace_tangents, vertex_normals
     from backend.geometry.uv import unwrap
     from blender_addon import scene_io
 

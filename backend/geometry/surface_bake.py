@@ -1,5 +1,6 @@
-"""Tangent-space normal maps: the surface detail of a full-resolution mesh baked onto the UV
-atlas of its decimated (or remeshed) version.
+"""Baking one surface onto another's UV atlas: the shading detail of a full-resolution mesh as a
+tangent-space normal map, and a textured mesh's colour onto a new mesh (a remesh) of the same
+surface.
 
 glTF 2.0 (section 3.9.3, ``normalTexture``) stores normals in tangent space, red = tangent, green
 = bitangent, blue = normal, each as 0.5 n + 0.5, and says a client without stored tangents
@@ -20,10 +21,11 @@ spaces too; MikkTSpace's further split of a vertex between faces of opposite UV 
 corners' angles. ``tests/blender`` checks the result against Blender's own MikkTSpace
 (``Mesh.calc_tangents``).
 
-:func:`bake_normal_map` maps each texel of the low mesh's atlas to the closest point on the
-full-resolution surface (trimesh's ``proximity.closest_point``), takes the full mesh's smooth
+Both bakes map each texel of the target's atlas to the closest point on the source surface
+(trimesh's ``proximity.closest_point``): :func:`bake_normal_map` takes the source's smooth
 normal there (barycentric interpolation of its area-weighted vertex normals) and writes it in
-the low mesh's tangent frame at that texel.
+the target's tangent frame at that texel; :func:`transfer_texture` takes the source's UV there
+and samples its texture.
 """
 from __future__ import annotations
 
@@ -149,6 +151,43 @@ def bake_normal_map(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, hig
     local = np.stack([(detail * t).sum(-1), (detail * b).sum(-1), (detail * n).sum(-1)], -1)
     out = np.tile(FLAT_NORMAL, (size, size, 1))
     out[covered] = np.clip(local * 0.5 + 0.5, 0.0, 1.0)
+    return fill_empty_texels(out, covered)
+
+
+def transfer_texture(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, source: trimesh.Trimesh,
+                     source_uv: np.ndarray, source_texture: np.ndarray, size: int, chunk: int = 200_000,
+                     cancel: Any = None) -> np.ndarray:
+    """Bake a textured mesh's colour onto another mesh of the same surface (a remesh of it).
+
+    Args:
+        vertices: float [V, 3]; faces: int [F, 3]; uv: float [V, 2] (origin bottom-left): the
+            target mesh, split along UV seams.
+        source: the textured mesh (same frame); source_uv: its per-vertex UVs float [Vs, 2];
+            source_texture: float [S', S', C] in [0, 1], row 0 at the top.
+        size: the new texture's side, texels.
+        chunk: texels per closest-point query; cancel: a ``CancelToken`` checked between chunks.
+    Returns:
+        float32 [size, size, C], texels outside every chart padded from the nearest chart texel.
+    Raises:
+        JobCancelled: ``cancel`` fired.
+    """
+    from ..render.mesh import sample_texture
+
+    faces = np.asarray(faces, np.int64)
+    rast = rasterize_uv(torch.from_numpy(np.asarray(uv, np.float32)[faces]), size, cancel=cancel)
+    covered = rast.mask[0].numpy()
+    pos = _texel_values(torch.from_numpy(np.asarray(vertices, np.float32)), torch.from_numpy(faces), rast)[covered]
+    src_uv = np.asarray(source_uv, np.float64)
+    at = np.empty((len(pos), 2))
+    for s in range(0, len(pos), chunk):
+        if cancel is not None:
+            cancel.check()
+        closest, _, tri = trimesh.proximity.closest_point(source, pos[s:s + chunk])
+        bary = trimesh.triangles.points_to_barycentric(source.triangles[tri], closest)
+        at[s:s + chunk] = (src_uv[source.faces[tri]] * bary[..., None]).sum(1)
+    texture = torch.from_numpy(np.asarray(source_texture, np.float32))
+    out = np.zeros((size, size, texture.shape[-1]), np.float32)
+    out[covered] = sample_texture(texture, torch.from_numpy(at.astype(np.float32))).numpy()
     return fill_empty_texels(out, covered)
 
 
