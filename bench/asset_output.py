@@ -2,9 +2,11 @@
 
 Prints figures; asserts nothing. The case is the size of a ``fast`` job's mesh stage: a bumpy
 sphere of 81,920 faces (a marching-cubes surface of that order) decimated to ``fast``'s 20,000
-faces, unwrapped, with a 512^2 texture. Times ``write_asset`` with the defaults (placement,
-the normal map baked from the full surface) against ``normal_map=false`` (placement only), best
-of three each.
+faces, unwrapped, with a 512^2 texture. Times ``write_asset`` with ``normal_map=false``
+(placement only), with the defaults (placement, the normal map baked from the full surface),
+with ``remesh=quad`` (5,000 quads, colour and normals baked onto them) and with ``pbr=true``
+(26 views decomposed by the intrinsics model: ``--weights tiny``, the random stand-in on this
+CPU, times the plumbing; ``default`` the real Marigold where its weights are), best of three.
 
     python bench/asset_output.py [--faces 20000] [--texture-size 512]
 """
@@ -33,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--faces", type=int, default=20_000)
     parser.add_argument("--texture-size", type=int, default=512)
+    parser.add_argument("--weights", choices=("tiny", "default"), default="tiny", help="the intrinsics model of pbr")
     args = parser.parse_args()
     s = trimesh.creation.icosphere(subdivisions=6, radius=0.5)
     v = np.asarray(s.vertices)
@@ -42,16 +45,18 @@ def main() -> None:
     uvm = unwrap(np.asarray(low.vertices, np.float32), np.asarray(low.faces), resolution=args.texture_size)
     texture = np.full((args.texture_size, args.texture_size, 3), 0.5, np.float32)
     print(f"write_asset: {len(full.faces)} faces decimated to {len(uvm.faces)}, texture {args.texture_size}^2")
-    for label, normal_map in (("placement only", False), ("+ normal map", True)):
+    base = {"texture_size": args.texture_size, "height": 1.0, "normal_map": False, "weights": args.weights}
+    for label, extra in (("placement only", {}), ("+ normal map", {"normal_map": True}),
+                         ("quads + normals", {"normal_map": True, "remesh": "quad", "quad_faces": 5000}),
+                         (f"+ pbr ({args.weights})", {"pbr": True})):
         best = float("inf")
         for _ in range(3):
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.monotonic()
-                write_asset(Path(tmp), uvm, texture, "bench", {"texture_size": args.texture_size, "height": 1.0,
-                                                                "normal_map": normal_map},
-                            Emitter(), CancelToken(), full=full)
+                _, _, report = write_asset(Path(tmp), uvm, texture, "bench", {**base, **extra}, Emitter(), CancelToken(),
+                                           full=full)
                 best = min(best, time.monotonic() - start)
-        print(f"{label:<16}{best:>8.2f} s")
+        print(f"{label:<18}{best:>8.2f} s   maps {', '.join(report['maps'])}")
 
 
 if __name__ == "__main__":

@@ -359,6 +359,10 @@ def _finalize(state: JobState) -> None:
         if "normal.png" in files:
             normal = scene_io.packed_image_from_png(f"{name} normal", np.asarray(files["normal.png"]).tobytes())
             scene_io.add_normal_map(material, normal)
+        if "metallic_roughness.png" in files:
+            mr = scene_io.packed_image_from_png(f"{name} metallic roughness",
+                                                np.asarray(files["metallic_roughness.png"]).tobytes())
+            scene_io.add_metallic_roughness(material, mr)
     # The backend puts the origin at the bottom centre of the asset (stages.asset_output), so at
     # the cursor it stands on the cursor's height, its front (glTF +Z) towards Blender's -Y.
     obj.location = bpy.context.scene.cursor.location

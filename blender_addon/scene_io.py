@@ -290,6 +290,21 @@ def add_normal_map(material: bpy.types.Material, image: bpy.types.Image, uv_name
     links.new(node.outputs["Normal"], bsdf.inputs["Normal"])
 
 
+def add_metallic_roughness(material: bpy.types.Material, image: bpy.types.Image) -> None:
+    """Wire glTF's metallic-roughness map (G roughness, B metallic, non-colour data) into the
+    material's Principled BSDF through a Separate Color node, as Blender's glTF importer does."""
+    nodes, links = material.node_tree.nodes, material.node_tree.links
+    bsdf = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None) or nodes.new("ShaderNodeBsdfPrincipled")
+    image.colorspace_settings.name = "Non-Color"
+    tex = next((n for n in nodes if n.type == "TEX_IMAGE" and n.label == "Metallic Roughness"), None) \
+        or nodes.new("ShaderNodeTexImage")
+    tex.label, tex.image = "Metallic Roughness", image
+    split = next((n for n in nodes if n.type == "SEPARATE_COLOR"), None) or nodes.new("ShaderNodeSeparateColor")
+    links.new(tex.outputs["Color"], split.inputs["Color"])
+    links.new(split.outputs["Green"], bsdf.inputs["Roughness"])
+    links.new(split.outputs["Blue"], bsdf.inputs["Metallic"])
+
+
 def remove_object(name: str) -> None:
     obj = bpy.data.objects.get(name)
     if obj is not None:

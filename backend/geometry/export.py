@@ -28,7 +28,8 @@ def texture_to_uint8(texture: np.ndarray | torch.Tensor) -> np.ndarray:
 
 def make_trimesh(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None = None,
                  texture: np.ndarray | None = None, name: str = "splatsmith",
-                 normal_texture: np.ndarray | None = None, normals: np.ndarray | None = None) -> trimesh.Trimesh:
+                 normal_texture: np.ndarray | None = None, normals: np.ndarray | None = None,
+                 metallic_roughness: np.ndarray | None = None) -> trimesh.Trimesh:
     """A trimesh with a PBR material whose base colour is ``texture`` (uint8 [H, W, 3|4]).
 
     Args:
@@ -39,6 +40,8 @@ def make_trimesh(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None 
             ``normalTexture``; tangents are left to the client's MikkTSpace, as glTF allows).
         normals: float [V, 3] unit vertex normals (glTF's ``NORMAL``), e.g. shared across UV
             seams; None: trimesh's own from the faces.
+        metallic_roughness: uint8 [H, W, 3], glTF's ``metallicRoughnessTexture`` (G roughness,
+            B metallic, linear; the factors are then 1); None: roughness 0.9, metallic 0.
     """
     mesh = trimesh.Trimesh(np.asarray(vertices, np.float32), np.asarray(faces, np.int64), process=False,
                            vertex_normals=None if normals is None else np.asarray(normals, np.float64))
@@ -47,8 +50,10 @@ def make_trimesh(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None 
             raise ValueError("a texture needs per-vertex UVs")
         material = trimesh.visual.material.PBRMaterial(
             name=f"{name}_material", baseColorTexture=Image.fromarray(np.asarray(texture)),
-            metallicFactor=0.0, roughnessFactor=0.9, doubleSided=False,
+            metallicFactor=0.0 if metallic_roughness is None else 1.0,
+            roughnessFactor=0.9 if metallic_roughness is None else 1.0, doubleSided=False,
             normalTexture=None if normal_texture is None else Image.fromarray(np.asarray(normal_texture)),
+            metallicRoughnessTexture=None if metallic_roughness is None else Image.fromarray(np.asarray(metallic_roughness)),
         )
         mesh.visual = trimesh.visual.TextureVisuals(uv=np.asarray(uv, np.float64), material=material)
     mesh.metadata["name"] = name
@@ -57,10 +62,11 @@ def make_trimesh(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None 
 
 def write_glb(path: str | Path, vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray | None = None,
               texture: np.ndarray | None = None, name: str = "splatsmith",
-              normal_texture: np.ndarray | None = None, normals: np.ndarray | None = None) -> Path:
+              normal_texture: np.ndarray | None = None, normals: np.ndarray | None = None,
+              metallic_roughness: np.ndarray | None = None) -> Path:
     """Write a binary glTF with one mesh, its base-colour texture and optionally its normal map
     (:func:`make_trimesh`). Returns the path."""
-    mesh = make_trimesh(vertices, faces, uv, texture, name, normal_texture, normals)
+    mesh = make_trimesh(vertices, faces, uv, texture, name, normal_texture, normals, metallic_roughness)
     path = Path(path)
     path.write_bytes(trimesh.exchange.gltf.export_glb(trimesh.Scene({name: mesh})))
     return path
@@ -101,6 +107,18 @@ def load_glb(path: str | Path, device: str | torch.device = "cpu") -> TexturedMe
         mesh = trimesh.util.concatenate(geoms)
     return TexturedMesh(torch.from_numpy(np.asarray(mesh.vertices, np.float32)), torch.from_numpy(np.asarray(mesh.faces, np.int64)),
                         uv, texture).to(device)
+
+
+def load_metallic_roughness(path: str | Path) -> torch.Tensor | None:
+    """A GLB's ``metallicRoughnessTexture`` as float [H, W, 3] in [0, 1] (G roughness, B metallic),
+    or None when its (single) mesh has none. Raises as :func:`load_glb`."""
+    load_glb(path)  # the same checks and messages
+    geoms = [g for g in trimesh.load(str(path), force="scene").dump() if isinstance(g, trimesh.Trimesh)]
+    material = getattr(geoms[0].visual, "material", None) if len(geoms) == 1 else None
+    image = getattr(material, "metallicRoughnessTexture", None)
+    if image is None:
+        return None
+    return torch.from_numpy(np.asarray(image.convert("RGB"), np.float32) / 255.0)
 
 
 def write_ply(path: str | Path, model: GaussianModel) -> Path:

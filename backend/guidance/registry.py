@@ -153,6 +153,16 @@ DEPTH = register_teacher(TeacherSpec(
     tiny_writer="backend.guidance.depth:write_tiny_dpt",
 ))
 
+INTRINSICS = register_teacher(TeacherSpec(
+    name="intrinsics",
+    title="Marigold IID appearance (albedo, roughness, metallic of an asset's views; not a teacher: pbr=true)",
+    variants={"default": ("prs-eth/marigold-iid-appearance-v1-1", "main"),
+              "tiny": ("splatsmith/tiny-marigold-iid", "local")},
+    components=("unet", "vae", "scheduler", "text_encoder", "tokenizer"),
+    loader="backend.guidance.intrinsics:load_marigold",
+    tiny_writer="backend.guidance.intrinsics:write_tiny_marigold_iid",
+))
+
 DEPTH_CONTROLNET = register_teacher(TeacherSpec(
     name="controlnet-depth",
     title="Depth ControlNet (not a teacher alone: loaded with sd-depth)",

@@ -197,7 +197,7 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
                 if (job_dir / DREAMBOOTH_LORA_FILE).is_file():
                     files[DREAMBOOTH_LORA_FILE] = job_dir / DREAMBOOTH_LORA_FILE
         clock["boost"] = round(time.monotonic() - mark, 2)
-        asset, arrays, output = write_refined_asset(job_dir, uvm, mesh, "dreamcraft3d", p, emit, cancel)
+        asset, arrays, output = write_refined_asset(job_dir, uvm, mesh, "dreamcraft3d", p, emit, cancel, request)
         files.update(asset)
         evaluations = denoiser_evaluations(zero123, sd)
         return Result(files=files, arrays=arrays, meta={

@@ -179,7 +179,7 @@ class DTC123Pipeline(DTC123Spec):
                               cancel=cancel, generator=gen,
                               note=note_at(offset, with_t=True))
         clock["fine"] = round(time.monotonic() - mark, 2)
-        files, arrays, output = write_refined_asset(request.job_dir, uvm, refined, "dtc123", p, emit, cancel)
+        files, arrays, output = write_refined_asset(request.job_dir, uvm, refined, "dtc123", p, emit, cancel, request)
         files["reference.png"] = request.job_dir / "reference.png"
         (request.job_dir / "curriculum.json").write_text(json.dumps(
             {"stages": [dict(s.__dict__) for s in curriculum.stages], "total": total, "steps": trace}))

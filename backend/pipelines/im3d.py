@@ -192,7 +192,7 @@ class IM3DPipeline(IM3DSpec):
                                texture_size=p["texture_size"], unwrap_time_limit=p["unwrap_time_limit"], emit=emit,
                                cancel=cancel, bounds=(np.full(3, -extent), np.full(3, extent)))
         files, arrays, output = write_asset(request.job_dir, exported.uvm, exported.texture, "im3d", p, emit, cancel,
-                                            full=exported.extracted.full)
+                                            full=exported.extracted.full, request=request)
         files["gaussians.ply"] = request.job_dir / "gaussians.ply"
         if drawn_meta is not None:
             files.update({name: request.job_dir / name for name in ("reference.png", "reference_drawn.png")})

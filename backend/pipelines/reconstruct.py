@@ -120,7 +120,7 @@ class ReconstructPipeline(ReconstructSpec):
                                texture_size=p["texture_size"], unwrap_time_limit=p["unwrap_time_limit"], emit=emit,
                                cancel=cancel)
         files, arrays, output = write_asset(job_dir, exported.uvm, exported.texture, "reconstruction", p, emit, cancel,
-                                            full=exported.extracted.full)
+                                            full=exported.extracted.full, request=request)
         files["gaussians.ply"] = job_dir / "gaussians.ply"
         return Result(files=files, arrays=arrays, meta={
             "gaussians": len(model), "faces": int(len(exported.uvm.faces)), "fit_seconds": round(t_fit, 2),

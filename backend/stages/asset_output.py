@@ -34,7 +34,7 @@ import torch
 import trimesh
 from PIL import Image
 
-from ..contracts import CancelToken, Emitter
+from ..contracts import CancelToken, Emitter, JobRequest
 from ..geometry.export import texture_to_uint8, write_glb
 from ..geometry.quad_remesh import keep_quads_whole, quads_on_split_vertices, remesh_quads, triangulate_quads
 from ..geometry.surface_bake import bake_normal_map, transfer_texture, vertex_normals
@@ -49,11 +49,13 @@ class OutputOptions:
     normal_map: bool = True
     remesh: str = "none"
     quad_faces: int = 5000
+    pbr: bool = False
 
     @classmethod
     def from_params(cls, p: dict) -> "OutputOptions":
         return cls(height=float(p.get("height", cls.height)), normal_map=bool(p.get("normal_map", cls.normal_map)),
-                   remesh=str(p.get("remesh", cls.remesh)), quad_faces=int(p.get("quad_faces", cls.quad_faces)))
+                   remesh=str(p.get("remesh", cls.remesh)), quad_faces=int(p.get("quad_faces", cls.quad_faces)),
+                   pbr=bool(p.get("pbr", cls.pbr)))
 
 
 def placement(vertices: np.ndarray, height: float) -> tuple[float, np.ndarray]:
@@ -80,7 +82,8 @@ def placement(vertices: np.ndarray, height: float) -> tuple[float, np.ndarray]:
 
 
 def write_asset(job_dir: Path, uvm: UVMesh, texture: np.ndarray | torch.Tensor, name: str, p: dict, emit: Emitter,
-                cancel: CancelToken, full: trimesh.Trimesh | None = None) -> tuple[dict[str, Path], dict[str, np.ndarray], dict]:
+                cancel: CancelToken, full: trimesh.Trimesh | None = None, request: JobRequest | None = None,
+                ) -> tuple[dict[str, Path], dict[str, np.ndarray], dict]:
     """Place the asset, bake its normal map and write ``asset.glb`` (glTF axes, the maps embedded),
     ``texture.png`` and ``normal.png``.
 
@@ -94,6 +97,8 @@ def write_asset(job_dir: Path, uvm: UVMesh, texture: np.ndarray | torch.Tensor, 
         emit: progress (stage ``output``) and a ``texture`` preview is not repeated here.
         full: the full-resolution surface ``uvm`` was decimated from, in the same frame (None, or
             no more faces than ``uvm``: no normal map is baked unless the quads replace ``uvm``).
+        request: the job (its device, models folder and model cache load the intrinsics
+            estimator for ``pbr``).
     Returns:
         (files name -> path; arrays for the client: vertices float32 [V, 3] placed, faces int32
         [F, 3], uv float32 [V, 2], normals float32 [V, 3] (unit, shared by the copies of a vertex
@@ -131,6 +136,19 @@ def write_asset(job_dir: Path, uvm: UVMesh, texture: np.ndarray | torch.Tensor, 
         detail = surface  # the quads are a new surface: its detail comes from the one they were made from
         emit.progress("output", 3, 3)
     report["faces"] = int(len(uvm.faces))
+    mr8 = None
+    if options.pbr:
+        estimator = _intrinsics(p, request)
+        if estimator is None:
+            report["pbr"] = "skipped: the intrinsics model's weights are not here (splatsmith models download intrinsics)"
+            emit.log(f"pbr: {report['pbr']}")
+        else:
+            emit.progress("output", 0, 1, message="estimating albedo, roughness and metallic")
+            texture, metallic_roughness = bake_pbr_maps(uvm, texture, estimator, size, cancel)
+            mr8 = texture_to_uint8(metallic_roughness)
+            report["maps"] = ["base_color (albedo)", "metallic_roughness"]
+            report["pbr"] = type(estimator).__name__
+            emit.progress("output", 1, 1)
     tex8 = texture_to_uint8(texture)
     normal8 = None
     if options.normal_map and detail is not None:
@@ -150,7 +168,7 @@ def write_asset(job_dir: Path, uvm: UVMesh, texture: np.ndarray | torch.Tensor, 
     report.update(scale=scale, offset=[float(x) for x in offset])
     normals = vertex_normals(uvm.vertices, uvm.faces, uvm.vmapping)  # shared across UV seams: smooth shading
     glb = write_glb(job_dir / "asset.glb", vertices, uvm.faces, uvm.uv, tex8, name=name, normal_texture=normal8,
-                    normals=normals)
+                    normals=normals, metallic_roughness=mr8)
     Image.fromarray(tex8).save(job_dir / "texture.png")
     files = {"asset.glb": glb, "texture.png": job_dir / "texture.png"}
     arrays = {"vertices": vertices, "faces": uvm.faces.astype(np.int32), "uv": uvm.uv.astype(np.float32),
@@ -161,7 +179,80 @@ def write_asset(job_dir: Path, uvm: UVMesh, texture: np.ndarray | torch.Tensor, 
         Image.fromarray(normal8).save(job_dir / "normal.png")
         files["normal.png"] = job_dir / "normal.png"
         arrays["normal_map"] = normal8
+    if mr8 is not None:
+        Image.fromarray(mr8).save(job_dir / "metallic_roughness.png")
+        files["metallic_roughness.png"] = job_dir / "metallic_roughness.png"
+        arrays["metallic_roughness"] = mr8
     return files, arrays, report
+
+
+#: The views the PBR maps are estimated in and baked from (DreamGaussian's 26 baking views,
+#: ``stages.mesh_export.orbit_bake_cameras``), framing the asset's bounding sphere.
+PBR_FOVY = 49.1
+
+
+def bake_pbr_maps(uvm: UVMesh, texture: np.ndarray, estimator, size: int, cancel: CancelToken
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Albedo, roughness and metallic of the textured asset, estimated in each of 26 views of it
+    and back-projected into its atlas the way the colour is baked (``geometry.uv.bake_texture``:
+    cos-weighted, visibility-tested, inpainted and padded).
+
+    Args:
+        uvm: the unwrapped mesh; texture: its base colour float [S, S, 3].
+        estimator: :class:`~backend.guidance.intrinsics.MarigoldIntrinsics` or
+            :class:`~backend.guidance.intrinsics.IntrinsicsOracle`.
+        size: the maps' side, texels (the views are rendered at ``min(size, 512)``).
+    Returns:
+        (albedo float32 [size, size, 3] in [0, 1], sRGB; metallic_roughness float32 [size, size, 3]
+        in glTF's layout: R 0, G roughness, B metallic).
+    Raises:
+        JobCancelled: ``cancel`` fired.
+    """
+    from ..cameras import Cameras
+    from ..geometry.uv import bake_texture
+    from ..render.mesh import TexturedMesh, render_mesh
+    from .mesh_export import orbit_bake_cameras
+
+    v = torch.from_numpy(np.asarray(uvm.vertices, np.float32))
+    lo, hi = v.min(0).values, v.max(0).values
+    centre, reach = (lo + hi) / 2, float((hi - lo).norm()) / 2
+    radius = 1.1 * reach / np.sin(np.radians(PBR_FOVY) / 2)
+    view = min(int(size), 512)
+    orbit = orbit_bake_cameras(radius, PBR_FOVY, view)
+    c2w = orbit.c2w.clone()
+    c2w[:, :3, 3] += centre  # looking at the asset's centre, in its own frame
+    cams = Cameras(c2w, orbit.fovy, view, view)
+    mesh = TexturedMesh(v, torch.from_numpy(np.asarray(uvm.faces, np.int64)),
+                        torch.from_numpy(uvm.corner_uv), torch.from_numpy(np.asarray(texture, np.float32)))
+    albedo, material, alpha = [], [], []
+    for i in range(len(cams)):
+        cancel.check()
+        with torch.no_grad():
+            shown = render_mesh(mesh, cams[i:i + 1], background=1.0)
+        out = estimator.estimate(shown.rgb, cams[i:i + 1])
+        albedo.append(out["albedo"])
+        material.append(torch.stack([torch.zeros_like(out["roughness"]), out["roughness"], out["metallic"]], -1))
+        alpha.append(shown.alpha[..., 0])
+    weights = torch.cat(alpha)
+    maps = [bake_texture(uvm, cams, torch.cat(images), weights, size=size, cancel=cancel)[0]
+            for images in (albedo, material)]
+    return maps[0], maps[1]
+
+
+def _intrinsics(p: dict, request: JobRequest | None):
+    """The job's intrinsics estimator: the oracle of ``oracle_mesh`` with ``teacher=oracle`` (its
+    base colour as the albedo, its ``metallicRoughnessTexture`` or glTF's default factors),
+    else Marigold (``guidance.intrinsics.load_intrinsics``) in the job's weights variant; None
+    when those weights are not here."""
+    from ..geometry.export import load_glb, load_metallic_roughness
+    from ..guidance.intrinsics import IntrinsicsOracle, load_intrinsics
+
+    if p.get("teacher") == "oracle" and p.get("oracle_mesh"):
+        return IntrinsicsOracle(load_glb(p["oracle_mesh"]), load_metallic_roughness(p["oracle_mesh"]))
+    device = request.device if request is not None else "cpu"
+    return load_intrinsics(str(p.get("weights", "default")), device,
+                           models_dir=request.models_dir if request is not None else None,
+                           cache=request.models if request is not None else None)
 
 
 def _welded(uvm: UVMesh) -> tuple[np.ndarray, np.ndarray]:

@@ -134,14 +134,14 @@ def denoiser_evaluations(*teachers) -> int:
 
 
 def write_refined_asset(job_dir: Path, uvm: UVMesh, mesh: TexturedMesh, name: str, p: dict, emit: Emitter,
-                        cancel: CancelToken) -> tuple[dict, dict, dict]:
+                        cancel: CancelToken, request: JobRequest | None = None) -> tuple[dict, dict, dict]:
     """The closing of a method that refined its extracted mesh (:func:`extract_textured_mesh`):
     the atlas with the moved vertices and the refined texture through ``stages.asset_output``
     (placed; no normal map, since the refined mesh is the finest surface there is: the
     full-resolution one predates the refinement), and ``gaussians.ply`` among the files.
     Returns (files, arrays, the output report)."""
     moved = UVMesh(mesh.vertices.detach().cpu().numpy().astype(np.float32), uvm.faces, uvm.uv, uvm.vmapping)
-    files, arrays, output = write_asset(job_dir, moved, mesh.texture, name, p, emit, cancel)
+    files, arrays, output = write_asset(job_dir, moved, mesh.texture, name, p, emit, cancel, request=request)
     files["gaussians.ply"] = job_dir / "gaussians.ply"
     return files, arrays, output
 
@@ -310,7 +310,7 @@ def extract_textured_mesh(p: dict, model: GaussianModel, radius: float, job_dir:
 
 def mesh_and_texture(p: dict, model: GaussianModel, teacher, ref: dict | None, radius: float, job_dir: Path,
                      emit: Emitter, cancel: CancelToken, gen: torch.Generator, device: str,
-                     name: str) -> tuple[dict, dict, int]:
+                     name: str, request: JobRequest | None = None) -> tuple[dict, dict, int, dict]:
     """DreamGaussian sections 3.2-3.3: :func:`extract_textured_mesh`, then stage 2
     (:func:`refine_texture`), written as ``<name>`` GLB/PNG (and the PLY).
 
@@ -319,7 +319,7 @@ def mesh_and_texture(p: dict, model: GaussianModel, teacher, ref: dict | None, r
     """
     uvm, mesh, full = extract_textured_mesh(p, model, radius, job_dir, emit, cancel, device)
     texture = refine_texture(p, teacher, ref, radius, mesh, mesh.texture, emit, cancel, gen)
-    files, arrays, output = write_asset(job_dir, uvm, texture, name, p, emit, cancel, full=full)
+    files, arrays, output = write_asset(job_dir, uvm, texture, name, p, emit, cancel, full=full, request=request)
     files["gaussians.ply"] = job_dir / "gaussians.ply"
     if ref is not None:
         files["reference.png"] = job_dir / "reference.png"
@@ -362,8 +362,8 @@ def run_distillation(request: JobRequest, emit: Emitter, cancel: CancelToken, as
                              **schedule_kwargs(p))
     timings: dict = {}
     model = distil_gaussians(p, teacher, ref, radius, schedule, emit, cancel, gen, device, timings, on_step)
-    files, arrays, faces, output = mesh_and_texture(p, model, teacher, ref, radius, request.job_dir, emit, cancel, gen, device,
-                                            asset_name)
+    files, arrays, faces, output = mesh_and_texture(p, model, teacher, ref, radius, request.job_dir, emit, cancel, gen,
+                                                    device, asset_name, request)
     return Result(files=files, arrays=arrays, meta={
         "mode": p["mode"], "timestep_schedule": p["timestep_schedule"], "gaussians": len(model), "faces": faces,
         "denoiser_evaluations": teacher.evaluations, "view_evaluations": teacher.view_evaluations,

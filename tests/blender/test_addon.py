@@ -413,15 +413,17 @@ def _world_bounds(obj) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.slow
 def test_a_generated_asset_stands_on_the_cursor_at_its_height_with_its_normal_map(addon, backend):
-    """Two heights, then quads: the object's lowest point at the cursor's height, its box
-    centred on the cursor in x and y, as tall as asked; its material reads the baked normal map
-    through a tangent-space Normal Map node on the UV map, shaded smooth with the backend's
-    normals; with remesh=quad at least 90% of its faces are quads, colour and normals baked."""
+    """0.3 m as triangles, then 0.5 m as quads with PBR maps: the object's lowest point at the
+    cursor's height, its box centred on the cursor in x and y, as tall as asked; its material
+    reads the baked normal map through a tangent-space Normal Map node on the UV map, shaded
+    smooth with the backend's normals; with remesh=quad at least 90% of its faces are quads,
+    colour and normals baked; with pbr=true roughness and metallic wired from their map."""
     assert bpy.ops.splatsmith.connect(address=backend) == {"FINISHED"}
     bpy.context.scene.cursor.location = (1.0, 2.0, 0.5)
-    for height, remesh in ((0.5, "none"), (0.3, "none"), (0.5, "quad")):
+    for height, remesh in ((0.3, "none"), (0.5, "quad")):
+        pbr = remesh == "quad"  # the issue's acceptance run: height=0.5 remesh=quad pbr=true
         params = json.dumps({"mode": "text", "prompt": "a stone", "height": height, "remesh": remesh,
-                             "quad_faces": 1000})
+                             "quad_faces": 1000, "pbr": pbr})
         assert bpy.ops.splatsmith.generate(params=params, preset="tiny", seed=1, wait=True,
                                            timeout=JOB_CEILING) == {"FINISHED"}
         state = client_glue.session.jobs[-1]
@@ -447,6 +449,13 @@ def test_a_generated_asset_stands_on_the_cursor_at_its_height_with_its_normal_ma
         bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
         assert bsdf.inputs["Normal"].links[0].from_node == normal_map
         assert all(p.use_smooth for p in obj.data.polygons)
+        if pbr:  # base colour (albedo), roughness and metallic from the metallic-roughness map, all packed
+            assert output["maps"] == ["base_color (albedo)", "metallic_roughness", "normal"], output
+            mr = next(n for n in nodes if n.type == "TEX_IMAGE" and n.label == "Metallic Roughness")
+            assert mr.image.packed_file is not None and mr.image.colorspace_settings.name == "Non-Color"
+            split = next(n for n in nodes if n.type == "SEPARATE_COLOR")
+            assert bsdf.inputs["Roughness"].links[0].from_socket == split.outputs["Green"]
+            assert bsdf.inputs["Metallic"].links[0].from_socket == split.outputs["Blue"]
 
 
 def test_the_backends_tangents_are_blenders_mikktspace(offline_addon):
