@@ -245,3 +245,24 @@ def test_every_generating_method_ends_in_the_output_stage(tmp_path):
         assert "metallic_roughness" in out["maps"] and "metallic_roughness" in result.arrays, (name, out)
         if name in ("dtc123", "dreamcraft3d"):  # they refine the decimated mesh itself: no finer surface
             assert "normal" not in out["maps"], (name, out)
+        else:  # decimated from their marching-cubes surface: its normal map
+            assert out["faces_full_resolution"] > out["faces"] and "normal" in out["maps"], (name, out)
+
+
+@pytest.mark.slow
+def test_the_cli_takes_the_output_options(tmp_path):
+    """``splatsmith generate --param height=0.3 --param remesh=quad``: the GLB is 0.3 m tall on its
+    bottom centre, triangles as glTF requires, and the job's meta says quads were made."""
+    import json
+
+    from conftest import cli
+
+    out = tmp_path / "stone.glb"
+    done = cli("generate", "--prompt", "a stone", "--preset", "tiny", "--param", "height=0.3", "--param", "remesh=quad",
+               "--param", "quad_faces=800", "--out", out, "--device", "cpu", "--output-dir", tmp_path / "jobs")
+    assert done.exit_code == 0, done.output
+    glb = trimesh.load(out, force="mesh")
+    lo, hi = glb.bounds
+    assert np.isclose(hi[1] - lo[1], 0.3, atol=1e-4) and abs(lo[1]) < 1e-4 and glb.faces.shape[1] == 3
+    meta = json.loads(next((tmp_path / "jobs").glob("*/result.json")).read_text())["meta"]["output"]
+    assert meta["remesh"] == "quad" and meta["quad_fraction"] >= 0.9, meta
