@@ -313,8 +313,15 @@ def _stream_remote(address: str, pipeline: str, preset: str, params: dict, input
                         raise KeyboardInterrupt
                     return client.wait(handle)
                 except KeyboardInterrupt:
+                    end = time.monotonic() + 10.0  # the server answers a submit or a cancel within a second
+                    while handle.job_id is None and not handle.finished and time.monotonic() < end:
+                        client.poll(0.1)  # a stop between the submit and its acceptance: cancel once it has an id
+                    if handle.job_id is None:
+                        console.print("stopped before the server accepted the job; `splatsmith jobs` shows whether it "
+                                      "did, and it can be cancelled there")
+                        raise typer.Exit(130)
                     client.cancel(handle)
-                    end = time.monotonic() + 10.0  # the server answers a cancel within a second
+                    end = time.monotonic() + 10.0
                     while not handle.finished and time.monotonic() < end:
                         client.poll(0.1)
                     cancelled = handle

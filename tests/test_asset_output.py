@@ -223,7 +223,8 @@ def test_pbr_maps_baked_from_the_intrinsics_oracle_match_the_truth(tmp_path):
 def test_every_generating_method_ends_in_the_output_stage(tmp_path):
     """dreamgaussian, dreamtime, dtc123, dreamcraft3d and im3d (``tiny``, shortened) with
     height=0.4 and pbr=true (the tiny Marigold): each asset is 0.4 m tall on its bottom centre,
-    with its PBR maps, and its meta says so (reconstruct: the test above)."""
+    with its PBR maps and (where it was decimated) its normal map, and its meta says so; then
+    with remesh=quad: at least 90% quads with their normal map (reconstruct: the test above)."""
     from backend.images import demo_photo
     from backend.pipelines import load_builtin
 
@@ -247,6 +248,12 @@ def test_every_generating_method_ends_in_the_output_stage(tmp_path):
             assert "normal" not in out["maps"], (name, out)
         else:  # decimated from their marching-cubes surface: its normal map
             assert out["faces_full_resolution"] > out["faces"] and "normal" in out["maps"], (name, out)
+        # quads on request, the same stage for every method
+        _, quads = run_local(JobStore(tmp_path / f"{name}-quads"), registry[name].implementation_class(), "tiny",
+                             {**params, "remesh": "quad", "quad_faces": 600}, inputs, 0, Emitter())
+        out = quads.meta["output"]
+        assert out["quad_fraction"] >= 0.9 and "normal" in out["maps"], (name, out)
+        assert int((quads.arrays["polygon_sizes"] == 4).sum()) == out["quads"], name
 
 
 @pytest.mark.slow

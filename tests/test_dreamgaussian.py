@@ -100,7 +100,9 @@ def test_previews_of_all_kinds_arrive_over_a_server(make_server, make_client):
     g = handle.previews["gaussians"]["data"]
     assert g["means"].shape[0] <= 50_000 and g["rgb"].dtype == np.uint8 and g["opacity"].shape == g["means"].shape[:1]
     assert handle.previews["texture"]["data"]["rgba"].shape[-1] == 4
-    assert handle.progress["stage"] == "texture" and handle.progress["eta_s"] is not None
+    # the last stage is the output stage's normal map (the tiny mesh was decimated from a finer surface)
+    assert handle.progress["stage"] == "output" and handle.progress["step"] == handle.progress["total"] == 1
+    assert "normal" in result["meta"]["output"]["maps"]
     assert result["files"]["asset.glb"].nbytes > 1000 and result["meta"]["mode"] == "image"
     with pytest.raises(JobError, match="text mode needs a 'prompt'"):
         client.wait(client.submit("dreamgaussian", preset="tiny", params={"mode": "text"}), timeout=120)

@@ -139,14 +139,7 @@ def bake_normal_map(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, hig
     t -= n * (t * n).sum(-1, keepdims=True)
     t /= np.maximum(np.linalg.norm(t, axis=-1, keepdims=True), 1e-12)
     b = np.cross(n, t) * sign[:, None]
-    high_normals = np.asarray(high.vertex_normals, np.float64)
-    detail = np.empty_like(pos)
-    for s in range(0, len(pos), chunk):
-        if cancel is not None:
-            cancel.check()
-        closest, _, tri = trimesh.proximity.closest_point(high, pos[s:s + chunk])
-        bary = trimesh.triangles.points_to_barycentric(high.triangles[tri], closest)
-        detail[s:s + chunk] = (high_normals[high.faces[tri]] * bary[..., None]).sum(1)
+    detail = _at_closest_points(high, np.asarray(high.vertex_normals, np.float64), pos, chunk, cancel)
     detail /= np.maximum(np.linalg.norm(detail, axis=-1, keepdims=True), 1e-12)
     local = np.stack([(detail * t).sum(-1), (detail * b).sum(-1), (detail * n).sum(-1)], -1)
     out = np.tile(FLAT_NORMAL, (size, size, 1))
@@ -177,18 +170,26 @@ def transfer_texture(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, so
     rast = rasterize_uv(torch.from_numpy(np.asarray(uv, np.float32)[faces]), size, cancel=cancel)
     covered = rast.mask[0].numpy()
     pos = _texel_values(torch.from_numpy(np.asarray(vertices, np.float32)), torch.from_numpy(faces), rast)[covered]
-    src_uv = np.asarray(source_uv, np.float64)
-    at = np.empty((len(pos), 2))
-    for s in range(0, len(pos), chunk):
-        if cancel is not None:
-            cancel.check()
-        closest, _, tri = trimesh.proximity.closest_point(source, pos[s:s + chunk])
-        bary = trimesh.triangles.points_to_barycentric(source.triangles[tri], closest)
-        at[s:s + chunk] = (src_uv[source.faces[tri]] * bary[..., None]).sum(1)
+    at = _at_closest_points(source, np.asarray(source_uv, np.float64), pos, chunk, cancel)
     texture = torch.from_numpy(np.asarray(source_texture, np.float32))
     out = np.zeros((size, size, texture.shape[-1]), np.float32)
     out[covered] = sample_texture(texture, torch.from_numpy(at.astype(np.float32))).numpy()
     return fill_empty_texels(out, covered)
+
+
+def _at_closest_points(surface: trimesh.Trimesh, attribute: np.ndarray, points: np.ndarray, chunk: int,
+                       cancel: Any) -> np.ndarray:
+    """A per-vertex ``attribute`` float [Vs, D] of ``surface`` at the closest surface point to each
+    of ``points`` float [P, 3] (trimesh's ``proximity.closest_point``, barycentric interpolation
+    in the closest triangle): float64 [P, D]. ``cancel`` is checked between chunks."""
+    out = np.empty((len(points), attribute.shape[1]))
+    for s in range(0, len(points), chunk):
+        if cancel is not None:
+            cancel.check()
+        closest, _, tri = trimesh.proximity.closest_point(surface, points[s:s + chunk])
+        bary = trimesh.triangles.points_to_barycentric(surface.triangles[tri], closest)
+        out[s:s + chunk] = (attribute[surface.faces[tri]] * bary[..., None]).sum(1)
+    return out
 
 
 def _texel_values(attr: torch.Tensor, faces: torch.Tensor, rast: Rasterization) -> np.ndarray:

@@ -24,6 +24,27 @@ def ensure_teacher_model(kind: str, weights: str = "default", models_dir=None, m
     return resolve_model(mid, models_dir, spec.former_ids.get(mid))
 
 
+def load_estimator(kind: str, variant: str, device: str, *, models_dir=None, cache=None):
+    """A registry model that is not a teacher (the depth or the intrinsics estimator), loaded with
+    its registry ``loader`` in weights ``variant`` (cached as ``KIND:ID:DEVICE`` in ``cache``), or
+    None when its weights are not present locally (its caller then goes on without it and says
+    so). Raises ValueError for an unknown name."""
+    from ..importing import load_reference
+    from ..models import ModelMissingError
+    from .registry import get_teacher
+
+    spec = get_teacher(kind)
+    model_id = spec.model(variant)[0]
+
+    def load():
+        return load_reference(spec.loader)(ensure_teacher_model(kind, variant, models_dir), model_id, device)
+
+    try:
+        return cache.get(f"{kind}:{model_id}:{device}", load) if cache is not None else load()
+    except ModelMissingError:
+        return None
+
+
 def load_teacher(kind: str, preset: str = "default", device: str = "cpu", *, models_dir=None, cache=None,
                  oracle_mesh=None, guidance_scale: float | None = None, weighting: str = "sds", fp16: bool | None = None,
                  attention_slicing: bool = False, cpu_offload: bool = False,

@@ -66,20 +66,9 @@ def load_dpt(folder: Path, model_id: str, device: str, fp16=None, attention_slic
 def load_depth_estimator(weights: str, device: str, *, models_dir=None, cache=None) -> MonocularDepth | None:
     """The depth estimator of a weights variant (``tiny``: the random tiny DPT; anything else:
     DPT-Hybrid), or None when its weights are not present locally."""
-    from ..models import ModelMissingError
-    from . import ensure_teacher_model
-    from .registry import DEPTH
+    from . import load_estimator
 
-    variant = "tiny" if weights == "tiny" else "default"
-    model_id = DEPTH.model(variant)[0]
-
-    def load():
-        return load_dpt(ensure_teacher_model(DEPTH.name, variant, models_dir), model_id, device)
-
-    try:
-        return cache.get(f"depth:{model_id}:{device}", load) if cache is not None else load()
-    except ModelMissingError:
-        return None
+    return load_estimator("depth", "tiny" if weights == "tiny" else "default", device, models_dir=models_dir, cache=cache)
 
 
 def depth_correlation_loss(depth: torch.Tensor, disparity: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -123,20 +123,10 @@ def load_marigold(folder: Path, model_id: str, device: str, fp16=None, attention
 def load_intrinsics(weights: str, device: str, *, models_dir=None, cache=None) -> MarigoldIntrinsics | None:
     """The intrinsics estimator of a weights variant (``tiny``: the random tiny model; anything
     else: Marigold's appearance model), or None when its weights are not present locally."""
-    from ..models import ModelMissingError
-    from . import ensure_teacher_model
-    from .registry import INTRINSICS
+    from . import load_estimator
 
-    variant = "tiny" if weights.startswith("tiny") else "default"
-    model_id = INTRINSICS.model(variant)[0]
-
-    def load():
-        return load_marigold(ensure_teacher_model(INTRINSICS.name, variant, models_dir), model_id, device)
-
-    try:
-        return cache.get(f"intrinsics:{model_id}:{device}", load) if cache is not None else load()
-    except ModelMissingError:
-        return None
+    return load_estimator("intrinsics", "tiny" if weights.startswith("tiny") else "default", device,
+                          models_dir=models_dir, cache=cache)
 
 
 def write_tiny_marigold_iid(folder: str | Path, seed: int = 0) -> Path:
