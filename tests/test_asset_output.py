@@ -273,3 +273,26 @@ def test_the_cli_takes_the_output_options(tmp_path):
     assert np.isclose(hi[1] - lo[1], 0.3, atol=1e-4) and abs(lo[1]) < 1e-4 and glb.faces.shape[1] == 3
     meta = json.loads(next((tmp_path / "jobs").glob("*/result.json")).read_text())["meta"]["output"]
     assert meta["remesh"] == "quad" and meta["quad_fraction"] >= 0.9, meta
+
+
+def test_a_quad_remesh_that_fails_leaves_the_asset_in_triangles(tmp_path):
+    """A surface Instant Meshes cannot remesh (collapsed to a point) does not lose the job's work:
+    the asset is written as triangles and the meta and the log say why."""
+    from backend.contracts import CancelToken
+    from backend.geometry.uv import UVMesh
+    from backend.stages.asset_output import write_asset
+
+    logs: list[str] = []
+
+    class Logged(Emitter):
+        def _on_log(self, line):
+            logs.append(line)
+
+    uvm = UVMesh(np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32), np.array([[0, 1, 2]]),
+                 np.array([[0, 0], [1, 0], [0, 1]], np.float32), np.arange(3))
+    collapsed = trimesh.Trimesh(np.zeros((3, 3)), [[0, 1, 2]], process=False)
+    files, arrays, report = write_asset(tmp_path, uvm, np.full((64, 64, 3), 0.5, np.float32), "flat",
+                                        {"texture_size": 64, "remesh": "quad"}, Logged(), CancelToken(), full=collapsed)
+    assert report["remesh"].startswith("none (the quad remesh failed: Instant Meshes returned no quads")
+    assert "polygons" not in arrays and len(arrays["faces"]) == 1 and (tmp_path / "asset.glb").is_file()
+    assert any("written as triangles" in line for line in logs), logs

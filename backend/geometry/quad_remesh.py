@@ -34,7 +34,7 @@ def _silenced_stdout():
         os.close(saved)
 
 
-def remesh_quads(vertices: np.ndarray, faces: np.ndarray, target_faces: int, seed_free: bool = True
+def remesh_quads(vertices: np.ndarray, faces: np.ndarray, target_faces: int, deterministic: bool = True
                  ) -> tuple[np.ndarray, np.ndarray]:
     """A pure-quad remesh of a triangle surface.
 
@@ -42,7 +42,7 @@ def remesh_quads(vertices: np.ndarray, faces: np.ndarray, target_faces: int, see
         vertices: float [V, 3]; faces: int [F, 3] (a closed or open manifold surface).
         target_faces: about how many quads the result should have (Instant Meshes reaches it
             within some tens of percent).
-        seed_free: Instant Meshes' deterministic mode (the same input gives the same quads).
+        deterministic: Instant Meshes' deterministic mode (the same input gives the same quads).
     Returns:
         (vertices float32 [Vq, 3], quads int64 [Q, 4], counter-clockwise seen from outside as the
         input's triangles are).
@@ -57,7 +57,7 @@ def remesh_quads(vertices: np.ndarray, faces: np.ndarray, target_faces: int, see
     with _silenced_stdout():
         qv, qf = pynanoinstantmeshes.remesh(np.ascontiguousarray(vertices, np.float32),
                                             np.ascontiguousarray(faces, np.uint32), goal, rosy=4, posy=4,
-                                            deterministic=seed_free)
+                                            deterministic=deterministic)
     qv, qf = np.array(qv, np.float32), np.array(qf, np.int64)
     if qf.ndim != 2 or qf.shape[1] != 4 or len(qf) == 0:
         raise RemeshError("Instant Meshes returned no quads for this surface; try remesh=none or more faces")

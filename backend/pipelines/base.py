@@ -373,7 +373,7 @@ OUTPUT_PARAMS = {
                         "decimated mesh (glTF normalTexture)", group="output"),
     "remesh": Param("choice", "none", "quad: remesh into quads (Instant Meshes) and bake colour and normals from "
                     "the full-resolution surface onto them", choices=("none", "quad"), group="output"),
-    "quad_faces": Param("int", 5000, "remesh=quad: about how many quads", min=100, max=200_000, group="output"),
+    "quad_faces": Param("int", 5000, "remesh=quad: about how many quads", min=100, max=100_000, group="output"),
     "pbr": Param("bool", False, "PBR maps: base colour without baked lighting, roughness and metallic, estimated in "
                  "views of the asset (Marigold IID) and baked into its UVs", group="output"),
 }

@@ -7,9 +7,9 @@ ends in :func:`write_asset`, with the output parameters of
 - **Placement and size** (``height``, metres): the asset is scaled uniformly so that its bounding
   box is ``height`` tall (glTF's +Y), and moved so that the origin is the bottom centre of the box
   (x and z centred, the lowest point at y = 0); ``height`` 0 keeps the job's own scale and place
-  (``reconstruct``'s default: its poses give the real size and place of what was photographed). The front stays +Z (glTF; Blender's importer and
-  the add-on turn it to Blender's -Y, the side its front view shows). The texture maps do not
-  depend on the scale.
+  (``reconstruct``'s default: its poses give the real size and place of what was photographed).
+  The front stays +Z (glTF; Blender's importer and the add-on turn it to Blender's -Y, the side
+  its front view shows). The texture maps do not depend on the scale.
 - **A normal map** (``normal_map``): when the mesh was decimated from a finer surface, that
   surface's shading is baked into a tangent-space normal map on the decimated mesh's UVs
   (``geometry.surface_bake``), written as glTF's ``normalTexture`` and ``normal.png``.
@@ -19,9 +19,15 @@ ends in :func:`write_asset`, with the output parameters of
   and the normals from the surface the quads were made from. The client receives the quads as
   polygons (``polygons`` and ``polygon_sizes``: a quad cut by a UV seam through its diagonal
   becomes its two triangles); the GLB holds the triangles, as glTF requires.
+- **PBR maps** (``pbr``): albedo, roughness and metallic estimated in 26 views of the textured
+  asset (``guidance.intrinsics``: Marigold's appearance model, or the intrinsics oracle with
+  ``teacher=oracle``) and back-projected into its UVs as the colour is (:func:`bake_pbr_maps`);
+  the albedo replaces the base colour, glTF's ``metallicRoughnessTexture`` (G roughness, B
+  metallic) and ``metallic_roughness.png`` hold the rest.
 
-The meta of the result says what was done (``meta["output"]``: height, scale, faces of the
-full-resolution surface and of the asset, the maps written). ``texture_refine`` and
+The meta of the result says what was done (``meta["output"]``: height, the scale and offset
+applied (placed = job frame x scale + offset), the origin, faces of the full-resolution surface
+and of the asset, quads and their share of the polygons, the maps written, the PBR estimator). ``texture_refine`` and
 ``texture_paint`` do not come here: they keep their input's geometry and placement.
 """
 from __future__ import annotations
@@ -36,9 +42,10 @@ from PIL import Image
 
 from ..contracts import CancelToken, Emitter, JobRequest
 from ..geometry.export import texture_to_uint8, write_glb
-from ..geometry.quad_remesh import keep_quads_whole, quads_on_split_vertices, remesh_quads, triangulate_quads
+from ..geometry.quad_remesh import (RemeshError, keep_quads_whole, quads_on_split_vertices, remesh_quads,
+                                    triangulate_quads)
 from ..geometry.surface_bake import bake_normal_map, transfer_texture, vertex_normals
-from ..geometry.uv import UVMesh, unwrap
+from ..geometry.uv import UnwrapError, UVMesh, unwrap
 
 
 @dataclass(frozen=True)
@@ -84,8 +91,9 @@ def placement(vertices: np.ndarray, height: float) -> tuple[float, np.ndarray]:
 def write_asset(job_dir: Path, uvm: UVMesh, texture: np.ndarray | torch.Tensor, name: str, p: dict, emit: Emitter,
                 cancel: CancelToken, full: trimesh.Trimesh | None = None, request: JobRequest | None = None,
                 ) -> tuple[dict[str, Path], dict[str, np.ndarray], dict]:
-    """Place the asset, bake its normal map and write ``asset.glb`` (glTF axes, the maps embedded),
-    ``texture.png`` and ``normal.png``.
+    """Make the asset ready for a scene (the module docstring: quads, PBR maps, normal map,
+    placement, in that order) and write ``asset.glb`` (glTF axes, the maps embedded),
+    ``texture.png``, ``normal.png`` and ``metallic_roughness.png`` (the last two when made).
 
     Args:
         job_dir: where the files go.
@@ -93,8 +101,8 @@ def write_asset(job_dir: Path, uvm: UVMesh, texture: np.ndarray | torch.Tensor, 
         texture: the base colour float [S, S, 3] in [0, 1], row 0 at the top.
         name: the asset's name in the GLB.
         p: the job's parameters (:class:`OutputOptions` reads its own; ``texture_size`` sizes the
-            normal map).
-        emit: progress (stage ``output``) and a ``texture`` preview is not repeated here.
+            maps made here; ``teacher``/``oracle_mesh``/``weights`` choose the intrinsics estimator).
+        emit: progress (stage ``output``, step/total per part) and the log.
         full: the full-resolution surface ``uvm`` was decimated from, in the same frame (None, or
             no more faces than ``uvm``: no normal map is baked unless the quads replace ``uvm``).
         request: the job (its device, models folder and model cache load the intrinsics
@@ -103,13 +111,14 @@ def write_asset(job_dir: Path, uvm: UVMesh, texture: np.ndarray | torch.Tensor, 
         (files name -> path; arrays for the client: vertices float32 [V, 3] placed, faces int32
         [F, 3], uv float32 [V, 2], normals float32 [V, 3] (unit, shared by the copies of a vertex
         along UV seams, so the surface shades smooth across them, and the frame the normal map was
-        baked in), texture uint8 [S, S, 3], when baked normal_map uint8 [S, S, 3], with quads
-        polygons int32 [sum of sizes] and polygon_sizes int32 [P] (4 or 3) over the same
-        vertices; the output report for ``meta["output"]``).
+        baked in), texture uint8 [S, S, 3], when baked normal_map uint8 [S, S, 3] and
+        metallic_roughness uint8 [S, S, 3], with quads polygons int32 [sum of sizes] and
+        polygon_sizes int32 [P] (4 or 3) over the same vertices; the output report for
+        ``meta["output"]``).
     Raises:
         ValueError: a mesh with no height.
-        RemeshError, UnwrapError: the quad remesh or its unwrapping failed.
-        JobCancelled: ``cancel`` fired.
+        JobCancelled: ``cancel`` fired. (A quad remesh that fails leaves the asset in triangles,
+            said in the log and in ``meta["output"]["remesh"]``.)
     """
     options = OutputOptions.from_params(p)
     texture = texture.detach().cpu().numpy() if isinstance(texture, torch.Tensor) else np.asarray(texture, np.float32)
@@ -119,22 +128,16 @@ def write_asset(job_dir: Path, uvm: UVMesh, texture: np.ndarray | torch.Tensor, 
     polygons = None
     detail = full if full is not None and len(full.faces) > len(uvm.faces) else None
     if options.remesh == "quad":
-        old = uvm
-        source = trimesh.Trimesh(old.vertices, old.faces, process=False)
-        surface = full if full is not None else trimesh.Trimesh(*_welded(old), process=False)
-        emit.progress("output", 0, 3, message="remeshing into quads (Instant Meshes)")
-        qv, quads = remesh_quads(surface.vertices, surface.faces, options.quad_faces)
-        cancel.check()
-        emit.progress("output", 1, 3, message="UV unwrapping the quads")
-        uvm = keep_quads_whole(unwrap(qv, triangulate_quads(quads), resolution=size,
-                                      time_limit=float(p.get("unwrap_time_limit", 300.0)), cancel=cancel), size)
-        emit.progress("output", 2, 3, message="baking the colour onto the quads")
-        texture = transfer_texture(uvm.vertices, uvm.faces, uvm.uv, source, old.uv, texture, size, cancel=cancel)
-        polygons = quads_on_split_vertices(uvm.faces)
-        report["quads"] = int((polygons[1] == 4).sum())
-        report["quad_fraction"] = round(float((polygons[1] == 4).sum()) / len(polygons[1]), 4)
-        detail = surface  # the quads are a new surface: its detail comes from the one they were made from
-        emit.progress("output", 3, 3)
+        surface = full if full is not None else trimesh.Trimesh(*_welded(uvm), process=False)
+        try:
+            uvm, texture, polygons = _quads(uvm, texture, surface, options.quad_faces, size, p, emit, cancel)
+        except (RemeshError, UnwrapError) as exc:  # the asset is still written, as triangles
+            report["remesh"] = f"none (the quad remesh failed: {exc})"
+            emit.log(f"remesh=quad: {exc}; the asset is written as triangles")
+        else:
+            report["quads"] = int((polygons[1] == 4).sum())
+            report["quad_fraction"] = round(float((polygons[1] == 4).sum()) / len(polygons[1]), 4)
+            detail = surface  # the quads are a new surface: its detail comes from the one they were made from
     report["faces"] = int(len(uvm.faces))
     mr8 = None
     if options.pbr:
@@ -253,6 +256,26 @@ def _intrinsics(p: dict, request: JobRequest | None):
     return load_intrinsics(str(p.get("weights", "default")), device,
                            models_dir=request.models_dir if request is not None else None,
                            cache=request.models if request is not None else None)
+
+
+def _quads(uvm: UVMesh, texture: np.ndarray, surface: trimesh.Trimesh, quad_faces: int, size: int, p: dict,
+           emit: Emitter, cancel: CancelToken) -> tuple[UVMesh, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """``surface`` remeshed into about ``quad_faces`` quads, unwrapped (quads kept whole across
+    seams where the atlas has room) and given ``uvm``'s colour: (the quads' UV mesh, their
+    texture float32 [size, size, 3], (polygons, polygon sizes)). Raises RemeshError, UnwrapError,
+    JobCancelled."""
+    source = trimesh.Trimesh(uvm.vertices, uvm.faces, process=False)
+    emit.progress("output", 0, 3, message="remeshing into quads (Instant Meshes)")
+    qv, quads = remesh_quads(surface.vertices, surface.faces, quad_faces)
+    cancel.check()
+    emit.progress("output", 1, 3, message="UV unwrapping the quads")
+    remeshed = keep_quads_whole(unwrap(qv, triangulate_quads(quads), resolution=size,
+                                       time_limit=float(p.get("unwrap_time_limit", 300.0)), cancel=cancel), size)
+    emit.progress("output", 2, 3, message="baking the colour onto the quads")
+    colour = transfer_texture(remeshed.vertices, remeshed.faces, remeshed.uv, source, uvm.uv, texture, size,
+                              cancel=cancel)
+    emit.progress("output", 3, 3)
+    return remeshed, colour, quads_on_split_vertices(remeshed.faces)
 
 
 def _welded(uvm: UVMesh) -> tuple[np.ndarray, np.ndarray]:
