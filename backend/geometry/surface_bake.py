@@ -177,6 +177,28 @@ def transfer_texture(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, so
     return fill_empty_texels(out, covered)
 
 
+def carry_displacement(surface: trimesh.Trimesh, before: np.ndarray, after: np.ndarray, faces: np.ndarray,
+                       chunk: int = 200_000, cancel: Any = None) -> trimesh.Trimesh:
+    """A finer surface moved the way a coarse mesh of it was moved (DTC123's and DreamCraft3D's
+    geometry refinement moves the decimated mesh's vertices): each vertex of ``surface`` takes the
+    displacement of its closest point on the coarse mesh before the move (the barycentric
+    combination of that triangle's corner displacements), so the fine detail follows the refined
+    shape and can still be baked into a normal map of it.
+
+    Args:
+        surface: the full-resolution mesh, in the coarse mesh's frame.
+        before, after: the coarse mesh's vertices float [V, 3] before and after the move.
+        faces: the coarse mesh's faces int [F, 3].
+        chunk, cancel: as :func:`bake_normal_map`.
+    Returns:
+        the moved surface (same faces).
+    """
+    coarse = trimesh.Trimesh(np.asarray(before, np.float64), np.asarray(faces, np.int64), process=False)
+    offsets = _at_closest_points(coarse, np.asarray(after, np.float64) - np.asarray(before, np.float64),
+                                 np.asarray(surface.vertices, np.float64), chunk, cancel)
+    return trimesh.Trimesh(np.asarray(surface.vertices) + offsets, surface.faces, process=False)
+
+
 def _at_closest_points(surface: trimesh.Trimesh, attribute: np.ndarray, points: np.ndarray, chunk: int,
                        cancel: Any) -> np.ndarray:
     """A per-vertex ``attribute`` float [Vs, D] of ``surface`` at the closest surface point to each

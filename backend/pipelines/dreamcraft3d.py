@@ -157,7 +157,7 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
                                  note=lambda _step: taught)
         clock["sculpt"] = round(time.monotonic() - mark, 2)
         mark = time.monotonic()
-        uvm, mesh, _ = extract_textured_mesh(p, model, radius, job_dir, emit, cancel, device)
+        uvm, mesh, full = extract_textured_mesh(p, model, radius, job_dir, emit, cancel, device)
         files["gaussians.ply"] = job_dir / "gaussians.ply"
         clock["mesh"] = round(time.monotonic() - mark, 2)
         mark = time.monotonic()
@@ -197,7 +197,7 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
                 if (job_dir / DREAMBOOTH_LORA_FILE).is_file():
                     files[DREAMBOOTH_LORA_FILE] = job_dir / DREAMBOOTH_LORA_FILE
         clock["boost"] = round(time.monotonic() - mark, 2)
-        asset, arrays, output = write_refined_asset(job_dir, uvm, mesh, "dreamcraft3d", p, emit, cancel, request)
+        asset, arrays, output = write_refined_asset(job_dir, uvm, mesh, "dreamcraft3d", p, emit, cancel, request, full)
         files.update(asset)
         evaluations = denoiser_evaluations(zero123, sd)
         return Result(files=files, arrays=arrays, meta={

@@ -154,7 +154,7 @@ class DTC123Pipeline(DTC123Spec):
             write_ply(request.job_dir / f"gaussians_{name}.ply", model)
             clock[name] = round(time.monotonic() - mark, 2)
         mark = time.monotonic()
-        uvm, mesh, _ = extract_textured_mesh(p, model, radius, request.job_dir, emit, cancel, device)
+        uvm, mesh, full = extract_textured_mesh(p, model, radius, request.job_dir, emit, cancel, device)
         clock["mesh"] = round(time.monotonic() - mark, 2)
         mark = time.monotonic()
         side = p["fine_size"]
@@ -179,7 +179,8 @@ class DTC123Pipeline(DTC123Spec):
                               cancel=cancel, generator=gen,
                               note=note_at(offset, with_t=True))
         clock["fine"] = round(time.monotonic() - mark, 2)
-        files, arrays, output = write_refined_asset(request.job_dir, uvm, refined, "dtc123", p, emit, cancel, request)
+        files, arrays, output = write_refined_asset(request.job_dir, uvm, refined, "dtc123", p, emit, cancel, request,
+                                                    full)
         files["reference.png"] = request.job_dir / "reference.png"
         (request.job_dir / "curriculum.json").write_text(json.dumps(
             {"stages": [dict(s.__dict__) for s in curriculum.stages], "total": total, "steps": trace}))

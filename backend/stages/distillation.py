@@ -26,10 +26,12 @@ from typing import Callable
 
 import numpy as np
 import torch
+import trimesh
 from PIL import Image
 
 from ..cameras import Cameras, OrbitSampler, orbit_cameras
 from ..geometry.export import texture_to_uint8, write_ply
+from ..geometry.surface_bake import carry_displacement
 from ..geometry.uv import UVMesh, bake_texture
 from ..images import load_rgba, recenter, to_white_background
 from ..guidance import load_job_teacher, load_teacher
@@ -134,14 +136,20 @@ def denoiser_evaluations(*teachers) -> int:
 
 
 def write_refined_asset(job_dir: Path, uvm: UVMesh, mesh: TexturedMesh, name: str, p: dict, emit: Emitter,
-                        cancel: CancelToken, request: JobRequest | None = None) -> tuple[dict, dict, dict]:
+                        cancel: CancelToken, request: JobRequest | None = None,
+                        full: trimesh.Trimesh | None = None) -> tuple[dict, dict, dict]:
     """The closing of a method that refined its extracted mesh (:func:`extract_textured_mesh`):
-    the atlas with the moved vertices and the refined texture through ``stages.asset_output``
-    (placed; no normal map, since the refined mesh is the finest surface there is: the
-    full-resolution one predates the refinement), and ``gaussians.ply`` among the files.
-    Returns (files, arrays, the output report)."""
-    moved = UVMesh(mesh.vertices.detach().cpu().numpy().astype(np.float32), uvm.faces, uvm.uv, uvm.vmapping)
-    files, arrays, output = write_asset(job_dir, moved, mesh.texture, name, p, emit, cancel, request=request)
+    the atlas with the moved vertices and the refined texture through ``stages.asset_output``, and
+    ``gaussians.ply`` among the files. ``full``, the full-resolution surface the atlas was
+    decimated from (before the refinement), is moved along with it
+    (``geometry.surface_bake.carry_displacement``) so that its detail is baked into the normal map
+    of the refined shape. Returns (files, arrays, the output report)."""
+    after = mesh.vertices.detach().cpu().numpy().astype(np.float32)
+    moved = UVMesh(after, uvm.faces, uvm.uv, uvm.vmapping)
+    if full is not None and len(full.faces) > len(uvm.faces) and p.get("normal_map", True):
+        full = carry_displacement(full, uvm.vertices, after, uvm.faces, cancel=cancel)
+    files, arrays, output = write_asset(job_dir, moved, mesh.texture, name, p, emit, cancel, full=full,
+                                        request=request)
     files["gaussians.ply"] = job_dir / "gaussians.ply"
     return files, arrays, output
 
