@@ -46,7 +46,7 @@ def test_tiny_image_run_over_a_server_boosts_with_dreambooth_and_bsd(make_server
     result = client.wait(handle, timeout=600)
     order = list(dict.fromkeys(stages))
     assert order[:2] == ["sculpt", "mesh"] and order[2:] == ["geometry", "dreambooth 1", "boost 1", "dreambooth 2",
-                                                             "boost 2"], order
+                                                             "boost 2", "output"], order  # the normal map last
     assert set(handle.preview_counts) >= {"views", "gaussians", "mesh", "texture"}
     assert {"asset.glb", "gaussians.ply", "reference.png", "texture_before_boost.png",
             "dreambooth_lora.safetensors"} <= set(result["files"])
