@@ -42,6 +42,16 @@ from .uv import fill_empty_texels
 FLAT_NORMAL = np.array([0.5, 0.5, 1.0], np.float32)
 
 
+def weld(vertices: np.ndarray, faces: np.ndarray, welded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A UV-split mesh's surface with the copies along seams merged again: (vertices float64
+    [W, 3], faces int64 [F, 3]); ``welded`` int [V] is the vertex each copy was split from (a
+    :class:`~backend.geometry.uv.UVMesh`'s ``vmapping``)."""
+    welded = np.asarray(welded, np.int64)
+    base = np.zeros((int(welded.max()) + 1, 3), np.float64)
+    base[welded] = vertices  # copies of one vertex share its position
+    return base, welded[np.asarray(faces, np.int64)]
+
+
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray, welded: np.ndarray | None = None) -> np.ndarray:
     """Area-weighted unit vertex normals float32 [V, 3] (trimesh's ``vertex_normals``).
 
@@ -53,12 +63,7 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray, welded: np.ndarray |
     if welded is None:
         mesh = trimesh.Trimesh(np.asarray(vertices, np.float64), np.asarray(faces, np.int64), process=False)
         return np.asarray(mesh.vertex_normals, np.float32)
-    welded = np.asarray(welded, np.int64)
-    count = int(welded.max()) + 1
-    base = np.zeros((count, 3), np.float64)
-    base[welded] = vertices  # copies of one vertex share its position
-    normals = vertex_normals(base, welded[np.asarray(faces, np.int64)])
-    return normals[welded]
+    return vertex_normals(*weld(vertices, faces, welded))[np.asarray(welded, np.int64)]
 
 
 def mikktspace_tangents(vertices: np.ndarray, normals: np.ndarray, uv: np.ndarray, faces: np.ndarray) -> np.ndarray:

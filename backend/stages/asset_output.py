@@ -44,7 +44,7 @@ from ..contracts import CancelToken, Emitter, JobRequest
 from ..geometry.export import texture_to_uint8, write_glb
 from ..geometry.quad_remesh import (RemeshError, keep_quads_whole, quads_on_split_vertices, remesh_quads,
                                     triangulate_quads)
-from ..geometry.surface_bake import bake_normal_map, transfer_texture, vertex_normals
+from ..geometry.surface_bake import bake_normal_map, transfer_texture, vertex_normals, weld
 from ..geometry.uv import UnwrapError, UVMesh, unwrap
 
 
@@ -128,7 +128,7 @@ def write_asset(job_dir: Path, uvm: UVMesh, texture: np.ndarray | torch.Tensor, 
     polygons = None
     detail = full if full is not None and len(full.faces) > len(uvm.faces) else None
     if options.remesh == "quad":
-        surface = full if full is not None else trimesh.Trimesh(*_welded(uvm), process=False)
+        surface = full if full is not None else trimesh.Trimesh(*weld(uvm.vertices, uvm.faces, uvm.vmapping), process=False)
         try:
             uvm, texture, polygons = _quads(uvm, texture, surface, options.quad_faces, size, p, emit, cancel)
         except (RemeshError, UnwrapError) as exc:  # the asset is still written, as triangles
@@ -277,11 +277,3 @@ def _quads(uvm: UVMesh, texture: np.ndarray, surface: trimesh.Trimesh, quad_face
     emit.progress("output", 3, 3)
     return remeshed, colour, quads_on_split_vertices(remeshed.faces)
 
-
-def _welded(uvm: UVMesh) -> tuple[np.ndarray, np.ndarray]:
-    """A UV-split mesh's surface with the copies along seams merged again: (vertices float32
-    [W, 3], faces int64 [F, 3]), for a remesher that must see one connected surface."""
-    count = int(uvm.vmapping.max()) + 1
-    vertices = np.zeros((count, 3), np.float32)
-    vertices[uvm.vmapping] = uvm.vertices
-    return vertices, uvm.vmapping[uvm.faces].astype(np.int64)
