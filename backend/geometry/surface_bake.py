@@ -110,7 +110,8 @@ def mikktspace_tangents(vertices: np.ndarray, normals: np.ndarray, uv: np.ndarra
 
 
 def bake_normal_map(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, high: trimesh.Trimesh, size: int,
-                    welded: np.ndarray | None = None, chunk: int = 200_000, cancel: Any = None) -> np.ndarray:
+                    welded: np.ndarray | None = None, chunk: int = 200_000, cancel: Any = None,
+                    normals: np.ndarray | None = None) -> np.ndarray:
     """Bake the full-resolution surface ``high`` into a tangent-space normal map of the low mesh.
 
     Args:
@@ -121,6 +122,7 @@ def bake_normal_map(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, hig
         welded: the low mesh's ``vmapping`` (:func:`vertex_normals`).
         chunk: texels per closest-point query.
         cancel: a ``CancelToken`` checked between chunks.
+        normals: the low mesh's :func:`vertex_normals` when the caller has them already.
     Returns:
         float32 [size, size, 3] in [0, 1], row 0 at the top (v = 1), glTF's encoding: texels
         outside every chart padded from the nearest chart texel.
@@ -128,7 +130,7 @@ def bake_normal_map(vertices: np.ndarray, faces: np.ndarray, uv: np.ndarray, hig
         JobCancelled: ``cancel`` fired.
     """
     faces = np.asarray(faces, np.int64)
-    normals = vertex_normals(vertices, faces, welded)
+    normals = vertex_normals(vertices, faces, welded) if normals is None else normals
     tangents = mikktspace_tangents(vertices, normals, uv, faces)
     corner_uv = torch.from_numpy(np.asarray(uv, np.float32)[faces])
     rast = rasterize_uv(corner_uv, size, cancel=cancel)

@@ -153,10 +153,12 @@ def write_asset(job_dir: Path, uvm: UVMesh, texture: np.ndarray | torch.Tensor, 
             report["pbr"] = type(estimator).__name__
             emit.progress("output", 1, 1)
     tex8 = texture_to_uint8(texture)
+    normals = vertex_normals(uvm.vertices, uvm.faces, uvm.vmapping)  # shared across UV seams: smooth shading
     normal8 = None
     if options.normal_map and detail is not None:
         emit.progress("output", 0, 1, message="baking the normal map")
-        normal = bake_normal_map(uvm.vertices, uvm.faces, uvm.uv, detail, size, welded=uvm.vmapping, cancel=cancel)
+        normal = bake_normal_map(uvm.vertices, uvm.faces, uvm.uv, detail, size, welded=uvm.vmapping, cancel=cancel,
+                                 normals=normals)
         normal8 = texture_to_uint8(normal)
         report["maps"].append("normal")
         emit.progress("output", 1, 1)
@@ -169,7 +171,6 @@ def write_asset(job_dir: Path, uvm: UVMesh, texture: np.ndarray | torch.Tensor, 
         report["origin"] = "job frame"
     vertices = (uvm.vertices.astype(np.float64) * scale + offset).astype(np.float32)
     report.update(scale=scale, offset=[float(x) for x in offset])
-    normals = vertex_normals(uvm.vertices, uvm.faces, uvm.vmapping)  # shared across UV seams: smooth shading
     glb = write_glb(job_dir / "asset.glb", vertices, uvm.faces, uvm.uv, tex8, name=name, normal_texture=normal8,
                     normals=normals, metallic_roughness=mr8)
     Image.fromarray(tex8).save(job_dir / "texture.png")
