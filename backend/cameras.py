@@ -154,6 +154,25 @@ def orbit_angles(cameras: Cameras, target=(0.0, 0.0, 0.0)) -> tuple[torch.Tensor
     return el, az, r
 
 
+def nearest_view(elevation: torch.Tensor, azimuth: torch.Tensor, ref_elevation: torch.Tensor,
+                 ref_azimuth: torch.Tensor) -> torch.Tensor:
+    """For each orbit direction (elevation, azimuth) the index of the nearest of some reference
+    directions, by the great-circle angle between them (cos d = sin el sin el_k + cos el cos el_k
+    cos(az - az_k)); ties go to the lower index (the front first).
+
+    Args:
+        elevation, azimuth: float [B], degrees.
+        ref_elevation, ref_azimuth: float [K], degrees.
+    Returns:
+        int64 [B] in [0, K).
+    """
+    el, az = torch.deg2rad(elevation.float().reshape(-1, 1)), torch.deg2rad(azimuth.float().reshape(-1, 1))
+    rel = torch.deg2rad(torch.as_tensor(ref_elevation, dtype=torch.float32, device=el.device).reshape(1, -1))
+    raz = torch.deg2rad(torch.as_tensor(ref_azimuth, dtype=torch.float32, device=el.device).reshape(1, -1))
+    cos_d = torch.sin(el) * torch.sin(rel) + torch.cos(el) * torch.cos(rel) * torch.cos(az - raz)
+    return torch.argmax(cos_d + 1e-6 * torch.linspace(0, -1, cos_d.shape[1], device=el.device), dim=1)
+
+
 def sample_orbit_cameras(
     n: int,
     elevation_range: tuple[float, float],

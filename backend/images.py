@@ -108,22 +108,83 @@ def load_rgba(image: np.ndarray | str | Path, mask: np.ndarray | str | Path | No
     return rgba
 
 
-def recenter(rgba: np.ndarray, size: int = 256, fill: float = 0.8) -> np.ndarray:
+def object_box(rgba: np.ndarray) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1), the bounding box of the object (alpha > 0.5) in an RGBA image, ends
+    exclusive.
+
+    Raises:
+        ValueError: the alpha channel holds no object pixel."""
+    ys, xs = np.nonzero(rgba[..., 3] > 127)
+    if len(ys) == 0:
+        raise ValueError("the image has no object pixels (its alpha or mask is empty)")
+    return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+
+
+def recenter(rgba: np.ndarray, size: int = 256, fill: float = 0.8, scale: float | None = None) -> np.ndarray:
     """Crop the object (alpha > 0.5) and scale it so that its longer side is ``fill`` x
     ``size``, centred in a ``size`` x ``size`` RGBA image (DreamGaussian's border ratio 0.2).
+    ``scale``: output pixels per input pixel instead (:func:`recenter_views`).
     Returns uint8 [size, size, 4] with straight alpha."""
-    ys, xs = np.nonzero(rgba[..., 3] > 127)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    y0, y1, x0, x1 = object_box(rgba)
     crop = rgba[y0:y1, x0:x1]
     h, w = crop.shape[:2]
-    target = max(1, int(round(size * fill)))
-    scale = target / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    if scale is None:
+        target = max(1, int(round(size * fill)))
+        scale = target / max(h, w)
+    nh, nw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
     resized = np.asarray(Image.fromarray(crop).resize((nw, nh), Image.Resampling.LANCZOS))
     out = np.zeros((size, size, 4), np.uint8)
     top, left = (size - nh) // 2, (size - nw) // 2
     out[top:top + nh, left:left + nw] = resized
     return out
+
+
+#: Above this absolute elevation (degrees) a further view is scaled by the object's width, not
+#: its height (:func:`recenter_views`).
+STEEP_VIEW_DEGREES = 45.0
+
+
+def recenter_views(rgbas: list[np.ndarray], elevations: list[float], size: int = 256,
+                   fill: float = 0.8) -> tuple[list[np.ndarray], list[dict]]:
+    """Several photos of one object recentred so that its size agrees across them.
+
+    The first (the front) is recentred as a single reference is (:func:`recenter`: its longer
+    side ``fill`` x ``size``). Each further image is centred the same way but scaled so that one
+    extent of the object matches the front's recentred one: its *height* for a view within
+    :data:`STEEP_VIEW_DEGREES` of the horizon (turning about the vertical axis keeps an object's
+    height, while its width changes with the azimuth), its *width* for a steeper view (a view
+    from above at azimuth 0 sees the front's left-right extent across the image). This matching
+    is our choice (no reference implementation takes several photos); with orbit cameras at one
+    radius it is exact up to perspective. An object that would overflow the frame is scaled to
+    fit it instead, and the report says so.
+
+    Args:
+        rgbas: uint8 [H_k, W_k, 4] with straight alpha (the object), any sizes.
+        elevations: each view's elevation, degrees (the first is the front's).
+        size: the output side, pixels. fill: the front's longer side, a fraction of ``size``.
+    Returns:
+        (uint8 [size, size, 4] per image, a report per image: ``matched`` ("front", "height" or
+        "width"), ``scale`` (output pixels per input pixel), ``fits`` (False where the
+        matched scale had to be reduced)).
+    Raises:
+        ValueError: an image without object pixels.
+    """
+    y0, y1, x0, x1 = object_box(rgbas[0])
+    front_scale = max(1, int(round(size * fill))) / max(y1 - y0, x1 - x0)
+    front_h, front_w = (y1 - y0) * front_scale, (x1 - x0) * front_scale
+    out = [recenter(rgbas[0], size, fill)]
+    reports = [{"matched": "front", "scale": round(front_scale, 5), "fits": True}]
+    for rgba, elevation in zip(rgbas[1:], elevations[1:]):
+        y0, y1, x0, x1 = object_box(rgba)
+        h, w = y1 - y0, x1 - x0
+        steep = abs(elevation) > STEEP_VIEW_DEGREES
+        scale = front_w / w if steep else front_h / h
+        fits = max(h, w) * scale <= size
+        if not fits:
+            scale = size / max(h, w)
+        out.append(recenter(rgba, size, fill, scale=scale))
+        reports.append({"matched": "width" if steep else "height", "scale": round(scale, 5), "fits": bool(fits)})
+    return out, reports
 
 
 def to_white_background(rgba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Zero-1-to-3 (Liu et al. 2023) as an SDS / SDEdit teacher for one reference image.
+"""Zero-1-to-3 (Liu et al. 2023) as an SDS / SDEdit teacher for one or several reference images.
 
 Loaded component by component from the diffusers conversions ``ashawkey/zero123-xl-diffusers``
 and ``ashawkey/stable-zero123-diffusers`` (their model_index.json names a custom pipeline
@@ -17,7 +17,16 @@ Camera embedding, relative to the reference camera. Zero-1-to-3 uses the polar a
 grows downwards, so in this project's convention (elevation positive above):
 [deg2rad(el_ref - el), sin(deg2rad(az - az_ref)), cos(deg2rad(az - az_ref)), r - r_ref] for
 zero123-xl; stable-zero123 replaces the last entry by deg2rad(90 - el_ref), the reference's
-polar angle (DreamGaussian's deg2rad(90 + its elevation), whose sign is flipped).
+polar angle (DreamGaussian's deg2rad(90 + its elevation), whose sign is flipped). The relative
+camera is the one of threestudio's ``Zero123Guidance.get_cond``
+(``threestudio/models/guidance/zero123_guidance.py``) and DreamGaussian's ``zero123_utils``.
+
+Several references (views of one object, e.g. front and back): each view to denoise is
+conditioned on the reference nearest to its camera by the great-circle angle between the two
+orbit directions (``cameras.nearest_view``), with the relative camera computed from that
+reference. Zero-1-to-3 was trained on one condition image; the per-view choice of the nearest one
+is our choice (threestudio and DreamGaussian take a single image), in the spirit of conditioning
+each novel view on the input it can see best.
 """
 from __future__ import annotations
 
@@ -28,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cameras import Cameras, orbit_angles
+from ..cameras import Cameras, nearest_view, orbit_angles
 from ..models import check_model_folder, weights_variant
 from .base import LatentDiffusionGuidance, cfg, freeze, precision_and_placement  # noqa: I001 (before diffusers)
 from diffusers.configuration_utils import ConfigMixin, register_to_config  # noqa: E402
@@ -116,13 +125,23 @@ def load_zero123(folder: str | Path, model_id: str, device: str = "cpu", fp16: b
     return parts
 
 
-def camera_embedding(elevation: torch.Tensor, azimuth: torch.Tensor, radius: torch.Tensor, ref_elevation: float,
-                     ref_azimuth: float, ref_radius: float, stable: bool) -> torch.Tensor:
-    """Zero-1-to-3's relative camera embedding [B, 4] (see the module doc for the convention)."""
-    d_polar = torch.deg2rad(ref_elevation - elevation)
-    d_az = torch.deg2rad(azimuth - ref_azimuth)
-    last = torch.full_like(d_polar, float(np.deg2rad(90.0 - ref_elevation))) if stable else radius - ref_radius
+def camera_embedding(elevation: torch.Tensor, azimuth: torch.Tensor, radius: torch.Tensor, ref_elevation,
+                     ref_azimuth, ref_radius: float, stable: bool) -> torch.Tensor:
+    """Zero-1-to-3's relative camera embedding float [B, 4] (see the module doc for the
+    convention). ``elevation``, ``azimuth`` (degrees), ``radius`` (metres): [B]; the reference's
+    ``ref_elevation`` and ``ref_azimuth``: numbers or [B] (each view's own reference)."""
+    ref_el = torch.as_tensor(ref_elevation, dtype=torch.float32, device=elevation.device)
+    ref_az = torch.as_tensor(ref_azimuth, dtype=torch.float32, device=elevation.device)
+    d_polar = torch.deg2rad(ref_el - elevation)
+    d_az = torch.deg2rad(azimuth - ref_az)
+    last = torch.deg2rad(90.0 - ref_el).expand_as(d_polar) if stable else radius - ref_radius
     return torch.stack([d_polar, torch.sin(d_az), torch.cos(d_az), last], -1)
+
+
+def _per_reference(value, K: int) -> torch.Tensor:
+    """float32 [K] from a number (the same for each reference) or a sequence."""
+    v = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
+    return v.expand(K).clone() if v.numel() == 1 else v
 
 
 class Zero123Guidance(LatentDiffusionGuidance):
@@ -132,27 +151,39 @@ class Zero123Guidance(LatentDiffusionGuidance):
         super().__init__(parts, guidance_scale, weighting)
 
     @torch.no_grad()
-    def encode_condition(self, image: torch.Tensor | None = None, elevation: float = 0.0, azimuth: float = 0.0,
+    def encode_condition(self, image: torch.Tensor | None = None, elevation=0.0, azimuth=0.0,
                          radius: float = 2.0, **_: Any) -> None:
-        """Cache the reference: ``image`` float [1, 3, H, W] in [0, 1] (object on white), seen
-        from the orbit camera (elevation, azimuth in degrees, radius in metres)."""
+        """Cache the references: ``image`` float [K, 3, H, W] in [0, 1] (the object on white), K >= 1
+        views of one object seen from the orbit cameras ``elevation`` and ``azimuth`` (degrees:
+        a number, or a sequence of K) at ``radius`` metres.
+
+        Raises:
+            ValueError: no image, or angles whose count is not K.
+        """
         if image is None:
             raise ValueError("the Zero-1-to-3 teacher needs a reference image")
         x = self.resize(image.to(self.device, torch.float32))
+        K = x.shape[0]
+        elevations, azimuths = (_per_reference(v, K) for v in (elevation, azimuth))
+        if elevations.numel() != K or azimuths.numel() != K:
+            raise ValueError(f"{K} reference images need {K} elevations and azimuths, got {elevations.numel()} and "
+                             f"{azimuths.numel()}")
         pixels = self.parts.feature_extractor(images=list(x.clamp(0, 1)), do_rescale=False, return_tensors="pt").pixel_values
-        clip = self.parts.image_encoder(pixels.to(self.device, self.parts.dtype)).image_embeds  # [1, D]
+        clip = self.parts.image_encoder(pixels.to(self.device, self.parts.dtype)).image_embeds  # [K, D]
         latents = self.parts.vae.encode((x * 2 - 1).to(self.parts.dtype)).latent_dist.mode()  # unscaled
-        self.condition = {"clip": clip[:, None, :], "latents": latents, "elevation": float(elevation),
-                          "azimuth": float(azimuth), "radius": float(radius)}
+        self.condition = {"clip": clip[:, None, :], "latents": latents, "elevation": elevations.to(self.device),
+                          "azimuth": azimuths.to(self.device), "radius": float(radius)}
 
     def predict_noise(self, x_t, t, cameras: Cameras, background=None) -> torch.Tensor:
         B = x_t.shape[0]
         c = self.condition
         el, az, r = orbit_angles(cameras)
-        T = camera_embedding(el, az, r, c["elevation"], c["azimuth"], c["radius"], self.parts.stable).to(self.device)
-        cc = self.parts.projection(torch.cat([c["clip"].expand(B, -1, -1), T[:, None, :].to(self.parts.dtype)], -1))
+        el, az, r = el.to(self.device), az.to(self.device), r.to(self.device)
+        pick = nearest_view(el, az, c["elevation"], c["azimuth"])  # [B]: each view's reference
+        T = camera_embedding(el, az, r, c["elevation"][pick], c["azimuth"][pick], c["radius"], self.parts.stable)
+        cc = self.parts.projection(torch.cat([c["clip"][pick], T[:, None, :].to(self.parts.dtype)], -1))
         cc = torch.cat([cc, torch.zeros_like(cc)])
-        ref = c["latents"].expand(B, -1, -1, -1)
+        ref = c["latents"][pick]
         ref = torch.cat([ref, torch.zeros_like(ref)])
         x_in = torch.cat([torch.cat([x_t, x_t]).to(self.parts.dtype), ref], 1)
         eps = self.parts.unet(x_in, torch.cat([t, t]), encoder_hidden_states=cc).sample

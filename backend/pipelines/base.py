@@ -9,10 +9,12 @@ queued, so ``run`` receives complete, range-checked parameters.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+from shared_protocol.views import MAX_REFERENCES, ViewError, check_angles
 
 # The contract types are the plugin API too: a method module imports them from here or from contracts.
 from ..contracts import ORACLE_MAX_MODES, ORACLE_MAX_SIGMA
@@ -494,6 +496,101 @@ def check_teacher_inputs(params: dict, inputs: dict) -> None:
         raise ParamError("teacher 'oracle' needs 'oracle_mesh' (a GLB path on the server)")
     if "mask" in inputs and "image" in inputs and inputs["mask"].shape != inputs["image"].shape[:2]:
         raise ParamError(f"the mask is {inputs['mask'].shape} but the image is {inputs['image'].shape[:2]}")
+
+#: Further reference images (``shared_protocol.views``: ``image_1`` .. ``image_7`` with optional
+#: masks, and their views ``reference_views``) of every image-conditioned method, shown only
+#: in image mode.
+def reference_inputs(when: tuple[str, tuple] | None = ("mode", ("image",))) -> dict[str, InputSpec]:
+    """The inputs of the further reference views (see ``shared_protocol.views`` for the wire
+    form): ``image_k`` uint8 [H, W, 3|4] and ``mask_k`` uint8 [H, W] for k = 1 .. 7, and
+    ``reference_views`` float [K, 2] (azimuth, elevation in degrees of ``image_1`` ..
+    ``image_K``). ``when``: the condition under which clients offer them."""
+    out: dict[str, InputSpec] = {}
+    for k in range(1, MAX_REFERENCES):
+        out[f"image_{k}"] = InputSpec(("uint8",), (None, None, (3, 4)), when=when,
+                                      help=f"reference image {k + 1} uint8 [H, W, 3|4] seen from row {k} of "
+                                           "'reference_views'; alpha = object")
+        out[f"mask_{k}"] = InputSpec(("uint8",), (None, None), when=when,
+                                     help=f"foreground mask uint8 [H, W] of 'image_{k}' when it is RGB")
+    out["reference_views"] = InputSpec(("float32", "float64"), (None, 2), max_elements=2 * MAX_REFERENCES, when=when,
+                                       help="the views of image_1 .. image_K: K rows of (azimuth, elevation), degrees "
+                                            "(azimuth 90: the object's left side, elevation positive above)")
+    return out
+
+
+def further_references(params: dict, inputs: dict) -> int:
+    """K, the number of reference views besides the front: the rows of ``reference_views`` (with
+    the oracle, which renders its own references, images are optional), else the ``image_k``
+    given. Not checked: :func:`check_reference_inputs` does that."""
+    views = inputs.get("reference_views")
+    if views is not None:
+        return int(np.asarray(views).shape[0])
+    return sum(1 for k in range(1, MAX_REFERENCES) if f"image_{k}" in inputs)
+
+
+def check_reference_inputs(params: dict, inputs: dict) -> None:
+    """Checks of the further reference views (:func:`reference_inputs`): images numbered from 1
+    without gaps, one row of ``reference_views`` per image, at most ``MAX_REFERENCES`` images with
+    the front, angles within ``shared_protocol.views``' ranges, each mask the size of its image,
+    image mode only.
+
+    Raises:
+        ParamError: one sentence that says what is wrong and what to send instead.
+    """
+    numbered = sorted(int(key.split("_")[1]) for key in inputs if re.fullmatch(r"image_\d+", key))
+    views = inputs.get("reference_views")
+    if not numbered and views is None:
+        for key in inputs:
+            if re.fullmatch(r"mask_\d+", key):
+                raise ParamError(f"'{key}' is given without 'image_{key.split('_')[1]}': send the image with its mask")
+        return
+    if params.get("mode", "image") != "image":
+        raise ParamError("further reference images ('image_1' ...) are for image mode: set mode to 'image' or send "
+                         "the prompt alone")
+    count = further_references(params, inputs)
+    if count + 1 > MAX_REFERENCES:
+        raise ParamError(f"{count + 1} reference images were given; at most {MAX_REFERENCES} (the front and "
+                         f"{MAX_REFERENCES - 1} more) are allowed")
+    if numbered != list(range(1, len(numbered) + 1)):
+        raise ParamError(f"the further reference images must be numbered image_1 .. image_K without gaps; got "
+                         f"{', '.join(f'image_{k}' for k in numbered)}")
+    if numbered and "image" not in inputs:
+        raise ParamError("further reference images need the front image 'image' as well")
+    if views is None:
+        raise ParamError(f"{len(numbered)} further reference image(s) were given without 'reference_views': send one "
+                         "row of (azimuth, elevation) in degrees per image")
+    if numbered and len(numbered) != count:
+        raise ParamError(f"'reference_views' has {count} rows but {len(numbered)} further images were given: one row "
+                         "per image")
+    if not numbered and params.get("teacher") != "oracle":
+        raise ParamError("'reference_views' is given without images: send image_1 .. image_K with it (only the oracle "
+                         "teacher renders its own references)")
+    for row, (azimuth, elevation) in enumerate(np.asarray(views, np.float64)):
+        try:
+            check_angles(float(azimuth), float(elevation), f"reference view {row + 1} (image_{row + 1})")
+        except ViewError as exc:
+            raise ParamError(str(exc)) from None
+    for k in numbered:
+        mask = inputs.get(f"mask_{k}")
+        if mask is not None and mask.shape != inputs[f"image_{k}"].shape[:2]:
+            raise ParamError(f"mask_{k} is {mask.shape} but image_{k} is {inputs[f'image_{k}'].shape[:2]}: a mask must "
+                             "be the size of its image")
+    for key in inputs:
+        if re.fullmatch(r"mask_\d+", key) and int(key.split("_")[1]) not in numbered:
+            raise ParamError(f"'{key}' is given without 'image_{key.split('_')[1]}': send the image with its mask")
+
+
+#: Bytes per pixel of a reference view during optimisation (its render, alpha and depth, their
+#: gradients, the targets): a rough upper figure, like the others above.
+BYTES_PER_REFERENCE_PIXEL = 256
+
+
+def reference_memory(params: dict, inputs: dict) -> int:
+    """Bytes the reference views take beyond the first: renders and gradients at ``ref_size`` and
+    the teacher's cached condition (CLIP embedding and VAE latents) of each."""
+    extra = further_references(params, inputs)
+    return extra * (params.get("ref_size", 256) ** 2 * BYTES_PER_REFERENCE_PIXEL + (1 << 20))
+
 
 #: The pipelines known to this process, by name. Filled by :func:`register`.
 REGISTRY: dict[str, type[Pipeline]] = {}

@@ -55,11 +55,12 @@ from ..images import MaskError
 from ..render.mesh import TexturedMesh, render_mesh
 from ..schedules import IntervalAnneal, Uniform, make_schedule, sds_weighting
 from ..stages.distillation import (denoiser_evaluations, distil_gaussians, elevation_window, extract_textured_mesh,
-                                   image_teacher_and_reference, prompt_teacher, reference_view, write_refined_asset)
+                                   image_teacher_and_reference, prompt_teacher, write_refined_asset)
 from ..stages.gaussians import sds_terms
 from ..stages.geometry import refine_mesh
 from ..stages.progress import contact_sheet, teacher_note
 from ..stages.reference_image import draw_reference
+from ..stages.reference_views import reference_views
 from .specs.dreamcraft3d import DREAMBOOTH_LORA_FILE, DreamCraft3DSpec, boost_strengths, parse_interval
 
 
@@ -127,11 +128,11 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
             drawn_meta = {"reference_seed": seed, "masked_by": drawn.masked_by}
         if p["reference_only"]:
             oracle_view = load_job_teacher(p, True, device, models_dir=request.models_dir) if oracle else None
-            reference_view(inputs, p, oracle_view, radius, job_dir, device)  # reference.png, the recentred RGBA
-            files["reference.png"] = job_dir / "reference.png"
+            written = reference_views(inputs, p, oracle_view, radius, job_dir, device, emit)  # the recentred RGBAs
+            files.update({name: job_dir / name for name in written["files"]})
             return Result(files=files, meta={"mode": p["mode"], "reference_only": True, "masked": True, **drawn_meta})
         zero123, ref = image_teacher_and_reference(p, inputs, request, emit)
-        files["reference.png"] = job_dir / "reference.png"
+        files.update({name: job_dir / name for name in ref["files"]})
         emit.preview("views", {"rgba": contact_sheet(ref["rgb"])}, {"phase": "reference"})
         clock["reference"] = round(time.monotonic() - mark, 2)
         sd = prompt_teacher(p, zero123, request, emit, p["prompt"], p["negative_prompt"], loaded=sd, absent=(
@@ -201,7 +202,8 @@ class DreamCraft3DPipeline(DreamCraft3DSpec):
         files.update(asset)
         evaluations = denoiser_evaluations(zero123, sd)
         return Result(files=files, arrays=arrays, meta={
-            "mode": p["mode"], "timestep_schedule": p["timestep_schedule"], "class_name": class_word(p),
+            "mode": p["mode"], "references": len(ref["files"]), "timestep_schedule": p["timestep_schedule"],
+            "class_name": class_word(p),
             "gaussians": len(model), "faces": int(len(uvm.faces)),
             "denoiser_evaluations": evaluations, "seconds": clock, "boost": boost_meta,
             "total_seconds": round(time.monotonic() - t0, 2), "radius": radius, "output": output, **drawn_meta})

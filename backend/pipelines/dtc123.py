@@ -181,13 +181,13 @@ class DTC123Pipeline(DTC123Spec):
         clock["fine"] = round(time.monotonic() - mark, 2)
         files, arrays, output = write_refined_asset(request.job_dir, uvm, refined, "dtc123", p, emit, cancel, request,
                                                     full)
-        files["reference.png"] = request.job_dir / "reference.png"
+        files.update({name: request.job_dir / name for name in ref["files"]})
         (request.job_dir / "curriculum.json").write_text(json.dumps(
             {"stages": [dict(s.__dict__) for s in curriculum.stages], "total": total, "steps": trace}))
         files["curriculum.json"] = request.job_dir / "curriculum.json"
         evaluations = denoiser_evaluations(zero123, sd)
         return Result(files=files, arrays=arrays, meta={
-            "mode": "image", "stable_diffusion_prompt": sd_prompt, "gaussians": len(model),
+            "mode": "image", "references": len(ref["files"]), "stable_diffusion_prompt": sd_prompt, "gaussians": len(model),
             "faces": int(len(uvm.faces)), "denoiser_evaluations": evaluations, "seconds": clock,
             "curriculum": summarise(trace), "total_seconds": round(time.monotonic() - t0, 2), "radius": radius,
             "output": output})

@@ -43,13 +43,13 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from ..cameras import orbit_cameras
+from ..cameras import Cameras, orbit_cameras
 from ..geometry.export import write_ply
 from ..guidance import load_job_teacher, load_teacher
 from ..guidance.base import sdedit_start_step
 from ..guidance.multiview import MultiViewGenerator
-from ..images import load_rgba, recenter
 from ..render.gaussians import render
 from ..stages.gaussians import preview_gaussians
 from ..stages.asset_output import write_asset
@@ -57,6 +57,7 @@ from ..stages.mesh_export import bake_from_views, export_mesh
 from ..stages.progress import PreviewThrottle, contact_sheet
 from ..stages.reference_image import draw_reference, on_white
 from ..stages.reconstruction import GaussianFit, Views, calibration_cameras
+from ..stages.reference_views import reference_views
 from ..contracts import CancelToken, Emitter, JobRequest, Result
 from .specs.im3d import IM3DSpec, regen_strengths, view_elevations
 
@@ -67,6 +68,24 @@ def masked_views(images: torch.Tensor, threshold: float) -> torch.Tensor:
     rgb = images.permute(0, 2, 3, 1)
     alpha = ((1.0 - rgb).amax(-1, keepdim=True) > threshold).float()
     return torch.cat([rgb, alpha], -1)
+
+
+def fixed_views(given: dict, size: int) -> Views:
+    """The given reference views (``stages.reference_views``) as fitting views of side ``size``:
+    RGBA float [N, size, size, 4] (their RGB over white, their alpha) at their own cameras."""
+    rgb = F.interpolate(given["rgb"], (size, size), mode="bilinear", align_corners=False, antialias=True)
+    alpha = F.interpolate(given["alpha"], (size, size), mode="bilinear", align_corners=False, antialias=True)
+    return Views(given["camera"].resized(size, size), torch.cat([rgb, alpha], 1).permute(0, 2, 3, 1).clamp(0, 1))
+
+
+def with_fixed(views: Views, fixed: Views | None) -> Views:
+    """The generated ``views`` and, after them, the given ones (``fixed``; None: none): with
+    several reference images IM-3D fits the given views beside the generated ones, which are
+    regenerated each loop while the given ones stay (our choice; the paper takes one image)."""
+    if fixed is None:
+        return views
+    return Views(Cameras.cat([views.cameras, fixed.cameras.to(views.cameras.c2w.device)]),
+                 torch.cat([views.images, fixed.images.to(views.images.device, views.images.dtype)]))
 
 
 def solver_steps(emit: Emitter, cancel: CancelToken, stage: str, total: int, message: str):
@@ -110,14 +129,10 @@ class IM3DPipeline(IM3DSpec):
         teacher = load_job_teacher(dict(p, view_prompts=False), True, device, cache=request.models,
                                    models_dir=request.models_dir)
         size, ref_size = p["view_size"], p["ref_size"]
-        front = orbit_cameras(p["elevation"], 0.0, p["radius"], p["fovy"], ref_size, ref_size)
-        if oracle:
-            from ..guidance.oracle import render_target
-
-            reference = render_target(teacher, front).to(device)
-        elif p["mode"] == "image":
-            rgba = recenter(load_rgba(np.asarray(request.inputs["image"]), request.inputs.get("mask")), ref_size)
-            reference = on_white(rgba, device)
+        given = None  # the given reference views (image mode, or the oracle's renders at them)
+        if oracle or p["mode"] == "image":
+            given = reference_views(request.inputs, p, teacher, p["radius"], request.job_dir, device, emit)
+            reference = given["rgb"]
         else:
             sd = load_teacher("stable-diffusion", "tiny" if p["weights"] == "tiny" else "default", device,
                               cache=request.models, models_dir=request.models_dir)
@@ -138,7 +153,9 @@ class IM3DPipeline(IM3DSpec):
         azimuths = torch.arange(k) * (360.0 / k)
         cams = orbit_cameras(elevations, azimuths, p["radius"], p["fovy"], size, size).to(device)
         generator = MultiViewGenerator(teacher, p["solver"])
-        condition = {"image": reference, "elevation": p["elevation"], "azimuth": 0.0, "radius": p["radius"]}
+        # Several given views: each generated view is conditioned on the nearest one (guidance.zero123).
+        condition = {"image": reference, "elevation": given["elevations"] if given else p["elevation"],
+                     "azimuth": given["azimuths"] if given else 0.0, "radius": p["radius"]}
         emit.progress("generate", 0, p["gen_steps"], message=f"{k} views")
         gen_cams = cams
         if oracle and p["oracle_jitter"] > 0:
@@ -150,7 +167,8 @@ class IM3DPipeline(IM3DSpec):
         emit.progress("generate", p["gen_steps"], p["gen_steps"], message=f"{k} views")
         emit.preview("views", {"rgba": contact_sheet(images)}, {"phase": "generate"})
         lap("generate")
-        views = Views(cams, masked_views(images, p["mask_threshold"]))
+        fixed = fixed_views(given, size) if given is not None and len(given["files"]) > 1 else None
+        views = with_fixed(Views(cams, masked_views(images, p["mask_threshold"])), fixed)
         # The reference fills 80% of its view (images.recenter), so the object lies within
         # +-radius tan(fovy / 2) of the centre, as every method's does: the hull and the mesh stay there.
         extent = p["radius"] * math.tan(math.radians(p["fovy"]) / 2)
@@ -177,7 +195,7 @@ class IM3DPipeline(IM3DSpec):
                                               check=solver_steps(emit, cancel, f"regenerate {loop + 1}", runs,
                                                                  f"{k} views, strength {strength:g}"))
                 emit.progress(f"regenerate {loop + 1}", runs, runs, message=f"{k} views, strength {strength:g}")
-                fit.views = Views(cams, masked_views(images, p["mask_threshold"]))
+                fit.views = with_fixed(Views(cams, masked_views(images, p["mask_threshold"])), fixed)
                 loop += 1
                 emit.preview("views", {"rgba": contact_sheet(images)}, {"phase": f"regenerate {loop}"})
                 lap(f"regenerate_{loop}")
@@ -196,11 +214,13 @@ class IM3DPipeline(IM3DSpec):
         files["gaussians.ply"] = request.job_dir / "gaussians.ply"
         if drawn_meta is not None:
             files.update({name: request.job_dir / name for name in ("reference.png", "reference_drawn.png")})
+        elif given is not None:
+            files.update({name: request.job_dir / name for name in given["files"]})
         lap("mesh")
         evaluations += generator.evaluations
         view_evaluations += teacher.view_evaluations
         return Result(files=files, arrays=arrays, meta={
-            "mode": p["mode"], "views": k, "view_elevations": [round(float(e), 3) for e in elevations], "loops": loop, "denoiser_evaluations": evaluations,
+            "mode": p["mode"], "views": k, "references": len(given["files"]) if given is not None else 1, "view_elevations": [round(float(e), 3) for e in elevations], "loops": loop, "denoiser_evaluations": evaluations,
             "view_evaluations": view_evaluations,
             "gaussians": len(model), "faces": int(len(exported.uvm.faces)), "seconds": clock,
             "total_seconds": round(time.monotonic() - t0, 2), "radius": p["radius"], "output": output,

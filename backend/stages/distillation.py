@@ -3,8 +3,8 @@ DreamGaussian (Tang et al. 2023) introduced and that DreamTime's method reuses w
 timestep schedule. Every number comes from the caller's parameters (one vocabulary, see
 ``backend.pipelines.specs.dreamgaussian`` for the public code's values and sources):
 
-- :func:`reference_view`: the recentred input image (or the oracle's render) as the reference
-  view;
+- the reference views (the front image and any further ones, recentred at one scale, or the
+  oracle's renders) come from ``stages.reference_views``;
 - :func:`elevation_window`: the random cameras' elevation range around the reference view;
 - :func:`add_reference_depth`: a monocular depth estimate of the reference view for the depth
   correlation loss (when the estimator's weights are present);
@@ -27,22 +27,21 @@ from typing import Callable
 import numpy as np
 import torch
 import trimesh
-from PIL import Image
 
 from ..cameras import Cameras, OrbitSampler, orbit_cameras
-from ..geometry.export import texture_to_uint8, write_ply
+from ..geometry.export import write_ply
 from ..geometry.surface_bake import carry_displacement
 from ..geometry.uv import UVMesh, bake_texture
-from ..images import load_rgba, recenter, to_white_background
 from ..guidance import load_job_teacher, load_teacher
 from ..contracts import CancelToken, Emitter, JobRequest, Result, parse_sizes, schedule_kwargs
 from ..render.gaussians import GaussianModel, render
-from ..render.mesh import TexturedMesh, render_mesh
+from ..render.mesh import TexturedMesh
 from ..schedules import Ramp, TimestepSchedule, make_schedule, sds_weighting, step_levels
 from .gaussians import Densification, expon_lr, preview_gaussians, reference_view_loss, sds_terms, set_lr, step_optimizers
 from .asset_output import write_asset
 from .mesh_export import export_mesh, orbit_bake_cameras, render_bake_views
 from .progress import PreviewThrottle
+from .reference_views import condition_teacher, reference_views
 from .texture import optimise_texture
 
 #: Opacity after a reset (DreamGaussian ``gs_renderer.py`` line 418, ``reset_opacity``:
@@ -65,34 +64,12 @@ def elevation_window(p: dict) -> tuple[float, float]:
     return -(el + hi), -(el + lo)
 
 
-def reference_view(inputs: dict, p: dict, teacher, radius: float, job_dir: Path, device: str) -> dict:
-    """The reference view: the input image recentred (or, with the oracle, the oracle's own
-    render), as ``{"rgb": float [1, 3, S, S] over white, "alpha": float [1, 1, S, S],
-    "camera": Cameras}`` with S = ``p["ref_size"]``; ``reference.png`` (RGBA) is written to
-    ``job_dir``."""
-    size = p["ref_size"]
-    camera = orbit_cameras(p["elevation"], 0.0, radius, p["fovy"], size, size)
-    if p["teacher"] == "oracle":
-        from ..guidance.oracle import render_target
-
-        rgb_t = render_target(teacher, camera, 1.0).to(device)
-        with torch.no_grad():
-            alpha_t = render_mesh(teacher.mesh, camera).alpha.permute(0, 3, 1, 2).to(device)
-        rgba = np.concatenate([texture_to_uint8(rgb_t[0].permute(1, 2, 0)), texture_to_uint8(alpha_t[0, 0])[..., None]], -1)
-    else:
-        rgba = recenter(load_rgba(np.asarray(inputs["image"]), inputs.get("mask")), size)
-        rgb, alpha = to_white_background(rgba)
-        rgb_t = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device)
-        alpha_t = torch.from_numpy(alpha)[None, None].to(device)
-    Image.fromarray(rgba).save(job_dir / "reference.png")
-    return {"rgb": rgb_t, "alpha": alpha_t, "camera": camera}
-
-
 def image_teacher_and_reference(p: dict, inputs: dict, request: JobRequest, emit: Emitter) -> tuple[object, dict]:
-    """The opening of a method that distils from Zero-1-to-3 around a reference image (DTC123,
-    DreamCraft3D): Zero-1-to-3 (or the oracle) at CFG ``zero123_cfg``, the reference view
-    (:func:`reference_view`, ``reference.png`` written) with the teacher's condition encoded from
-    it, and, with ``lambda_depth`` > 0, its monocular depth (:func:`add_reference_depth`).
+    """The opening of a method that distils from Zero-1-to-3 around reference images (DTC123,
+    DreamCraft3D): Zero-1-to-3 (or the oracle) at CFG ``zero123_cfg``, the reference views
+    (``stages.reference_views.reference_views``: the front and any further images, ``reference.png``
+    and ``reference_k.png`` written) with the teacher's condition encoded from all of them, and,
+    with ``lambda_depth`` > 0, their monocular depth (:func:`add_reference_depth`).
 
     Returns:
         (the teacher, the reference dict).
@@ -100,8 +77,8 @@ def image_teacher_and_reference(p: dict, inputs: dict, request: JobRequest, emit
     device, radius = request.device, p["radius"]
     teacher = load_job_teacher(dict(p, guidance_scale=p["zero123_cfg"]), True, device, cache=request.models,
                                models_dir=request.models_dir)
-    ref = reference_view(inputs, p, teacher, radius, request.job_dir, device)
-    teacher.encode_condition(image=ref["rgb"], elevation=p["elevation"], azimuth=0.0, radius=radius)
+    ref = reference_views(inputs, p, teacher, radius, request.job_dir, device, emit)
+    condition_teacher(teacher, ref, radius)
     if p["lambda_depth"] > 0:
         add_reference_depth(p["weights"], ref, device, emit, models_dir=request.models_dir, cache=request.models)
     return teacher, ref
@@ -199,7 +176,8 @@ def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule
         p: the method's resolved parameters (DreamGaussian's vocabulary: ``iters``,
             ``init_points``, ``lr_*``, ``densify_*``, ``resolutions``, ...).
         teacher: a guidance with its condition encoded.
-        ref: :func:`reference_view`'s dict, or None in text mode.
+        ref: ``stages.reference_views.reference_views``' dict (N views: each adds its losses
+            with the full weights), or None in text mode.
         radius: camera distance, metres.
         schedule: the timestep schedule (``schedules.make_schedule``).
         timings: filled with seconds spent in render/teacher/backward/densify and ``steps``.
@@ -330,7 +308,7 @@ def mesh_and_texture(p: dict, model: GaussianModel, teacher, ref: dict | None, r
     files, arrays, output = write_asset(job_dir, uvm, texture, name, p, emit, cancel, full=full, request=request)
     files["gaussians.ply"] = job_dir / "gaussians.ply"
     if ref is not None:
-        files["reference.png"] = job_dir / "reference.png"
+        files.update({name: job_dir / name for name in ref["files"]})
     return files, arrays, int(len(uvm.faces)), output
 
 
@@ -362,8 +340,8 @@ def run_distillation(request: JobRequest, emit: Emitter, cancel: CancelToken, as
     teacher = load_job_teacher(p, p["mode"] == "image", device, cache=request.models, models_dir=request.models_dir)
     ref = None
     if p["mode"] == "image":
-        ref = reference_view(request.inputs, p, teacher, radius, request.job_dir, device)
-        teacher.encode_condition(image=ref["rgb"], elevation=p["elevation"], azimuth=0.0, radius=radius)
+        ref = reference_views(request.inputs, p, teacher, radius, request.job_dir, device, emit)
+        condition_teacher(teacher, ref, radius)
     else:
         teacher.encode_condition(prompt=p["prompt"], negative_prompt=p["negative_prompt"])
     schedule = make_schedule(p["timestep_schedule"], p["t_min"], p["t_max"], alphas_cumprod=teacher.alphas_cumprod,
@@ -373,7 +351,8 @@ def run_distillation(request: JobRequest, emit: Emitter, cancel: CancelToken, as
     files, arrays, faces, output = mesh_and_texture(p, model, teacher, ref, radius, request.job_dir, emit, cancel, gen,
                                                     device, asset_name, request)
     return Result(files=files, arrays=arrays, meta={
-        "mode": p["mode"], "timestep_schedule": p["timestep_schedule"], "gaussians": len(model), "faces": faces,
+        "mode": p["mode"], "references": len(ref["files"]) if ref is not None else 0,
+        "timestep_schedule": p["timestep_schedule"], "gaussians": len(model), "faces": faces,
         "denoiser_evaluations": teacher.evaluations, "view_evaluations": teacher.view_evaluations,
         "stage1_seconds": {k: round(v, 4) for k, v in timings.items()},
         "total_seconds": round(time.monotonic() - t0, 2), "radius": radius, "output": output})

@@ -135,27 +135,42 @@ def image_loss(pred: torch.Tensor, target: torch.Tensor, w_ssim: float) -> torch
     return (1.0 - w_ssim) * l1 + w_ssim * (1.0 - s)
 
 
+def per_view_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """sum over the N views of each view's mean squared error, for ``pred`` and ``target`` float
+    [N, C, H, W]: every reference view weighs what a single one does (with one view, exactly
+    ``F.mse_loss``). Weighting each given view fully rather than averaging them is our choice: a
+    view's fit then matches a single-view run's, whatever the number of views."""
+    return F.mse_loss(pred, target, reduction="none").flatten(1).mean(1).sum()
+
+
 def reference_view_loss(out: RenderOutput, ref: dict, w_rgb: float, w_mask: float, w_depth: float = 0.0) -> torch.Tensor:
     """w_rgb MSE(render, reference RGB) + w_mask MSE(render alpha, reference mask)
     (DreamGaussian's reference-view losses, ``main.py``) + w_depth x the depth correlation
     loss (``guidance.depth.depth_correlation_loss``) over the object when ``ref`` holds a
-    monocular ``"disparity"`` (DTC123).
+    monocular ``"disparity"`` (DTC123), each summed over the N reference views
+    (:func:`per_view_mse`; the depth correlation per view).
 
     Args:
-        out: the render of the reference camera ([1, H, W, 3] RGB over white, [1, H, W, 1]
-            alpha, [1, H, W, 1] depth).
-        ref: ``{"rgb": float [1, 3, H, W], "alpha": float [1, 1, H, W]}``, optionally
-            ``"disparity": float [1, 1, H, W]``.
+        out: the render of the reference cameras ([N, H, W, 3] RGB over white, [N, H, W, 1]
+            alpha, [N, H, W, 1] depth).
+        ref: ``{"rgb": float [N, 3, H, W], "alpha": float [N, 1, H, W]}``, optionally
+            ``"disparity": float [N, 1, H, W]``.
     """
-    rgb = F.mse_loss(out.rgb.permute(0, 3, 1, 2), ref["rgb"])
-    mask = F.mse_loss(out.alpha.permute(0, 3, 1, 2), ref["alpha"])
-    loss = w_rgb * rgb + w_mask * mask
+    loss = w_rgb * per_view_mse(out.rgb.permute(0, 3, 1, 2), ref["rgb"]) \
+        + w_mask * per_view_mse(out.alpha.permute(0, 3, 1, 2), ref["alpha"])
     if w_depth > 0 and "disparity" in ref:
-        from ..guidance.depth import depth_correlation_loss
-
-        loss = loss + w_depth * depth_correlation_loss(out.depth.permute(0, 3, 1, 2), ref["disparity"],
-                                                       ref["alpha"] > 0.5)
+        loss = loss + w_depth * per_view_depth_loss(out.depth.permute(0, 3, 1, 2), ref)
     return loss
+
+
+def per_view_depth_loss(depth: torch.Tensor, ref: dict) -> torch.Tensor:
+    """The depth correlation loss (``guidance.depth.depth_correlation_loss``) of each reference
+    view over its object pixels, summed over the views (a correlation is scale- and
+    shift-invariant per image, so the views are not pooled). ``depth``: float [N, 1, H, W]."""
+    from ..guidance.depth import depth_correlation_loss
+
+    return sum(depth_correlation_loss(depth[i:i + 1], ref["disparity"][i:i + 1], ref["alpha"][i:i + 1] > 0.5)
+               for i in range(depth.shape[0]))
 
 
 def sds_terms(terms: Sequence[tuple[Any, float]], images: torch.Tensor, cameras, t: int, *, background: torch.Tensor,

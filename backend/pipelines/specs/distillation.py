@@ -7,7 +7,8 @@ from __future__ import annotations
 from ...contracts import parse_sizes
 from ...guidance.registry import STABLE_DIFFUSION, ZERO123
 from ..base import (OUTPUT_PARAMS, BYTES_PER_GAUSSIAN, BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, BYTES_PER_VOXEL, TEACHER_BYTES, InputSpec,
-                    PRIOR_ORACLE_PARAMS, PRIOR_ORACLE_WHEN, Param, ParamError, Pipeline, check_schedule_params, check_teacher_inputs, grouped, schedule_params)
+                    PRIOR_ORACLE_PARAMS, PRIOR_ORACLE_WHEN, Param, ParamError, Pipeline, check_reference_inputs, check_schedule_params,
+                    check_teacher_inputs, grouped, reference_inputs, reference_memory, schedule_params)
 
 PARAMS = {
     "mode": Param("choice", "image", "image-to-3D or text-to-3D", choices=("image", "text")),
@@ -114,6 +115,7 @@ INPUTS = {
                        when=("mode", ("image",))),
     "mask": InputSpec(("uint8",), (None, None), help="foreground mask uint8 [H, W] for an RGB image (non-zero = object)",
                       when=("mode", ("image",))),
+    **reference_inputs(),
 }
 
 
@@ -129,6 +131,7 @@ def check_request(params: dict, inputs: dict) -> None:
     if params["mode"] == "text" and not params["prompt"].strip():
         raise ParamError("text mode needs a 'prompt'")
     check_teacher_inputs(params, inputs)
+    check_reference_inputs(params, inputs)
     parse_sizes(params)
     if params["elevation_min"] > params["elevation_max"]:
         raise ParamError("'elevation_min' must not exceed 'elevation_max'")
@@ -146,6 +149,7 @@ def estimate_memory(params: dict, inputs: dict) -> dict:
         "bake_size": 26 * params["bake_size"] ** 2 * 32,
         "texture_render_size": params["texture_render_size"] ** 2 * BYTES_PER_TEACHER_PIXEL,
         "weights": TEACHER_BYTES[params["weights"]],
+        "references": reference_memory(params, inputs),
     }
 
 

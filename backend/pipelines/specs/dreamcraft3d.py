@@ -195,13 +195,14 @@ class DreamCraft3DSpec(DistillationSpec):
 
     @classmethod
     def check_request(cls, params, inputs):
-        from ..base import check_teacher_inputs
+        from ..base import check_reference_inputs, check_teacher_inputs
 
         if params["mode"] == "image" and "image" not in inputs and params["teacher"] != "oracle":
             raise ParamError("image mode needs the input 'image' (an RGBA image, or RGB plus 'mask')")
         if params["mode"] == "text" and not params["prompt"].strip():
             raise ParamError("text mode needs a 'prompt' (what to draw the reference image of)")
         check_teacher_inputs(params, inputs)
+        check_reference_inputs(params, inputs)
         for name in ("t_start", "t_end", "geometry_t", "boost_t_start", "boost_t_end"):
             parse_interval(params, name)
         boost_strengths(params)

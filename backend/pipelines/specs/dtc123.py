@@ -151,9 +151,10 @@ class DTC123Spec(DistillationSpec):
     def check_request(cls, params, inputs):
         if "image" not in inputs and params["teacher"] != "oracle":
             raise ParamError("dtc123 needs the input 'image' (an RGBA image, or RGB plus 'mask')")
-        from ..base import check_teacher_inputs
+        from ..base import check_reference_inputs, check_teacher_inputs
 
         check_teacher_inputs(params, inputs)
+        check_reference_inputs(params, inputs)
         curriculum_numbers(params)
         if params["coarse_iters"] + params["middle_iters"] == 0:
             raise ParamError("'coarse_iters' and 'middle_iters' are both 0: the Gaussian stages need at least one step")

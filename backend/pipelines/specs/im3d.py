@@ -6,7 +6,8 @@ from ...guidance.registry import STABLE_DIFFUSION, ZERO123
 from .fitting import fit_params
 from .reference import TEXT_ONLY, check_reference, reference_params
 from ..base import (OUTPUT_PARAMS, BYTES_PER_GAUSSIAN, BYTES_PER_TEACHER_PIXEL, BYTES_PER_TEXEL, BYTES_PER_VOXEL, TEACHER_BYTES, InputSpec,
-                    PRIOR_ORACLE_PARAMS, PRIOR_ORACLE_WHEN, Param, ParamError, Pipeline, check_teacher_inputs, grouped, register)
+                    PRIOR_ORACLE_PARAMS, PRIOR_ORACLE_WHEN, Param, ParamError, Pipeline, check_reference_inputs,
+                    check_teacher_inputs, grouped, reference_inputs, reference_memory, register)
 
 
 @register
@@ -104,6 +105,7 @@ class IM3DSpec(Pipeline):
                            when=("mode", ("image",))),
         "mask": InputSpec(("uint8",), (None, None), help="foreground mask uint8 [H, W] for an RGB image (non-zero = object)",
                           when=("mode", ("image",))),
+        **reference_inputs(),
     }
     models = {"default": [STABLE_DIFFUSION.model()[0], ZERO123.model()[0]], "stable": [ZERO123.model("stable")[0]]}
 
@@ -114,6 +116,7 @@ class IM3DSpec(Pipeline):
         if params["mode"] == "text" and not params["prompt"].strip() and params["teacher"] != "oracle":
             raise ParamError("text mode needs a 'prompt'")
         check_teacher_inputs(params, inputs)
+        check_reference_inputs(params, inputs)
         check_reference(params)
         view_elevations(params)
         strengths = regen_strengths(params)
@@ -129,6 +132,7 @@ class IM3DSpec(Pipeline):
             "mesh_resolution": params["mesh_resolution"] ** 3 * BYTES_PER_VOXEL,
             "texture_size": params["texture_size"] ** 2 * BYTES_PER_TEXEL,
             "weights": TEACHER_BYTES[params["weights"]],
+            "references": reference_memory(params, inputs),
         }
 
 
