@@ -275,6 +275,56 @@ def _load_image_inputs(image: Path, mask: Optional[Path], what: str = "--image")
     return inputs
 
 
+def _reference_images(images: list[str], masks: list[str]) -> list[tuple[Path, tuple[float, float | None], Path | None]]:
+    """``--image`` values (``PATH`` or ``PATH@VIEW``, ``shared_protocol.views.parse_view``) and
+    ``--mask`` values (the k-th with the k-th image; ``-`` for none) as (image path, (azimuth,
+    elevation or None), mask path or None), the front first; exits with one sentence for a
+    malformed view, an angle out of range, more than ``MAX_REFERENCES`` images, a non-front first
+    view, or more masks than images."""
+    from shared_protocol.views import MAX_REFERENCES, ViewError, parse_view, split_image_view
+
+    if len(images) > MAX_REFERENCES:
+        _fail(f"{len(images)} --image were given; at most {MAX_REFERENCES} reference images (the front and "
+              f"{MAX_REFERENCES - 1} more) are allowed")
+    if len(masks) > len(images):
+        _fail(f"{len(masks)} --mask for {len(images)} --image: the k-th --mask goes with the k-th --image")
+    out = []
+    for k, text in enumerate(images):
+        path, view = (text, None) if Path(text).exists() else split_image_view(text)
+        try:
+            angles = parse_view(view, f"--image {text}: the view") if view is not None else \
+                ((0.0, None) if k == 0 else None)
+        except ViewError as exc:
+            _fail(escape(str(exc)))
+        if angles is None:
+            _fail(escape(f"--image {text}: say which view it shows, e.g. {text}@180 (azimuth, degrees), "
+                         f"{text}@90,10 (azimuth, elevation) or {text}@back"))
+        if k == 0 and angles[0] % 360.0 != 0.0:
+            _fail(escape(f"--image {text}: the first image is the front (azimuth 0); give the front first, or write "
+                         f"{path}@0,ELEVATION to set its elevation"))
+        mask = masks[k] if k < len(masks) and masks[k] != "-" else None
+        out.append((Path(path), angles, Path(mask) if mask else None))
+    return out
+
+
+def _load_reference_inputs(references: list) -> dict:
+    """The inputs of :func:`_reference_images`' references: ``image``/``mask`` for the front,
+    ``image_k``/``mask_k`` and ``reference_views`` (float32 [K, 2], azimuth and elevation in
+    degrees; a bare azimuth is at elevation 0) for the others; exits with one sentence for a
+    missing file or one that is not an image."""
+    import numpy as np
+
+    inputs: dict = {}
+    for k, (path, (azimuth, elevation), mask) in enumerate(references):
+        loaded = _load_image_inputs(path, mask)
+        suffix = f"_{k}" if k else ""
+        inputs.update({f"{key}{suffix}": value for key, value in loaded.items()})
+    if len(references) > 1:
+        inputs["reference_views"] = np.array([[a, 0.0 if e is None else e] for _, (a, e), _ in references[1:]],
+                                             np.float32)
+    return inputs
+
+
 def _progress_events(progress):
     """A client event callback that shows a job's ``progress`` messages as one bar per stage."""
     tasks: dict[str, int] = {}
@@ -336,9 +386,9 @@ def _stream_remote(address: str, pipeline: str, preset: str, params: dict, input
 
 @app.command()
 def generate(
-    image: Optional[Path] = typer.Option(None, "--image", help="Reference image (RGBA: alpha is the object; RGB: give --mask)."),
+    image: list[str] = typer.Option([], "--image", help="Reference image (RGBA: alpha is the object; RGB: give --mask). Repeat it for more views of the object: the first is the front; each further one is PATH@AZIMUTH[,ELEVATION] in degrees (azimuth 90: the object's left side, elevation positive from above) or PATH@NAME (back, left, right, top); at most 8."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text prompt (text-to-3D)."),
-    mask: Optional[Path] = typer.Option(None, "--mask", help="Foreground mask for an RGB image (white = object)."),
+    mask: list[str] = typer.Option([], "--mask", help="Foreground mask for an RGB image (white = object); with several --image, the k-th --mask goes with the k-th image ('-' for none)."),
     pipeline: str = typer.Option("dreamgaussian", help="Pipeline name (see `splatsmith pipelines`)."),
     preset: str = typer.Option("default", help="A preset of the pipeline (see `splatsmith pipelines NAME`)."),
     seed: int = typer.Option(0, min=0, help="Random seed (the same seed gives the same asset)."),
@@ -359,17 +409,23 @@ def generate(
 ) -> None:
     """Generate a 3D asset with a pipeline: from an image or a text prompt (DreamGaussian by default),
     or any pipeline a backend offers, its parameters given with --param."""
+    references = _reference_images(image, mask)
+    front_elevation = references[0][1][1] if references else None
     described = _describe_pipelines(server, server_key, client_key, plugin)
     if pipeline not in described:
         _fail(f"unknown pipeline {pipeline!r}; available: {', '.join(sorted(described))}")
     schema = described[pipeline]["params"]
+    if len(references) > 1 and "reference_views" not in described[pipeline].get("inputs", {}):
+        _fail(f"{pipeline} takes one reference image; give --image once")
     modes = tuple(schema["mode"].get("choices", ())) if "mode" in schema else ()
-    if "text" in modes and (image is None) == (prompt is None):
+    if "text" in modes and (not references) == (prompt is None):
         _fail("give exactly one of --image PATH or --prompt TEXT")
-    if modes == ("image",) and image is None and teacher != "oracle":
+    if modes == ("image",) and not references and teacher != "oracle":
         _fail(f"{pipeline} is image-to-3D: give --image PATH (a --prompt is optional extra context)")
+    if front_elevation is not None:
+        elevation = front_elevation
     params: dict = {}
-    defaults = {"mode": "image" if image is not None else "text", "teacher": teacher,
+    defaults = {"mode": "image" if references else "text", "teacher": teacher,
                 "negative_prompt": negative_prompt, "elevation": elevation, "prompt": prompt}
     params.update({k: v for k, v in defaults.items() if k in schema and v is not None})
     if teacher == "oracle":
@@ -382,8 +438,8 @@ def generate(
                   "(dreamcraft3d)")
         params["reference_only"] = True
     params.update(_parse_params(pipeline, schema, param))
-    inputs = _load_image_inputs(image, mask) if image is not None else {}
-    label = image.stem if image is not None else (prompt or pipeline)[:60]
+    inputs = _load_reference_inputs(references)
+    label = references[0][0].stem if references else (prompt or pipeline)[:60]
     files, meta, where = _run_job(pipeline, preset, params, inputs, seed, label, server, server_key, client_key,
                                   device, output_dir, plugin, models_dir)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,10 @@ import os
 import random
 
 import bpy
+import numpy as np
 
 from shared_protocol.client import ClientError
+from shared_protocol.views import MAX_REFERENCES, ViewError, check_angles
 
 from . import client_glue, params, properties, scene_io
 
@@ -42,6 +44,30 @@ def _load_inputs(request: dict) -> dict:
             raise ValueError(f"the mask is {pixels.shape[1]}x{pixels.shape[0]} but the image is "
                              f"{inputs['image'].shape[1]}x{inputs['image'].shape[0]}: they must be the same size")
         inputs["mask"] = scene_io.mask_from_rgba(pixels)
+    references = request.get("references") or []
+    if references and "image" not in inputs:
+        raise ValueError("further views are given without the front image: pick the front image too")
+    if len(references) + 1 > MAX_REFERENCES:
+        raise ValueError(f"{len(references) + 1} reference images; at most {MAX_REFERENCES} (the front and "
+                         f"{MAX_REFERENCES - 1} more)")
+    views = []
+    for k, ref in enumerate(references, 1):
+        image = _load_image(ref, f"view {k}'s image").get("image")
+        if image is None:
+            raise ValueError(f"further view {k} has no image: pick one or remove the view")
+        inputs[f"image_{k}"] = image
+        mask = _load_image({"image_path": ref.get("mask_path"), "image_name": ref.get("mask_name")}, f"view {k}'s mask")
+        if mask:
+            if mask["image"].shape[:2] != image.shape[:2]:
+                raise ValueError(f"view {k}'s mask is {mask['image'].shape[1]}x{mask['image'].shape[0]} but its image is "
+                                 f"{image.shape[1]}x{image.shape[0]}: they must be the same size")
+            inputs[f"mask_{k}"] = scene_io.mask_from_rgba(mask["image"])
+        try:
+            views.append(check_angles(float(ref.get("azimuth", 0.0)), float(ref.get("elevation", 0.0)), f"further view {k}"))
+        except ViewError as exc:
+            raise ValueError(str(exc)) from None
+    if views:
+        inputs["reference_views"] = np.array(views, np.float32)
     return inputs
 
 
@@ -80,7 +106,7 @@ def run_request(op, request: dict, wait: bool, timeout: float, inputs: dict | No
         inputs = {**(inputs or {}), **_load_inputs(request)}
     except ValueError as exc:
         return _fail(op, f"Splatsmith: {exc}")
-    source = {k: request[k] for k in ("image_path", "image_name", "mask_path", "mask_name") if request.get(k)}
+    source = {k: request[k] for k in ("image_path", "image_name", "mask_path", "mask_name", "references") if request.get(k)}
     try:
         state = client_glue.submit(request["pipeline"], request["params"], inputs, request["preset"], request["seed"],
                                    request["label"], source)
@@ -153,6 +179,10 @@ class MethodRequest:
     mask_path: bpy.props.StringProperty(name="Mask file", subtype="FILE_PATH", default="",
                                         description="The reference photo's foreground mask (white = object)")
     mask_name: bpy.props.StringProperty(name="Mask in the .blend", default="")
+    references: bpy.props.StringProperty(
+        name="Further views", default="",
+        description='More images of the object as a JSON list, each {"image_path" or "image_name", optional '
+                    '"mask_path"/"mask_name", "azimuth", "elevation"} (degrees; azimuth 90 is its left side)')
     seed: bpy.props.IntProperty(name="Seed", default=0, min=0, max=2**31 - 1)
     randomize_seed: bpy.props.BoolProperty(name="Random seed", default=False)
     wait: bpy.props.BoolProperty(name="Wait", default=False, description="Block until the job ends (scripts)")
@@ -167,6 +197,7 @@ class MethodRequest:
         self.image_name = s.image.name if s.image_source == "BLEND" and s.image else ""
         self.mask_path = s.mask_path if s.image_source == "FILE" else ""
         self.mask_name = s.mask_image.name if s.image_source == "BLEND" and s.mask_image else ""
+        self.references = json.dumps([ref.source_dict() for ref in s.references]) if len(s.references) else ""
         _, info = properties.selected(s)
         return params.collect(s, self.pipeline, info, self.preset) if info is not None else {}
 
@@ -205,11 +236,21 @@ class MethodRequest:
             self.image_path = self.image_name = ""
         if not params.input_applies(info, "mask", values) or not (self.image_path or self.image_name):
             self.mask_path = self.mask_name = ""
+        references = []
+        if self.references and "reference_views" in info.get("inputs", {}) and params.input_applies(
+                info, "reference_views", values) and (self.image_path or self.image_name):
+            try:
+                references = json.loads(self.references)
+            except json.JSONDecodeError as exc:
+                raise ClientError("bad_params", f"'references' is not valid JSON ({exc})") from None
+            if not isinstance(references, list) or not all(isinstance(r, dict) for r in references):
+                raise ClientError("bad_params", "'references' must be a JSON list of objects")
         image_label = self.image_name or (os.path.splitext(os.path.basename(bpy.path.abspath(self.image_path)))[0]
                                           if self.image_path else "")
         return info, {"pipeline": self.pipeline, "preset": self.preset, "seed": self.seed, "params": chosen,
                       "label": params.label_for(info, values, image_label), "image_path": self.image_path,
-                      "image_name": self.image_name, "mask_path": self.mask_path, "mask_name": self.mask_name}
+                      "image_name": self.image_name, "mask_path": self.mask_path, "mask_name": self.mask_name,
+                      **({"references": references} if references else {})}
 
 
 class SPLATSMITH_OT_generate(MethodRequest, bpy.types.Operator):
@@ -358,9 +399,73 @@ class SPLATSMITH_OT_use_reference(bpy.types.Operator):
         return run_request(self, request, self.wait, self.timeout)
 
 
+class SPLATSMITH_OT_reference_add(bpy.types.Operator):
+    bl_idname = "splatsmith.reference_add"
+    bl_label = "Add View"
+    bl_description = "Add another image of the object (its back, a side, the top), with the view it shows"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        refs = context.scene.splatsmith.references
+        if len(refs) >= properties.MAX_FURTHER_REFERENCES:
+            return _fail(self, f"Splatsmith: at most {MAX_REFERENCES} reference images (the front and "
+                               f"{properties.MAX_FURTHER_REFERENCES} more)")
+        taken = {ref.view for ref in refs}
+        ref = refs.add()
+        ref.view = next((item[0] for item in properties.VIEW_ITEMS if item[0] not in taken), "CUSTOM")
+        ref.source = context.scene.splatsmith.image_source
+        return {"FINISHED"}
+
+
+class SPLATSMITH_OT_reference_remove(bpy.types.Operator):
+    bl_idname = "splatsmith.reference_remove"
+    bl_label = "Remove View"
+    bl_description = "Remove this further view"
+    bl_options = {"REGISTER", "UNDO"}
+
+    index: bpy.props.IntProperty(name="View", default=0, min=0)
+
+    def execute(self, context):
+        refs = context.scene.splatsmith.references
+        if self.index >= len(refs):
+            return _fail(self, f"Splatsmith: there is no further view {self.index + 1}")
+        refs.remove(self.index)
+        return {"FINISHED"}
+
+
+class SPLATSMITH_OT_reference_from_camera(bpy.types.Operator):
+    bl_idname = "splatsmith.reference_from_camera"
+    bl_label = "From Active Camera"
+    bl_description = ("Set this view's azimuth and elevation from the scene's active camera (or the selected camera), "
+                      "placed where the photo was taken around the object, which faces -Y")
+    bl_options = {"REGISTER", "UNDO"}
+
+    index: bpy.props.IntProperty(name="View", default=0, min=0)
+
+    def execute(self, context):
+        refs = context.scene.splatsmith.references
+        if self.index >= len(refs):
+            return _fail(self, f"Splatsmith: there is no further view {self.index + 1}")
+        active = context.active_object
+        camera = active if active is not None and active.type == "CAMERA" else context.scene.camera
+        if camera is None:
+            return _fail(self, "Splatsmith: the scene has no active camera: add one where the photo was taken and make "
+                               "it active (or select it)")
+        try:
+            azimuth, elevation = scene_io.orbit_angles_of_camera(camera.matrix_world)
+        except ValueError as exc:
+            return _fail(self, f"Splatsmith: {exc}")
+        ref = refs[self.index]
+        ref.view, ref.azimuth, ref.elevation = "CUSTOM", azimuth, elevation
+        self.report({"INFO"}, f"Splatsmith: view {self.index + 1} from {camera.name}: azimuth {azimuth:g}, "
+                              f"elevation {elevation:g}")
+        return {"FINISHED"}
+
+
 CLASSES = (SPLATSMITH_OT_connect, SPLATSMITH_OT_start_backend, SPLATSMITH_OT_generate, SPLATSMITH_OT_regenerate,
            SPLATSMITH_OT_variation, SPLATSMITH_OT_cancel, SPLATSMITH_OT_refresh_jobs, SPLATSMITH_OT_fetch_job,
-           SPLATSMITH_OT_use_reference)
+           SPLATSMITH_OT_use_reference, SPLATSMITH_OT_reference_add, SPLATSMITH_OT_reference_remove,
+           SPLATSMITH_OT_reference_from_camera)
 
 
 def register():

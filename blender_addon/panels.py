@@ -48,6 +48,36 @@ class VIEW3D_PT_splatsmith(bpy.types.Panel):
         row.operator("splatsmith.variation", icon="MOD_NOISE")
 
 
+def draw_further_views(col, settings, masked: bool) -> None:
+    """The further reference images (the main image is the front): each with its source, mask,
+    the view it shows (a named view, or azimuth and elevation, which "From active camera" fills),
+    and a button that removes it; then "Add View" while fewer than the most are given."""
+    col.label(text="The image above is the front; more views of the object:" if len(settings.references) else
+              "More images of the object (back, sides, top):", icon="IMAGE_DATA")
+    for index, ref in enumerate(settings.references):
+        box = col.box()
+        row = box.row(align=True)
+        row.prop(ref, "source", expand=True)
+        row.operator("splatsmith.reference_remove", text="", icon="X").index = index
+        if ref.source == "FILE":
+            box.prop(ref, "path")
+            if masked:
+                box.prop(ref, "mask_path")
+        else:
+            box.template_ID(ref, "image", open="image.open")
+            if masked:
+                box.template_ID(ref, "mask_image", open="image.open")
+        box.prop(ref, "view")
+        if ref.view == "CUSTOM":
+            row = box.row(align=True)
+            row.prop(ref, "azimuth")
+            row.prop(ref, "elevation")
+        box.operator("splatsmith.reference_from_camera", icon="CAMERA_DATA").index = index
+    row = col.row()
+    row.enabled = len(settings.references) < properties.MAX_FURTHER_REFERENCES
+    row.operator("splatsmith.reference_add", icon="ADD")
+
+
 def draw_method(col, settings, obj) -> None:
     """The selected method: preset, its inputs, its basic parameters, the seed, its advanced
     parameters by group, and the button that runs it (what it works on decides which)."""
@@ -76,6 +106,8 @@ def draw_method(col, settings, obj) -> None:
                 col.template_ID(settings, "mask_image", open="image.open")
         if masked:
             col.label(text="A photo without transparency needs a mask (white = object)", icon="INFO")
+        if "reference_views" in info.get("inputs", {}) and params.input_applies(info, "reference_views", values):
+            draw_further_views(col, settings, masked)
     draw_rows(col, settings, params.rows(settings, name, info, settings.preset, advanced=False))
     row = col.row(align=True)
     row.prop(settings, "seed")

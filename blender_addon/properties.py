@@ -6,6 +6,8 @@ from, the seed, how a texture result lands on an object). Parameter values are I
 of the same settings, managed by :mod:`.params`."""
 import bpy
 
+from shared_protocol.views import AZIMUTH_RANGE, ELEVATION_RANGE, MAX_REFERENCES, NAMED_VIEW_HELP, NAMED_VIEWS
+
 from . import client_glue, params
 
 _items_cache: dict[str, list] = {}  # Blender needs the enum item strings kept alive
@@ -67,6 +69,53 @@ def _on_texturing(self, context):
         self.pipeline = name
 
 
+#: The views a further reference image can be given as: the named ones (``shared_protocol.views``)
+#: but the front (the main image is the front), or an azimuth and elevation.
+VIEW_ITEMS = [(name.upper(), name.capitalize(), NAMED_VIEW_HELP[name]) for name in NAMED_VIEWS if name != "front"] + [
+    ("CUSTOM", "Azimuth / elevation", "the orbit angles below, degrees (\"From active camera\" fills them)")]
+
+
+class SplatsmithReference(bpy.types.PropertyGroup):
+    """A further reference image of the object (a view besides the front), with the view it shows."""
+
+    source: bpy.props.EnumProperty(name="Image from", items=[("FILE", "File", "an image file on disk"),
+                                                             ("BLEND", "Blend", "an image already in this .blend")])
+    path: bpy.props.StringProperty(name="Image", subtype="FILE_PATH",
+                                   description="Another view of the object: RGBA whose alpha is the object")
+    image: bpy.props.PointerProperty(name="Image", type=bpy.types.Image, description="Another view in this .blend")
+    mask_path: bpy.props.StringProperty(name="Mask", subtype="FILE_PATH",
+                                        description="Foreground mask of an RGB photo: white where the object is")
+    mask_image: bpy.props.PointerProperty(name="Mask", type=bpy.types.Image,
+                                          description="Foreground mask in this .blend: white where the object is")
+    view: bpy.props.EnumProperty(name="View", items=VIEW_ITEMS, default="BACK",
+                                 description="Which side of the object the image shows")
+    azimuth: bpy.props.FloatProperty(name="Azimuth", default=180.0, min=AZIMUTH_RANGE[0], max=AZIMUTH_RANGE[1],
+                                     description="Degrees around the object from its front; 90 shows its left side")
+    elevation: bpy.props.FloatProperty(name="Elevation", default=0.0, min=ELEVATION_RANGE[0], max=ELEVATION_RANGE[1],
+                                       description="Degrees above the object's middle (negative: from below)")
+
+    def angles(self) -> tuple[float, float]:
+        """(azimuth, elevation) in degrees of the view this image shows."""
+        if self.view == "CUSTOM":
+            return float(self.azimuth), float(self.elevation)
+        azimuth, elevation = NAMED_VIEWS[self.view.lower()]
+        return azimuth, 0.0 if elevation is None else elevation
+
+    def source_dict(self) -> dict:
+        """Where the image and its mask come from, and its view: one entry of a request's
+        ``references`` (what Regenerate and Variation send again)."""
+        azimuth, elevation = self.angles()
+        blend = self.source == "BLEND"
+        return {"image_path": "" if blend else self.path, "image_name": self.image.name if blend and self.image else "",
+                "mask_path": "" if blend else self.mask_path,
+                "mask_name": self.mask_image.name if blend and self.mask_image else "",
+                "azimuth": azimuth, "elevation": elevation}
+
+
+#: Further reference images the panel takes besides the front.
+MAX_FURTHER_REFERENCES = MAX_REFERENCES - 1
+
+
 class SplatsmithSettings(bpy.types.PropertyGroup):
     pipeline: bpy.props.EnumProperty(name="Method", items=_pipeline_items, update=_on_pipeline,
                                      description="The generation method (the server's pipelines)")
@@ -82,6 +131,8 @@ class SplatsmithSettings(bpy.types.PropertyGroup):
                                                     "object is, the photo's size (not needed for RGBA images)")
     mask_image: bpy.props.PointerProperty(name="Mask", type=bpy.types.Image,
                                           description="Foreground mask in this .blend: white where the object is")
+    references: bpy.props.CollectionProperty(type=SplatsmithReference, name="Further views",
+                                             description="More images of the object, each with the view it shows")
     seed: bpy.props.IntProperty(name="Seed", default=0, min=0, max=2**31 - 1)
     randomize_seed: bpy.props.BoolProperty(name="Randomise", default=False, description="A new seed for every job")
     show_advanced: bpy.props.BoolProperty(name="Advanced", default=False)
@@ -116,6 +167,7 @@ def _on_load(*_args) -> None:
 
 
 def register():
+    bpy.utils.register_class(SplatsmithReference)
     bpy.utils.register_class(SplatsmithSettings)
     bpy.types.Scene.splatsmith = bpy.props.PointerProperty(type=SplatsmithSettings)
     bpy.app.handlers.load_post.append(_on_load)
@@ -129,3 +181,4 @@ def unregister():
         client_glue.on_welcome.remove(sync_scenes)
     del bpy.types.Scene.splatsmith
     bpy.utils.unregister_class(SplatsmithSettings)
+    bpy.utils.unregister_class(SplatsmithReference)

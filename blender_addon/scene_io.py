@@ -8,6 +8,7 @@ arrive as PNG bytes and are packed from them; live texture previews write pixels
 """
 from __future__ import annotations
 
+import math
 
 import bpy
 import numpy as np
@@ -359,6 +360,26 @@ def load_image_file(path: str) -> np.ndarray:
 def blender_to_gltf(points: np.ndarray) -> np.ndarray:
     """float [N, 3] Blender axes -> glTF axes: the inverse of :func:`gltf_to_blender`."""
     return np.asarray(points, np.float32) @ BLENDER_TO_GLTF.T
+
+
+def orbit_angles_of_camera(matrix_world) -> tuple[float, float]:
+    """(azimuth, elevation) in degrees of the orbit view a Blender camera looks from, in the
+    backend's convention (``shared_protocol.views``): from its viewing direction alone (its -Z
+    axis), so a camera need not aim at any particular point. A generated asset faces -Y in
+    Blender, so a camera on -Y looking along +Y is azimuth 0, one on +X looking along -X is
+    azimuth 90 (the object's left side), one above looking down has a positive elevation.
+
+    Raises:
+        ValueError: a camera matrix without a direction (a zero scale)."""
+    m = np.asarray(matrix_world, np.float64)
+    toward_camera = m[:3, 2]  # the camera's +Z: from what it looks at back to the camera
+    norm = float(np.linalg.norm(toward_camera))
+    if norm < 1e-9:
+        raise ValueError("the camera has no viewing direction (is its scale zero?)")
+    x, y, z = blender_to_gltf((toward_camera / norm)[None])[0].astype(np.float64)
+    elevation = math.degrees(math.asin(max(-1.0, min(1.0, y))))
+    azimuth = math.degrees(math.atan2(x, z)) if abs(elevation) < 89.999 else 0.0
+    return round(azimuth, 4), round(elevation, 4)
 
 
 def evaluated_mesh_arrays(obj: bpy.types.Object, depsgraph) -> dict:

@@ -220,7 +220,8 @@ class IM3DPipeline(IM3DSpec):
         evaluations += generator.evaluations
         view_evaluations += teacher.view_evaluations
         return Result(files=files, arrays=arrays, meta={
-            "mode": p["mode"], "views": k, "references": len(given["files"]) if given is not None else 1, "view_elevations": [round(float(e), 3) for e in elevations], "loops": loop, "denoiser_evaluations": evaluations,
+            "mode": p["mode"], "views": k, "references": len(given["files"]) if given is not None else 1,
+            "fitted_views": len(fit.views.cameras), "view_elevations": [round(float(e), 3) for e in elevations], "loops": loop, "denoiser_evaluations": evaluations,
             "view_evaluations": view_evaluations,
             "gaussians": len(model), "faces": int(len(exported.uvm.faces)), "seconds": clock,
             "total_seconds": round(time.monotonic() - t0, 2), "radius": p["radius"], "output": output,

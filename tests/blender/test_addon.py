@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -491,3 +492,66 @@ def test_the_backends_tangents_are_blenders_mikktspace(offline_addon):
     assert np.median(angle) < 1.0 and np.percentile(angle, 99) < 10.0
     assert np.mean(sign == ours[vert, 3]) > 0.99
     scene_io.remove_object("tangent check")
+
+
+@pytest.mark.slow
+def test_several_reference_images_from_the_panel_with_a_view_from_the_active_camera(addon, backend, tmp_path):
+    """Issue 32, item 3: the panel takes further images of the object, each with its view (a named
+    view, or azimuth/elevation that "From active camera" fills from a camera the artist placed);
+    a job with two images lands, and Regenerate and Variation send both again."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from PIL import Image
+
+    from blender_addon import panels
+    from panel_layout import PanelLayout
+    from scenes import make_test_object, render_rgba
+    from backend.cameras import orbit_cameras
+
+    mesh, _ = make_test_object(texture_size=128)
+    shots = render_rgba(mesh, orbit_cameras([0.0, 0.0], [0.0, 180.0], 2.0, 49.1, 96, 96))
+    for name, rgba in zip(("front", "back"), shots):
+        Image.fromarray(rgba).save(tmp_path / f"{name}.png")
+    settings = bpy.context.scene.splatsmith
+    settings.image_source, settings.image_path, settings.mask_path = "FILE", str(tmp_path / "front.png"), ""
+    settings.references.clear()
+    bpy.ops.splatsmith.connect(address=backend)
+    settings.pipeline, settings.preset = "dreamgaussian", "tiny"
+    assert bpy.ops.splatsmith.reference_add() == {"FINISHED"}
+    assert bpy.ops.splatsmith.reference_add() == {"FINISHED"}
+    back, side = settings.references
+    assert back.view == "BACK" and side.view == "LEFT"  # each new view takes the next free name
+    back.path = str(tmp_path / "back.png")
+    # A camera the artist placed on +X, looking at the object along -X and a little down: the object's left side.
+    camera = bpy.data.objects.new("side camera", bpy.data.cameras.new("side camera"))
+    bpy.context.scene.collection.objects.link(camera)
+    camera.location = (3.0, 0.0, 0.5)
+    camera.rotation_euler = (math.radians(80.0), 0.0, math.radians(90.0))
+    bpy.context.scene.camera = camera
+    assert bpy.ops.splatsmith.reference_from_camera(index=1) == {"FINISHED"}
+    assert side.view == "CUSTOM" and side.azimuth == pytest.approx(90.0, abs=1e-3)
+    assert side.elevation == pytest.approx(10.0, abs=1e-3)
+    # The panel draws each further view with its picker, view and buttons.
+    log: list = []
+    panels.draw_method(PanelLayout(log), settings, None)
+    assert ("operator", "splatsmith.reference_add", None) in log and ("operator", "splatsmith.reference_from_camera", None) in log
+    assert log.count(("prop", "view", None)) == 2 and ("prop", "azimuth", None) in log
+    assert bpy.ops.splatsmith.reference_remove(index=1) == {"FINISHED"} and len(settings.references) == 1
+    # A view without an image is one sentence, before anything is sent.
+    settings.references.add()
+    with pytest.raises(RuntimeError, match="further view 2 has no image"):
+        bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=JOB_CEILING)
+    settings.references.remove(1)
+    assert bpy.ops.splatsmith.generate(use_scene_settings=True, wait=True, timeout=JOB_CEILING) == {"FINISHED"}
+    state = client_glue.session.jobs[-1]
+    obj = bpy.data.objects[state.result_object]
+    assert state.handle.result["meta"]["references"] == 2
+    stored = json.loads(obj["splatsmith_request"])["references"]
+    assert stored == [{"image_path": str(tmp_path / "back.png"), "image_name": "", "mask_path": "", "mask_name": "",
+                       "azimuth": 180.0, "elevation": 0.0}]
+    settings.references.clear()  # Regenerate and Variation take the views from the result, not the panel
+    bpy.context.view_layer.objects.active = obj
+    for operator in (bpy.ops.splatsmith.regenerate, bpy.ops.splatsmith.variation):
+        assert operator(wait=True, timeout=JOB_CEILING) == {"FINISHED"}
+        again = client_glue.session.jobs[-1]
+        assert again.request["references"] == stored and again.handle.result["meta"]["references"] == 2
+    bpy.data.objects.remove(camera)
