@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..cameras import Cameras
 from ..contracts import CancelToken, Emitter
 from ..render.mesh import TexturedMesh, render_mesh
-from .gaussians import per_view_depth_loss, per_view_mse
+from .gaussians import views_depth_loss
 from .mesh_export import rgba_preview
 from .progress import PreviewThrottle
 
@@ -137,7 +137,8 @@ def refine_mesh(mesh: TexturedMesh, sample_cameras: Callable[[int], Cameras], it
             refinement, e.g. DreamCraft3D's texture boosting).
         iters: optimisation steps (0: ``mesh`` is returned).
         sds: the distillation term, or None (reference and regularisers only).
-        ref: ``{"rgb": [N, 3, h, w], "alpha": [N, 1, h, w], "camera": Cameras}`` (N reference views) (optionally
+        ref: ``{"rgb": [N, 3, h, w], "alpha": [N, 1, h, w], "camera": Cameras}`` (N reference views,
+            each term their mean as in ``stages.gaussians.reference_view_loss``) (optionally
             ``"disparity": [1, 1, h, w]``) or None.
         on_step: called with (step, {"loss": float, ...}) after each step (traces).
         note: ``callable(step) -> str`` appended to each progress message (e.g. the teachers).
@@ -174,10 +175,10 @@ def refine_mesh(mesh: TexturedMesh, sample_cameras: Callable[[int], Cameras], it
         if ref is not None:
             r = render_mesh(current, ref["camera"], background=1.0, backend=backend, antialiased=True)
             obj = (ref["alpha"] > 0.5).float()
-            terms["rgb"] = lambda_rgb * per_view_mse(r.rgb.permute(0, 3, 1, 2) * obj, ref["rgb"] * obj)
-            terms["mask"] = lambda_mask * per_view_mse(r.alpha.permute(0, 3, 1, 2), ref["alpha"])
+            terms["rgb"] = lambda_rgb * F.mse_loss(r.rgb.permute(0, 3, 1, 2) * obj, ref["rgb"] * obj)
+            terms["mask"] = lambda_mask * F.mse_loss(r.alpha.permute(0, 3, 1, 2), ref["alpha"])
             if lambda_depth > 0 and "disparity" in ref:
-                terms["depth"] = lambda_depth * per_view_depth_loss(r.depth.permute(0, 3, 1, 2), ref)
+                terms["depth"] = lambda_depth * views_depth_loss(r.depth.permute(0, 3, 1, 2), ref)
         terms["normal"] = lambda_normal * normal_consistency_loss(moved, welded_faces, topology)
         terms["laplacian"] = lambda_laplacian * laplacian_loss(offsets, topology)
         loss = sum(terms.values())

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from ..contracts import CancelToken, Emitter
 from ..render.mesh import TexturedMesh, render_mesh
 from ..schedules import TimestepSchedule, make_schedule, sds_weighting
-from .gaussians import per_view_mse
 from .mesh_export import rgba_preview
 from .progress import PreviewThrottle
 
@@ -37,7 +36,7 @@ def optimise_texture(mesh: TexturedMesh, texture: torch.Tensor, teacher, sample_
         strength_start, strength_end: SDEdit noise strength, linear over the steps, in [0, 1].
         refine_steps: DDIM steps of the teacher's full schedule.
         ref: optional reference views ``{"rgb": [N, 3, h, w], "alpha": [N, 1, h, w], "camera"}``
-            (each view's MSE summed, ``stages.gaussians.per_view_mse``);
+            (the MSE over all N, each view weighing 1/N);
             its MSE is added with weight ``lambda_ref`` where the rendered mesh covers the pixel
             and faces the camera (``main2.py`` line 187: alpha > 0 and the normal's cosine to the
             view direction > 0.5); ``reference_mask="render+reference"`` also requires the
@@ -100,7 +99,7 @@ def optimise_texture(mesh: TexturedMesh, texture: torch.Tensor, teacher, sample_
             mask = facing.detach().float()
             if reference_mask == "render+reference":
                 mask = mask * (ref["alpha"] > 0.5).float()
-            loss = loss + lambda_ref * per_view_mse(rimage * mask, ref["rgb"] * mask)
+            loss = loss + lambda_ref * F.mse_loss(rimage * mask, ref["rgb"] * mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
