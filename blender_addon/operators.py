@@ -417,35 +417,36 @@ class SPLATSMITH_OT_reference_add(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class SPLATSMITH_OT_reference_remove(bpy.types.Operator):
-    bl_idname = "splatsmith.reference_remove"
-    bl_label = "Remove View"
-    bl_description = "Remove this further view"
-    bl_options = {"REGISTER", "UNDO"}
+class _OneFurtherView:
+    """An operator on one of the panel's further views (``index``, from 0)."""
 
+    bl_options = {"REGISTER", "UNDO"}
     index: bpy.props.IntProperty(name="View", default=0, min=0)
 
     def execute(self, context):
         refs = context.scene.splatsmith.references
         if self.index >= len(refs):
             return _fail(self, f"Splatsmith: there is no further view {self.index + 1}")
+        return self.on(context, refs)
+
+
+class SPLATSMITH_OT_reference_remove(_OneFurtherView, bpy.types.Operator):
+    bl_idname = "splatsmith.reference_remove"
+    bl_label = "Remove View"
+    bl_description = "Remove this further view"
+
+    def on(self, context, refs):
         refs.remove(self.index)
         return {"FINISHED"}
 
 
-class SPLATSMITH_OT_reference_from_camera(bpy.types.Operator):
+class SPLATSMITH_OT_reference_from_camera(_OneFurtherView, bpy.types.Operator):
     bl_idname = "splatsmith.reference_from_camera"
     bl_label = "From Active Camera"
     bl_description = ("Set this view's azimuth and elevation from the scene's active camera (or the selected camera), "
                       "placed where the photo was taken around the object, which faces -Y")
-    bl_options = {"REGISTER", "UNDO"}
 
-    index: bpy.props.IntProperty(name="View", default=0, min=0)
-
-    def execute(self, context):
-        refs = context.scene.splatsmith.references
-        if self.index >= len(refs):
-            return _fail(self, f"Splatsmith: there is no further view {self.index + 1}")
+    def on(self, context, refs):
         active = context.active_object
         camera = active if active is not None and active.type == "CAMERA" else context.scene.camera
         if camera is None:

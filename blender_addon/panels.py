@@ -48,6 +48,20 @@ class VIEW3D_PT_splatsmith(bpy.types.Panel):
         row.operator("splatsmith.variation", icon="MOD_NOISE")
 
 
+def draw_image_picker(layout, data, from_file: bool, names: tuple[str, str, str, str], masked: bool) -> None:
+    """An image and (``masked``) its mask: the file paths when ``from_file``, else images of the
+    .blend. ``names``: ``data``'s (path, mask path, image, mask image) properties."""
+    path, mask_path, image, mask_image = names
+    if from_file:
+        layout.prop(data, path)
+        if masked:
+            layout.prop(data, mask_path)
+    else:
+        layout.template_ID(data, image, open="image.open")
+        if masked:
+            layout.template_ID(data, mask_image, open="image.open")
+
+
 def draw_further_views(col, settings, masked: bool) -> None:
     """The further reference images (the main image is the front): each with its source, mask,
     the view it shows (a named view, or azimuth and elevation, which "From active camera" fills),
@@ -59,14 +73,7 @@ def draw_further_views(col, settings, masked: bool) -> None:
         row = box.row(align=True)
         row.prop(ref, "source", expand=True)
         row.operator("splatsmith.reference_remove", text="", icon="X").index = index
-        if ref.source == "FILE":
-            box.prop(ref, "path")
-            if masked:
-                box.prop(ref, "mask_path")
-        else:
-            box.template_ID(ref, "image", open="image.open")
-            if masked:
-                box.template_ID(ref, "mask_image", open="image.open")
+        draw_image_picker(box, ref, ref.source == "FILE", ("path", "mask_path", "image", "mask_image"), masked)
         box.prop(ref, "view")
         if ref.view == "CUSTOM":
             row = box.row(align=True)
@@ -96,14 +103,8 @@ def draw_method(col, settings, obj) -> None:
     if "image" in works_on and params.input_applies(info, "image", values):
         col.prop(settings, "image_source", expand=True)
         masked = params.input_applies(info, "mask", values)
-        if settings.image_source == "FILE":
-            col.prop(settings, "image_path")
-            if masked:
-                col.prop(settings, "mask_path")
-        else:
-            col.template_ID(settings, "image", open="image.open")
-            if masked:
-                col.template_ID(settings, "mask_image", open="image.open")
+        draw_image_picker(col, settings, settings.image_source == "FILE",
+                          ("image_path", "mask_path", "image", "mask_image"), masked)
         if masked:
             col.label(text="A photo without transparency needs a mask (white = object)", icon="INFO")
         if "reference_views" in info.get("inputs", {}) and params.input_applies(info, "reference_views", values):

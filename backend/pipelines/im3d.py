@@ -21,6 +21,13 @@ reference image with Stable Diffusion (``stages.reference_image``: one object on
 and recentred; ``reference_seed``), shown as a preview. The generated views' masks are where
 they differ from the white background (``mask_threshold``).
 
+Several reference images (image mode: the front and ``image_1`` .. ``image_7`` with their
+``reference_views``, ``stages.reference_views``): Zero-1-to-3 conditions each generated view on
+the reference nearest to its camera (the relative camera from that one), and the given views are
+fitted beside the generated ones at their own cameras, kept as they are while the generated ones
+are regenerated each loop, and baked into the texture with them (our choice: the paper takes one
+image). With one image the fit is the paper's, the generated views alone.
+
 The job folder keeps the Gaussians of every fit before its regeneration
 (``gaussians_fit1.ply``, ...; the last fit is ``gaussians.ply``), so each loop's gain can be
 measured. ``oracle_jitter`` perturbs the oracle's first generation (its cameras jittered) to
