@@ -81,7 +81,7 @@ def run(method: str, views: list[tuple[float, float]], seed: int, root: Path, gl
     textured = load_asset(job.dir)
     radius = result.meta["radius"]
     return {"held_out": held_out_scores(mesh, radius, textured=textured)["mesh_psnr"],
-            "fit": given_view_fit(job.dir, textured, radius), "seconds": seconds, "job_dir": job.dir}
+            "fit": given_view_fit(job.dir, textured, radius), "seconds": seconds, "job_dir": job.dir, "radius": radius}
 
 
 def main() -> None:
