@@ -10,6 +10,8 @@ given views. Printed per run:
 - ``held-out``: PSNR of the final textured mesh against mode 0 from 8 held-out views
   (``tests/scenes.held_out_scores``);
 - ``fit``: PSNR of the final mesh at each given view against its reference image (over white);
+- ``further``: PSNR against the truth at each further view, for the front-only run (which never
+  saw it) and the run given it;
 - the seconds the job took.
 
     python bench/multi_reference.py                       # dreamgaussian and dtc123, seed 0
@@ -61,6 +63,25 @@ def given_view_fit(job_dir: Path, textured, radius: float, fovy: float = 49.1) -
     return out
 
 
+def truth_psnr_at(job_dir: Path, truth, views: list[tuple[float, float]], radius: float, size: int = 128,
+                  fovy: float = 49.1) -> list[float]:
+    """PSNR (dB, over white) of a job's asset (moved back into its own frame) against the true
+    object at each (azimuth, elevation) view: what a run makes of a side, whether or not it was
+    given an image of it."""
+    from backend.cameras import orbit_cameras
+    from backend.render.mesh import render_mesh
+    from backend.stages.reconstruction import psnr
+    from scenes import load_asset
+
+    asset = load_asset(job_dir)
+    out = []
+    for azimuth, elevation in views:
+        cams = orbit_cameras(elevation, azimuth, radius, fovy, size, size)
+        with torch.no_grad():
+            out.append(psnr(render_mesh(asset, cams, background=1.0).rgb, render_mesh(truth, cams, background=1.0).rgb))
+    return out
+
+
 def run(method: str, views: list[tuple[float, float]], seed: int, root: Path, glb: Path, mesh) -> dict:
     """One job of ``method`` (``fast``, the prior oracle) with the front and ``views`` (azimuth,
     elevation) as references; returns its held-out PSNR against mode 0, the fit at each given
@@ -108,6 +129,9 @@ def main() -> None:
                 print(f"{method:14} {seed:>4} {'gain':>10} {multi['held_out'] - single['held_out']:>+11.2f}  "
                       f"worst given-view fit {min(multi['fit']) - single['fit'][0]:+.2f} dB against the single "
                       "run's front")
+                at = [truth_psnr_at(r["job_dir"], mesh, views, r["radius"]) for r in (single, multi)]
+                print(f"{method:14} {seed:>4} {'further':>10}  against the truth at the further views: "
+                      + ", ".join(f"{a:g},{e:g}: {s_:.2f} -> {m:.2f} dB" for (a, e), s_, m in zip(views, *at)))
 
 
 if __name__ == "__main__":

@@ -19,27 +19,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from multi_reference import run  # noqa: E402
+from multi_reference import run, truth_psnr_at  # noqa: E402
 from scenes import make_test_object, write_object_glb  # noqa: E402
-
-from backend.cameras import orbit_cameras  # noqa: E402
-from backend.render.mesh import render_mesh  # noqa: E402
-from backend.stages.reconstruction import psnr  # noqa: E402
-
-
-def _psnr_at(job_dir: Path, truth, azimuth: float, elevation: float, radius: float) -> float:
-    """PSNR (dB, over white) of a job's asset (in its own frame) against the truth at one view."""
-    from scenes import load_asset
-
-    cams = orbit_cameras(elevation, azimuth, radius, 49.1, 128, 128)
-    with torch.no_grad():
-        asset = render_mesh(load_asset(job_dir), cams, background=1.0).rgb
-        true = render_mesh(truth, cams, background=1.0).rgb
-    return psnr(asset, true)
 
 
 @pytest.mark.slow
@@ -49,7 +33,7 @@ def test_a_back_image_fixes_the_back_and_keeps_the_front(tmp_path, method):
     glb = write_object_glb(tmp_path / "gt.glb", raw)
     single = run(method, [], 0, tmp_path, glb, mesh)
     both = run(method, [(180.0, 0.0)], 0, tmp_path, glb, mesh)
-    back = [_psnr_at(r["job_dir"], mesh, 180.0, 0.0, r["radius"]) for r in (single, both)]
+    back = [truth_psnr_at(r["job_dir"], mesh, [(180.0, 0.0)], r["radius"])[0] for r in (single, both)]
     print(f"{method}: held-out {single['held_out']:.2f} -> {both['held_out']:.2f} dB "
           f"({both['held_out'] - single['held_out']:+.2f}); at the back {back[0]:.2f} -> {back[1]:.2f} dB; "
           f"fit {single['fit']} -> {both['fit']}")
