@@ -17,6 +17,7 @@ given views. Printed per run:
     python bench/multi_reference.py                       # dreamgaussian and dtc123, seed 0
     python bench/multi_reference.py --methods dreamgaussian --seeds 0 1 2
     python bench/multi_reference.py --views 180,0 90,0    # front plus back and left
+    python bench/multi_reference.py --plain               # the plain oracle (a perfect teacher): the ceiling
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 PRIOR = {"teacher": "oracle", "oracle_modes": 2, "oracle_sigma": 0.3}
+#: The plain oracle (K=1, sigma=0): the truth at every noise level, what the preset reaches with a perfect teacher.
+PLAIN = {"teacher": "oracle", "oracle_modes": 1, "oracle_sigma": 0.0}
 
 
 def given_view_fit(job_dir: Path, textured, radius: float, fovy: float = 49.1) -> list[float]:
@@ -82,10 +85,11 @@ def truth_psnr_at(job_dir: Path, truth, views: list[tuple[float, float]], radius
     return out
 
 
-def run(method: str, views: list[tuple[float, float]], seed: int, root: Path, glb: Path, mesh) -> dict:
-    """One job of ``method`` (``fast``, the prior oracle) with the front and ``views`` (azimuth,
-    elevation) as references; returns its held-out PSNR against mode 0, the fit at each given
-    view and its seconds."""
+def run(method: str, views: list[tuple[float, float]], seed: int, root: Path, glb: Path, mesh,
+        teacher: dict = PRIOR) -> dict:
+    """One job of ``method`` (``fast``, the ``teacher``'s oracle parameters: the prior oracle by
+    default) with the front and ``views`` (azimuth, elevation) as references; returns its held-out
+    PSNR against mode 0, the fit at each given view, its seconds, job folder and radius."""
     from backend.contracts import Emitter
     from backend.jobs import JobStore
     from backend.pipelines import REGISTRY, load_builtin
@@ -94,7 +98,7 @@ def run(method: str, views: list[tuple[float, float]], seed: int, root: Path, gl
 
     load_builtin()
     cls = REGISTRY[method]
-    params = dict(PRIOR, oracle_mesh=str(glb), **({"mode": "image"} if "mode" in cls.params else {}))
+    params = dict(teacher, oracle_mesh=str(glb), **({"mode": "image"} if "mode" in cls.params else {}))
     inputs = {"reference_views": np.array(views, np.float32)} if views else {}
     start = time.monotonic()
     job, result = run_local(JobStore(root / "jobs"), cls, "fast", params, inputs, seed, Emitter())
@@ -110,6 +114,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["dreamgaussian", "dtc123"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--views", nargs="+", default=["180,0"], help="further views as AZIMUTH,ELEVATION")
+    parser.add_argument("--plain", action="store_true", help="the plain oracle (K=1, sigma=0) instead of the prior")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from scenes import make_test_object, write_object_glb
@@ -121,8 +126,9 @@ def main() -> None:
         print(f"{'method':14} {'seed':>4} {'references':>10} {'held-out dB':>11}  fit at the given views, dB  seconds")
         for method in args.methods:
             for seed in args.seeds:
-                single = run(method, [], seed, Path(tmp), glb, mesh)
-                multi = run(method, views, seed, Path(tmp), glb, mesh)
+                teacher = PLAIN if args.plain else PRIOR
+                single = run(method, [], seed, Path(tmp), glb, mesh, teacher)
+                multi = run(method, views, seed, Path(tmp), glb, mesh, teacher)
                 for label, r in (("front", single), (f"+{len(views)}", multi)):
                     fits = " ".join(f"{f:.2f}" for f in r["fit"])
                     print(f"{method:14} {seed:>4} {label:>10} {r['held_out']:>11.2f}  {fits:26} {r['seconds']:7.0f}")

@@ -145,8 +145,9 @@ def reference_view_loss(out: RenderOutput, ref: dict, w_rgb: float, w_mask: floa
     depth correlation per view, :func:`views_depth_loss`), so N views together weigh what
     DreamGaussian's single view does against the SDS term. Chosen by measurement over summing the
     views' terms (each view at the single view's weight): on the prior oracle (K=2, sigma=0.3,
-    the test object, ``fast``, seed 0, front and back) the sum scored 24.66 dB held out and the
-    mean 25.03 dB (``bench/multi_reference.py`` prints these runs).
+    the test object, ``fast``, seed 0, front and back) ``bench/multi_reference.py`` printed
+    24.66 dB held out with the sum (at commit 061d7e2) and 25.15 dB with the mean; the front-only
+    run, where the two agree, 25.25 dB.
 
     Args:
         out: the render of the reference cameras ([N, H, W, 3] RGB over white, [N, H, W, 1]
