@@ -158,7 +158,8 @@ def nearest_view(elevation: torch.Tensor, azimuth: torch.Tensor, ref_elevation: 
                  ref_azimuth: torch.Tensor) -> torch.Tensor:
     """For each orbit direction (elevation, azimuth) the index of the nearest of some reference
     directions, by the great-circle angle between them (cos d = sin el sin el_k + cos el cos el_k
-    cos(az - az_k)); ties go to the lower index (the front first).
+    cos(az - az_k)); ties go to the lower index, the front first (``torch.argmax`` returns the
+    first maximal index).
 
     Args:
         elevation, azimuth: float [B], degrees.
@@ -170,7 +171,7 @@ def nearest_view(elevation: torch.Tensor, azimuth: torch.Tensor, ref_elevation: 
     rel = torch.deg2rad(torch.as_tensor(ref_elevation, dtype=torch.float32, device=el.device).reshape(1, -1))
     raz = torch.deg2rad(torch.as_tensor(ref_azimuth, dtype=torch.float32, device=el.device).reshape(1, -1))
     cos_d = torch.sin(el) * torch.sin(rel) + torch.cos(el) * torch.cos(rel) * torch.cos(az - raz)
-    return torch.argmax(cos_d + 1e-6 * torch.linspace(0, -1, cos_d.shape[1], device=el.device), dim=1)
+    return torch.argmax(cos_d, dim=1)
 
 
 def sample_orbit_cameras(

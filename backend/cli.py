@@ -315,7 +315,7 @@ def _load_reference_inputs(references: list) -> dict:
     import numpy as np
 
     inputs: dict = {}
-    for k, (path, (azimuth, elevation), mask) in enumerate(references):
+    for k, (path, _, mask) in enumerate(references):
         loaded = _load_image_inputs(path, mask)
         suffix = f"_{k}" if k else ""
         inputs.update({f"{key}{suffix}": value for key, value in loaded.items()})

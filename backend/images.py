@@ -120,6 +120,12 @@ def object_box(rgba: np.ndarray) -> tuple[int, int, int, int]:
     return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
 
 
+def fill_scale(height: int, width: int, size: int, fill: float) -> float:
+    """Output pixels per input pixel that make an object of ``height`` x ``width`` pixels fill
+    ``fill`` x ``size`` with its longer side (DreamGaussian's border ratio 0.2 at fill 0.8)."""
+    return max(1, int(round(size * fill))) / max(height, width)
+
+
 def recenter(rgba: np.ndarray, size: int = 256, fill: float = 0.8, scale: float | None = None) -> np.ndarray:
     """Crop the object (alpha > 0.5) and scale it so that its longer side is ``fill`` x
     ``size``, centred in a ``size`` x ``size`` RGBA image (DreamGaussian's border ratio 0.2).
@@ -129,8 +135,7 @@ def recenter(rgba: np.ndarray, size: int = 256, fill: float = 0.8, scale: float 
     crop = rgba[y0:y1, x0:x1]
     h, w = crop.shape[:2]
     if scale is None:
-        target = max(1, int(round(size * fill)))
-        scale = target / max(h, w)
+        scale = fill_scale(h, w, size, fill)
     nh, nw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
     resized = np.asarray(Image.fromarray(crop).resize((nw, nh), Image.Resampling.LANCZOS))
     out = np.zeros((size, size, 4), np.uint8)
@@ -170,7 +175,7 @@ def recenter_views(rgbas: list[np.ndarray], elevations: list[float], size: int =
         ValueError: an image without object pixels.
     """
     y0, y1, x0, x1 = object_box(rgbas[0])
-    front_scale = max(1, int(round(size * fill))) / max(y1 - y0, x1 - x0)
+    front_scale = fill_scale(y1 - y0, x1 - x0, size, fill)
     front_h, front_w = (y1 - y0) * front_scale, (x1 - x0) * front_scale
     out = [recenter(rgbas[0], size, fill)]
     reports = [{"matched": "front", "scale": round(front_scale, 5), "fits": True}]

@@ -35,15 +35,9 @@ def _load_inputs(request: dict) -> dict:
     its foreground mask likewise (``mask_path`` / ``mask_name``). Raises ValueError with a
     sentence for the artist."""
     inputs = _load_image(request)
-    mask = _load_image({"image_path": request.get("mask_path"), "image_name": request.get("mask_name")}, "mask")
-    if mask:
-        if "image" not in inputs:
-            raise ValueError("a mask is given without a reference image: pick the image too")
-        pixels = mask["image"]
-        if pixels.shape[:2] != inputs["image"].shape[:2]:
-            raise ValueError(f"the mask is {pixels.shape[1]}x{pixels.shape[0]} but the image is "
-                             f"{inputs['image'].shape[1]}x{inputs['image'].shape[0]}: they must be the same size")
-        inputs["mask"] = scene_io.mask_from_rgba(pixels)
+    mask = _load_mask(request, inputs.get("image"), "the mask", "the image")
+    if mask is not None:
+        inputs["mask"] = mask
     references = request.get("references") or []
     if references and "image" not in inputs:
         raise ValueError("further views are given without the front image: pick the front image too")
@@ -56,12 +50,9 @@ def _load_inputs(request: dict) -> dict:
         if image is None:
             raise ValueError(f"further view {k} has no image: pick one or remove the view")
         inputs[f"image_{k}"] = image
-        mask = _load_image({"image_path": ref.get("mask_path"), "image_name": ref.get("mask_name")}, f"view {k}'s mask")
-        if mask:
-            if mask["image"].shape[:2] != image.shape[:2]:
-                raise ValueError(f"view {k}'s mask is {mask['image'].shape[1]}x{mask['image'].shape[0]} but its image is "
-                                 f"{image.shape[1]}x{image.shape[0]}: they must be the same size")
-            inputs[f"mask_{k}"] = scene_io.mask_from_rgba(mask["image"])
+        mask = _load_mask(ref, image, f"view {k}'s mask", "its image")
+        if mask is not None:
+            inputs[f"mask_{k}"] = mask
         try:
             views.append(check_angles(float(ref.get("azimuth", 0.0)), float(ref.get("elevation", 0.0)), f"further view {k}"))
         except ViewError as exc:
@@ -69,6 +60,22 @@ def _load_inputs(request: dict) -> dict:
     if views:
         inputs["reference_views"] = np.array(views, np.float32)
     return inputs
+
+
+def _load_mask(source: dict, image, mask_words: str, image_words: str):
+    """The foreground mask uint8 [H, W] named by ``source``'s ``mask_path`` / ``mask_name``, or
+    None when it names none; ``image`` is the picture it belongs to (None: not picked). Raises
+    ValueError with a sentence for the artist (``mask_words`` and ``image_words`` name the two)."""
+    mask = _load_image({"image_path": source.get("mask_path"), "image_name": source.get("mask_name")}, mask_words)
+    if not mask:
+        return None
+    if image is None:
+        raise ValueError("a mask is given without a reference image: pick the image too")
+    pixels = mask["image"]
+    if pixels.shape[:2] != image.shape[:2]:
+        raise ValueError(f"{mask_words} is {pixels.shape[1]}x{pixels.shape[0]} but {image_words} is "
+                         f"{image.shape[1]}x{image.shape[0]}: they must be the same size")
+    return scene_io.mask_from_rgba(pixels)
 
 
 def _load_image(request: dict, what: str = "reference image") -> dict:

@@ -497,9 +497,7 @@ def check_teacher_inputs(params: dict, inputs: dict) -> None:
     if "mask" in inputs and "image" in inputs and inputs["mask"].shape != inputs["image"].shape[:2]:
         raise ParamError(f"the mask is {inputs['mask'].shape} but the image is {inputs['image'].shape[:2]}")
 
-#: Further reference images (``shared_protocol.views``: ``image_1`` .. ``image_7`` with optional
-#: masks, and their views ``reference_views``) of every image-conditioned method, shown only
-#: in image mode.
+
 def reference_inputs(when: tuple[str, tuple] | None = ("mode", ("image",))) -> dict[str, InputSpec]:
     """The inputs of the further reference views (see ``shared_protocol.views`` for the wire
     form): ``image_k`` uint8 [H, W, 3|4] and ``mask_k`` uint8 [H, W] for k = 1 .. 7, and
@@ -537,12 +535,12 @@ def check_reference_inputs(params: dict, inputs: dict) -> None:
     Raises:
         ParamError: one sentence that says what is wrong and what to send instead.
     """
+    for key in inputs:
+        if re.fullmatch(r"mask_\d+", key) and f"image_{key.split('_')[1]}" not in inputs:
+            raise ParamError(f"'{key}' is given without 'image_{key.split('_')[1]}': send the image with its mask")
     numbered = sorted(int(key.split("_")[1]) for key in inputs if re.fullmatch(r"image_\d+", key))
     views = inputs.get("reference_views")
     if not numbered and views is None:
-        for key in inputs:
-            if re.fullmatch(r"mask_\d+", key):
-                raise ParamError(f"'{key}' is given without 'image_{key.split('_')[1]}': send the image with its mask")
         return
     if params.get("mode", "image") != "image":
         raise ParamError("further reference images ('image_1' ...) are for image mode: set mode to 'image' or send "
@@ -575,9 +573,6 @@ def check_reference_inputs(params: dict, inputs: dict) -> None:
         if mask is not None and mask.shape != inputs[f"image_{k}"].shape[:2]:
             raise ParamError(f"mask_{k} is {mask.shape} but image_{k} is {inputs[f'image_{k}'].shape[:2]}: a mask must "
                              "be the size of its image")
-    for key in inputs:
-        if re.fullmatch(r"mask_\d+", key) and int(key.split("_")[1]) not in numbered:
-            raise ParamError(f"'{key}' is given without 'image_{key.split('_')[1]}': send the image with its mask")
 
 
 #: Bytes per pixel of a reference view during optimisation (its render, alpha and depth, their

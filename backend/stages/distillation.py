@@ -176,8 +176,8 @@ def distil_gaussians(p: dict, teacher, ref: dict | None, radius: float, schedule
         p: the method's resolved parameters (DreamGaussian's vocabulary: ``iters``,
             ``init_points``, ``lr_*``, ``densify_*``, ``resolutions``, ...).
         teacher: a guidance with its condition encoded.
-        ref: ``stages.reference_views.reference_views``' dict (N views: each adds its losses
-            with the full weights), or None in text mode.
+        ref: ``stages.reference_views.reference_views``' dict (N views, their losses averaged,
+            ``stages.gaussians.reference_view_loss``), or None in text mode.
         radius: camera distance, metres.
         schedule: the timestep schedule (``schedules.make_schedule``).
         timings: filled with seconds spent in render/teacher/backward/densify and ``steps``.

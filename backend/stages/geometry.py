@@ -139,7 +139,7 @@ def refine_mesh(mesh: TexturedMesh, sample_cameras: Callable[[int], Cameras], it
         sds: the distillation term, or None (reference and regularisers only).
         ref: ``{"rgb": [N, 3, h, w], "alpha": [N, 1, h, w], "camera": Cameras}`` (N reference views,
             each term their mean as in ``stages.gaussians.reference_view_loss``) (optionally
-            ``"disparity": [1, 1, h, w]``) or None.
+            ``"disparity": [N, 1, h, w]``) or None.
         on_step: called with (step, {"loss": float, ...}) after each step (traces).
         note: ``callable(step) -> str`` appended to each progress message (e.g. the teachers).
     Returns:
