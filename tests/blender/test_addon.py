@@ -496,9 +496,10 @@ def test_the_backends_tangents_are_blenders_mikktspace(offline_addon):
 
 @pytest.mark.slow
 def test_several_reference_images_from_the_panel_with_a_view_from_the_active_camera(addon, backend, tmp_path):
-    """Issue 32, item 3: the panel takes further images of the object, each with its view (a named
-    view, or azimuth/elevation that "From active camera" fills from a camera the artist placed);
-    a job with two images lands, and Regenerate and Variation send both again."""
+    """Issue 32, item 3: the panel takes further images of the object (a file or an image in the
+    .blend), each with its view (a named view, or azimuth/elevation that "From active camera" fills
+    from a camera the artist placed); a job with two images lands, and Regenerate and Variation
+    send both again."""
     sys.path.insert(0, str(ROOT / "tests"))
     from PIL import Image
 
@@ -520,7 +521,9 @@ def test_several_reference_images_from_the_panel_with_a_view_from_the_active_cam
     assert bpy.ops.splatsmith.reference_add() == {"FINISHED"}
     back, side = settings.references
     assert back.view == "BACK" and side.view == "LEFT"  # each new view takes the next free name
-    back.path = str(tmp_path / "back.png")
+    # The back from an image already in the .blend (the front is a file): both sources are taken.
+    back.source, back.image = "BLEND", bpy.data.images.load(str(tmp_path / "back.png"))
+    back.image.name = "back view"
     # A camera the artist placed on +X, looking at the object along -X and a little down: the object's left side.
     camera = bpy.data.objects.new("side camera", bpy.data.cameras.new("side camera"))
     bpy.context.scene.collection.objects.link(camera)
@@ -546,7 +549,7 @@ def test_several_reference_images_from_the_panel_with_a_view_from_the_active_cam
     obj = bpy.data.objects[state.result_object]
     assert state.handle.result["meta"]["references"] == 2
     stored = json.loads(obj["splatsmith_request"])["references"]
-    assert stored == [{"image_path": str(tmp_path / "back.png"), "image_name": "", "mask_path": "", "mask_name": "",
+    assert stored == [{"image_path": "", "image_name": "back view", "mask_path": "", "mask_name": "",
                        "azimuth": 180.0, "elevation": 0.0}]
     settings.references.clear()  # Regenerate and Variation take the views from the result, not the panel
     bpy.context.view_layer.objects.active = obj
